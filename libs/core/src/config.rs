@@ -1,0 +1,396 @@
+//! Configuration: embedded defaults, then an optional TOML file, then
+//! `CUSTODIA__SECTION__KEY` environment variables (later wins). Secrets are
+//! wrapped in [`SecretString`] so they never appear in `Debug` output or logs.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::legal_time::LegalTimeConfig;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "CUSTODIA__";
+
+/// The whole configuration of a custodia process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the gRPC server listens and its limits.
+    pub server: ServerConfig,
+    /// Directory for the embedded default: SQLite files, generated keys and tokens.
+    pub data_dir: PathBuf,
+    /// Shared database settings; per-service overrides live in `services`.
+    pub database: DatabaseConfig,
+    /// Per-service settings.
+    pub services: ServicesConfig,
+    /// Callers (principals), their tokens and scopes.
+    pub auth: AuthConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// Jurisdiction, timezone and holiday calendar used for legal deadlines.
+    pub legal: LegalTimeConfig,
+    /// Access-event pipeline and subject pseudonymisation.
+    pub audit: AuditConfig,
+}
+
+/// gRPC server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// Largest accepted request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Time limit for one unary call, in seconds (streams are not cut).
+    pub request_timeout_secs: u64,
+    /// Calls served at once per connection before back-pressure.
+    pub concurrency_limit_per_connection: usize,
+    /// Seconds to let in-flight calls finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_request_bytes: 4 * 1024 * 1024,
+            request_timeout_secs: 30,
+            concurrency_limit_per_connection: 256,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+/// Database settings shared by every service unless overridden.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite://...`. Unset: one SQLite file per service in `data_dir`.
+    /// With one Postgres URL for several services, each service gets its own schema.
+    pub url: Option<SecretString>,
+    /// Pool size per service.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+        }
+    }
+}
+
+/// Per-service configuration blocks.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// consent service.
+    pub consent: ServiceConfig,
+    /// dsar service.
+    pub dsar: ServiceConfig,
+    /// breach service.
+    pub breach: ServiceConfig,
+    /// audit-log service.
+    pub audit_log: ServiceConfig,
+}
+
+/// Settings of one service.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Overrides `database.url` for this service.
+    pub database_url: Option<SecretString>,
+}
+
+/// Authentication: static bearer tokens per calling system.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Token of the built-in `admin` principal (every scope). In the embedded
+    /// default it is generated when unset; `CUSTODIA_ADMIN_TOKEN` also sets it.
+    pub admin_token: Option<SecretString>,
+    /// One entry per calling system (crm, moodle, web-banner, dpo, ...).
+    pub principals: BTreeMap<String, PrincipalConfig>,
+}
+
+/// One calling system.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// The bearer token, as a secret.
+    pub token: Option<SecretString>,
+    /// Alternatively the hex SHA-256 of the token, so the file holds no secret.
+    pub token_sha256: Option<String>,
+    /// Scopes granted, e.g. `consent.check`; `*` grants every scope.
+    pub scopes: Vec<String>,
+    /// Free text shown in access reviews.
+    pub description: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info,custodia=debug`; `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// `service.name` reported to OpenTelemetry.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            service_name: "custodia".into(),
+        }
+    }
+}
+
+/// Access-event pipeline and subject pseudonymisation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where forwarders deliver events (`http://host:port` of audit-log). Unset: this
+    /// process's own listen address (all services in one process).
+    pub endpoint: Option<String>,
+    /// Token the forwarders present to audit-log (needs `audit.append`). Unset: the admin token.
+    pub forwarder_token: Option<SecretString>,
+    /// Events per `AppendEvents` call.
+    pub batch_size: usize,
+    /// Key for the keyed hash (HMAC-SHA256) of subject identifiers; the same on every
+    /// service. Unset in the embedded default: generated into `data_dir`.
+    pub subject_hash_key: Option<SecretString>,
+    /// Ed25519 signing key of the audit log (hex seed). Unset: generated into `data_dir`.
+    pub signing_key: Option<SecretString>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            forwarder_token: None,
+            batch_size: 500,
+            subject_hash_key: None,
+            signing_key: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            data_dir: PathBuf::from("./data"),
+            database: DatabaseConfig::default(),
+            services: ServicesConfig::default(),
+            auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            legal: LegalTimeConfig::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given (it must exist), then `CUSTODIA__` env vars.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, so callers (the CLI) can merge their own overrides last.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Extracts and validates a configuration from `figment`.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        if config.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data_dir must not be empty".into()));
+        }
+        if config.auth.admin_token.is_none()
+            && let Ok(token) = std::env::var("CUSTODIA_ADMIN_TOKEN")
+            && !token.is_empty()
+        {
+            config.auth.admin_token = Some(token.into());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_request_bytes < 1024 {
+            return Err(ConfigError(
+                "server.max_request_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.audit.batch_size == 0 {
+            return Err(ConfigError("audit.batch_size must be at least 1".into()));
+        }
+        for (name, p) in &self.auth.principals {
+            if name == crate::auth::ADMIN_PRINCIPAL {
+                return Err(ConfigError(format!(
+                    "auth.principals.{name}: the name is reserved for the built-in admin"
+                )));
+            }
+            match (&p.token, &p.token_sha256) {
+                (None, None) => {
+                    return Err(ConfigError(format!(
+                        "auth.principals.{name}: set token or token_sha256"
+                    )));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError(format!(
+                        "auth.principals.{name}: set only one of token and token_sha256"
+                    )));
+                }
+                (None, Some(h)) if h.len() != 64 || hex::decode(h).is_err() => {
+                    return Err(ConfigError(format!(
+                        "auth.principals.{name}.token_sha256: expected 64 hex characters"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        crate::legal_time::LegalCalendar::from_config(&self.legal)
+            .map_err(|e| ConfigError(format!("legal: {e}")))?;
+        Ok(())
+    }
+
+    /// The database URL of `service`, if one is configured (else the embedded SQLite file).
+    pub fn database_url(&self, service: crate::ServiceName) -> Option<&SecretString> {
+        let per_service = match service {
+            crate::ServiceName::Consent => &self.services.consent,
+            crate::ServiceName::Dsar => &self.services.dsar,
+            crate::ServiceName::Breach => &self.services.breach,
+            crate::ServiceName::AuditLog => &self.services.audit_log,
+        };
+        per_service
+            .database_url
+            .as_ref()
+            .or(self.database.url.as_ref())
+    }
+
+    /// True when no database URL is configured for any service: the embedded default.
+    pub fn is_embedded(&self) -> bool {
+        crate::ServiceName::ALL
+            .iter()
+            .all(|s| self.database_url(*s).is_none())
+    }
+}
+
+/// A configuration that cannot be loaded or is invalid; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[cfg(test)]
+// figment's Jail API returns its (large) error type by value; not ours to change.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                r#"
+                data_dir = "/var/lib/custodia"
+                [server]
+                listen = "0.0.0.0:7000"
+                [auth.principals.crm]
+                token = "file-token"
+                scopes = ["consent.check"]
+                "#,
+            )?;
+            jail.set_env("CUSTODIA__SERVER__LISTEN", "127.0.0.1:9000");
+            jail.set_env("CUSTODIA__AUTH__PRINCIPALS__CRM__TOKEN", "env-token");
+            let c = Config::load(Some(Path::new("c.toml"))).expect("loads");
+            assert_eq!(c.server.listen.port(), 9000);
+            assert_eq!(c.data_dir, PathBuf::from("/var/lib/custodia"));
+            let crm = &c.auth.principals["crm"];
+            assert_eq!(crm.token.as_ref().unwrap().expose_secret(), "env-token");
+            assert_eq!(crm.scopes, vec!["consent.check"]);
+            assert_eq!(c.server.max_request_bytes, 4 * 1024 * 1024);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_alone() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.data_dir, PathBuf::from("./data"));
+            assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
+            assert!(c.is_embedded());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CUSTODIA__AUTH__ADMIN_TOKEN", "super-secret-value");
+            jail.set_env("CUSTODIA__DATABASE__URL", "postgres://u:pw-secret@db/x");
+            let c = Config::load(None).expect("loads");
+            let debug = format!("{c:?}");
+            assert!(!debug.contains("super-secret-value"), "{debug}");
+            assert!(!debug.contains("pw-secret"), "{debug}");
+            assert!(!c.is_embedded());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CUSTODIA__SERVER__LISTNE", "127.0.0.1:1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("listne"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn principal_needs_a_token() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CUSTODIA__AUTH__PRINCIPALS__MOODLE__SCOPES",
+                "[\"consent.check\"]",
+            );
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("auth.principals.moodle"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,216 @@
+//! The one mapping from domain errors to `tonic::Status`, with `google.rpc`
+//! details: `ErrorInfo` (reason + domain) always, `BadRequest` field violations for
+//! bad input. Internal causes are logged with a reference and never sent.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every custodia error.
+pub const ERROR_DOMAIN: &str = "custodia";
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, e.g. `subject.value` or `purposes[2]`.
+    pub field: String,
+    /// What is wrong, in words a caller can act on.
+    pub description: String,
+}
+
+/// Every error a custodia handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input; each violation names its field.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named resource does not exist.
+    #[error("{resource} `{name}` not found")]
+    NotFound {
+        /// Kind of resource, e.g. `purpose`.
+        resource: &'static str,
+        /// Its name or id as the caller gave it.
+        name: String,
+    },
+    /// A resource with that identity already exists.
+    #[error("{resource} `{name}` already exists")]
+    AlreadyExists {
+        /// Kind of resource.
+        resource: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+    /// The call is valid but the system is not in a state to accept it.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Machine-readable reason, e.g. `ILLEGAL_TRANSITION`.
+        reason: &'static str,
+        /// The reason in words, naming the current state.
+        message: String,
+    },
+    /// No credentials, or credentials that do not authenticate.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but the principal lacks the needed scope.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A dependency is down; the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else: logged in full, reported to the caller only by reference.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn describe(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// Bad input on a single field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// A resource that does not exist.
+    pub fn not_found(resource: &'static str, name: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            resource,
+            name: name.into(),
+        }
+    }
+
+    /// A call refused in the current state; `message` must name that state.
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Wraps any internal failure (database, I/O, a bug).
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+
+    fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            ApiError::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            ApiError::NotFound { .. } => (Code::NotFound, "NOT_FOUND"),
+            ApiError::AlreadyExists { .. } => (Code::AlreadyExists, "ALREADY_EXISTS"),
+            ApiError::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
+            ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            ApiError::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let (code, reason) = err.code_and_reason();
+        let mut details = ErrorDetails::new();
+        let message = match &err {
+            ApiError::Internal(cause) => {
+                let reference = uuid::Uuid::new_v4();
+                tracing::error!(%reference, error = ?cause, "internal error");
+                details.set_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    std::collections::HashMap::from([(
+                        "reference".to_string(),
+                        reference.to_string(),
+                    )]),
+                );
+                return Status::with_error_details(
+                    code,
+                    format!("internal error (reference {reference})"),
+                    details,
+                );
+            }
+            ApiError::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                err.to_string()
+            }
+            _ => err.to_string(),
+        };
+        let metadata: std::collections::HashMap<String, String> = match &err {
+            ApiError::NotFound { resource, name } | ApiError::AlreadyExists { resource, name } => [
+                ("resource".to_string(), resource.to_string()),
+                ("name".to_string(), name.clone()),
+            ]
+            .into_iter()
+            .collect(),
+            _ => Default::default(),
+        };
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_fields_in_message_and_details() {
+        let status = Status::from(ApiError::InvalidArgument(vec![
+            FieldViolation {
+                field: "subject.value".into(),
+                description: "must not be empty".into(),
+            },
+            FieldViolation {
+                field: "purposes[1]".into(),
+                description: "unknown purpose".into(),
+            },
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("subject.value"));
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("bad request detail");
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(bad.field_violations[1].field, "purposes[1]");
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn internal_causes_never_reach_the_caller() {
+        let status = Status::from(ApiError::internal(anyhow::anyhow!(
+            "connection to postgres://admin:hunter2@db refused"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+        assert!(status.message().starts_with("internal error (reference "));
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "INTERNAL");
+        assert!(info.metadata.contains_key("reference"));
+    }
+
+    #[test]
+    fn precondition_keeps_reason_and_message() {
+        let status = Status::from(ApiError::precondition(
+            "ILLEGAL_TRANSITION",
+            "request is completed; it cannot be rejected",
+        ));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("completed"));
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "ILLEGAL_TRANSITION");
+    }
+}

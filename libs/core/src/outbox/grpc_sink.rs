@@ -1,0 +1,106 @@
+//! Delivers access events to audit-log's `AppendEvents` over gRPC.
+
+use custodia_proto::{
+    audit::v1::{self as pb, audit_log_service_client::AuditLogServiceClient},
+    common::v1::{Actor, SubjectRef},
+};
+use secrecy::{ExposeSecret, SecretString};
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+use super::{AccessEvent, Outcome, forwarder::EventSink};
+use crate::json_struct::struct_from_json_text;
+
+/// An [`EventSink`] calling audit-log with a bearer token holding `audit.append`.
+#[derive(Clone)]
+pub struct GrpcSink {
+    client: AuditLogServiceClient<Channel>,
+    authorization: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl std::fmt::Debug for GrpcSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcSink").finish_non_exhaustive()
+    }
+}
+
+impl GrpcSink {
+    /// A sink for `endpoint` (`http://host:port`); connects lazily, so audit-log may
+    /// be down at start-up.
+    pub fn new(endpoint: &str, token: SecretString) -> anyhow::Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .connect_lazy();
+        let mut authorization: MetadataValue<_> =
+            format!("Bearer {}", token.expose_secret()).parse()?;
+        authorization.set_sensitive(true);
+        Ok(Self {
+            client: AuditLogServiceClient::new(channel),
+            authorization,
+        })
+    }
+}
+
+/// The wire form of an access event.
+pub fn to_proto(e: AccessEvent) -> pb::AccessEvent {
+    let subject = e.subject_type.as_ref().map(|t| SubjectRef {
+        r#type: t.clone(),
+        value: String::new(),
+    });
+    pb::AccessEvent {
+        event_id: e.event_id.to_string(),
+        event_time: Some(prost_types::Timestamp {
+            seconds: e.time.timestamp(),
+            nanos: e.time.timestamp_subsec_nanos() as i32,
+        }),
+        actor: Some(Actor {
+            principal: e.actor,
+            user: String::new(),
+        }),
+        service: e.service,
+        method: e.method,
+        action: e.action,
+        subject,
+        subject_hash: e
+            .subject_hash
+            .and_then(|h| hex::decode(h).ok())
+            .unwrap_or_default(),
+        resource: e.resource,
+        purpose: e.purpose.unwrap_or_default(),
+        outcome: match e.outcome {
+            Outcome::Ok => pb::AccessOutcome::Ok,
+            Outcome::Denied => pb::AccessOutcome::Denied,
+            Outcome::Error => pb::AccessOutcome::Error,
+        } as i32,
+        status_code: e.status_code,
+        trace_id: e.trace_id,
+        details: struct_from_json_text(&e.detail),
+        ..Default::default()
+    }
+}
+
+impl EventSink for GrpcSink {
+    async fn append(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
+        let count = events.len();
+        let mut request = tonic::Request::new(pb::AppendEventsRequest {
+            events: events.into_iter().map(to_proto).collect(),
+            request_id: String::new(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        let response = self
+            .client
+            .clone()
+            .append_events(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("AppendEvents failed: {:?} {}", s.code(), s.message()))?
+            .into_inner();
+        anyhow::ensure!(
+            response.results.len() == count,
+            "AppendEvents acknowledged {} of {count} events",
+            response.results.len()
+        );
+        Ok(())
+    }
+}

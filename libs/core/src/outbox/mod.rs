@@ -1,0 +1,19 @@
+//! Access events and the transactional outbox that carries them to audit-log.
+//!
+//! A service writes each access event into the `access_event_outbox` table of its
+//! own database, in the same transaction as the data change (for reads: before the
+//! response is sent). The [`forwarder::Forwarder`] ships batches to audit-log's
+//! `AppendEvents`, which is idempotent by event id; audit-log being down only
+//! delays delivery and never fails the caller.
+
+mod event;
+pub mod forwarder;
+mod store;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub mod grpc_sink;
+
+pub use event::{AccessEvent, Outcome, action_of};
+pub use store::{OutboxStore, SqlOutbox, enqueue_in};

@@ -1,0 +1,396 @@
+//! Server bootstrap shared by every service: opens and migrates each service's
+//! database, wires auth, access-event forwarding, grpc.health.v1 (SERVING only
+//! once the database is migrated), reflection v1 + v1alpha, request size and time
+//! limits, and graceful shutdown on SIGTERM / Ctrl-C.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use secrecy::SecretString;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+use crate::{
+    Config, ServiceName,
+    auth::{
+        StaticTokens,
+        layer::{AuthLayer, Denial, DenialRecorder},
+        scopes::ScopeTable,
+    },
+    keys::{self, Origin},
+    legal_time::{Clock, LegalCalendar, SystemClock},
+    outbox::{
+        AccessEvent, OutboxStore, Outcome, SqlOutbox, forwarder::Forwarder, grpc_sink::GrpcSink,
+    },
+    storage::{self, Db, Migrations},
+    subject::SubjectHasher,
+};
+
+/// Everything a service needs to build its handlers.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// Which service this is.
+    pub name: ServiceName,
+    /// The process configuration.
+    pub config: Arc<Config>,
+    /// The service's own database, migrated.
+    pub db: Db,
+    /// The service's access-event outbox (in `db`).
+    pub outbox: SqlOutbox,
+    /// Source of "now"; tests inject a manual clock.
+    pub clock: Arc<dyn Clock>,
+    /// Keyed hash of subject identifiers.
+    pub subjects: SubjectHasher,
+    /// Holiday calendar and timezone for legal deadlines.
+    pub calendar: Arc<LegalCalendar>,
+    /// Where this process's other services can be reached (`http://host:port`).
+    pub self_endpoint: String,
+    /// Token for calls to other custodia services (the admin or forwarder token).
+    pub internal_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("name", &self.name)
+            .field("backend", &self.db.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a service hands back once built: its gRPC routes and background tasks.
+pub struct Mounted {
+    /// Adds the service's tonic server(s) to the router.
+    pub register: Box<dyn FnOnce(&mut RoutesBuilder) + Send>,
+    /// Background work (schedulers, watchers) run until shutdown.
+    pub tasks: Vec<BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the process builds one service.
+#[derive(Clone, Copy)]
+pub struct ServiceDef {
+    /// Which service.
+    pub name: ServiceName,
+    /// Its migrations on both backends.
+    pub migrations: &'static Migrations,
+    /// Builds its handlers on a migrated database.
+    pub mount: fn(ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>>,
+}
+
+impl std::fmt::Debug for ServiceDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceDef")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Secrets resolved for one process.
+struct Secrets {
+    admin_token: Option<SecretString>,
+    subject_key: SecretString,
+    forwarder_token: Option<SecretString>,
+}
+
+fn resolve_secrets(config: &Config) -> anyhow::Result<Secrets> {
+    let embedded = config.is_embedded();
+    let admin_token = if embedded {
+        let (token, origin) = keys::configured_or_file(
+            config.auth.admin_token.as_ref(),
+            &config.data_dir,
+            "admin.token",
+        )?;
+        if origin == Origin::Generated {
+            use secrecy::ExposeSecret;
+            // Printed once, on the start that created it; afterwards it is in the file.
+            println!(
+                "custodia: generated the admin token (all scopes), saved to {}:\n\n    {}\n",
+                keys::admin_token_path(&config.data_dir).display(),
+                token.expose_secret()
+            );
+        }
+        Some(token)
+    } else {
+        config.auth.admin_token.clone()
+    };
+    let subject_key = match (&config.audit.subject_hash_key, embedded) {
+        (Some(key), _) => key.clone(),
+        (None, true) => keys::configured_or_file(None, &config.data_dir, "subject-hash.key")?.0,
+        (None, false) => anyhow::bail!(
+            "audit.subject_hash_key must be set when services use PostgreSQL \
+             (every replica needs the same key)"
+        ),
+    };
+    let forwarder_token = config
+        .audit
+        .forwarder_token
+        .clone()
+        .or_else(|| admin_token.clone());
+    Ok(Secrets {
+        admin_token,
+        subject_key,
+        forwarder_token,
+    })
+}
+
+/// A bound, ready-to-run custodia server hosting one or more services.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
+    >,
+    tasks: Vec<BoxFuture<'static, ()>>,
+    dbs: Vec<Db>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds `services` with the system clock.
+    pub async fn build(config: Config, services: &[ServiceDef]) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, services, Arc::new(SystemClock)).await
+    }
+
+    /// Builds `services`, binding `config.server.listen` (port 0 picks one).
+    pub async fn build_with_clock(
+        config: Config,
+        services: &[ServiceDef],
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!services.is_empty(), "no service to serve");
+        let config = Arc::new(config);
+        let secrets = resolve_secrets(&config)?;
+        let calendar = Arc::new(LegalCalendar::from_config(&config.legal)?);
+        let subjects = SubjectHasher::new(secrets.subject_key.clone());
+        let scopes = ScopeTable::from_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)?;
+        let tokens = StaticTokens::from_config(&config.auth, secrets.admin_token.as_ref())?;
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let self_endpoint = format!("http://{}", loopback_of(addr));
+        let audit_endpoint = config
+            .audit
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| self_endpoint.clone());
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        let mut tasks = Vec::new();
+        let mut dbs = Vec::new();
+        let mut outboxes = HashMap::new();
+        for def in services {
+            health_reporter
+                .set_service_status(def.name.grpc_name(), ServingStatus::NotServing)
+                .await;
+            let db = storage::open_service(&config, def.name).await?;
+            db.migrate(def.migrations)
+                .await
+                .with_context(|| format!("migrating the {} database", def.name))?;
+            let outbox = SqlOutbox::new(db.clone());
+            let ctx = ServiceContext {
+                name: def.name,
+                config: config.clone(),
+                db: db.clone(),
+                outbox: outbox.clone(),
+                clock: clock.clone(),
+                subjects: subjects.clone(),
+                calendar: calendar.clone(),
+                self_endpoint: self_endpoint.clone(),
+                internal_token: secrets.forwarder_token.clone(),
+            };
+            let mounted = (def.mount)(ctx)
+                .await
+                .with_context(|| format!("starting the {} service", def.name))?;
+            (mounted.register)(&mut routes);
+            tasks.extend(mounted.tasks);
+            if let Some(token) = &secrets.forwarder_token {
+                let sink = GrpcSink::new(&audit_endpoint, token.clone())?;
+                let forwarder = Forwarder::new(outbox.clone(), sink, config.audit.batch_size);
+                tasks.push(Box::pin(forwarder.run()));
+            } else {
+                tracing::warn!(service = %def.name, "no audit.forwarder_token: access events stay queued");
+            }
+            outboxes.insert(def.name, outbox);
+            dbs.push(db);
+            health_reporter
+                .set_service_status(def.name.grpc_name(), ServingStatus::Serving)
+                .await;
+        }
+        health_reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+
+        routes.add_service(health_service);
+        routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        );
+        routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?,
+        );
+
+        let denials = OutboxDenials {
+            outboxes,
+            clock: clock.clone(),
+        };
+        let auth = AuthLayer::new(Arc::new(tokens), scopes, Some(Arc::new(denials)));
+        let router = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(config.server.request_timeout_secs))
+            .concurrency_limit_per_connection(config.server.concurrency_limit_per_connection)
+            .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+            .layer(auth)
+            .add_routes(routes.routes().prepare());
+
+        Ok(Self {
+            listener,
+            addr,
+            router,
+            tasks,
+            dbs,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then lets in-flight calls finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` resolves (tests pass a oneshot receiver).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let background: Vec<JoinHandle<()>> = self.tasks.into_iter().map(tokio::spawn).collect();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = self.grace;
+        let server = self.router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.listener),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down; finishing in-flight calls");
+                let _ = stop_tx.send(());
+            },
+        );
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r,
+            _ = async {
+                let _ = stop_rx.await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("grace period over; closing remaining calls");
+                Ok(())
+            }
+        };
+        for task in background {
+            task.abort();
+        }
+        for db in self.dbs {
+            db.close().await;
+        }
+        result.context("gRPC server failed")
+    }
+}
+
+/// A wildcard bind address is not connectable; loop back to it instead.
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Records refused calls into the outbox of the service that was called.
+struct OutboxDenials {
+    outboxes: HashMap<ServiceName, SqlOutbox>,
+    clock: Arc<dyn Clock>,
+}
+
+impl DenialRecorder for OutboxDenials {
+    fn record<'a>(&'a self, denial: Denial<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(service) = ServiceName::from_grpc_path(denial.path) else {
+                return;
+            };
+            let Some(outbox) = self.outboxes.get(&service) else {
+                return;
+            };
+            let method = denial.path.rsplit('/').next().unwrap_or_default();
+            let mut event = AccessEvent::new(
+                self.clock.now(),
+                denial.actor.unwrap_or("anonymous"),
+                service.grpc_name(),
+                method,
+                Outcome::Denied,
+            );
+            event.status_code = denial.code as i32;
+            event.trace_id = denial.trace_id.to_string();
+            event.detail = serde_json::json!({ "reason": denial.reason }).to_string();
+            if let Err(e) = outbox.enqueue(&event).await {
+                tracing::error!(error = %e, "could not record a denied call");
+            }
+        })
+    }
+}

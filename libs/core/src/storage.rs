@@ -1,0 +1,219 @@
+//! Database pools and migrations on two backends, chosen by URL scheme:
+//! SQLite (embedded default: one file per service, WAL, fsync on commit, created
+//! if missing) and PostgreSQL (production; one schema per service when services
+//! share a database). Stores are written once against `sqlx::Any` with portable
+//! SQL (`$n` placeholders, `ON CONFLICT`, `RETURNING`, integers for times) and
+//! each backend has its own migrations; one conformance suite per store runs on
+//! both backends.
+
+use std::{path::Path, sync::Once, time::Duration};
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, any::AnyPoolOptions, migrate::Migrator};
+
+use crate::{Config, ServiceName};
+
+/// Which database engine a [`Db`] talks to, for the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (embedded default).
+    Sqlite,
+    /// PostgreSQL server (production).
+    Postgres,
+}
+
+/// A connection pool plus the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A service's migrations, one set per backend (embed with `sqlx::migrate!`).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// Migrations for SQLite.
+    pub sqlite: &'static Migrator,
+    /// Migrations for PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+/// The shared access-event outbox table, present in every service's database.
+pub static OUTBOX_MIGRATIONS: Migrations = Migrations {
+    sqlite: &OUTBOX_SQLITE,
+    postgres: &OUTBOX_POSTGRES,
+};
+static OUTBOX_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static OUTBOX_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Db {
+    /// The pool (an `AnyPool`: portable SQL only).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the shared outbox migrations, then `service`'s own. Safe to run from
+    /// several replicas at once (Postgres takes an advisory lock).
+    pub async fn migrate(&self, service: &Migrations) -> anyhow::Result<()> {
+        // The shared outbox keeps its own bookkeeping table, so neither migrator sees
+        // the other's versions as unknown.
+        let mut outbox =
+            Migrator::with_migrations(self.pick(&OUTBOX_MIGRATIONS).migrations.to_vec());
+        outbox.dangerous_set_table_name("_custodia_outbox_migrations");
+        outbox
+            .run(&self.pool)
+            .await
+            .context("applying outbox migrations")?;
+        self.pick(service)
+            .run(&self.pool)
+            .await
+            .context("applying service migrations")?;
+        Ok(())
+    }
+
+    fn pick(&self, set: &Migrations) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => set.sqlite,
+            Backend::Postgres => set.postgres,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Opens the database of `service`: its configured URL, else
+/// `<data_dir>/<service>.db` (SQLite, created if missing).
+pub async fn open_service(config: &Config, service: ServiceName) -> anyhow::Result<Db> {
+    let url: SecretString = match config.database_url(service) {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("creating data directory {}", config.data_dir.display())
+            })?;
+            sqlite_file_url(&config.data_dir.join(format!("{}.db", service.ident()))).into()
+        }
+    };
+    connect(&url, service.ident(), config.database.max_connections)
+        .await
+        .with_context(|| format!("opening the {service} database"))
+}
+
+/// `sqlite://` URL of a file, created when missing.
+pub fn sqlite_file_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// Connects to `url`. For Postgres, `schema` is created if missing and becomes the
+/// connection's `search_path`, so services sharing one database never share tables.
+pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> anyhow::Result<Db> {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+    let raw = url.expose_secret();
+    let options = AnyPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(10));
+    if raw.starts_with("sqlite:") {
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .and_then(|rest| rest.split('?').next())
+            .filter(|p| !p.is_empty() && *p != ":memory:")
+            && let Some(dir) = Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let pool = options
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL for concurrent readers; FULL so an acknowledged commit survives
+                    // power loss; wait rather than fail when another writer holds the lock.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(raw)
+            .await
+            .map_err(redact)?;
+        Ok(Db {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
+        validate_schema_name(schema)?;
+        {
+            let bootstrap = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(raw)
+                .await
+                .map_err(redact)?;
+            bootstrap
+                .execute(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+                )))
+                .await?;
+            bootstrap.close().await;
+        }
+        let set_path = format!("SET search_path TO \"{schema}\"");
+        let pool = options
+            .after_connect(move |conn, _| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    conn.execute(AssertSqlSafe(set_path)).await?;
+                    Ok(())
+                })
+            })
+            .connect(raw)
+            .await
+            .map_err(redact)?;
+        Ok(Db {
+            pool,
+            backend: Backend::Postgres,
+        })
+    } else {
+        anyhow::bail!("unsupported database URL scheme (expected sqlite:// or postgres://)")
+    }
+}
+
+fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !schema.is_empty()
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "invalid schema name {schema:?}"
+    );
+    Ok(())
+}
+
+/// Connection errors can echo the URL; keep only the kind of failure.
+fn redact(e: sqlx::Error) -> anyhow::Error {
+    match e {
+        sqlx::Error::Configuration(_) => anyhow::anyhow!("invalid database URL"),
+        sqlx::Error::Io(io) => anyhow::anyhow!("cannot reach the database: {}", io.kind()),
+        other => anyhow::anyhow!("database connection failed: {other}"),
+    }
+}
+
+/// Microseconds since the Unix epoch: the portable time column type.
+pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// Inverse of [`to_micros`].
+pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}

@@ -1,0 +1,53 @@
+//! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
+#![forbid(unsafe_code)]
+
+use custodia_core::{
+    Config, ServiceName,
+    server::{Application, Mounted, ServiceContext, ServiceDef},
+    storage::Migrations,
+};
+use custodia_proto::consent::v1::consent_service_server::{ConsentService, ConsentServiceServer};
+use futures::future::BoxFuture;
+use sqlx::migrate::Migrator;
+
+/// This service's migrations on both backends.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How the custodia process builds this service.
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: ServiceName::Consent,
+    migrations: &MIGRATIONS,
+    mount,
+};
+
+/// Builds a server hosting only this service (port 0 in tests).
+pub async fn application(config: Config) -> anyhow::Result<Application> {
+    Application::build(config, &[SERVICE]).await
+}
+
+fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
+    Box::pin(async move {
+        let server = ConsentServiceServer::new(Api { _ctx: ctx.clone() })
+            .max_decoding_message_size(ctx.config.server.max_request_bytes);
+        Ok(Mounted {
+            register: Box::new(move |routes| {
+                routes.add_service(server);
+            }),
+            tasks: Vec::new(),
+        })
+    })
+}
+
+/// The gRPC handlers. Methods not built yet answer UNIMPLEMENTED.
+#[derive(Debug)]
+struct Api {
+    _ctx: ServiceContext,
+}
+
+#[tonic::async_trait]
+impl ConsentService for Api {}

@@ -1,0 +1,159 @@
+//! Command-line interface: `serve`, `migrate`, `config check`, `auth scopes`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use custodia_core::{
+    Config, ServiceName,
+    auth::scopes::ScopeTable,
+    server::{Application, ServiceDef},
+    storage, telemetry,
+};
+use figment::providers::Serialized;
+
+/// custodia: GDPR privacy operations for universities and schools (consent, data-subject
+/// requests, breaches, tamper-evident access log) as gRPC services.
+#[derive(Debug, Parser)]
+#[command(name = "custodia", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// TOML configuration file (defaults < file < CUSTODIA__* env < flags).
+    #[arg(long, global = true, env = "CUSTODIA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the embedded default (SQLite files, generated keys, admin token).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Database for every service (postgres://... or sqlite://...); unset: SQLite files in the data dir.
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIA_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the listed services (all four when none is listed) on one port.
+    Serve {
+        /// consent, dsar, breach, audit-log.
+        services: Vec<ServiceName>,
+        /// Listen address (default 127.0.0.1:50051).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply database migrations of the listed services (all when none) and exit.
+    Migrate {
+        /// consent, dsar, breach, audit-log.
+        services: Vec<ServiceName>,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Access-control tools.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration (file + environment); print nothing secret.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Print every RPC with the scope it requires, and the configured principals' scopes.
+    Scopes,
+}
+
+/// Every service the binary knows, in start-up order.
+const ALL: [ServiceDef; 4] = [
+    custodia_audit_log::SERVICE,
+    custodia_consent::SERVICE,
+    custodia_dsar::SERVICE,
+    custodia_breach::SERVICE,
+];
+
+fn selected(names: &[ServiceName]) -> Vec<ServiceDef> {
+    ALL.iter()
+        .filter(|d| names.is_empty() || names.contains(&d.name))
+        .copied()
+        .collect()
+}
+
+fn load_config(global: &GlobalArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let mut figment = Config::figment(global.config.as_deref());
+    if let Some(dir) = &global.data_dir {
+        figment = figment.merge(Serialized::default("data_dir", dir));
+    }
+    if let Some(url) = &global.database_url {
+        figment = figment.merge(Serialized::default("database.url", url));
+    }
+    if let Some(listen) = listen {
+        figment = figment.merge(Serialized::default("server.listen", listen));
+    }
+    Ok(Config::from_figment(figment)?)
+}
+
+/// Runs one command; the exit code is what the process returns.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { services, listen } => {
+            let config = load_config(&cli.global, listen)?;
+            let _telemetry = telemetry::init(&config.telemetry)?;
+            let defs = selected(&services);
+            let app = Application::build(config, &defs).await?;
+            let names: Vec<_> = defs.iter().map(|d| d.name.as_str()).collect();
+            tracing::info!(addr = %app.local_addr(), services = ?names, "custodia is serving");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate { services } => {
+            let config = load_config(&cli.global, None)?;
+            let _telemetry = telemetry::init(&config.telemetry)?;
+            for def in selected(&services) {
+                let db = storage::open_service(&config, def.name).await?;
+                db.migrate(def.migrations).await?;
+                db.close().await;
+                println!("{}: migrated", def.name);
+            }
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let config = load_config(&cli.global, None)?;
+            println!(
+                "configuration is valid: listen {}, {} database, {} principal(s)",
+                config.server.listen,
+                if config.is_embedded() {
+                    "embedded SQLite"
+                } else {
+                    "configured"
+                },
+                config.auth.principals.len()
+            );
+        }
+        Command::Auth(AuthCommand::Scopes) => {
+            let config = load_config(&cli.global, None)?;
+            let table = ScopeTable::from_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)?;
+            for (method, scope) in table.methods() {
+                println!(
+                    "{method}\t{}",
+                    scope.unwrap_or("(none: denied to everyone)")
+                );
+            }
+            println!();
+            println!("admin\t* (embedded default, or when an admin token is configured)");
+            for (name, p) in &config.auth.principals {
+                println!("{name}\t{}", p.scopes.join(" "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

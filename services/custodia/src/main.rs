@@ -1,0 +1,18 @@
+//! The custodia binary: parses the command line and hands over to [`cli`].
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("custodia: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

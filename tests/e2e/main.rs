@@ -1,0 +1,16 @@
+//! Workspace end-to-end suite: real servers on port 0, real clients, real SQLite
+//! and PostgreSQL (a fresh database per test).
+
+mod outbox;
+mod platform;
+mod storage;
+
+/// All four services, as `custodia serve` runs them by default.
+pub fn all_services() -> Vec<custodia_core::server::ServiceDef> {
+    vec![
+        custodia_audit_log::SERVICE,
+        custodia_consent::SERVICE,
+        custodia_dsar::SERVICE,
+        custodia_breach::SERVICE,
+    ]
+}

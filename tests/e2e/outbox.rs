@@ -1,0 +1,69 @@
+//! The forwarder: events leave the outbox only once the sink has them, in order,
+//! each exactly once, however often the sink fails first.
+
+use std::sync::{Arc, Mutex};
+
+use custodia_core::{
+    outbox::{
+        AccessEvent, OutboxStore, Outcome, SqlOutbox,
+        forwarder::{EventSink, Forwarder},
+    },
+    storage,
+};
+
+/// A sink standing in for audit-log that refuses its first `failures` calls.
+#[derive(Clone, Default)]
+struct FlakySink {
+    failures: Arc<Mutex<usize>>,
+    received: Arc<Mutex<Vec<AccessEvent>>>,
+}
+
+impl EventSink for FlakySink {
+    async fn append(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
+        let mut failures = self.failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            anyhow::bail!("audit-log unavailable");
+        }
+        self.received.lock().unwrap().extend(events);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn delivers_each_event_once_in_order_after_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = storage::sqlite_file_url(&dir.path().join("breach.db"));
+    let db = storage::connect(&url.into(), "breach", 2).await.unwrap();
+    db.migrate(&custodia_breach::MIGRATIONS).await.unwrap();
+    let outbox = SqlOutbox::new(db);
+    let events: Vec<_> = (0..7)
+        .map(|i| {
+            AccessEvent::new(
+                chrono::Utc::now(),
+                "dpo",
+                "breach",
+                format!("Action{i}"),
+                Outcome::Ok,
+            )
+        })
+        .collect();
+    for e in &events {
+        outbox.enqueue(e).await.unwrap();
+    }
+    let sink = FlakySink::default();
+    *sink.failures.lock().unwrap() = 2;
+    let forwarder = Forwarder::new(outbox.clone(), sink.clone(), 3);
+
+    // Down: nothing is lost, nothing is delivered.
+    assert!(forwarder.drain().await.is_err());
+    assert!(forwarder.drain().await.is_err());
+    assert_eq!(outbox.pending().await.unwrap(), 7);
+    assert!(sink.received.lock().unwrap().is_empty());
+
+    // Back: everything arrives, once, in order.
+    assert_eq!(forwarder.drain().await.unwrap(), 7);
+    assert_eq!(outbox.pending().await.unwrap(), 0);
+    assert_eq!(*sink.received.lock().unwrap(), events);
+    assert_eq!(forwarder.drain().await.unwrap(), 0);
+}
