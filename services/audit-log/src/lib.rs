@@ -1,6 +1,13 @@
 //! audit-log service: the append-only, tamper-evident log of every access to personal data.
 #![forbid(unsafe_code)]
 
+pub mod entry;
+pub mod keys;
+pub mod log;
+pub mod merkle;
+pub mod signer;
+pub mod store;
+pub mod verify;
 
 use custodia_core::{
     Config, ServiceName,

@@ -61,6 +61,22 @@ enum Command {
     /// Access-control tools.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Audit-log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the whole Merkle tree from the stored entries, check every signed
+    /// head, and report the first sequence number where the log no longer matches.
+    /// Exit code 0: intact; 2: tampered.
+    Verify {
+        /// Trusted public key as `KEY_ID=HEX` (repeatable). Default: the key derived from
+        /// the configured (or embedded) signing key.
+        #[arg(long = "public-key")]
+        public_keys: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +168,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("admin\t* (embedded default, or when an admin token is configured)");
             for (name, p) in &config.auth.principals {
                 println!("{name}\t{}", p.scopes.join(" "));
+            }
+        }
+        Command::Audit(AuditCommand::Verify { public_keys }) => {
+            let config = load_config(&cli.global, None)?;
+            let report = custodia_audit_log::verify::verify_database(&config, &public_keys).await?;
+            println!("{report}");
+            if !report.is_ok() {
+                return Ok(ExitCode::from(2));
             }
         }
     }

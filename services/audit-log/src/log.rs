@@ -1,0 +1,220 @@
+//! The audit log as a whole: durable appends, an in-memory RFC 6962 tree kept in
+//! step with the database, and the integrator that signs tree heads.
+//!
+//! Any replica appends (sequence numbers come from one locked row, so they are
+//! gap-free across replicas). Exactly one replica at a time integrates and signs:
+//! on PostgreSQL the one holding a session advisory lock, released by the server
+//! when that replica's connection dies, so another takes over and loses nothing
+//! (the entries are durable; heads are recomputed from them).
+
+use std::{sync::Arc, time::Duration};
+
+use custodia_core::{
+    legal_time::Clock,
+    storage::{Backend, to_micros},
+};
+use sqlx::{Row, pool::PoolConnection};
+use tokio::sync::{Notify, RwLock, watch};
+
+use crate::{
+    merkle::{Hash, MerkleTree, ProofError},
+    signer::HeadSigner,
+    store::{LogStore, NewEvent, StoredHead},
+};
+
+/// Advisory lock key of the integrator ("custodia" in ASCII, as an i64).
+const INTEGRATOR_LOCK: i64 = 0x6375_7374_6f64_6961;
+/// Leaf hashes read from the database per round when catching up.
+const SYNC_CHUNK: usize = 50_000;
+/// How often a replica looks for work appended elsewhere.
+const POLL: Duration = Duration::from_millis(250);
+
+/// One audit log: store, tree and signer.
+#[derive(Debug)]
+pub struct AuditLog {
+    store: LogStore,
+    tree: RwLock<MerkleTree>,
+    signer: HeadSigner,
+    clock: Arc<dyn Clock>,
+    appended: Notify,
+    size_tx: watch::Sender<u64>,
+}
+
+impl AuditLog {
+    /// Opens the log and loads its tree from the database.
+    pub async fn open(
+        store: LogStore,
+        signer: HeadSigner,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (size_tx, _) = watch::channel(0);
+        let log = Arc::new(Self {
+            store,
+            tree: RwLock::new(MerkleTree::new()),
+            signer,
+            clock,
+            appended: Notify::new(),
+            size_tx,
+        });
+        log.sync_tree().await?;
+        Ok(log)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &LogStore {
+        &self.store
+    }
+
+    /// The signer (public key and key id).
+    pub fn signer(&self) -> &HeadSigner {
+        &self.signer
+    }
+
+    /// Subscribes to the log size, which grows as entries are appended (by this replica
+    /// or, after a sync, by others).
+    pub fn subscribe_size(&self) -> watch::Receiver<u64> {
+        self.size_tx.subscribe()
+    }
+
+    /// Appends durably; returns each event's sequence number.
+    pub async fn append(&self, events: &[NewEvent]) -> anyhow::Result<Vec<u64>> {
+        let seqs = self
+            .store
+            .append(events, to_micros(self.clock.now()))
+            .await?;
+        self.appended.notify_one();
+        if let Some(max) = seqs.iter().max() {
+            self.size_tx.send_if_modified(|size| {
+                let grew = *size < max + 1;
+                if grew {
+                    *size = max + 1;
+                }
+                grew
+            });
+        }
+        Ok(seqs)
+    }
+
+    /// Brings the in-memory tree up to the database; returns the tree size.
+    pub async fn sync_tree(&self) -> anyhow::Result<u64> {
+        let mut tree = self.tree.write().await;
+        loop {
+            let start = tree.len();
+            let batch = self.store.leaf_hashes(start, SYNC_CHUNK).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for (seq, hash) in &batch {
+                // Appends commit in sequence order, so a gap means a corrupted store.
+                anyhow::ensure!(*seq == tree.len(), "log entry {} is missing", tree.len());
+                tree.push(*hash);
+            }
+            if batch.len() < SYNC_CHUNK {
+                break;
+            }
+        }
+        let size = tree.len();
+        self.size_tx.send_if_modified(|s| {
+            let grew = *s < size;
+            if grew {
+                *s = size;
+            }
+            grew
+        });
+        Ok(size)
+    }
+
+    /// Signs a head over everything appended so far, if the tree grew since the last
+    /// head. Returns the new head. Call only while holding leadership.
+    pub async fn integrate(&self) -> anyhow::Result<Option<StoredHead>> {
+        let size = self.sync_tree().await?;
+        let latest = self.store.latest_head().await?;
+        if latest.as_ref().is_some_and(|h| h.tree_size >= size) || (size == 0 && latest.is_some()) {
+            return Ok(None);
+        }
+        let root = self.root(size).await?;
+        let now = self.clock.now();
+        let timestamp_ms = now.timestamp_millis().max(0) as u64;
+        let head = StoredHead {
+            tree_size: size,
+            root,
+            timestamp_us: timestamp_ms as i64 * 1000,
+            key_id: self.signer.key_id().to_string(),
+            signature: self.signer.sign(size, timestamp_ms, &root).to_vec(),
+        };
+        self.store.insert_head(&head).await?;
+        Ok(Some(head))
+    }
+
+    /// Root hash of the first `size` entries.
+    pub async fn root(&self, size: u64) -> Result<Hash, ProofError> {
+        self.tree.read().await.root(size)
+    }
+
+    /// RFC 9162 inclusion proof of entry `seq` in the tree of `size` entries.
+    pub async fn inclusion_proof(
+        &self,
+        seq: u64,
+        size: u64,
+    ) -> anyhow::Result<Result<(Hash, Vec<Hash>), ProofError>> {
+        if size > self.tree.read().await.len() {
+            self.sync_tree().await?;
+        }
+        let tree = self.tree.read().await;
+        Ok(tree
+            .inclusion_proof(seq, size)
+            .map(|p| (tree.leaf(seq).unwrap_or_default(), p)))
+    }
+
+    /// RFC 9162 consistency proof between two tree sizes.
+    pub async fn consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> anyhow::Result<Result<Vec<Hash>, ProofError>> {
+        if new > self.tree.read().await.len() {
+            self.sync_tree().await?;
+        }
+        Ok(self.tree.read().await.consistency_proof(old, new))
+    }
+
+    /// Runs the integrator until the task is aborted: waits for leadership, then signs
+    /// a head whenever entries were appended (here or on another replica).
+    pub async fn run_integrator(self: Arc<Self>) {
+        loop {
+            match self.lead().await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "audit integrator failed; retrying"),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn lead(&self) -> anyhow::Result<()> {
+        // Keep the connection: the advisory lock lives as long as its session.
+        let _lock: Option<PoolConnection<sqlx::Any>> = match self.store.db().backend() {
+            Backend::Postgres => {
+                let mut conn = self.store.db().pool().acquire().await?;
+                let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+                    .bind(INTEGRATOR_LOCK)
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get(0)?;
+                if !got {
+                    // Another replica integrates; keep our tree fresh for proofs.
+                    self.sync_tree().await?;
+                    return Ok(());
+                }
+                Some(conn)
+            }
+            Backend::Sqlite => None,
+        };
+        loop {
+            self.integrate().await?;
+            tokio::select! {
+                _ = self.appended.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}

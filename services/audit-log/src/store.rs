@@ -1,0 +1,616 @@
+//! The log's storage on SQLite or PostgreSQL (one implementation over portable
+//! SQL): gap-free appends, signed heads, queries, subject keys and shredding.
+
+use std::collections::HashMap;
+
+use custodia_core::storage::Db;
+use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
+
+use crate::{
+    entry::{self, ENTRY_VERSION, Entry, SubjectFields},
+    merkle::{Hash, leaf_hash},
+};
+
+/// An event to append, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Sender's id; appending the same id twice returns the first sequence number.
+    pub event_id: String,
+    /// When the access happened (µs since the epoch).
+    pub time_us: i64,
+    /// Calling principal.
+    pub actor: String,
+    /// Service that served the call.
+    pub service: String,
+    /// gRPC method.
+    pub method: String,
+    /// What was done (`read`, `check`, ...).
+    pub action: String,
+    /// Resource name.
+    pub resource: String,
+    /// Purpose, "" when unknown.
+    pub purpose: String,
+    /// `ok`, `denied` or `error`.
+    pub outcome: String,
+    /// gRPC status code returned.
+    pub status_code: i32,
+    /// Trace id.
+    pub trace_id: String,
+    /// Details as JSON ("" when none); sealed with the subject when there is one.
+    pub detail: String,
+    /// The subject (type and keyed hash; its `detail` is ignored), when there is one.
+    pub subject: Option<SubjectFields>,
+}
+
+/// An entry read back, with its subject opened when the key still exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The entry as hashed.
+    pub entry: Entry,
+    /// The subject, `None` when there was none or it has been shredded.
+    pub subject: Option<SubjectFields>,
+    /// True when the entry had a subject whose key was destroyed.
+    pub shredded: bool,
+}
+
+/// A signed tree head as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHead {
+    /// Number of entries covered.
+    pub tree_size: u64,
+    /// RFC 6962 root hash.
+    pub root: Hash,
+    /// Signing time, µs since the epoch (the signature covers it in ms).
+    pub timestamp_us: i64,
+    /// Id of the signing key.
+    pub key_id: String,
+    /// Ed25519 signature.
+    pub signature: Vec<u8>,
+}
+
+/// Filters of `ListEvents`; all set filters must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Keyed subject hash.
+    pub subject_hash: Option<String>,
+    /// Principal.
+    pub actor: Option<String>,
+    /// Method.
+    pub method: Option<String>,
+    /// Action verb.
+    pub action: Option<String>,
+    /// Resource name.
+    pub resource: Option<String>,
+    /// Service.
+    pub service: Option<String>,
+    /// Earliest event time (µs, inclusive).
+    pub from_us: Option<i64>,
+    /// Latest event time (µs, exclusive).
+    pub to_us: Option<i64>,
+}
+
+/// Storage of one audit log.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Db,
+}
+
+fn hash_of(bytes: &[u8]) -> anyhow::Result<Hash> {
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("stored hash is not 32 bytes"))
+}
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows per multi-row INSERT (keeps bound parameters well under both engines' limits).
+const INSERT_CHUNK: usize = 400;
+
+impl LogStore {
+    /// The log in `db` (migrated).
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Appends `events` in one transaction and returns each one's sequence number.
+    /// Ids already in the log (or repeated in the batch) get their first number back.
+    pub async fn append(&self, events: &[NewEvent], now_us: i64) -> anyhow::Result<Vec<u64>> {
+        let mut tx = self.db.pool().begin().await?;
+        // Taking the row lock first serialises appenders (across replicas too), so
+        // sequence numbers are gap-free and in commit order.
+        let next: i64 = sqlx::query(
+            "UPDATE audit_log_state SET next_seq = next_seq WHERE id = 1 RETURNING next_seq",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let mut next = next as u64;
+
+        let existing = existing_seqs(&mut tx, events).await?;
+        let keys = subject_keys(&mut tx, events, now_us).await?;
+
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut fresh: Vec<(u64, &NewEvent, Vec<u8>)> = Vec::new();
+        let mut in_batch: HashMap<&str, u64> = HashMap::new();
+        for event in events {
+            if let Some(seq) = existing.get(&event.event_id) {
+                seqs.push(*seq);
+                continue;
+            }
+            if let Some(seq) = in_batch.get(event.event_id.as_str()) {
+                seqs.push(*seq);
+                continue;
+            }
+            let seq = next;
+            next += 1;
+            let sealed = event.subject.as_ref().map(|s| {
+                let (key_id, key) = &keys[&s.subject_hash];
+                let fields = SubjectFields {
+                    detail: event.detail.clone(),
+                    ..s.clone()
+                };
+                entry::seal(key, key_id, &event.event_id, &fields)
+            });
+            let clear_detail = if event.subject.is_some() {
+                String::new()
+            } else {
+                event.detail.clone()
+            };
+            let entry = Entry {
+                v: ENTRY_VERSION,
+                seq,
+                event_id: event.event_id.clone(),
+                time_us: event.time_us,
+                actor: event.actor.clone(),
+                service: event.service.clone(),
+                method: event.method.clone(),
+                action: event.action.clone(),
+                resource: event.resource.clone(),
+                purpose: event.purpose.clone(),
+                outcome: event.outcome.clone(),
+                status_code: event.status_code,
+                trace_id: event.trace_id.clone(),
+                detail: clear_detail,
+                sealed,
+            };
+            in_batch.insert(&event.event_id, seq);
+            seqs.push(seq);
+            fresh.push((seq, event, entry.to_bytes()));
+        }
+
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let values = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 13 + 1, 13)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO audit_entries (seq, event_id, entry, leaf_hash, time_us, actor, \
+                 service, method, action, resource, purpose, outcome, appended_us) VALUES {values}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (seq, e, bytes) in chunk {
+                q = q
+                    .bind(*seq as i64)
+                    .bind(e.event_id.clone())
+                    .bind(bytes.clone())
+                    .bind(leaf_hash(bytes).to_vec())
+                    .bind(e.time_us)
+                    .bind(e.actor.clone())
+                    .bind(e.service.clone())
+                    .bind(e.method.clone())
+                    .bind(e.action.clone())
+                    .bind(e.resource.clone())
+                    .bind(e.purpose.clone())
+                    .bind(e.outcome.clone())
+                    .bind(now_us);
+            }
+            q.execute(&mut *tx).await?;
+
+            let indexed: Vec<_> = chunk
+                .iter()
+                .filter_map(|(seq, e, _)| {
+                    e.subject.as_ref().map(|s| (*seq, s.subject_hash.clone()))
+                })
+                .collect();
+            if !indexed.is_empty() {
+                let values = (0..indexed.len())
+                    .map(|i| format!("({})", placeholders(i * 2 + 1, 2)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql =
+                    format!("INSERT INTO audit_subject_index (subject_hash, seq) VALUES {values}");
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (seq, hash) in indexed {
+                    q = q.bind(hash).bind(seq as i64);
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        sqlx::query("UPDATE audit_log_state SET next_seq = $1 WHERE id = 1")
+            .bind(next as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    /// Number of entries in the log.
+    pub async fn size(&self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query("SELECT next_seq FROM audit_log_state WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get(0)?;
+        Ok(n as u64)
+    }
+
+    /// Up to `limit` `(seq, leaf hash)` pairs from `start`, in order.
+    pub async fn leaf_hashes(&self, start: u64, limit: usize) -> anyhow::Result<Vec<(u64, Hash)>> {
+        let rows = sqlx::query(
+            "SELECT seq, leaf_hash FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(start as i64)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(0)?;
+                let hash: Vec<u8> = r.try_get(1)?;
+                Ok((seq as u64, hash_of(&hash)?))
+            })
+            .collect()
+    }
+
+    /// Raw rows for verification: `(seq, entry bytes, leaf hash, projection)`.
+    pub async fn raw_entries(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, entry, leaf_hash, event_id, time_us, actor, service, method, action, \
+             resource, purpose, outcome FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(start as i64)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(RawEntry::from_row).collect()
+    }
+
+    /// Records a signed head (a head for an existing size is kept as it was).
+    pub async fn insert_head(&self, head: &StoredHead) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_tree_heads (tree_size, root_hash, timestamp_us, key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(head.tree_size as i64)
+        .bind(head.root.to_vec())
+        .bind(head.timestamp_us)
+        .bind(head.key_id.clone())
+        .bind(head.signature.clone())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The head with the largest tree size.
+    pub async fn latest_head(&self) -> anyhow::Result<Option<StoredHead>> {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    /// Every head in size order (for verification).
+    pub async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
+             ORDER BY tree_size",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(head_from_row).collect()
+    }
+
+    /// Entries matching `filter` with `seq > after`, oldest first, at most `limit`.
+    pub async fn list(
+        &self,
+        filter: &EventFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredEntry>> {
+        let mut clauses = Vec::new();
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut from = "audit_entries e".to_string();
+        if let Some(hash) = &filter.subject_hash {
+            binds.push(Bind::Text(hash.clone()));
+            from = format!(
+                "audit_subject_index i JOIN audit_entries e ON e.seq = i.seq AND i.subject_hash = ${}",
+                binds.len()
+            );
+        }
+        for (column, value) in [
+            ("e.actor", &filter.actor),
+            ("e.method", &filter.method),
+            ("e.action", &filter.action),
+            ("e.resource", &filter.resource),
+            ("e.service", &filter.service),
+        ] {
+            if let Some(v) = value {
+                binds.push(Bind::Text(v.clone()));
+                clauses.push(format!("{column} = ${}", binds.len()));
+            }
+        }
+        if let Some(from_us) = filter.from_us {
+            binds.push(Bind::Int(from_us));
+            clauses.push(format!("e.time_us >= ${}", binds.len()));
+        }
+        if let Some(to_us) = filter.to_us {
+            binds.push(Bind::Int(to_us));
+            clauses.push(format!("e.time_us < ${}", binds.len()));
+        }
+        if let Some(after) = after {
+            binds.push(Bind::Int(after as i64));
+            clauses.push(format!("e.seq > ${}", binds.len()));
+        }
+        binds.push(Bind::Int(limit as i64));
+        let limit_at = binds.len();
+        let where_clause = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql =
+            format!("SELECT e.entry FROM {from} {where_clause} ORDER BY e.seq LIMIT ${limit_at}");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
+        let entries = rows
+            .iter()
+            .map(|r| Entry::from_bytes(&r.try_get::<Vec<u8>, _>(0)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.open_all(entries).await
+    }
+
+    /// Opens the sealed subjects of `entries` with the keys that still exist.
+    async fn open_all(&self, entries: Vec<Entry>) -> anyhow::Result<Vec<StoredEntry>> {
+        let mut key_ids: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.sealed.as_ref().map(|s| s.key_id.clone()))
+            .collect();
+        key_ids.sort();
+        key_ids.dedup();
+        let mut keys: HashMap<String, Vec<u8>> = HashMap::new();
+        for chunk in key_ids.chunks(500) {
+            let sql = format!(
+                "SELECT key_id, key FROM audit_subject_keys WHERE key IS NOT NULL AND key_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                keys.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let subject = entry.sealed.as_ref().and_then(|s| {
+                    keys.get(&s.key_id)
+                        .and_then(|k| entry::open(k, &entry.event_id, s))
+                });
+                let shredded = entry.sealed.is_some() && subject.is_none();
+                StoredEntry {
+                    entry,
+                    subject,
+                    shredded,
+                }
+            })
+            .collect())
+    }
+
+    /// Destroys the key of `subject_hash` and its search index; returns how many
+    /// entries became unreadable. Idempotent.
+    pub async fn shred(&self, subject_hash: &str, now_us: i64) -> anyhow::Result<u64> {
+        let mut tx = self.db.pool().begin().await?;
+        let removed = sqlx::query("DELETE FROM audit_subject_index WHERE subject_hash = $1")
+            .bind(subject_hash.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE audit_subject_keys SET key = NULL, subject_hash = NULL, shredded_us = $1 \
+             WHERE subject_hash = $2",
+        )
+        .bind(now_us)
+        .bind(subject_hash.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// One stored row, unparsed, as `custodia audit verify` reads it.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    /// Sequence column.
+    pub seq: u64,
+    /// Entry bytes.
+    pub entry: Vec<u8>,
+    /// Stored leaf hash column.
+    pub leaf_hash: Vec<u8>,
+    /// Clear projection columns, as stored.
+    pub projection: Projection,
+}
+
+impl RawEntry {
+    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        let seq: i64 = r.try_get(0)?;
+        Ok(Self {
+            seq: seq as u64,
+            entry: r.try_get(1)?,
+            leaf_hash: r.try_get(2)?,
+            projection: Projection {
+                event_id: r.try_get(3)?,
+                time_us: r.try_get(4)?,
+                actor: r.try_get(5)?,
+                service: r.try_get(6)?,
+                method: r.try_get(7)?,
+                action: r.try_get(8)?,
+                resource: r.try_get(9)?,
+                purpose: r.try_get(10)?,
+                outcome: r.try_get(11)?,
+            },
+        })
+    }
+}
+
+/// The clear columns stored beside each entry for queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projection {
+    /// event_id column.
+    pub event_id: String,
+    /// time_us column.
+    pub time_us: i64,
+    /// actor column.
+    pub actor: String,
+    /// service column.
+    pub service: String,
+    /// method column.
+    pub method: String,
+    /// action column.
+    pub action: String,
+    /// resource column.
+    pub resource: String,
+    /// purpose column.
+    pub purpose: String,
+    /// outcome column.
+    pub outcome: String,
+}
+
+impl Projection {
+    /// The projection an entry should have.
+    pub fn of(e: &Entry) -> Self {
+        Self {
+            event_id: e.event_id.clone(),
+            time_us: e.time_us,
+            actor: e.actor.clone(),
+            service: e.service.clone(),
+            method: e.method.clone(),
+            action: e.action.clone(),
+            resource: e.resource.clone(),
+            purpose: e.purpose.clone(),
+            outcome: e.outcome.clone(),
+        }
+    }
+}
+
+fn head_from_row(r: &AnyRow) -> anyhow::Result<StoredHead> {
+    let size: i64 = r.try_get(0)?;
+    let root: Vec<u8> = r.try_get(1)?;
+    Ok(StoredHead {
+        tree_size: size as u64,
+        root: hash_of(&root)?,
+        timestamp_us: r.try_get(2)?,
+        key_id: r.try_get(3)?,
+        signature: r.try_get(4)?,
+    })
+}
+
+async fn existing_seqs(
+    conn: &mut AnyConnection,
+    events: &[NewEvent],
+) -> anyhow::Result<HashMap<String, u64>> {
+    let mut found = HashMap::new();
+    for chunk in events.chunks(500) {
+        let sql = format!(
+            "SELECT event_id, seq FROM audit_entries WHERE event_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for e in chunk {
+            q = q.bind(e.event_id.clone());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let seq: i64 = row.try_get(1)?;
+            found.insert(row.try_get(0)?, seq as u64);
+        }
+    }
+    Ok(found)
+}
+
+/// The key of every subject in `events`, created when missing.
+async fn subject_keys(
+    conn: &mut AnyConnection,
+    events: &[NewEvent],
+    now_us: i64,
+) -> anyhow::Result<HashMap<String, (String, [u8; 32])>> {
+    let mut hashes: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.subject.as_ref().map(|s| s.subject_hash.as_str()))
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    let mut keys = HashMap::new();
+    for chunk in hashes.chunks(500) {
+        let sql = format!(
+            "SELECT subject_hash, key_id, key FROM audit_subject_keys WHERE subject_hash IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for h in chunk {
+            q = q.bind(h.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let key: Vec<u8> = row.try_get(2)?;
+            let key: [u8; 32] = key
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))?;
+            keys.insert(
+                row.try_get::<String, _>(0)?,
+                (row.try_get::<String, _>(1)?, key),
+            );
+        }
+    }
+    for hash in hashes {
+        if keys.contains_key(hash) {
+            continue;
+        }
+        let key_id = uuid::Uuid::new_v4().simple().to_string();
+        let key = entry::new_key();
+        sqlx::query(
+            "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key_id.clone())
+        .bind(hash.to_string())
+        .bind(key.to_vec())
+        .bind(now_us)
+        .execute(&mut *conn)
+        .await?;
+        keys.insert(hash.to_string(), (key_id, key));
+    }
+    Ok(keys)
+}

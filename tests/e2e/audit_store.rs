@@ -1,0 +1,352 @@
+//! The audit log's storage and integrity on both backends: append-only in the
+//! database itself, gap-free idempotent appends, signed heads with proofs that an
+//! independent RFC 6962 verifier accepts, crypto-shredding that keeps the tree
+//! verifiable, and tamper detection that names the first bad sequence number.
+
+use std::{collections::HashMap, sync::Arc};
+
+use custodia_audit_log::{
+    entry::SubjectFields,
+    log::AuditLog,
+    merkle::{leaf_hash, verify_consistency, verify_inclusion},
+    signer::HeadSigner,
+    store::{EventFilter, LogStore, NewEvent},
+    verify::verify,
+};
+use custodia_core::{
+    legal_time::{Clock, ManualClock},
+    storage::{self, Db},
+};
+use custodia_tests::TestDatabase;
+use sqlx::AssertSqlSafe;
+
+fn event(i: usize, subject: Option<&str>) -> NewEvent {
+    NewEvent {
+        event_id: format!("evt-{i}"),
+        time_us: 1_700_000_000_000_000 + i as i64,
+        actor: if i.is_multiple_of(2) { "crm" } else { "moodle" }.into(),
+        service: "consent".into(),
+        method: "CheckConsent".into(),
+        action: "check".into(),
+        resource: format!("purposes/p{}", i % 3),
+        purpose: "newsletter".into(),
+        outcome: "ok".into(),
+        status_code: 0,
+        trace_id: format!("{i:032x}"),
+        detail: String::new(),
+        subject: subject.map(|s| SubjectFields {
+            subject_type: "email".into(),
+            subject_hash: s.into(),
+            detail: String::new(),
+        }),
+    }
+}
+
+struct Fixture {
+    log: Arc<AuditLog>,
+    db: Db,
+    keys: HashMap<String, ed25519_dalek::VerifyingKey>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+    pg: Option<TestDatabase>,
+}
+
+async fn fixture(postgres: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, pg) = if postgres {
+        let pg = TestDatabase::create().await;
+        (pg.url.clone(), Some(pg))
+    } else {
+        (storage::sqlite_file_url(&dir.path().join("audit.db")), None)
+    };
+    let db = storage::connect(&url.into(), "audit_log", 4).await.unwrap();
+    db.migrate(&custodia_audit_log::MIGRATIONS).await.unwrap();
+    let signer = HeadSigner::from_seed_text(&"42".repeat(32)).unwrap();
+    let keys = HashMap::from([(signer.key_id().to_string(), signer.public_key())]);
+    let clock = Arc::new(ManualClock::new("2026-11-02T09:00:00Z".parse().unwrap()));
+    let log = AuditLog::open(
+        LogStore::new(db.clone()),
+        signer,
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .await
+    .unwrap();
+    Fixture {
+        log,
+        db,
+        keys,
+        clock,
+        _dir: dir,
+        pg,
+    }
+}
+
+impl Fixture {
+    async fn done(self) {
+        self.db.close().await;
+        if let Some(pg) = self.pg {
+            pg.drop_now().await;
+        }
+    }
+}
+
+async fn appends_proofs_and_shredding(postgres: bool) {
+    let f = fixture(postgres).await;
+    let alice = "a".repeat(64);
+    let bob = "b".repeat(64);
+
+    // Gap-free sequence numbers; the same event id (in a batch or later) keeps its number.
+    let batch: Vec<_> = (0..10)
+        .map(|i| event(i, Some(if i.is_multiple_of(2) { &alice } else { &bob })))
+        .collect();
+    let seqs = f.log.append(&batch).await.unwrap();
+    assert_eq!(seqs, (0..10).collect::<Vec<u64>>());
+    let again = f
+        .log
+        .append(&[event(3, Some(&bob)), event(10, None), event(10, None)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![3, 10, 10]);
+    assert_eq!(f.log.store().size().await.unwrap(), 11);
+
+    // A signed head covers everything; proofs verify independently.
+    let head = f.log.integrate().await.unwrap().expect("a new head");
+    assert_eq!(head.tree_size, 11);
+    assert!(
+        f.log.integrate().await.unwrap().is_none(),
+        "nothing new to sign"
+    );
+    let rows = f.log.store().raw_entries(0, 100).await.unwrap();
+    for raw in &rows {
+        let (leaf, proof) = f.log.inclusion_proof(raw.seq, 11).await.unwrap().unwrap();
+        assert_eq!(leaf, leaf_hash(&raw.entry));
+        verify_inclusion(&leaf, raw.seq, 11, &proof, &head.root).unwrap();
+    }
+    f.clock.advance(chrono::Duration::seconds(1));
+    f.log.append(&[event(11, Some(&alice))]).await.unwrap();
+    let head2 = f.log.integrate().await.unwrap().unwrap();
+    let proof = f.log.consistency_proof(11, 12).await.unwrap().unwrap();
+    verify_consistency(11, 12, &head.root, &head2.root, &proof).unwrap();
+
+    // Search by subject, actor and time.
+    let by_alice = f
+        .log
+        .store()
+        .list(
+            &EventFilter {
+                subject_hash: Some(alice.clone()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        by_alice.iter().map(|e| e.entry.seq).collect::<Vec<_>>(),
+        vec![0, 2, 4, 6, 8, 11]
+    );
+    assert!(
+        by_alice
+            .iter()
+            .all(|e| e.subject.as_ref().unwrap().subject_hash == alice)
+    );
+    let page = f
+        .log
+        .store()
+        .list(
+            &EventFilter {
+                actor: Some("moodle".into()),
+                ..Default::default()
+            },
+            Some(3),
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.entry.seq).collect::<Vec<_>>(),
+        vec![5, 7]
+    );
+
+    // Shredding: the subject can no longer be read or found; the log still verifies.
+    assert_eq!(f.log.store().shred(&alice, 0).await.unwrap(), 6);
+    assert!(
+        f.log
+            .store()
+            .list(
+                &EventFilter {
+                    subject_hash: Some(alice.clone()),
+                    ..Default::default()
+                },
+                None,
+                100
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let all = f
+        .log
+        .store()
+        .list(&EventFilter::default(), None, 100)
+        .await
+        .unwrap();
+    let shredded: Vec<_> = all
+        .iter()
+        .filter(|e| e.shredded)
+        .map(|e| e.entry.seq)
+        .collect();
+    assert_eq!(shredded, vec![0, 2, 4, 6, 8, 11]);
+    assert!(
+        all.iter()
+            .filter(|e| !e.shredded)
+            .all(|e| e.subject.as_ref().is_none_or(|s| s.subject_hash == bob))
+    );
+    let report = verify(f.log.store(), &f.keys).await.unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!((report.entries, report.heads), (12, 2));
+
+    // Append-only in the database itself.
+    for sql in [
+        "UPDATE audit_entries SET actor = 'x' WHERE seq = 1",
+        "DELETE FROM audit_entries WHERE seq = 1",
+        "UPDATE audit_tree_heads SET tree_size = 99",
+        "DELETE FROM audit_tree_heads",
+    ] {
+        let err = sqlx::query(AssertSqlSafe(sql)).execute(f.db.pool()).await;
+        assert!(err.is_err(), "{sql} must be refused");
+    }
+    f.done().await;
+}
+
+#[tokio::test]
+async fn appends_proofs_and_shredding_sqlite() {
+    appends_proofs_and_shredding(false).await;
+}
+
+#[tokio::test]
+async fn appends_proofs_and_shredding_postgres() {
+    appends_proofs_and_shredding(true).await;
+}
+
+/// Builds a 20-entry log with heads at sizes 0, 8 and 20, then lets `tamper`
+/// change the database behind custodia's back (triggers dropped, as an
+/// administrator could) and returns the first bad sequence number reported.
+async fn tampered(postgres: bool, tamper: &str) -> Option<u64> {
+    let f = fixture(postgres).await;
+    f.log.integrate().await.unwrap();
+    f.log
+        .append(
+            &(0..8)
+                .map(|i| event(i, Some(&"c".repeat(64))))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    f.log.integrate().await.unwrap();
+    f.log
+        .append(&(8..20).map(|i| event(i, None)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    f.log.integrate().await.unwrap();
+    assert!(verify(f.log.store(), &f.keys).await.unwrap().is_ok());
+    let drop_triggers: &[&str] = if postgres {
+        &[
+            "ALTER TABLE audit_entries DISABLE TRIGGER USER",
+            "ALTER TABLE audit_tree_heads DISABLE TRIGGER USER",
+        ]
+    } else {
+        &[
+            "DROP TRIGGER audit_entries_no_update",
+            "DROP TRIGGER audit_entries_no_delete",
+            "DROP TRIGGER audit_tree_heads_no_update",
+            "DROP TRIGGER audit_tree_heads_no_delete",
+        ]
+    };
+    let mut conn = f.db.pool().acquire().await.unwrap();
+    for sql in drop_triggers
+        .iter()
+        .copied()
+        .chain(tamper.split(';').map(str::trim).filter(|s| !s.is_empty()))
+    {
+        sqlx::query(AssertSqlSafe(sql.to_string()))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let report = verify(f.log.store(), &f.keys).await.unwrap();
+    let seq = report.problem.as_ref().map(|p| p.seq);
+    f.done().await;
+    seq
+}
+
+async fn tampering_is_located(postgres: bool) {
+    let blob = |hex: &str| {
+        if postgres {
+            format!("'\\x{hex}'::bytea")
+        } else {
+            format!("X'{hex}'")
+        }
+    };
+    // A flipped byte in an entry (the 'crm' actor inside entry 5's bytes).
+    let flip = if postgres {
+        "UPDATE audit_entries SET entry = overlay(entry placing '\\x58'::bytea from 30 for 1) WHERE seq = 5"
+    } else {
+        "UPDATE audit_entries SET entry = CAST(substr(entry, 1, 29) || X'58' || substr(entry, 31) AS BLOB) WHERE seq = 5"
+    };
+    assert_eq!(tampered(postgres, flip).await, Some(5), "bit flip");
+    // A deleted entry.
+    assert_eq!(
+        tampered(postgres, "DELETE FROM audit_entries WHERE seq = 12").await,
+        Some(12),
+        "delete"
+    );
+    // Two entries swapped (reordered).
+    assert_eq!(
+        tampered(
+            postgres,
+            "UPDATE audit_entries SET seq = 1000 WHERE seq = 9; UPDATE audit_entries SET seq = 9 WHERE seq = 10; UPDATE audit_entries SET seq = 10 WHERE seq = 1000"
+        )
+        .await,
+        Some(9),
+        "reorder"
+    );
+    // An entry inserted in the middle (later ones shifted up by one).
+    assert_eq!(
+        tampered(
+            postgres,
+            "UPDATE audit_entries SET seq = seq + 100 WHERE seq >= 14; UPDATE audit_entries SET seq = seq - 99 WHERE seq >= 114; \
+             INSERT INTO audit_entries SELECT 14, 'forged', entry, leaf_hash, time_us, actor, service, method, action, resource, purpose, outcome, appended_us FROM audit_entries WHERE seq = 13"
+        )
+        .await,
+        Some(14),
+        "insert"
+    );
+    // Truncated: the last entries removed.
+    assert_eq!(
+        tampered(postgres, "DELETE FROM audit_entries WHERE seq >= 17").await,
+        Some(17),
+        "truncate"
+    );
+    // A forked head: the head at size 20 replaced by one over different data.
+    let forged_root = blob(&"00".repeat(32));
+    let fork =
+        format!("UPDATE audit_tree_heads SET root_hash = {forged_root} WHERE tree_size = 20");
+    assert_eq!(
+        tampered(postgres, &fork).await,
+        Some(8),
+        "forked head: first entry after the last good head"
+    );
+}
+
+#[tokio::test]
+async fn tampering_is_located_sqlite() {
+    tampering_is_located(false).await;
+}
+
+#[tokio::test]
+async fn tampering_is_located_postgres() {
+    tampering_is_located(true).await;
+}
