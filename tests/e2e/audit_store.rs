@@ -100,13 +100,13 @@ async fn appends_proofs_and_shredding(postgres: bool) {
         .map(|i| event(i, Some(if i.is_multiple_of(2) { &alice } else { &bob })))
         .collect();
     let seqs = f.log.append(&batch).await.unwrap();
-    assert_eq!(seqs, (0..10).collect::<Vec<u64>>());
+    assert_eq!(seqs, (0..10).map(|s| (s, false)).collect::<Vec<_>>());
     let again = f
         .log
         .append(&[event(3, Some(&bob)), event(10, None), event(10, None)])
         .await
         .unwrap();
-    assert_eq!(again, vec![3, 10, 10]);
+    assert_eq!(again, vec![(3, true), (10, false), (10, true)]);
     assert_eq!(f.log.store().size().await.unwrap(), 11);
 
     // A signed head covers everything; proofs verify independently.

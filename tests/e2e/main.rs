@@ -1,6 +1,7 @@
 //! Workspace end-to-end suite: real servers on port 0, real clients, real SQLite
 //! and PostgreSQL (a fresh database per test).
 
+mod audit_api;
 mod audit_store;
 mod outbox;
 mod platform;

@@ -107,6 +107,7 @@ pub async fn test_config(backend: Backend) -> (Config, tempfile::TempDir, Option
             let db = TestDatabase::create().await;
             config.database.url = Some(db.url.clone().into());
             config.audit.subject_hash_key = Some("test-subject-hash-key".to_string().into());
+            config.audit.signing_key = Some("42".repeat(32).into());
             Some(db)
         }
     };

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod entry;
+pub mod grpc;
 pub mod keys;
 pub mod log;
 pub mod merkle;
@@ -14,7 +15,7 @@ use custodia_core::{
     server::{Application, Mounted, ServiceContext, ServiceDef},
     storage::Migrations,
 };
-use custodia_proto::audit::v1::audit_log_service_server::{AuditLogService, AuditLogServiceServer};
+use custodia_proto::audit::v1::audit_log_service_server::AuditLogServiceServer;
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 
@@ -40,22 +41,20 @@ pub async fn application(config: Config) -> anyhow::Result<Application> {
 
 fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
-        let server = AuditLogServiceServer::new(Api { _ctx: ctx.clone() })
+        let signer = keys::head_signer(&ctx.config)?;
+        let log = log::AuditLog::open(
+            store::LogStore::new(ctx.db.clone()),
+            signer,
+            ctx.clock.clone(),
+        )
+        .await?;
+        let server = AuditLogServiceServer::new(grpc::Api::new(ctx.clone(), log.clone()))
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
             register: Box::new(move |routes| {
                 routes.add_service(server);
             }),
-            tasks: Vec::new(),
+            tasks: vec![Box::pin(log.run_integrator())],
         })
     })
 }
-
-/// The gRPC handlers. Methods not built yet answer UNIMPLEMENTED.
-#[derive(Debug)]
-struct Api {
-    _ctx: ServiceContext,
-}
-
-#[tonic::async_trait]
-impl AuditLogService for Api {}

@@ -76,14 +76,15 @@ impl AuditLog {
         self.size_tx.subscribe()
     }
 
-    /// Appends durably; returns each event's sequence number.
-    pub async fn append(&self, events: &[NewEvent]) -> anyhow::Result<Vec<u64>> {
+    /// Appends durably; returns each event's sequence number and whether it was a
+    /// duplicate of an earlier append.
+    pub async fn append(&self, events: &[NewEvent]) -> anyhow::Result<Vec<(u64, bool)>> {
         let seqs = self
             .store
             .append(events, to_micros(self.clock.now()))
             .await?;
         self.appended.notify_one();
-        if let Some(max) = seqs.iter().max() {
+        if let Some(max) = seqs.iter().map(|(seq, _)| *seq).max() {
             self.size_tx.send_if_modified(|size| {
                 let grew = *size < max + 1;
                 if grew {

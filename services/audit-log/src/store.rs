@@ -83,6 +83,8 @@ pub struct EventFilter {
     pub resource: Option<String>,
     /// Service.
     pub service: Option<String>,
+    /// Outcome (`ok`, `denied`, `error`).
+    pub outcome: Option<String>,
     /// Earliest event time (µs, inclusive).
     pub from_us: Option<i64>,
     /// Latest event time (µs, exclusive).
@@ -122,9 +124,14 @@ impl LogStore {
         &self.db
     }
 
-    /// Appends `events` in one transaction and returns each one's sequence number.
-    /// Ids already in the log (or repeated in the batch) get their first number back.
-    pub async fn append(&self, events: &[NewEvent], now_us: i64) -> anyhow::Result<Vec<u64>> {
+    /// Appends `events` in one transaction and returns each one's sequence number and
+    /// whether it was a duplicate: ids already in the log (or repeated in the batch)
+    /// get their first number back.
+    pub async fn append(
+        &self,
+        events: &[NewEvent],
+        now_us: i64,
+    ) -> anyhow::Result<Vec<(u64, bool)>> {
         let mut tx = self.db.pool().begin().await?;
         // Taking the row lock first serialises appenders (across replicas too), so
         // sequence numbers are gap-free and in commit order.
@@ -144,11 +151,11 @@ impl LogStore {
         let mut in_batch: HashMap<&str, u64> = HashMap::new();
         for event in events {
             if let Some(seq) = existing.get(&event.event_id) {
-                seqs.push(*seq);
+                seqs.push((*seq, true));
                 continue;
             }
             if let Some(seq) = in_batch.get(event.event_id.as_str()) {
-                seqs.push(*seq);
+                seqs.push((*seq, true));
                 continue;
             }
             let seq = next;
@@ -184,7 +191,7 @@ impl LogStore {
                 sealed,
             };
             in_batch.insert(&event.event_id, seq);
-            seqs.push(seq);
+            seqs.push((seq, false));
             fresh.push((seq, event, entry.to_bytes()));
         }
 
@@ -345,6 +352,7 @@ impl LogStore {
             ("e.action", &filter.action),
             ("e.resource", &filter.resource),
             ("e.service", &filter.service),
+            ("e.outcome", &filter.outcome),
         ] {
             if let Some(v) = value {
                 binds.push(Bind::Text(v.clone()));
