@@ -1,0 +1,3 @@
+//! Tests of the real `custodia` binary as a process: crash safety under kill -9.
+
+mod crash;
