@@ -363,6 +363,13 @@ async fn audit_api(backend: Backend) {
         .await
         .unwrap();
     assert!(report.is_ok(), "{report}");
+    // The same check against the running service, with the key we trust.
+    let trusted = format!("{}={}", keys[0].key_id, hex::encode(&keys[0].public_key));
+    let remote = custodia_audit_log::verify::verify_remote(&app.endpoint, ADMIN_TOKEN, &[trusted])
+        .await
+        .unwrap();
+    assert!(remote.is_ok(), "{remote}");
+    assert!(remote.entries >= report.entries);
 
     app.stop().await;
 }

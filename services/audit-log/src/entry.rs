@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const ENTRY_VERSION: u8 = 1;
 
 /// One log entry as stored and hashed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Format version.
     pub v: u8,

@@ -139,9 +139,27 @@ fn check_heads_at<'a>(
     Ok(())
 }
 
+/// Where verification reads the log from: the database, or a running service.
+pub trait LogSource {
+    /// Every signed head, by tree size ascending.
+    fn heads(&self) -> impl Future<Output = anyhow::Result<Vec<StoredHead>>>;
+    /// Up to `limit` stored rows from sequence `start`, in order.
+    fn rows(&self, start: u64, limit: usize)
+    -> impl Future<Output = anyhow::Result<Vec<RawEntry>>>;
+}
+
+impl LogSource for LogStore {
+    async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
+        LogStore::heads(self).await
+    }
+    async fn rows(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
+        self.raw_entries(start, limit).await
+    }
+}
+
 /// Verifies the log in `store` against `keys` (key id -> public key).
 pub async fn verify(
-    store: &LogStore,
+    store: &impl LogSource,
     keys: &HashMap<String, VerifyingKey>,
 ) -> anyhow::Result<Report> {
     let heads = store.heads().await?;
@@ -165,7 +183,7 @@ pub async fn verify(
         return Ok(report);
     }
     loop {
-        let rows = store.raw_entries(tree.size(), CHUNK).await?;
+        let rows = store.rows(tree.size(), CHUNK).await?;
         if rows.is_empty() {
             break;
         }
@@ -205,12 +223,8 @@ pub async fn verify(
     Ok(report)
 }
 
-/// Verifies the audit-log database of `config`. Trusted keys: each `KEY_ID=HEX` in
-/// `public_keys`, or when none is given the key of the configured signer.
-pub async fn verify_database(
-    config: &custodia_core::Config,
-    public_keys: &[String],
-) -> anyhow::Result<Report> {
+/// Parses `KEY_ID=HEX` trusted keys.
+fn parse_keys(public_keys: &[String]) -> anyhow::Result<HashMap<String, VerifyingKey>> {
     let mut keys = HashMap::new();
     for spec in public_keys {
         let (id, hex_key) = spec
@@ -222,6 +236,31 @@ pub async fn verify_database(
             .ok_or_else(|| anyhow::anyhow!("--public-key {id}: expected 64 hex characters"))?;
         keys.insert(id.to_string(), VerifyingKey::from_bytes(&bytes)?);
     }
+    Ok(keys)
+}
+
+/// Verifies a running audit-log at `endpoint`. Trusted keys: `public_keys`, or when
+/// none is given the keys the service publishes (weaker: it trusts the service).
+pub async fn verify_remote(
+    endpoint: &str,
+    token: &str,
+    public_keys: &[String],
+) -> anyhow::Result<Report> {
+    let remote = RemoteLog::connect(endpoint, token).await?;
+    let mut keys = parse_keys(public_keys)?;
+    if keys.is_empty() {
+        keys = remote.published_keys().await?;
+    }
+    verify(&remote, &keys).await
+}
+
+/// Verifies the audit-log database of `config`. Trusted keys: each `KEY_ID=HEX` in
+/// `public_keys`, or when none is given the key of the configured signer.
+pub async fn verify_database(
+    config: &custodia_core::Config,
+    public_keys: &[String],
+) -> anyhow::Result<Report> {
+    let mut keys = parse_keys(public_keys)?;
     if keys.is_empty() {
         let signer = crate::keys::head_signer(config)?;
         keys.insert(signer.key_id().to_string(), signer.public_key());
@@ -231,4 +270,129 @@ pub async fn verify_database(
     let report = verify(&LogStore::new(db.clone()), &keys).await;
     db.close().await;
     report
+}
+
+/// Reads the log from a running audit-log service (`ListLeaves`,
+/// `ListSignedTreeHeads`), so a DPO can verify without database access.
+#[derive(Debug, Clone)]
+pub struct RemoteLog {
+    client: custodia_proto::audit::v1::audit_log_service_client::AuditLogServiceClient<
+        tonic::transport::Channel,
+    >,
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl RemoteLog {
+    /// Connects to `endpoint` with a token holding `audit.read`.
+    pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+            .connect()
+            .await?;
+        Ok(Self {
+            client:
+                custodia_proto::audit::v1::audit_log_service_client::AuditLogServiceClient::new(
+                    channel,
+                )
+                .max_decoding_message_size(64 * 1024 * 1024),
+            authorization: format!("Bearer {token}").parse()?,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        r
+    }
+
+    /// The signing keys the service publishes.
+    pub async fn published_keys(&self) -> anyhow::Result<HashMap<String, VerifyingKey>> {
+        let keys = self
+            .client
+            .clone()
+            .list_signing_keys(
+                self.request(custodia_proto::audit::v1::ListSigningKeysRequest::default()),
+            )
+            .await?
+            .into_inner()
+            .keys;
+        keys.into_iter()
+            .map(|k| {
+                let bytes: [u8; 32] = k
+                    .public_key
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("published key {} is not 32 bytes", k.key_id))?;
+                Ok((k.key_id, VerifyingKey::from_bytes(&bytes)?))
+            })
+            .collect()
+    }
+}
+
+impl LogSource for RemoteLog {
+    async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
+        let mut heads = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_signed_tree_heads(self.request(
+                    custodia_proto::audit::v1::ListSignedTreeHeadsRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        min_tree_size: 0,
+                    },
+                ))
+                .await?
+                .into_inner();
+            for h in page.heads {
+                let root: [u8; 32] = h
+                    .root_hash
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("head root is not 32 bytes"))?;
+                let ts = h.timestamp.unwrap_or_default();
+                heads.push(StoredHead {
+                    tree_size: h.tree_size as u64,
+                    root,
+                    timestamp_us: ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000),
+                    key_id: h.key_id,
+                    signature: h.signature,
+                });
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(heads);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    async fn rows(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
+        let leaves = self
+            .client
+            .clone()
+            .list_leaves(self.request(custodia_proto::audit::v1::ListLeavesRequest {
+                start_sequence: start as i64,
+                page_size: limit.min(1000) as i32,
+                page_token: String::new(),
+            }))
+            .await?
+            .into_inner()
+            .leaves;
+        Ok(leaves
+            .into_iter()
+            .map(|l| {
+                // The service exposes the hashed bytes only; the query columns are a
+                // database detail, so they are taken from the entry itself here.
+                let projection = Entry::from_bytes(&l.leaf_data)
+                    .map(|e| Projection::of(&e))
+                    .unwrap_or_else(|_| Projection::of(&Entry::default()));
+                RawEntry {
+                    seq: l.sequence as u64,
+                    leaf_hash: leaf_hash(&l.leaf_data).to_vec(),
+                    entry: l.leaf_data,
+                    projection,
+                }
+            })
+            .collect())
+    }
 }

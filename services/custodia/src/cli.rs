@@ -73,9 +73,16 @@ enum AuditCommand {
     /// Exit code 0: intact; 2: tampered.
     Verify {
         /// Trusted public key as `KEY_ID=HEX` (repeatable). Default: the key derived from
-        /// the configured (or embedded) signing key.
+        /// the configured (or embedded) signing key; with --endpoint, the service's
+        /// published keys.
         #[arg(long = "public-key")]
         public_keys: Vec<String>,
+        /// Verify a running audit-log (e.g. http://127.0.0.1:50051) instead of its database.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Bearer token with `audit.read`, for --endpoint.
+        #[arg(long, env = "CUSTODIA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -170,9 +177,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{name}\t{}", p.scopes.join(" "));
             }
         }
-        Command::Audit(AuditCommand::Verify { public_keys }) => {
-            let config = load_config(&cli.global, None)?;
-            let report = custodia_audit_log::verify::verify_database(&config, &public_keys).await?;
+        Command::Audit(AuditCommand::Verify {
+            public_keys,
+            endpoint,
+            token,
+        }) => {
+            let report = match endpoint {
+                Some(endpoint) => {
+                    let token = token.ok_or_else(|| {
+                        anyhow::anyhow!("--endpoint needs --token (or CUSTODIA_TOKEN)")
+                    })?;
+                    custodia_audit_log::verify::verify_remote(&endpoint, &token, &public_keys)
+                        .await?
+                }
+                None => {
+                    let config = load_config(&cli.global, None)?;
+                    custodia_audit_log::verify::verify_database(&config, &public_keys).await?
+                }
+            };
             println!("{report}");
             if !report.is_ok() {
                 return Ok(ExitCode::from(2));
