@@ -478,3 +478,75 @@ async fn denied_calls_reach_the_log_and_an_outage_loses_nothing() {
     consent.stop().await;
     audit.stop().await;
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_postgres_share_one_log() {
+    // Replica A creates the database; replica B joins the same one.
+    let a = TestApp::spawn(Backend::Postgres, &[custodia_audit_log::SERVICE]).await;
+    let shared = a.config.database.url.clone();
+    let b = TestApp::spawn_with(Backend::Sqlite, &[custodia_audit_log::SERVICE], |c| {
+        c.database.url = shared;
+        c.audit.subject_hash_key = Some("test-subject-hash-key".to_string().into());
+        c.audit.signing_key = Some("42".repeat(32).into());
+    })
+    .await;
+    let mut ca = AuditLogServiceClient::new(a.channel().await);
+    let mut cb = AuditLogServiceClient::new(b.channel().await);
+    let batch = |prefix: &str| AppendEventsRequest {
+        events: (0..50)
+            .map(|i| access(&format!("{prefix}-{i}"), Some(email("ada@example.edu"))))
+            .collect(),
+        request_id: String::new(),
+    };
+    let (ra, rb) = tokio::join!(
+        ca.append_events(authed(batch("a"), ADMIN_TOKEN)),
+        cb.append_events(authed(batch("b"), ADMIN_TOKEN)),
+    );
+    let mut seqs: Vec<i64> = ra
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .chain(rb.unwrap().into_inner().results)
+        .map(|r| r.sequence)
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        100,
+        "both replicas append, numbers never collide"
+    );
+    // One head covers both replicas' entries, whichever replica signed it, and
+    // both serve proofs for it.
+    let max = *seqs.last().unwrap();
+    let head = head_of_at_least(&mut cb, max + 1).await;
+    for client in [&mut ca, &mut cb] {
+        let proof = client
+            .get_inclusion_proof(authed(
+                GetInclusionProofRequest {
+                    sequence: seqs[0],
+                    tree_size: head.tree_size,
+                },
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let path: Vec<Hash> = proof.hashes.iter().map(|h| hash(h)).collect();
+        verify_inclusion(
+            &hash(&proof.leaf_hash),
+            seqs[0] as u64,
+            head.tree_size as u64,
+            &path,
+            &hash(&head.root_hash),
+        )
+        .expect("inclusion proof verifies on either replica");
+    }
+    let report = custodia_audit_log::verify::verify_database(&a.config, &[])
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report}");
+    b.stop().await;
+    a.stop().await;
+}
