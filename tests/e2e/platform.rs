@@ -225,3 +225,38 @@ async fn oversized_requests_are_refused() {
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     app.stop().await;
 }
+
+/// An AppendEventsRequest whose one event has an `event_id` that is not UTF-8
+/// (prost would refuse to build it, so the bytes are laid out by hand).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawAppend {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    events: Vec<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_invalid_argument_naming_the_field() {
+    let app = TestApp::spawn(Backend::Sqlite, &all_services()).await;
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.unwrap();
+    // event_id (field 1, length-delimited) = 0xFF 0xFE
+    let request = authed(
+        RawAppend {
+            events: vec![vec![0x0a, 0x02, 0xff, 0xfe]],
+        },
+        ADMIN_TOKEN,
+    );
+    let err = grpc
+        .unary::<_, custodia_proto::audit::v1::AppendEventsResponse, _>(
+            request,
+            "/custodia.audit.v1.AuditLogService/AppendEvents"
+                .parse()
+                .unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("event_id"), "{}", err.message());
+    app.stop().await;
+}

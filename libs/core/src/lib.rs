@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod decode_errors;
 pub mod error;
 pub mod json_struct;
 pub mod keys;

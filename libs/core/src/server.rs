@@ -20,6 +20,7 @@ use crate::{
         layer::{AuthLayer, Denial, DenialRecorder},
         scopes::ScopeTable,
     },
+    decode_errors::DecodeErrorLayer,
     keys::{self, Origin},
     legal_time::{Clock, LegalCalendar, SystemClock},
     outbox::{
@@ -144,13 +145,17 @@ fn resolve_secrets(config: &Config) -> anyhow::Result<Secrets> {
     })
 }
 
+/// The tower layers around every call: auth (outermost), then decode errors.
+type Layers = tower::layer::util::Stack<
+    DecodeErrorLayer,
+    tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
+>;
+
 /// A bound, ready-to-run custodia server hosting one or more services.
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    router: tonic::transport::server::Router<
-        tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
-    >,
+    router: tonic::transport::server::Router<Layers>,
     tasks: Vec<BoxFuture<'static, ()>>,
     dbs: Vec<Db>,
     grace: Duration,
@@ -264,6 +269,7 @@ impl Application {
             .concurrency_limit_per_connection(config.server.concurrency_limit_per_connection)
             .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
             .layer(auth)
+            .layer(DecodeErrorLayer)
             .add_routes(routes.routes().prepare());
 
         Ok(Self {
