@@ -217,3 +217,50 @@ pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
 pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
+
+/// Parameters of a query assembled at run time (optional filters): each `push`
+/// returns the `$n` placeholder to put in the SQL, and [`Params::bind`] binds the
+/// values in that order.
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    values: Vec<Param>,
+}
+
+#[derive(Debug, Clone)]
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+impl Params {
+    /// No parameters yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an integer; returns its placeholder.
+    pub fn int(&mut self, v: i64) -> String {
+        self.values.push(Param::Int(v));
+        format!("${}", self.values.len())
+    }
+
+    /// Adds a text; returns its placeholder.
+    pub fn text(&mut self, v: impl Into<String>) -> String {
+        self.values.push(Param::Text(v.into()));
+        format!("${}", self.values.len())
+    }
+
+    /// Binds every value to `query`, in placeholder order.
+    pub fn bind<'q>(
+        self,
+        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        for v in self.values {
+            query = match v {
+                Param::Int(i) => query.bind(i),
+                Param::Text(s) => query.bind(s),
+            };
+        }
+        query
+    }
+}

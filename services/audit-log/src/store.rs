@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use custodia_core::storage::Db;
+use custodia_core::storage::{Db, Params};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
@@ -336,14 +336,13 @@ impl LogStore {
         after: Option<u64>,
         limit: usize,
     ) -> anyhow::Result<Vec<StoredEntry>> {
+        let mut p = Params::new();
         let mut clauses = Vec::new();
-        let mut binds: Vec<Bind> = Vec::new();
         let mut from = "audit_entries e".to_string();
         if let Some(hash) = &filter.subject_hash {
-            binds.push(Bind::Text(hash.clone()));
             from = format!(
-                "audit_subject_index i JOIN audit_entries e ON e.seq = i.seq AND i.subject_hash = ${}",
-                binds.len()
+                "audit_subject_index i JOIN audit_entries e ON e.seq = i.seq AND i.subject_hash = {}",
+                p.text(hash.clone())
             );
         }
         for (column, value) in [
@@ -355,38 +354,28 @@ impl LogStore {
             ("e.outcome", &filter.outcome),
         ] {
             if let Some(v) = value {
-                binds.push(Bind::Text(v.clone()));
-                clauses.push(format!("{column} = ${}", binds.len()));
+                clauses.push(format!("{column} = {}", p.text(v.clone())));
             }
         }
         if let Some(from_us) = filter.from_us {
-            binds.push(Bind::Int(from_us));
-            clauses.push(format!("e.time_us >= ${}", binds.len()));
+            clauses.push(format!("e.time_us >= {}", p.int(from_us)));
         }
         if let Some(to_us) = filter.to_us {
-            binds.push(Bind::Int(to_us));
-            clauses.push(format!("e.time_us < ${}", binds.len()));
+            clauses.push(format!("e.time_us < {}", p.int(to_us)));
         }
         if let Some(after) = after {
-            binds.push(Bind::Int(after as i64));
-            clauses.push(format!("e.seq > ${}", binds.len()));
+            clauses.push(format!("e.seq > {}", p.int(after as i64)));
         }
-        binds.push(Bind::Int(limit as i64));
-        let limit_at = binds.len();
         let where_clause = if clauses.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", clauses.join(" AND "))
         };
-        let sql =
-            format!("SELECT e.entry FROM {from} {where_clause} ORDER BY e.seq LIMIT ${limit_at}");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
+        let sql = format!(
+            "SELECT e.entry FROM {from} {where_clause} ORDER BY e.seq LIMIT {}",
+            p.int(limit as i64)
+        );
+        let q = p.bind(sqlx::query(AssertSqlSafe(sql)));
         let rows = q.fetch_all(self.db.pool()).await?;
         let entries = rows
             .iter()
@@ -454,11 +443,6 @@ impl LogStore {
         tx.commit().await?;
         Ok(removed)
     }
-}
-
-enum Bind {
-    Text(String),
-    Int(i64),
 }
 
 /// One stored row, unparsed, as `custodia audit verify` reads it.

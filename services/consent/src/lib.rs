@@ -1,12 +1,18 @@
 //! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
 #![forbid(unsafe_code)]
 
+pub mod export;
+pub mod grpc;
+pub mod presets;
+pub mod register;
+pub mod store;
+
 use custodia_core::{
     Config, ServiceName,
     server::{Application, Mounted, ServiceContext, ServiceDef},
     storage::Migrations,
 };
-use custodia_proto::consent::v1::consent_service_server::{ConsentService, ConsentServiceServer};
+use custodia_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 
@@ -32,7 +38,8 @@ pub async fn application(config: Config) -> anyhow::Result<Application> {
 
 fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
-        let server = ConsentServiceServer::new(Api { _ctx: ctx.clone() })
+        let store = store::ConsentStore::new(ctx.db.clone());
+        let server = ConsentServiceServer::new(grpc::Api::new(ctx.clone(), store))
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
             register: Box::new(move |routes| {
@@ -42,12 +49,3 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
         })
     })
 }
-
-/// The gRPC handlers. Methods not built yet answer UNIMPLEMENTED.
-#[derive(Debug)]
-struct Api {
-    _ctx: ServiceContext,
-}
-
-#[tonic::async_trait]
-impl ConsentService for Api {}

@@ -64,6 +64,26 @@ enum Command {
     /// Audit-log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Register-of-processing tools.
+    #[command(subcommand)]
+    Purposes(PurposesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PurposesCommand {
+    /// Create ready-made purposes through a running consent service (purposes that
+    /// already exist are left as they are).
+    Seed {
+        /// Which preset: `cookies` (strictly necessary, preference, analytics, marketing).
+        #[arg(long)]
+        preset: String,
+        /// consent service address. Default: this configuration's listen address.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Bearer token with `consent.admin`. Default: the embedded admin token file.
+        #[arg(long, env = "CUSTODIA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +181,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 config.auth.principals.len()
             );
+        }
+        Command::Purposes(PurposesCommand::Seed {
+            preset,
+            endpoint,
+            token,
+        }) => {
+            let config = load_config(&cli.global, None)?;
+            let endpoint = endpoint.unwrap_or_else(|| format!("http://{}", config.server.listen));
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    std::fs::read_to_string(custodia_core::keys::admin_token_path(&config.data_dir))
+                        .map(|t| t.trim().to_string())
+                        .map_err(|e| anyhow::anyhow!("no --token and no admin token file ({e})"))?
+                }
+            };
+            for line in custodia_consent::presets::seed(&endpoint, &token, &preset).await? {
+                println!("{line}");
+            }
         }
         Command::Auth(AuthCommand::Scopes) => {
             let config = load_config(&cli.global, None)?;

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod deadline;
 pub mod error;
 pub mod holidays;
+pub mod iso_period;
 pub mod period;
 
 pub use calendar::{LegalCalendar, LegalTimeConfig};
@@ -29,6 +30,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use deadline::{Deadline, TimeLeft, is_overdue, time_left};
 pub use error::LegalTimeError;
 pub use holidays::{Jurisdiction, easter_sunday};
+pub use iso_period::{CalendarPeriod, PeriodError};
 pub use period::{
     BREACH_NOTIFICATION_HOURS, DSAR_EXTENSION_MAX_MONTHS, DSAR_PERIOD_MONTHS, add_months,
     breach_authority_deadline, retention_until,

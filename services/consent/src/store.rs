@@ -1,0 +1,279 @@
+//! Storage of the consent service on SQLite or PostgreSQL (portable SQL over
+//! `sqlx::Any`).
+
+use custodia_core::{
+    ApiError,
+    storage::{Db, Params},
+};
+use custodia_proto::consent::v1::Purpose;
+use prost::Message;
+use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
+
+/// A purpose as stored, with its bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPurpose {
+    /// The id (`newsletter`).
+    pub id: String,
+    /// The purpose without output-only fields.
+    pub purpose: Purpose,
+    /// Creation time (µs).
+    pub create_us: i64,
+    /// Last change (µs).
+    pub update_us: i64,
+    /// Version tag, new on every change.
+    pub etag: String,
+}
+
+/// Filters of `ListPurposes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurposeFilter {
+    /// Only purposes whose next review is before this time (µs).
+    pub review_due_before_us: Option<i64>,
+    /// Only this lawful basis (enum value).
+    pub lawful_basis: Option<i32>,
+    /// Only this category (enum value).
+    pub category: Option<i32>,
+    /// Include retired purposes.
+    pub include_retired: bool,
+}
+
+/// What a create or update found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// Written now.
+    Done(Box<StoredPurpose>),
+    /// A retry of an earlier call with the same request id: its resource id.
+    Replayed(String),
+}
+
+/// The consent service's store.
+#[derive(Debug, Clone)]
+pub struct ConsentStore {
+    db: Db,
+}
+
+fn etag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn row_to_purpose(r: &AnyRow) -> anyhow::Result<StoredPurpose> {
+    let body: Vec<u8> = r.try_get("body")?;
+    Ok(StoredPurpose {
+        id: r.try_get("id")?,
+        purpose: Purpose::decode(body.as_slice())?,
+        create_us: r.try_get("create_us")?,
+        update_us: r.try_get("update_us")?,
+        etag: r.try_get("etag")?,
+    })
+}
+
+const PURPOSE_COLUMNS: &str = "id, body, create_us, update_us, etag";
+
+/// Returns the resource of an earlier call with `request_id`, if any.
+async fn replayed(
+    conn: &mut AnyConnection,
+    method: &str,
+    request_id: &str,
+) -> anyhow::Result<Option<String>> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let row =
+        sqlx::query("SELECT resource FROM idempotency_keys WHERE method = $1 AND request_id = $2")
+            .bind(method.to_string())
+            .bind(request_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+async fn remember(
+    conn: &mut AnyConnection,
+    method: &str,
+    request_id: &str,
+    resource: &str,
+    now_us: i64,
+) -> anyhow::Result<()> {
+    if request_id.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO idempotency_keys (method, request_id, resource, create_us) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(method.to_string())
+    .bind(request_id.to_string())
+    .bind(resource.to_string())
+    .bind(now_us)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl ConsentStore {
+    /// The store in `db` (migrated).
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Creates purpose `id`; ALREADY_EXISTS when taken. Idempotent by `request_id`.
+    pub async fn create_purpose(
+        &self,
+        id: &str,
+        purpose: &Purpose,
+        next_review_us: i64,
+        request_id: &str,
+        now_us: i64,
+    ) -> Result<Written, ApiError> {
+        let mut tx = self.db.pool().begin().await?;
+        if let Some(resource) = replayed(&mut tx, "CreatePurpose", request_id).await? {
+            return Ok(Written::Replayed(resource));
+        }
+        let exists = sqlx::query("SELECT 1 FROM purposes WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(ApiError::AlreadyExists {
+                resource: "purpose",
+                name: format!("purposes/{id}"),
+            });
+        }
+        let stored = StoredPurpose {
+            id: id.to_string(),
+            purpose: purpose.clone(),
+            create_us: now_us,
+            update_us: now_us,
+            etag: etag(),
+        };
+        sqlx::query(
+            "INSERT INTO purposes (id, body, lawful_basis, category, state, next_review_us, create_us, update_us, etag) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id.to_string())
+        .bind(purpose.encode_to_vec())
+        .bind(i64::from(purpose.lawful_basis))
+        .bind(i64::from(purpose.category))
+        .bind(i64::from(purpose.state))
+        .bind(next_review_us)
+        .bind(now_us)
+        .bind(now_us)
+        .bind(stored.etag.clone())
+        .execute(&mut *tx)
+        .await?;
+        remember(&mut tx, "CreatePurpose", request_id, id, now_us).await?;
+        tx.commit().await?;
+        Ok(Written::Done(Box::new(stored)))
+    }
+
+    /// Purpose `id`, if it exists.
+    pub async fn purpose(&self, id: &str) -> anyhow::Result<Option<StoredPurpose>> {
+        let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(row_to_purpose).transpose()
+    }
+
+    /// Purposes matching `filter` with id after `after`, by id, at most `limit`.
+    pub async fn purposes(
+        &self,
+        filter: &PurposeFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredPurpose>> {
+        let mut p = Params::new();
+        let mut clauses: Vec<String> = Vec::new();
+        if let Some(t) = filter.review_due_before_us {
+            clauses.push(format!("next_review_us < {}", p.int(t)));
+        }
+        if let Some(b) = filter.lawful_basis {
+            clauses.push(format!("lawful_basis = {}", p.int(i64::from(b))));
+        }
+        if let Some(c) = filter.category {
+            clauses.push(format!("category = {}", p.int(i64::from(c))));
+        }
+        if !filter.include_retired {
+            let retired = custodia_proto::consent::v1::PurposeState::Retired as i32;
+            clauses.push(format!("state <> {}", p.int(i64::from(retired))));
+        }
+        if let Some(after) = after {
+            clauses.push(format!("id > {}", p.text(after)));
+        }
+        let where_clause = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {PURPOSE_COLUMNS} FROM purposes {where_clause} ORDER BY id LIMIT {}",
+            p.int(limit as i64)
+        );
+        let q = p.bind(sqlx::query(AssertSqlSafe(sql)));
+        let rows = q.fetch_all(self.db.pool()).await?;
+        rows.iter().map(row_to_purpose).collect()
+    }
+
+    /// Replaces purpose `id` by `purpose` if its etag is still `expected_etag`
+    /// (when given). Idempotent by `request_id`.
+    pub async fn update_purpose(
+        &self,
+        id: &str,
+        purpose: &Purpose,
+        next_review_us: i64,
+        expected_etag: Option<&str>,
+        request_id: &str,
+        now_us: i64,
+    ) -> Result<Written, ApiError> {
+        let mut tx = self.db.pool().begin().await?;
+        if let Some(resource) = replayed(&mut tx, "UpdatePurpose", request_id).await? {
+            return Ok(Written::Replayed(resource));
+        }
+        let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
+        let current = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(row_to_purpose)
+            .transpose()?
+            .ok_or_else(|| ApiError::not_found("purpose", format!("purposes/{id}")))?;
+        if let Some(expected) = expected_etag
+            && expected != current.etag
+        {
+            return Err(ApiError::precondition(
+                "ETAG_MISMATCH",
+                "the purpose changed since it was read (etag differs); read it again and retry",
+            ));
+        }
+        let stored = StoredPurpose {
+            id: id.to_string(),
+            purpose: purpose.clone(),
+            create_us: current.create_us,
+            update_us: now_us,
+            etag: etag(),
+        };
+        sqlx::query(
+            "UPDATE purposes SET body = $1, lawful_basis = $2, category = $3, state = $4, \
+             next_review_us = $5, update_us = $6, etag = $7 WHERE id = $8",
+        )
+        .bind(purpose.encode_to_vec())
+        .bind(i64::from(purpose.lawful_basis))
+        .bind(i64::from(purpose.category))
+        .bind(i64::from(purpose.state))
+        .bind(next_review_us)
+        .bind(now_us)
+        .bind(stored.etag.clone())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        remember(&mut tx, "UpdatePurpose", request_id, id, now_us).await?;
+        tx.commit().await?;
+        Ok(Written::Done(Box::new(stored)))
+    }
+}
