@@ -51,6 +51,9 @@ pub struct ServiceContext {
     pub self_endpoint: String,
     /// Token for calls to other custodia services (the admin or forwarder token).
     pub internal_token: Option<SecretString>,
+    /// Becomes `true` when the server starts shutting down: long-lived streams end
+    /// then, so a rollout is not held up by idle watchers.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -159,6 +162,7 @@ pub struct Application {
     tasks: Vec<BoxFuture<'static, ()>>,
     dbs: Vec<Db>,
     grace: Duration,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Application {
@@ -200,6 +204,7 @@ impl Application {
             .clone()
             .unwrap_or_else(|| self_endpoint.clone());
 
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         let mut tasks = Vec::new();
@@ -224,6 +229,7 @@ impl Application {
                 calendar: calendar.clone(),
                 self_endpoint: self_endpoint.clone(),
                 internal_token: secrets.forwarder_token.clone(),
+                shutdown: shutdown_rx.clone(),
             };
             let mounted = (def.mount)(ctx)
                 .await
@@ -279,6 +285,7 @@ impl Application {
             tasks,
             dbs,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            shutdown: shutdown_tx,
         })
     }
 
@@ -305,11 +312,13 @@ impl Application {
         let background: Vec<JoinHandle<()>> = self.tasks.into_iter().map(tokio::spawn).collect();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.grace;
+        let streams = self.shutdown;
         let server = self.router.serve_with_incoming_shutdown(
             TcpListenerStream::new(self.listener),
             async move {
                 shutdown.await;
                 tracing::info!("shutting down; finishing in-flight calls");
+                let _ = streams.send(true);
                 let _ = stop_tx.send(());
             },
         );

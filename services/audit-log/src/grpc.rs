@@ -327,6 +327,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Sta
 
 /// State of one `WatchEvents` stream: pages through the log, then waits for it to grow.
 struct Watch {
+    shutdown: watch::Receiver<bool>,
     log: Arc<AuditLog>,
     sizes: watch::Receiver<u64>,
     filter: EventFilter,
@@ -338,7 +339,7 @@ struct Watch {
 impl Watch {
     async fn next(mut self) -> Option<(Result<pb::WatchEventsResponse, Status>, Self)> {
         loop {
-            if self.failed {
+            if self.failed || *self.shutdown.borrow() {
                 return None;
             }
             if let Some(e) = self.buffer.pop_front() {
@@ -354,8 +355,14 @@ impl Watch {
                     self.buffer.extend(batch);
                 }
                 Ok(_) => {
-                    if self.sizes.changed().await.is_err() {
-                        return None;
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        changed = self.sizes.changed() => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
+                        _ = shutdown.changed() => return None,
                     }
                 }
                 Err(e) => {
@@ -624,6 +631,7 @@ impl AuditLogService for Api {
         };
         self.record(&call, "WatchEvents", None, "").await?;
         let state = Watch {
+            shutdown: self.ctx.shutdown.clone(),
             sizes: self.log.subscribe_size(),
             log: self.log.clone(),
             filter,

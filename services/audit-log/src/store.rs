@@ -132,7 +132,7 @@ impl LogStore {
         events: &[NewEvent],
         now_us: i64,
     ) -> anyhow::Result<Vec<(u64, bool)>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         // Taking the row lock first serialises appenders (across replicas too), so
         // sequence numbers are gap-free and in commit order.
         let next: i64 = sqlx::query(
@@ -426,7 +426,7 @@ impl LogStore {
     /// Destroys the key of `subject_hash` and its search index; returns how many
     /// entries became unreadable. Idempotent.
     pub async fn shred(&self, subject_hash: &str, now_us: i64) -> anyhow::Result<u64> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let removed = sqlx::query("DELETE FROM audit_subject_index WHERE subject_hash = $1")
             .bind(subject_hash.to_string())
             .execute(&mut *tx)

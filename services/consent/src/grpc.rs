@@ -3,18 +3,28 @@
 //! the next steps and answer UNIMPLEMENTED until then.
 
 use custodia_core::{
-    ApiError, pagination, server::ServiceContext, storage::to_micros, validate::Validator,
+    ApiError,
+    auth::CallContext,
+    outbox::{AccessEvent, OutboxStore, Outcome},
+    pagination,
+    server::ServiceContext,
+    storage::to_micros,
+    validate::Validator,
 };
 use custodia_proto::{
     common::v1::ExportFormat,
     consent::v1::{self as pb, Purpose, PurposeState, consent_service_server::ConsentService},
 };
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::{
     export,
     register::{self, purpose_id, purpose_name, valid_id},
     store::{ConsentStore, PurposeFilter, StoredPurpose, Written},
+    watch,
 };
 
 /// The gRPC handlers.
@@ -22,6 +32,7 @@ use crate::{
 pub struct Api {
     ctx: ServiceContext,
     store: ConsentStore,
+    changed: Arc<Notify>,
 }
 
 /// Fields `UpdatePurpose` may change (output-only fields and the name are not).
@@ -74,7 +85,26 @@ fn apply_mask(current: &mut Purpose, update: &Purpose, path: &str) {
 impl Api {
     /// Handlers over `store`.
     pub fn new(ctx: ServiceContext, store: ConsentStore) -> Self {
-        Self { ctx, store }
+        Self {
+            ctx,
+            store,
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes change streams after a committed write.
+    pub fn notify_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// The service context.
+    pub fn ctx(&self) -> &ServiceContext {
+        &self.ctx
+    }
+
+    /// The store.
+    pub fn store(&self) -> &ConsentStore {
+        &self.store
     }
 
     fn output(&self, s: StoredPurpose) -> Purpose {
@@ -258,6 +288,320 @@ impl ConsentService for Api {
             .await?;
         Ok(Response::new(pb::UpdatePurposeResponse {
             purpose: Some(self.written(written).await?),
+        }))
+    }
+
+    async fn publish_notice(
+        &self,
+        request: Request<pb::PublishNoticeRequest>,
+    ) -> Result<Response<pb::PublishNoticeResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let notice = self.publish_notice_op(&call, request.into_inner()).await?;
+        Ok(Response::new(pb::PublishNoticeResponse {
+            notice: Some(notice),
+        }))
+    }
+
+    async fn get_notice(
+        &self,
+        request: Request<pb::GetNoticeRequest>,
+    ) -> Result<Response<pb::GetNoticeResponse>, Status> {
+        let notice = self.get_notice_op(&request.into_inner().name).await?;
+        Ok(Response::new(pb::GetNoticeResponse {
+            notice: Some(notice),
+        }))
+    }
+
+    async fn list_notices(
+        &self,
+        request: Request<pb::ListNoticesRequest>,
+    ) -> Result<Response<pb::ListNoticesResponse>, Status> {
+        let r = request.into_inner();
+        let size = pagination::page_size(r.page_size)?;
+        let notice_id = (!r.notice_id.is_empty()).then_some(r.notice_id.as_str());
+        if notice_id.is_some_and(|id| !valid_id(id)) {
+            return Err(ApiError::invalid("notice_id", "is not a notice id").into());
+        }
+        let purpose = match r.purpose.as_str() {
+            "" => None,
+            p => Some(purpose_id(p, "purpose")?.to_string()),
+        };
+        let fingerprint = format!("{notice_id:?}{purpose:?}{}", r.latest_only);
+        let after: Option<(String, i64)> = pagination::decode(&r.page_token, &fingerprint)?;
+        let mut notices = self
+            .store
+            .notices(notice_id, purpose.as_deref(), after, size + 1)
+            .await
+            .map_err(ApiError::internal)?;
+        let next = (notices.len() > size).then(|| {
+            let last = &notices[size - 1];
+            let id = last.name.split('/').nth(1).unwrap_or_default().to_string();
+            pagination::encode(&(id, i64::from(last.version)), &fingerprint)
+        });
+        notices.truncate(size);
+        if r.latest_only {
+            // Keep the highest version of each notice on this page.
+            let mut latest: Vec<pb::Notice> = Vec::new();
+            for n in notices {
+                let id = n.name.split('/').nth(1).unwrap_or_default().to_string();
+                match latest.last_mut() {
+                    Some(prev) if prev.name.split('/').nth(1) == Some(id.as_str()) => *prev = n,
+                    _ => latest.push(n),
+                }
+            }
+            notices = latest;
+        }
+        Ok(Response::new(pb::ListNoticesResponse {
+            notices,
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        Ok(Response::new(
+            self.record_consent_op(&call, request.into_inner()).await?,
+        ))
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<pb::WithdrawConsentRequest>,
+    ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let events = self
+            .withdraw_or_object(
+                &call,
+                "WithdrawConsent",
+                r.subject.as_ref(),
+                &r.purposes,
+                r.all_purposes,
+                false,
+                r.evidence,
+                &r.reason,
+                &r.request_id,
+                pb::ConsentState::Withdrawn,
+            )
+            .await?;
+        Ok(Response::new(pb::WithdrawConsentResponse {
+            events,
+            receipt: None,
+        }))
+    }
+
+    async fn record_objection(
+        &self,
+        request: Request<pb::RecordObjectionRequest>,
+    ) -> Result<Response<pb::RecordObjectionResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let events = self
+            .withdraw_or_object(
+                &call,
+                "RecordObjection",
+                r.subject.as_ref(),
+                &r.purposes,
+                false,
+                r.direct_marketing,
+                r.evidence,
+                &r.grounds,
+                &r.request_id,
+                pb::ConsentState::Objected,
+            )
+            .await?;
+        Ok(Response::new(pb::RecordObjectionResponse { events }))
+    }
+
+    async fn list_consent_events(
+        &self,
+        request: Request<pb::ListConsentEventsRequest>,
+    ) -> Result<Response<pb::ListConsentEventsResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let size = pagination::page_size(r.page_size)?;
+        let ids = self.subjects(&r.subject_identifiers)?;
+        let purpose = match r.purpose.as_str() {
+            "" => None,
+            p => Some(purpose_id(p, "purpose")?.to_string()),
+        };
+        let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
+        let fingerprint = format!("{hashes:?}{purpose:?}");
+        let after: Option<i64> = pagination::decode(&r.page_token, &fingerprint)?;
+        let mut events = self
+            .store
+            .events(&hashes, purpose.as_deref(), after, size + 1)
+            .await
+            .map_err(ApiError::internal)?;
+        let next =
+            (events.len() > size).then(|| pagination::encode(&events[size - 1].0, &fingerprint));
+        events.truncate(size);
+        for (id, hash) in &ids {
+            let mut access = AccessEvent::new(
+                self.ctx.clock.now(),
+                call.principal.name(),
+                "custodia.consent.v1.ConsentService",
+                "ListConsentEvents",
+                Outcome::Ok,
+            );
+            access.trace_id = call.trace_id.clone();
+            access.subject_type = Some(id.kind().to_string());
+            access.subject_hash = Some(hash.clone());
+            self.ctx
+                .outbox
+                .enqueue(&access)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        Ok(Response::new(pb::ListConsentEventsResponse {
+            events: events.into_iter().map(|(_, e)| e).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_subject_consents(
+        &self,
+        request: Request<pb::ListSubjectConsentsRequest>,
+    ) -> Result<Response<pb::ListSubjectConsentsResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let consents = self.subject_consents(&call, &r.subject_identifiers).await?;
+        Ok(Response::new(pb::ListSubjectConsentsResponse {
+            consents,
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn check_consent(
+        &self,
+        request: Request<pb::CheckConsentRequest>,
+    ) -> Result<Response<pb::CheckConsentResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let result = self
+            .check(&call, r.subject.as_ref(), &r.purpose, "CheckConsent")
+            .await?;
+        Ok(Response::new(pb::CheckConsentResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn batch_check_consent(
+        &self,
+        request: Request<pb::BatchCheckConsentRequest>,
+    ) -> Result<Response<pb::BatchCheckConsentResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        if r.subjects.is_empty() || r.subjects.len() > 10_000 {
+            return Err(ApiError::invalid("subjects", "give between 1 and 10,000 subjects").into());
+        }
+        let mut results = Vec::with_capacity(r.subjects.len());
+        for (i, s) in r.subjects.iter().enumerate() {
+            let result = match self
+                .check(&call, Some(s), &r.purpose, "BatchCheckConsent")
+                .await
+            {
+                Err(ApiError::InvalidArgument(list)) => {
+                    return Err(ApiError::InvalidArgument(
+                        list.into_iter()
+                            .map(|mut f| {
+                                f.field = f.field.replacen("subject", &format!("subjects[{i}]"), 1);
+                                f
+                            })
+                            .collect(),
+                    )
+                    .into());
+                }
+                other => other?,
+            };
+            results.push(result);
+        }
+        Ok(Response::new(pb::BatchCheckConsentResponse { results }))
+    }
+
+    async fn watch_consent_changes(
+        &self,
+        request: Request<pb::WatchConsentChangesRequest>,
+    ) -> Result<Response<watch::ChangeStream>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let mut purposes = Vec::new();
+        for (i, p) in r.purposes.iter().enumerate() {
+            purposes.push(purpose_id(p, &format!("purposes[{i}]"))?.to_string());
+        }
+        let after = match watch::parse_cursor(&r.cursor)? {
+            Some(seq) => seq,
+            None => match &r.start_time {
+                // Replay from a time: every change recorded at or after it.
+                Some(t) => {
+                    let from = to_micros(register::from_timestamp(t));
+                    self.store
+                        .first_change_at_or_after(from)
+                        .await
+                        .map_err(ApiError::internal)?
+                        .map_or(i64::MAX, |seq| seq - 1)
+                        .min(self.store.last_change().await.map_err(ApiError::internal)?)
+                }
+                None => self.store.last_change().await.map_err(ApiError::internal)?,
+            },
+        };
+        let mut access = AccessEvent::new(
+            self.ctx.clock.now(),
+            call.principal.name(),
+            "custodia.consent.v1.ConsentService",
+            "WatchConsentChanges",
+            Outcome::Ok,
+        );
+        access.trace_id = call.trace_id.clone();
+        self.ctx
+            .outbox
+            .enqueue(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Response::new(watch::stream(
+            self.ctx.shutdown.clone(),
+            self.store.clone(),
+            self.changed.clone(),
+            after,
+            purposes,
+        )))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let ids = self.subjects(&r.subject_identifiers)?;
+        let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
+        let erased = self
+            .store
+            .erase(&hashes)
+            .await
+            .map_err(ApiError::internal)?;
+        // The record names the request, not the person just erased.
+        let mut access = AccessEvent::new(
+            self.ctx.clock.now(),
+            call.principal.name(),
+            "custodia.consent.v1.ConsentService",
+            "EraseSubject",
+            Outcome::Ok,
+        );
+        access.trace_id = call.trace_id.clone();
+        access.resource = r.dsar_request.clone();
+        self.ctx
+            .outbox
+            .enqueue(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Response::new(pb::EraseSubjectResponse {
+            erased_event_count: erased,
+            erased_receipt_count: 0,
+            retained: Vec::new(),
         }))
     }
 

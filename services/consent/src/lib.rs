@@ -1,11 +1,15 @@
 //! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
 #![forbid(unsafe_code)]
 
+pub mod decision;
 pub mod export;
 pub mod grpc;
+pub mod ops;
 pub mod presets;
+pub mod records;
 pub mod register;
 pub mod store;
+pub mod watch;
 
 use custodia_core::{
     Config, ServiceName,

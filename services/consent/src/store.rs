@@ -70,7 +70,7 @@ fn row_to_purpose(r: &AnyRow) -> anyhow::Result<StoredPurpose> {
 const PURPOSE_COLUMNS: &str = "id, body, create_us, update_us, etag";
 
 /// Returns the resource of an earlier call with `request_id`, if any.
-async fn replayed(
+pub(crate) async fn replayed(
     conn: &mut AnyConnection,
     method: &str,
     request_id: &str,
@@ -87,7 +87,7 @@ async fn replayed(
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
-async fn remember(
+pub(crate) async fn remember(
     conn: &mut AnyConnection,
     method: &str,
     request_id: &str,
@@ -129,7 +129,7 @@ impl ConsentStore {
         request_id: &str,
         now_us: i64,
     ) -> Result<Written, ApiError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         if let Some(resource) = replayed(&mut tx, "CreatePurpose", request_id).await? {
             return Ok(Written::Replayed(resource));
         }
@@ -230,7 +230,7 @@ impl ConsentStore {
         request_id: &str,
         now_us: i64,
     ) -> Result<Written, ApiError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         if let Some(resource) = replayed(&mut tx, "UpdatePurpose", request_id).await? {
             return Ok(Written::Replayed(resource));
         }

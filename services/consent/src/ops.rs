@@ -1,0 +1,782 @@
+//! The consent records behind the API: notices, decisions with evidence,
+//! withdrawal, objection, history and checks. Handlers in `grpc.rs` delegate here.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use custodia_core::{
+    ApiError,
+    auth::CallContext,
+    legal_time::CalendarPeriod,
+    outbox::{AccessEvent, OutboxStore, Outcome},
+    storage::{from_micros, to_micros},
+    subject::SubjectId,
+    validate::{MAX_ID, MAX_TEXT, Validator},
+};
+use custodia_proto::{
+    common::v1::{Actor, SubjectRef},
+    consent::v1::{
+        self as pb, CheckResult, ConsentEvent, ConsentState, Decision, Evidence, LawfulBasis,
+        Notice, Purpose, SubjectConsent, age_attestation::Age,
+    },
+};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    decision::{self, StateRow},
+    grpc::Api,
+    records::{DIRECT_MARKETING, NewRecord},
+    register::{from_timestamp, purpose_id, purpose_name, timestamp, valid_id},
+};
+
+/// Service name in access events.
+const SERVICE: &str = "custodia.consent.v1.ConsentService";
+/// Largest proof payload kept with a decision.
+const MAX_PROOF: usize = 64 * 1024;
+/// Largest notice text.
+const MAX_NOTICE: usize = 1024 * 1024;
+/// Tolerated clock skew for evidence times.
+const SKEW_US: i64 = 60_000_000;
+
+/// Digital age of consent per country (Art. 8(1)); others use the GDPR default of 16.
+fn consent_age(country: &str) -> i32 {
+    match country {
+        "FR" | "CZ" | "GR" | "SI" => 15,
+        "AT" | "BG" | "CY" | "ES" | "IT" | "LT" => 14,
+        "BE" | "DK" | "EE" | "FI" | "LV" | "MT" | "PT" | "SE" => 13,
+        _ => 16,
+    }
+}
+
+/// IPv4 to /24, IPv6 to /48: enough to show where a consent came from, not who.
+pub fn truncate_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+fn notice_ref(name: &str) -> Option<(&str, i64)> {
+    let rest = name.strip_prefix("notices/")?;
+    let (id, version) = rest.split_once("/versions/")?;
+    (valid_id(id)).then_some(())?;
+    Some((id, version.parse().ok().filter(|v: &i64| *v > 0)?))
+}
+
+fn subject_out(id: &SubjectId) -> SubjectRef {
+    // Only the type leaves the service: the value is stored as a keyed hash.
+    SubjectRef {
+        r#type: id.kind().to_string(),
+        value: String::new(),
+    }
+}
+
+impl Api {
+    fn subject(
+        &self,
+        r: Option<&SubjectRef>,
+        field: &str,
+    ) -> Result<(SubjectId, String), ApiError> {
+        let r = r.ok_or_else(|| ApiError::invalid(field, "is required"))?;
+        let id = SubjectId::parse(&r.r#type, &r.value, field)?;
+        let hash = self.ctx().subjects.hash(&id);
+        Ok((id, hash))
+    }
+
+    fn access(
+        &self,
+        call: &CallContext,
+        method: &str,
+        subject: Option<(&SubjectId, &str)>,
+        purpose: &str,
+    ) -> AccessEvent {
+        let mut e = AccessEvent::new(
+            self.ctx().clock.now(),
+            call.principal.name(),
+            SERVICE,
+            method,
+            Outcome::Ok,
+        );
+        e.trace_id = call.trace_id.clone();
+        if let Some((id, hash)) = subject {
+            e.subject_type = Some(id.kind().to_string());
+            e.subject_hash = Some(hash.to_string());
+        }
+        if !purpose.is_empty() {
+            e.purpose = Some(purpose.to_string());
+            e.resource = purpose_name(purpose);
+        }
+        e
+    }
+
+    async fn purpose_or_404(&self, name: &str, field: &str) -> Result<(String, Purpose), ApiError> {
+        let id = purpose_id(name, field)?.to_string();
+        let stored = self
+            .store()
+            .purpose(&id)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found("purpose", purpose_name(&id)))?;
+        Ok((id, stored.purpose))
+    }
+
+    /// Validates evidence; returns it as stored (collector set, IP truncated).
+    async fn evidence(
+        &self,
+        call: &CallContext,
+        e: Option<Evidence>,
+        v: &mut Validator,
+    ) -> Result<(Evidence, i64), ApiError> {
+        let Some(mut e) = e else {
+            v.add(
+                "evidence",
+                "is required (Art. 7(1): the controller must be able to demonstrate consent)",
+            );
+            return Ok((Evidence::default(), 0));
+        };
+        let now_us = to_micros(self.ctx().clock.now());
+        let collect_us = match &e.collect_time {
+            Some(t) => {
+                let us = to_micros(from_timestamp(t));
+                if us > now_us + SKEW_US {
+                    v.add("evidence.collect_time", "is in the future");
+                }
+                us
+            }
+            None => {
+                v.add("evidence.collect_time", "is required");
+                0
+            }
+        };
+        if matches!(
+            pb::ConsentChannel::try_from(e.channel),
+            Ok(pb::ConsentChannel::Unspecified) | Err(_)
+        ) {
+            v.add(
+                "evidence.channel",
+                "is required (web banner, form, email link, CRM import, staff, ...)",
+            );
+        }
+        if !e.notice.is_empty() {
+            match notice_ref(&e.notice) {
+                None => v.add(
+                    "evidence.notice",
+                    "must be `notices/{notice}/versions/{version}`",
+                ),
+                Some((id, version)) => {
+                    if self
+                        .store()
+                        .notice(id, Some(version))
+                        .await
+                        .map_err(ApiError::internal)?
+                        .is_none()
+                    {
+                        return Err(ApiError::not_found("notice", e.notice.clone()));
+                    }
+                }
+            }
+        }
+        if !e.source_ip.is_empty() {
+            match e.source_ip.parse::<IpAddr>() {
+                Ok(ip) => e.source_ip = truncate_ip(ip),
+                Err(_) => v.add("evidence.source_ip", "is not an IP address"),
+            }
+        }
+        v.max_len("evidence.user_agent", &e.user_agent, 1024);
+        v.max_len("evidence.form_id", &e.form_id, MAX_ID);
+        v.max_len("evidence.language", &e.language, 35);
+        if let Some(proof) = &e.proof
+            && proof.content.len() > MAX_PROOF
+        {
+            v.add(
+                "evidence.proof.content",
+                format!("is {} bytes; the limit is {MAX_PROOF}", proof.content.len()),
+            );
+        }
+        // The collector is whoever authenticated; a client cannot claim another.
+        let user = e
+            .collector
+            .as_ref()
+            .map(|c| c.user.clone())
+            .unwrap_or_default();
+        v.max_len("evidence.collector.user", &user, MAX_ID);
+        e.collector = Some(Actor {
+            principal: call.principal.name().to_string(),
+            user,
+        });
+        Ok((e, collect_us))
+    }
+
+    fn new_event(
+        &self,
+        subject: &SubjectId,
+        purpose_id: &str,
+        state: ConsentState,
+        evidence: &Evidence,
+        request_id: &str,
+    ) -> ConsentEvent {
+        ConsentEvent {
+            name: format!("consentEvents/{}", uuid::Uuid::now_v7().simple()),
+            subject: Some(subject_out(subject)),
+            purpose: purpose_name(purpose_id),
+            state: state as i32,
+            evidence: Some(evidence.clone()),
+            record_time: Some(timestamp(self.ctx().clock.now())),
+            request_id: request_id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// PublishNotice.
+    pub async fn publish_notice_op(
+        &self,
+        call: &CallContext,
+        r: pb::PublishNoticeRequest,
+    ) -> Result<Notice, ApiError> {
+        let mut v = Validator::new();
+        v.check(
+            valid_id(&r.notice_id),
+            "notice_id",
+            "must be 1-63 lowercase letters, digits or hyphens, starting with a letter",
+        );
+        v.max_len("request_id", &r.request_id, 128);
+        let mut notice = r
+            .notice
+            .ok_or_else(|| ApiError::invalid("notice", "is required"))?;
+        v.max_len("notice.title", &notice.title, MAX_ID);
+        v.max_len("notice.language", &notice.language, 35);
+        v.max_len("notice.change_summary", &notice.change_summary, MAX_TEXT);
+        match &notice.content {
+            Some(pb::notice::Content::Text(text)) => {
+                if text.len() > MAX_NOTICE {
+                    v.add("notice.text", "is larger than 1 MiB");
+                }
+                notice.content_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+            }
+            Some(pb::notice::Content::Uri(uri)) => {
+                v.check(
+                    uri.starts_with("https://") || uri.starts_with("http://"),
+                    "notice.uri",
+                    "must be an http(s) URL",
+                );
+                let ok = notice.content_sha256.len() == 64
+                    && notice
+                        .content_sha256
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+                v.check(
+                    ok,
+                    "notice.content_sha256",
+                    "is required with `uri`: lowercase hex SHA-256 of the document",
+                );
+            }
+            None => v.add("notice.content", "give `text` or `uri`"),
+        }
+        if notice.purposes.is_empty() {
+            v.add(
+                "notice.purposes",
+                "name at least one purpose the notice covers",
+            );
+        }
+        let mut purpose_ids = Vec::new();
+        for (i, p) in notice.purposes.iter().enumerate() {
+            match purpose_id(p, &format!("notice.purposes[{i}]")) {
+                Ok(id) => purpose_ids.push(id.to_string()),
+                Err(ApiError::InvalidArgument(list)) => {
+                    list.into_iter().for_each(|f| v.add(f.field, f.description))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        v.finish()?;
+        for (i, id) in purpose_ids.iter().enumerate() {
+            if self
+                .store()
+                .purpose(id)
+                .await
+                .map_err(ApiError::internal)?
+                .is_none()
+            {
+                return Err(ApiError::invalid(
+                    format!("notice.purposes[{i}]"),
+                    format!("purposes/{id} is not in the register"),
+                ));
+            }
+        }
+        let now = self.ctx().clock.now();
+        notice.publish_time = Some(timestamp(now));
+        notice.publisher = Some(Actor {
+            principal: call.principal.name().to_string(),
+            user: String::new(),
+        });
+        if notice.effective_time.is_none() {
+            notice.effective_time = Some(timestamp(now));
+        }
+        self.store()
+            .publish_notice(
+                &r.notice_id,
+                notice,
+                &purpose_ids,
+                &r.request_id,
+                to_micros(now),
+            )
+            .await
+    }
+
+    /// GetNotice: `notices/{id}/versions/{v}` or `notices/{id}/versions/latest`.
+    pub async fn get_notice_op(&self, name: &str) -> Result<Notice, ApiError> {
+        let bad = || {
+            ApiError::invalid(
+                "name",
+                "must be `notices/{notice}/versions/{version}` or `.../versions/latest`",
+            )
+        };
+        let rest = name.strip_prefix("notices/").ok_or_else(bad)?;
+        let (id, version) = rest.split_once("/versions/").ok_or_else(bad)?;
+        if !valid_id(id) {
+            return Err(bad());
+        }
+        let version = match version {
+            "latest" => None,
+            v => Some(v.parse::<i64>().map_err(|_| bad())?),
+        };
+        self.store()
+            .notice(id, version)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found("notice", name.to_string()))
+    }
+
+    /// Checks Art. 8: a grant for a child below the digital age of consent needs a guardian.
+    fn check_age(
+        &self,
+        r: &pb::RecordConsentRequest,
+        purpose: &Purpose,
+        pid: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let Some(age) = &r.age else { return Ok(()) };
+        let threshold = purpose
+            .digital_consent_age
+            .unwrap_or_else(|| consent_age(&age.country_code));
+        let years = match &age.age {
+            Some(Age::BirthDate(text)) => {
+                let born = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .map_err(|_| ApiError::invalid("age.birth_date", "must be YYYY-MM-DD"))?;
+                let today = now.date_naive();
+                if born > today {
+                    return Err(ApiError::invalid("age.birth_date", "is in the future"));
+                }
+                let mut y = today.year() - born.year();
+                if (today.month(), today.day()) < (born.month(), born.day()) {
+                    y -= 1;
+                }
+                Some(y)
+            }
+            Some(Age::AgeYears(y)) if (0..=150).contains(y) => Some(*y),
+            Some(Age::AgeYears(_)) => {
+                return Err(ApiError::invalid(
+                    "age.age_years",
+                    "must be between 0 and 150",
+                ));
+            }
+            Some(Age::AtOrAboveConsentAge(true)) | None => None,
+            Some(Age::AtOrAboveConsentAge(false)) => Some(-1),
+        };
+        if let Some(y) = years
+            && y < threshold
+            && r.guardian.is_none()
+        {
+            let age_text = if y < 0 {
+                "below the age".to_string()
+            } else {
+                format!("{y}")
+            };
+            return Err(ApiError::precondition(
+                "GUARDIAN_CONSENT_REQUIRED",
+                format!(
+                    "the subject is {age_text}, under the digital age of consent ({threshold}) for purposes/{pid}: \
+                     a parent's or guardian's consent is required (GDPR Art. 8); send it in `guardian`"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// RecordConsent.
+    pub async fn record_consent_op(
+        &self,
+        call: &CallContext,
+        r: pb::RecordConsentRequest,
+    ) -> Result<pb::RecordConsentResponse, ApiError> {
+        let mut v = Validator::new();
+        let (subject, hash) = self.subject(r.subject.as_ref(), "subject")?;
+        v.max_len("request_id", &r.request_id, 128);
+        if r.decisions.is_empty() {
+            v.add("decisions", "at least one decision is required");
+        }
+        if r.decisions.len() > 100 {
+            v.add("decisions", "at most 100 decisions per call");
+        }
+        let guardian = match &r.guardian {
+            Some(g) => {
+                let gid = SubjectId::parse(
+                    g.guardian
+                        .as_ref()
+                        .map(|s| s.r#type.as_str())
+                        .unwrap_or_default(),
+                    g.guardian
+                        .as_ref()
+                        .map(|s| s.value.as_str())
+                        .unwrap_or_default(),
+                    "guardian.guardian",
+                )?;
+                v.max_len("guardian.relationship", &g.relationship, MAX_ID);
+                v.max_len("guardian.verification", &g.verification, MAX_TEXT);
+                Some(pb::GuardianConsent {
+                    guardian: Some(subject_out(&gid)),
+                    relationship: g.relationship.clone(),
+                    verification: g.verification.clone(),
+                })
+            }
+            None => None,
+        };
+        let (evidence, collect_us) = self.evidence(call, r.evidence.clone(), &mut v).await?;
+        let mut decisions = Vec::new();
+        for (i, d) in r.decisions.iter().enumerate() {
+            let decision = Decision::try_from(d.decision).unwrap_or_default();
+            if decision == Decision::Unspecified {
+                v.add(
+                    format!("decisions[{i}].decision"),
+                    "must be GRANTED or DENIED",
+                );
+            }
+            match purpose_id(&d.purpose, &format!("decisions[{i}].purpose")) {
+                Ok(_) => decisions.push((i, d.purpose.clone(), decision)),
+                Err(ApiError::InvalidArgument(list)) => {
+                    list.into_iter().for_each(|f| v.add(f.field, f.description))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        v.finish()?;
+        let now = self.ctx().clock.now();
+        let mut records = Vec::new();
+        for (i, name, decision) in decisions {
+            let (pid, purpose) = self
+                .purpose_or_404(&name, &format!("decisions[{i}].purpose"))
+                .await?;
+            let granted = decision == Decision::Granted;
+            if granted
+                && purpose.lawful_basis == LawfulBasis::Consent as i32
+                && evidence.notice.is_empty()
+            {
+                return Err(ApiError::invalid(
+                    "evidence.notice",
+                    "is required to grant a consent-based purpose (which notice was shown)",
+                ));
+            }
+            if granted {
+                self.check_age(&r, &purpose, &pid, now)?;
+            }
+            let expire_us = if granted {
+                expiry(&purpose, collect_us)
+            } else {
+                None
+            };
+            let state = if granted {
+                ConsentState::Granted
+            } else {
+                ConsentState::Denied
+            };
+            let mut event = self.new_event(&subject, &pid, state, &evidence, &r.request_id);
+            event.guardian = guardian.clone();
+            event.age = r.age.clone();
+            event.expire_time = expire_us.map(|us| timestamp(from_micros(us)));
+            records.push(NewRecord {
+                subject_hash: hash.clone(),
+                purpose_id: pid,
+                event,
+                decision_us: collect_us,
+                expire_us,
+            });
+        }
+        let purposes: Vec<_> = records.iter().map(|r| r.purpose_id.as_str()).collect();
+        let mut access = self.access(
+            call,
+            "RecordConsent",
+            Some((&subject, &hash)),
+            purposes.first().copied().unwrap_or_default(),
+        );
+        access.detail = serde_json::json!({ "purposes": purposes }).to_string();
+        let events = self
+            .store()
+            .record(
+                "RecordConsent",
+                &r.request_id,
+                &records,
+                &access,
+                to_micros(now),
+            )
+            .await?;
+        self.ctx().outbox.wake();
+        Ok(pb::RecordConsentResponse {
+            events,
+            receipt: None,
+        })
+    }
+
+    /// WithdrawConsent and RecordObjection share this: set `state` on purposes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn withdraw_or_object(
+        &self,
+        call: &CallContext,
+        method: &str,
+        subject: Option<&SubjectRef>,
+        purposes: &[String],
+        all_purposes: bool,
+        direct_marketing: bool,
+        evidence: Option<Evidence>,
+        reason: &str,
+        request_id: &str,
+        state: ConsentState,
+    ) -> Result<Vec<ConsentEvent>, ApiError> {
+        let mut v = Validator::new();
+        let (subject, hash) = self.subject(subject, "subject")?;
+        v.max_len("request_id", request_id, 128);
+        v.max_len("reason", reason, MAX_TEXT);
+        if purposes.is_empty() && !all_purposes && !direct_marketing {
+            v.add(
+                "purposes",
+                "name the purposes (or set all_purposes / direct_marketing)",
+            );
+        }
+        let mut ids = Vec::new();
+        for (i, p) in purposes.iter().enumerate() {
+            match purpose_id(p, &format!("purposes[{i}]")) {
+                Ok(id) => ids.push(id.to_string()),
+                Err(ApiError::InvalidArgument(list)) => {
+                    list.into_iter().for_each(|f| v.add(f.field, f.description))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (evidence, collect_us) = self.evidence(call, evidence, &mut v).await?;
+        v.finish()?;
+        for id in &ids {
+            if self
+                .store()
+                .purpose(id)
+                .await
+                .map_err(ApiError::internal)?
+                .is_none()
+            {
+                return Err(ApiError::not_found("purpose", format!("purposes/{id}")));
+            }
+        }
+        if all_purposes {
+            for s in self
+                .store()
+                .subject_states(std::slice::from_ref(&hash))
+                .await
+                .map_err(ApiError::internal)?
+            {
+                if s.0 != DIRECT_MARKETING && !ids.contains(&s.0) {
+                    ids.push(s.0);
+                }
+            }
+        }
+        if direct_marketing {
+            ids.push(DIRECT_MARKETING.to_string());
+        }
+        let now = self.ctx().clock.now();
+        let records: Vec<_> = ids
+            .iter()
+            .map(|pid| {
+                let mut event = self.new_event(&subject, pid, state, &evidence, request_id);
+                event.reason = reason.to_string();
+                if pid == DIRECT_MARKETING {
+                    event.purpose = "purposes/-".into();
+                }
+                NewRecord {
+                    subject_hash: hash.clone(),
+                    purpose_id: pid.clone(),
+                    event,
+                    decision_us: collect_us,
+                    expire_us: None,
+                }
+            })
+            .collect();
+        let access = self.access(
+            call,
+            method,
+            Some((&subject, &hash)),
+            ids.first().map(String::as_str).unwrap_or_default(),
+        );
+        let events = self
+            .store()
+            .record(method, request_id, &records, &access, to_micros(now))
+            .await?;
+        self.ctx().outbox.wake();
+        Ok(events)
+    }
+
+    /// CheckConsent for one subject (the access event is queued before answering).
+    pub async fn check(
+        &self,
+        call: &CallContext,
+        subject: Option<&SubjectRef>,
+        purpose: &str,
+        method: &str,
+    ) -> Result<CheckResult, ApiError> {
+        let (id, hash) = self.subject(subject, "subject")?;
+        let (pid, p) = self.purpose_or_404(purpose, "purpose").await?;
+        let now = self.ctx().clock.now();
+        let now_us = to_micros(now);
+        let (row, objected_dm) = self
+            .store()
+            .state(&hash, &pid)
+            .await
+            .map_err(ApiError::internal)?;
+        let material = self
+            .store()
+            .material_notice_us(&pid, now_us)
+            .await
+            .map_err(ApiError::internal)?;
+        let verdict = decision::decide(&p, row.as_ref(), objected_dm, material, now_us);
+        let access = self.access(call, method, Some((&id, &hash)), &pid);
+        self.ctx()
+            .outbox
+            .enqueue(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(CheckResult {
+            subject: Some(subject_out(&id)),
+            purpose: purpose_name(&pid),
+            allowed: verdict.allowed,
+            reason: verdict.reason as i32,
+            lawful_basis: p.lawful_basis,
+            expire_time: row
+                .as_ref()
+                .filter(|_| verdict.allowed)
+                .and_then(|r: &StateRow| r.expire_us)
+                .map(|us| timestamp(from_micros(us))),
+            consent_event: String::new(),
+            check_time: Some(timestamp(now)),
+        })
+    }
+
+    /// ListSubjectConsents: the current state per purpose.
+    pub async fn subject_consents(
+        &self,
+        call: &CallContext,
+        refs: &[SubjectRef],
+    ) -> Result<Vec<SubjectConsent>, ApiError> {
+        let ids = self.subjects(refs)?;
+        let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
+        let now_us = to_micros(self.ctx().clock.now());
+        let mut out = Vec::new();
+        for (pid, decision_us, expire_us, event) in self
+            .store()
+            .subject_states(&hashes)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            let material = if pid == DIRECT_MARKETING {
+                None
+            } else {
+                self.store()
+                    .material_notice_us(&pid, now_us)
+                    .await
+                    .map_err(ApiError::internal)?
+            };
+            out.push(SubjectConsent {
+                subject: event.subject.clone(),
+                purpose: event.purpose.clone(),
+                state: event.state,
+                decision_time: Some(timestamp(from_micros(decision_us))),
+                expire_time: expire_us.map(|us| timestamp(from_micros(us))),
+                notice: event
+                    .evidence
+                    .as_ref()
+                    .map(|e| e.notice.clone())
+                    .unwrap_or_default(),
+                reconfirmation_required: event.state == ConsentState::Granted as i32
+                    && material.is_some_and(|m| m > decision_us),
+                consent_event: event.name.clone(),
+                guardian: event.guardian.clone(),
+            });
+        }
+        for (id, hash) in &ids {
+            self.ctx()
+                .outbox
+                .enqueue(&self.access(call, "ListSubjectConsents", Some((id, hash)), ""))
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        Ok(out)
+    }
+
+    /// Validated identifiers with their hashes.
+    pub fn subjects(&self, refs: &[SubjectRef]) -> Result<Vec<(SubjectId, String)>, ApiError> {
+        if refs.is_empty() {
+            return Err(ApiError::invalid(
+                "subject_identifiers",
+                "at least one identifier is required",
+            ));
+        }
+        refs.iter()
+            .enumerate()
+            .map(|(i, r)| self.subject(Some(r), &format!("subject_identifiers[{i}]")))
+            .collect()
+    }
+}
+
+/// When a grant made at `collect_us` lapses: the re-consent interval or the cookie
+/// lifetime, whichever comes first (C-5, K-3).
+pub fn expiry(p: &Purpose, collect_us: i64) -> Option<i64> {
+    let at = from_micros(collect_us);
+    [&p.reconsent_interval, &p.cookie_lifetime]
+        .into_iter()
+        .filter_map(|text| text.parse::<CalendarPeriod>().ok())
+        .map(|period| to_micros(period.after(at)))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ips_are_truncated() {
+        assert_eq!(truncate_ip("192.0.2.77".parse().unwrap()), "192.0.2.0/24");
+        assert_eq!(
+            truncate_ip("2001:db8:abcd:12::1".parse().unwrap()),
+            "2001:db8:abcd::/48"
+        );
+    }
+
+    #[test]
+    fn ages_and_expiry() {
+        assert_eq!(consent_age("FR"), 15);
+        assert_eq!(consent_age("LU"), 16);
+        assert_eq!(consent_age("BE"), 13);
+        let p = Purpose {
+            reconsent_interval: "P1Y".into(),
+            cookie_lifetime: "P6M".into(),
+            ..Default::default()
+        };
+        let t = to_micros("2026-01-31T00:00:00Z".parse().unwrap());
+        assert_eq!(
+            from_micros(expiry(&p, t).unwrap()).to_rfc3339(),
+            "2026-07-31T00:00:00+00:00"
+        );
+        assert_eq!(expiry(&Purpose::default(), t), None);
+    }
+}

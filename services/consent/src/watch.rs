@@ -1,0 +1,147 @@
+//! WatchConsentChanges: a resumable stream of consent changes (C-3, C-9), so a CRM
+//! or newsletter sender learns of a withdrawal without polling us.
+//!
+//! Change numbers are gap-free and in commit order, so "everything after cursor
+//! N" never skips a change that commits late. New changes are found by polling
+//! the change table every 250 ms (and at once after a local write), which also
+//! covers writes made on other replicas; idle streams get a heartbeat every 30 s.
+
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+
+use custodia_core::pagination;
+use custodia_proto::consent::v1::{ConsentEvent, SubjectConsent, WatchConsentChangesResponse};
+use futures::Stream;
+use tokio::{sync::Notify, time::Instant};
+use tonic::Status;
+
+use crate::{register::timestamp, store::ConsentStore};
+
+/// Poll interval for changes made elsewhere.
+const POLL: Duration = Duration::from_millis(250);
+/// Heartbeat interval on an idle stream.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// Fingerprint binding cursors to this stream kind.
+const CURSOR_KIND: &str = "consent-changes";
+
+/// A change stream as returned to tonic.
+pub type ChangeStream =
+    Pin<Box<dyn Stream<Item = Result<WatchConsentChangesResponse, Status>> + Send>>;
+
+/// Encodes change number `seq` as a cursor.
+pub fn cursor(seq: i64) -> String {
+    pagination::encode(&seq, CURSOR_KIND)
+}
+
+/// Decodes a cursor; INVALID_ARGUMENT naming `cursor` when it is not one of ours.
+pub fn parse_cursor(text: &str) -> Result<Option<i64>, custodia_core::ApiError> {
+    pagination::decode(text, CURSOR_KIND).map_err(|_| {
+        custodia_core::ApiError::invalid(
+            "cursor",
+            "is not a cursor returned by WatchConsentChanges",
+        )
+    })
+}
+
+struct Watch {
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    store: ConsentStore,
+    changed: Arc<Notify>,
+    after: i64,
+    purposes: Vec<String>,
+    buffer: VecDeque<(i64, i64, Option<i64>, ConsentEvent)>,
+    last_sent: Instant,
+    failed: bool,
+}
+
+fn change(
+    seq: i64,
+    decision_us: i64,
+    expire_us: Option<i64>,
+    event: ConsentEvent,
+) -> WatchConsentChangesResponse {
+    let state = SubjectConsent {
+        subject: event.subject.clone(),
+        purpose: event.purpose.clone(),
+        state: event.state,
+        decision_time: Some(timestamp(custodia_core::storage::from_micros(decision_us))),
+        expire_time: expire_us.map(|us| timestamp(custodia_core::storage::from_micros(us))),
+        notice: event
+            .evidence
+            .as_ref()
+            .map(|e| e.notice.clone())
+            .unwrap_or_default(),
+        reconfirmation_required: false,
+        consent_event: event.name.clone(),
+        guardian: event.guardian.clone(),
+    };
+    WatchConsentChangesResponse {
+        cursor: cursor(seq),
+        event: Some(event),
+        consent: Some(state),
+    }
+}
+
+impl Watch {
+    async fn next(mut self) -> Option<(Result<WatchConsentChangesResponse, Status>, Self)> {
+        loop {
+            if self.failed || *self.shutdown.borrow() {
+                return None;
+            }
+            if let Some((seq, decision_us, expire_us, event)) = self.buffer.pop_front() {
+                self.last_sent = Instant::now();
+                return Some((Ok(change(seq, decision_us, expire_us, event)), self));
+            }
+            // Register interest before reading, so a write racing the read wakes us.
+            let changed = self.changed.clone();
+            let notified = changed.notified();
+            match self.store.changes(self.after, &self.purposes, 500).await {
+                Ok(batch) if !batch.is_empty() => {
+                    self.after = batch.last().map_or(self.after, |c| c.0);
+                    self.buffer.extend(batch);
+                }
+                Ok(_) => {
+                    if self.last_sent.elapsed() >= HEARTBEAT {
+                        self.last_sent = Instant::now();
+                        let beat = WatchConsentChangesResponse {
+                            cursor: cursor(self.after),
+                            event: None,
+                            consent: None,
+                        };
+                        return Some((Ok(beat), self));
+                    }
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some((Err(custodia_core::ApiError::internal(e).into()), self));
+                }
+            }
+        }
+    }
+}
+
+/// The stream of changes after `after` for `purposes` (all when empty).
+pub fn stream(
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    store: ConsentStore,
+    changed: Arc<Notify>,
+    after: i64,
+    purposes: Vec<String>,
+) -> ChangeStream {
+    let state = Watch {
+        shutdown,
+        store,
+        changed,
+        after,
+        purposes,
+        buffer: VecDeque::new(),
+        last_sent: Instant::now(),
+        failed: false,
+    };
+    Box::pin(futures::stream::unfold(state, Watch::next))
+}

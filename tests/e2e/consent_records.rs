@@ -1,0 +1,708 @@
+//! Consent records through the API, on both backends: decisions with evidence,
+//! checks with every reason, withdrawal and objection effective for the very next
+//! check, material notice changes, minors, history, idempotency, bad input, and
+//! races between grants and withdrawals.
+
+use custodia_proto::{
+    common::v1::SubjectRef,
+    consent::v1::{
+        AgeAttestation, CheckConsentRequest, CheckReason, ConsentChannel, ConsentState,
+        CreatePurposeRequest, Decision, Evidence, GuardianConsent, LawfulBasis,
+        ListConsentEventsRequest, ListSubjectConsentsRequest, Notice, PublishNoticeRequest,
+        Purpose, PurposeCategory, PurposeDecision, RecordConsentRequest, RecordObjectionRequest,
+        WithdrawConsentRequest, age_attestation::Age, consent_service_client::ConsentServiceClient,
+        notice::Content,
+    },
+};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use tonic::{Code, transport::Channel};
+
+type Client = ConsentServiceClient<Channel>;
+
+fn email(v: &str) -> SubjectRef {
+    SubjectRef {
+        r#type: "email".into(),
+        value: v.into(),
+    }
+}
+
+fn now(app: &TestApp) -> prost_types::Timestamp {
+    let t = custodia_core::legal_time::Clock::now(&*app.clock);
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn evidence(app: &TestApp, notice: &str) -> Evidence {
+    Evidence {
+        collect_time: Some(now(app)),
+        channel: ConsentChannel::WebForm as i32,
+        notice: notice.into(),
+        source_ip: "203.0.113.77".into(),
+        user_agent: "Mozilla/5.0".into(),
+        form_id: "newsletter-footer".into(),
+        ..Default::default()
+    }
+}
+
+async fn purpose(c: &mut Client, id: &str, basis: LawfulBasis, dm: bool, reconsent: &str) {
+    c.create_purpose(authed(
+        CreatePurposeRequest {
+            purpose_id: id.into(),
+            purpose: Some(Purpose {
+                display_name: id.into(),
+                lawful_basis: basis as i32,
+                category: PurposeCategory::Communication as i32,
+                direct_marketing: dm,
+                reconsent_interval: reconsent.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+}
+
+async fn publish(c: &mut Client, text: &str, material: bool) -> String {
+    c.publish_notice(authed(
+        PublishNoticeRequest {
+            notice_id: "privacy".into(),
+            notice: Some(Notice {
+                title: "Privacy policy".into(),
+                content: Some(Content::Text(text.into())),
+                purposes: vec!["purposes/newsletter".into()],
+                material_change: material,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .notice
+    .unwrap()
+    .name
+}
+
+fn grant(
+    app: &TestApp,
+    who: &str,
+    purposes: &[&str],
+    decision: Decision,
+    notice: &str,
+    request_id: &str,
+) -> RecordConsentRequest {
+    RecordConsentRequest {
+        subject: Some(email(who)),
+        decisions: purposes
+            .iter()
+            .map(|p| PurposeDecision {
+                purpose: format!("purposes/{p}"),
+                decision: decision as i32,
+            })
+            .collect(),
+        evidence: Some(evidence(app, notice)),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+async fn check(c: &mut Client, who: &str, p: &str) -> (bool, CheckReason) {
+    let r = c
+        .check_consent(authed(
+            CheckConsentRequest {
+                subject: Some(email(who)),
+                purpose: format!("purposes/{p}"),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    (r.allowed, CheckReason::try_from(r.reason).unwrap())
+}
+
+fn withdraw(app: &TestApp, who: &str, p: &str) -> WithdrawConsentRequest {
+    WithdrawConsentRequest {
+        subject: Some(email(who)),
+        purposes: vec![format!("purposes/{p}")],
+        evidence: Some(Evidence {
+            channel: ConsentChannel::EmailLink as i32,
+            ..evidence(app, "")
+        }),
+        reason: "unsubscribe link".into(),
+        ..Default::default()
+    }
+}
+
+async fn records(backend: Backend) {
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    purpose(&mut c, "enrolment", LawfulBasis::Contract, false, "").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    assert_eq!(v1, "notices/privacy/versions/1");
+
+    // Bad input names the field and stores nothing.
+    let mut bad = grant(&app, "", &["newsletter"], Decision::Granted, &v1, "");
+    let err = c
+        .record_consent(authed(bad.clone(), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("subject.value"), "{}", err.message());
+    bad.subject = Some(email("ada@example.edu"));
+    bad.evidence.as_mut().unwrap().collect_time = Some(prost_types::Timestamp {
+        seconds: now(&app).seconds + 3600,
+        nanos: 0,
+    });
+    let err = c
+        .record_consent(authed(bad.clone(), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("evidence.collect_time"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "ada@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                "",
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("evidence.notice"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "ada@example.edu",
+                &["nope"],
+                Decision::Granted,
+                &v1,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "ada@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                "notices/privacy/versions/9",
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        check(&mut c, "ada@example.edu", "newsletter").await,
+        (false, CheckReason::NoRecord)
+    );
+
+    // A grant with evidence; the retry with the same request_id changes nothing.
+    let recorded = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "Ada@Example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "r-1",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = &recorded.events[0];
+    assert_eq!(e.state, ConsentState::Granted as i32);
+    let ev = e.evidence.as_ref().unwrap();
+    assert_eq!(ev.source_ip, "203.0.113.0/24", "IP stored truncated");
+    assert_eq!(ev.collector.as_ref().unwrap().principal, "admin");
+    assert!(
+        e.expire_time.is_some(),
+        "re-consent interval sets an expiry"
+    );
+    let retry = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "ada@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "r-1",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.events[0].name, e.name);
+    assert_eq!(
+        check(&mut c, "ada@example.edu", "newsletter").await,
+        (true, CheckReason::Granted)
+    );
+
+    // Withdrawal wins at once.
+    c.withdraw_consent(authed(
+        withdraw(&app, "ada@example.edu", "newsletter"),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        check(&mut c, "ada@example.edu", "newsletter").await,
+        (false, CheckReason::Withdrawn)
+    );
+
+    // Not consent-based: allowed unless an objection exists.
+    assert_eq!(
+        check(&mut c, "bob@example.edu", "enrolment").await,
+        (true, CheckReason::NotConsentBased)
+    );
+    c.record_objection(authed(
+        RecordObjectionRequest {
+            subject: Some(email("bob@example.edu")),
+            purposes: vec!["purposes/enrolment".into()],
+            grounds: "particular situation".into(),
+            evidence: Some(evidence(&app, "")),
+            ..Default::default()
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        check(&mut c, "bob@example.edu", "enrolment").await,
+        (false, CheckReason::Objected)
+    );
+
+    // Objection to direct marketing is absolute.
+    c.record_consent(authed(
+        grant(
+            &app,
+            "bob@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v1,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    assert!(check(&mut c, "bob@example.edu", "newsletter").await.0);
+    c.record_objection(authed(
+        RecordObjectionRequest {
+            subject: Some(email("bob@example.edu")),
+            direct_marketing: true,
+            evidence: Some(evidence(&app, "")),
+            ..Default::default()
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        check(&mut c, "bob@example.edu", "newsletter").await,
+        (false, CheckReason::Objected)
+    );
+
+    // A material notice change requires re-confirmation; a new grant under it is valid.
+    c.record_consent(authed(
+        grant(
+            &app,
+            "cleo@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v1,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    app.clock.advance(chrono::Duration::minutes(1));
+    let v2 = publish(&mut c, "We now also send SMS.", true).await;
+    app.clock.advance(chrono::Duration::minutes(1));
+    assert_eq!(
+        check(&mut c, "cleo@example.edu", "newsletter").await,
+        (false, CheckReason::NoticeChanged)
+    );
+    let state = c
+        .list_subject_consents(authed(
+            ListSubjectConsentsRequest {
+                subject_identifiers: vec![email("cleo@example.edu")],
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .consents;
+    assert!(state[0].reconfirmation_required);
+    c.record_consent(authed(
+        grant(
+            &app,
+            "cleo@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v2,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        check(&mut c, "cleo@example.edu", "newsletter").await,
+        (true, CheckReason::Granted)
+    );
+
+    // Expiry after the re-consent interval (the clock is injected).
+    app.clock.advance(chrono::Duration::days(366));
+    assert_eq!(
+        check(&mut c, "cleo@example.edu", "newsletter").await,
+        (false, CheckReason::Expired)
+    );
+    let v2_now = c
+        .get_notice(authed(
+            custodia_proto::consent::v1::GetNoticeRequest {
+                name: "notices/privacy/versions/latest".into(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notice
+        .unwrap();
+    assert_eq!(v2_now.name, v2);
+
+    // Minors (Art. 8): 14 in France needs a guardian; with one, the grant is stored linked.
+    let mut child = grant(
+        &app,
+        "dan@example.edu",
+        &["newsletter"],
+        Decision::Granted,
+        &v2,
+        "",
+    );
+    child.age = Some(AgeAttestation {
+        age: Some(Age::AgeYears(14)),
+        country_code: "FR".into(),
+    });
+    let err = c
+        .record_consent(authed(child.clone(), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("guardian"), "{}", err.message());
+    child.guardian = Some(GuardianConsent {
+        guardian: Some(email("parent@example.org")),
+        relationship: "mother".into(),
+        verification: "signed form".into(),
+    });
+    let ok = c
+        .record_consent(authed(child, ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ok.events[0].guardian.as_ref().unwrap().relationship,
+        "mother"
+    );
+    assert!(check(&mut c, "dan@example.edu", "newsletter").await.0);
+
+    // The trail is complete and in order; nothing was overwritten.
+    let trail = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email("ada@example.edu")],
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let states: Vec<i32> = trail.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [ConsentState::Granted as i32, ConsentState::Withdrawn as i32]
+    );
+    assert!(
+        trail
+            .iter()
+            .all(|e| e.subject.as_ref().unwrap().value.is_empty()),
+        "raw identifiers are not stored"
+    );
+
+    // Races: after each acknowledged withdrawal no check says ALLOWED; under
+    // concurrent writes the state is that of the last event in the trail.
+    for _ in 0..10 {
+        c.record_consent(authed(
+            grant(
+                &app,
+                "eve@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v2,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+        c.withdraw_consent(authed(
+            withdraw(&app, "eve@example.edu", "newsletter"),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            check(&mut c, "eve@example.edu", "newsletter").await,
+            (false, CheckReason::Withdrawn)
+        );
+    }
+    let writes: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = c.clone();
+            let g = grant(
+                &app,
+                "fay@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v2,
+                "",
+            );
+            let w = withdraw(&app, "fay@example.edu", "newsletter");
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    c.record_consent(authed(g, ADMIN_TOKEN)).await.map(|_| ())
+                } else {
+                    c.withdraw_consent(authed(w, ADMIN_TOKEN)).await.map(|_| ())
+                }
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let trail = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email("fay@example.edu")],
+                page_size: 100,
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(trail.len(), 16);
+    let last_granted = trail.last().unwrap().state == ConsentState::Granted as i32;
+    assert_eq!(
+        check(&mut c, "fay@example.edu", "newsletter").await.0,
+        last_granted
+    );
+
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn records_sqlite() {
+    records(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn records_postgres() {
+    records(Backend::Postgres).await;
+}
+
+async fn next_change(
+    stream: &mut tonic::Streaming<custodia_proto::consent::v1::WatchConsentChangesResponse>,
+) -> custodia_proto::consent::v1::WatchConsentChangesResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(15), stream.message())
+        .await
+        .expect("a change within 15 s")
+        .unwrap()
+        .expect("stream open")
+}
+
+async fn watch_and_erase(backend: Backend) {
+    use custodia_proto::consent::v1::{EraseSubjectRequest, WatchConsentChangesRequest};
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+
+    // A newsletter sender follows changes from now on.
+    let mut stream = c
+        .watch_consent_changes(authed(WatchConsentChangesRequest::default(), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    c.record_consent(authed(
+        grant(
+            &app,
+            "ada@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v1,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let first = next_change(&mut stream).await;
+    assert_eq!(first.consent.unwrap().state, ConsentState::Granted as i32);
+    c.withdraw_consent(authed(
+        withdraw(&app, "ada@example.edu", "newsletter"),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let second = next_change(&mut stream).await;
+    assert_eq!(
+        second.consent.unwrap().state,
+        ConsentState::Withdrawn as i32
+    );
+    drop(stream);
+
+    // While it is disconnected, more changes happen; resuming misses none of them.
+    for who in ["bob@example.edu", "cleo@example.edu"] {
+        c.record_consent(authed(
+            grant(&app, who, &["newsletter"], Decision::Granted, &v1, ""),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut resumed = c
+        .watch_consent_changes(authed(
+            WatchConsentChangesRequest {
+                cursor: second.cursor.clone(),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = next_change(&mut resumed).await;
+    let b = next_change(&mut resumed).await;
+    assert_eq!(a.event.unwrap().state, ConsentState::Granted as i32);
+    assert_ne!(a.cursor, b.cursor);
+    let bad = c
+        .watch_consent_changes(authed(
+            WatchConsentChangesRequest {
+                cursor: "nonsense".into(),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert!(bad.message().contains("cursor"), "{}", bad.message());
+
+    // Erasure removes the subject's records everywhere in consent.
+    let erased = c
+        .erase_subject(authed(
+            EraseSubjectRequest {
+                subject_identifiers: vec![email("ada@example.edu")],
+                dsar_request: "requests/7".into(),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erased.erased_event_count, 2);
+    assert_eq!(
+        check(&mut c, "ada@example.edu", "newsletter").await,
+        (false, CheckReason::NoRecord)
+    );
+    let trail = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email("ada@example.edu")],
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(trail.is_empty());
+
+    // A second replica on the same database sees a withdrawal at once: checks read
+    // the shared database, there is no cache to go stale.
+    if backend == Backend::Postgres {
+        let shared = app.config.database.url.clone();
+        let replica = TestApp::spawn_with(Backend::Sqlite, &[custodia_consent::SERVICE], |cfg| {
+            cfg.database.url = shared;
+            cfg.audit.subject_hash_key = Some("test-subject-hash-key".to_string().into());
+        })
+        .await;
+        let mut r = ConsentServiceClient::new(replica.channel().await);
+        assert!(check(&mut r, "bob@example.edu", "newsletter").await.0);
+        c.withdraw_consent(authed(
+            withdraw(&app, "bob@example.edu", "newsletter"),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            check(&mut r, "bob@example.edu", "newsletter").await,
+            (false, CheckReason::Withdrawn)
+        );
+        replica.stop().await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watch_and_erase_sqlite() {
+    watch_and_erase(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn watch_and_erase_postgres() {
+    watch_and_erase(Backend::Postgres).await;
+}
