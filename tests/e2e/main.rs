@@ -3,6 +3,7 @@
 
 mod audit_api;
 mod audit_store;
+mod breach;
 mod consent_records;
 mod consent_register;
 mod outbox;

@@ -1,12 +1,19 @@
 //! breach service: breach register, risk assessment, the 72-hour clock and notifications.
 #![forbid(unsafe_code)]
 
+pub mod grpc;
+pub mod model;
+pub mod report;
+pub mod risk;
+pub mod state;
+pub mod store;
+
 use custodia_core::{
     Config, ServiceName,
     server::{Application, Mounted, ServiceContext, ServiceDef},
     storage::Migrations,
 };
-use custodia_proto::breach::v1::breach_service_server::{BreachService, BreachServiceServer};
+use custodia_proto::breach::v1::breach_service_server::BreachServiceServer;
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 
@@ -32,7 +39,9 @@ pub async fn application(config: Config) -> anyhow::Result<Application> {
 
 fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
-        let server = BreachServiceServer::new(Api { _ctx: ctx.clone() })
+        let store = store::BreachStore::new(ctx.db.clone(), ctx.outbox.clone());
+        let api = grpc::Api::new(store, ctx.outbox.clone(), ctx.clock.clone());
+        let server = BreachServiceServer::new(api)
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
             register: Box::new(move |routes| {
@@ -42,12 +51,3 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
         })
     })
 }
-
-/// The gRPC handlers. Methods not built yet answer UNIMPLEMENTED.
-#[derive(Debug)]
-struct Api {
-    _ctx: ServiceContext,
-}
-
-#[tonic::async_trait]
-impl BreachService for Api {}
