@@ -250,6 +250,46 @@ async fn records(backend: Backend) {
         e.expire_time.is_some(),
         "re-consent interval sets an expiry"
     );
+
+    // The receipt is signed and verifies offline with the published key.
+    let receipt = recorded.receipt.clone().expect("a consent receipt");
+    assert_eq!(e.receipt, receipt.name);
+    let keys = c
+        .list_receipt_keys(authed(
+            custodia_proto::consent::v1::ListReceiptKeysRequest::default(),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys[0].key_id, receipt.key_id);
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&keys[0].public_key.clone().try_into().unwrap())
+            .unwrap();
+    key.verify_strict(
+        &receipt.payload,
+        &ed25519_dalek::Signature::from_slice(&receipt.signature).unwrap(),
+    )
+    .expect("receipt signature verifies");
+    let doc: serde_json::Value = serde_json::from_slice(&receipt.payload).unwrap();
+    assert_eq!(doc["version"], "KI-CR-v1.1.0");
+    assert_eq!(doc["piiPrincipalId"], "email:ada@example.edu");
+    assert_eq!(doc["notice"], v1.as_str());
+    assert_eq!(doc["services"][0]["purposes"][0]["decision"], "granted");
+    let fetched = c
+        .get_receipt(authed(
+            custodia_proto::consent::v1::GetReceiptRequest {
+                name: receipt.name.clone(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(fetched.payload, receipt.payload);
     let retry = c
         .record_consent(authed(
             grant(
@@ -266,6 +306,11 @@ async fn records(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(retry.events[0].name, e.name);
+    assert_eq!(
+        retry.receipt.unwrap().name,
+        receipt.name,
+        "a retry returns the first receipt"
+    );
     assert_eq!(
         check(&mut c, "ada@example.edu", "newsletter").await,
         (true, CheckReason::Granted)
@@ -653,6 +698,10 @@ async fn watch_and_erase(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(erased.erased_event_count, 2);
+    assert_eq!(
+        erased.erased_receipt_count, 2,
+        "the grant's and the withdrawal's receipts"
+    );
     assert_eq!(
         check(&mut c, "ada@example.edu", "newsletter").await,
         (false, CheckReason::NoRecord)

@@ -101,6 +101,8 @@ pub async fn test_config(backend: Backend) -> (Config, tempfile::TempDir, Option
     config.data_dir = dir.path().to_path_buf();
     config.auth.admin_token = Some(ADMIN_TOKEN.to_string().into());
     config.database.max_connections = 4;
+    // Fixed keys, so a second replica joining the same database signs alike.
+    config.consent.receipt_signing_key = Some("24".repeat(32).into());
     let database = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {

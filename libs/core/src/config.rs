@@ -40,6 +40,25 @@ pub struct Config {
     pub legal: LegalTimeConfig,
     /// Access-event pipeline and subject pseudonymisation.
     pub audit: AuditConfig,
+    /// The controller named in consent receipts, and the receipt signing key.
+    pub consent: ConsentConfig,
+}
+
+/// Consent receipts: who the controller is and how receipts are signed.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// Ed25519 seed (64 hex characters or base64url) signing consent receipts.
+    /// Unset: generated into `data_dir` in the embedded default; required with PostgreSQL.
+    pub receipt_signing_key: Option<SecretString>,
+    /// The institution (data controller) named in receipts.
+    pub controller_name: String,
+    /// Contact address of the controller or its DPO.
+    pub controller_email: String,
+    /// The controller's web site.
+    pub controller_url: String,
+    /// URL of the privacy policy receipts refer to.
+    pub policy_url: String,
 }
 
 /// gRPC server settings.
@@ -211,6 +230,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             legal: LegalTimeConfig::default(),
             audit: AuditConfig::default(),
+            consent: ConsentConfig::default(),
         }
     }
 }

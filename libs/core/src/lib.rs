@@ -13,6 +13,7 @@ pub mod legal_time;
 pub mod outbox;
 pub mod pagination;
 pub mod server;
+pub mod signing;
 pub mod storage;
 pub mod subject;
 pub mod telemetry;

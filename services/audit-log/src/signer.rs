@@ -2,8 +2,8 @@
 //! so anyone can check a head with the public key alone:
 //! `"custodia-sth-v1" || tree_size (u64 BE) || timestamp_ms (u64 BE) || root (32 bytes)`.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
+use custodia_core::signing::Ed25519Key;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
 /// Domain separation prefix of the signed message.
 pub const STH_CONTEXT: &[u8] = b"custodia-sth-v1";
@@ -18,63 +18,39 @@ pub fn sth_message(tree_size: u64, timestamp_ms: u64, root: &[u8; 32]) -> Vec<u8
     m
 }
 
-/// Key id of a public key: hex of the first 8 bytes of its SHA-256.
-pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
-}
-
 /// Signs tree heads with the log's Ed25519 key.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HeadSigner {
-    key: SigningKey,
-    key_id: String,
-}
-
-impl std::fmt::Debug for HeadSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeadSigner")
-            .field("key_id", &self.key_id)
-            .finish()
-    }
+    key: Ed25519Key,
 }
 
 impl HeadSigner {
     /// A signer from a 32-byte seed given as 64 hex characters or unpadded base64url.
     pub fn from_seed_text(text: &str) -> anyhow::Result<Self> {
-        use base64::Engine;
-        let text = text.trim();
-        let bytes = if text.len() == 64 {
-            hex::decode(text).map_err(|_| anyhow::anyhow!("audit.signing_key is not valid hex"))?
-        } else {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(text)
-                .map_err(|_| {
-                    anyhow::anyhow!("audit.signing_key is neither 64 hex characters nor base64url")
-                })?
-        };
-        let seed: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("audit.signing_key must encode exactly 32 bytes"))?;
-        let key = SigningKey::from_bytes(&seed);
-        let key_id = key_id(&key.verifying_key());
-        Ok(Self { key, key_id })
+        Ok(Self::new(Ed25519Key::from_seed_text(
+            text,
+            "audit.signing_key",
+        )?))
+    }
+
+    /// A signer with `key`.
+    pub fn new(key: Ed25519Key) -> Self {
+        Self { key }
     }
 
     /// The public key.
     pub fn public_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
+        self.key.public_key()
     }
 
     /// Id of the key, stored with every head.
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        self.key.key_id()
     }
 
     /// Signature over [`sth_message`].
     pub fn sign(&self, tree_size: u64, timestamp_ms: u64, root: &[u8; 32]) -> [u8; 64] {
-        self.key
-            .sign(&sth_message(tree_size, timestamp_ms, root))
-            .to_bytes()
+        self.key.sign(&sth_message(tree_size, timestamp_ms, root))
     }
 }
 

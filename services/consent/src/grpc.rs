@@ -17,6 +17,7 @@ use custodia_proto::{
 };
 use std::sync::Arc;
 
+use custodia_core::signing::Ed25519Key;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
@@ -33,6 +34,7 @@ pub struct Api {
     ctx: ServiceContext,
     store: ConsentStore,
     changed: Arc<Notify>,
+    receipts: Ed25519Key,
 }
 
 /// Fields `UpdatePurpose` may change (output-only fields and the name are not).
@@ -84,12 +86,18 @@ fn apply_mask(current: &mut Purpose, update: &Purpose, path: &str) {
 
 impl Api {
     /// Handlers over `store`.
-    pub fn new(ctx: ServiceContext, store: ConsentStore) -> Self {
+    pub fn new(ctx: ServiceContext, store: ConsentStore, receipts: Ed25519Key) -> Self {
         Self {
             ctx,
             store,
             changed: Arc::new(Notify::new()),
+            receipts,
         }
+    }
+
+    /// The receipt signing key.
+    pub fn receipt_key(&self) -> &Ed25519Key {
+        &self.receipts
     }
 
     /// Wakes change streams after a committed write.
@@ -373,7 +381,7 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
-        let events = self
+        let (events, receipt) = self
             .withdraw_or_object(
                 &call,
                 "WithdrawConsent",
@@ -389,7 +397,7 @@ impl ConsentService for Api {
             .await?;
         Ok(Response::new(pb::WithdrawConsentResponse {
             events,
-            receipt: None,
+            receipt,
         }))
     }
 
@@ -399,7 +407,7 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::RecordObjectionResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
-        let events = self
+        let (events, _) = self
             .withdraw_or_object(
                 &call,
                 "RecordObjection",
@@ -570,6 +578,58 @@ impl ConsentService for Api {
         )))
     }
 
+    async fn get_receipt(
+        &self,
+        request: Request<pb::GetReceiptRequest>,
+    ) -> Result<Response<pb::GetReceiptResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let name = request.into_inner().name;
+        let id = name
+            .strip_prefix("receipts/")
+            .filter(|id| {
+                !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+            .ok_or_else(|| ApiError::invalid("name", "must be `receipts/{receipt}`"))?;
+        let receipt = self
+            .store
+            .receipt(id)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found("receipt", name.clone()))?;
+        let mut access = AccessEvent::new(
+            self.ctx.clock.now(),
+            call.principal.name(),
+            "custodia.consent.v1.ConsentService",
+            "GetReceipt",
+            Outcome::Ok,
+        );
+        access.trace_id = call.trace_id.clone();
+        access.resource = name;
+        self.ctx
+            .outbox
+            .enqueue(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Response::new(pb::GetReceiptResponse {
+            receipt: Some(receipt),
+        }))
+    }
+
+    async fn list_receipt_keys(
+        &self,
+        _request: Request<pb::ListReceiptKeysRequest>,
+    ) -> Result<Response<pb::ListReceiptKeysResponse>, Status> {
+        Ok(Response::new(pb::ListReceiptKeysResponse {
+            keys: vec![custodia_proto::common::v1::PublicKey {
+                key_id: self.receipts.key_id().to_string(),
+                algorithm: "Ed25519".into(),
+                public_key: self.receipts.public_key().to_bytes().to_vec(),
+                ..Default::default()
+            }],
+            next_page_token: String::new(),
+        }))
+    }
+
     async fn erase_subject(
         &self,
         request: Request<pb::EraseSubjectRequest>,
@@ -578,7 +638,7 @@ impl ConsentService for Api {
         let r = request.into_inner();
         let ids = self.subjects(&r.subject_identifiers)?;
         let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
-        let erased = self
+        let (erased, receipts) = self
             .store
             .erase(&hashes)
             .await
@@ -600,7 +660,7 @@ impl ConsentService for Api {
             .map_err(ApiError::internal)?;
         Ok(Response::new(pb::EraseSubjectResponse {
             erased_event_count: erased,
-            erased_receipt_count: 0,
+            erased_receipt_count: receipts,
             retained: Vec::new(),
         }))
     }

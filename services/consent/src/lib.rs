@@ -6,6 +6,7 @@ pub mod export;
 pub mod grpc;
 pub mod ops;
 pub mod presets;
+pub mod receipt;
 pub mod records;
 pub mod register;
 pub mod store;
@@ -43,7 +44,8 @@ pub async fn application(config: Config) -> anyhow::Result<Application> {
 fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
         let store = store::ConsentStore::new(ctx.db.clone());
-        let server = ConsentServiceServer::new(grpc::Api::new(ctx.clone(), store))
+        let receipts = receipt::signing_key(&ctx.config)?;
+        let server = ConsentServiceServer::new(grpc::Api::new(ctx.clone(), store, receipts))
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
             register: Box::new(move |routes| {

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     decision::{self, StateRow},
     grpc::Api,
+    receipt,
     records::{DIRECT_MARKETING, NewRecord},
     register::{from_timestamp, purpose_id, purpose_name, timestamp, valid_id},
 };
@@ -507,6 +508,9 @@ impl Api {
                 expire_us,
             });
         }
+        let receipt = self
+            .receipt_for(&subject, r.guardian.as_ref(), &evidence, &mut records)
+            .await?;
         let purposes: Vec<_> = records.iter().map(|r| r.purpose_id.as_str()).collect();
         let mut access = self.access(
             call,
@@ -515,21 +519,23 @@ impl Api {
             purposes.first().copied().unwrap_or_default(),
         );
         access.detail = serde_json::json!({ "purposes": purposes }).to_string();
+        let id = receipt.name.trim_start_matches("receipts/").to_string();
+        let body = prost::Message::encode_to_vec(&receipt);
         let events = self
             .store()
             .record(
                 "RecordConsent",
                 &r.request_id,
                 &records,
+                Some((&id, &hash, body)),
                 &access,
                 to_micros(now),
             )
             .await?;
         self.ctx().outbox.wake();
-        Ok(pb::RecordConsentResponse {
-            events,
-            receipt: None,
-        })
+        self.notify_changed();
+        let receipt = self.stored_receipt(&events).await?;
+        Ok(pb::RecordConsentResponse { events, receipt })
     }
 
     /// WithdrawConsent and RecordObjection share this: set `state` on purposes.
@@ -546,7 +552,7 @@ impl Api {
         reason: &str,
         request_id: &str,
         state: ConsentState,
-    ) -> Result<Vec<ConsentEvent>, ApiError> {
+    ) -> Result<(Vec<ConsentEvent>, Option<pb::ConsentReceipt>), ApiError> {
         let mut v = Validator::new();
         let (subject, hash) = self.subject(subject, "subject")?;
         v.max_len("request_id", request_id, 128);
@@ -596,7 +602,7 @@ impl Api {
             ids.push(DIRECT_MARKETING.to_string());
         }
         let now = self.ctx().clock.now();
-        let records: Vec<_> = ids
+        let mut records: Vec<_> = ids
             .iter()
             .map(|pid| {
                 let mut event = self.new_event(&subject, pid, state, &evidence, request_id);
@@ -619,12 +625,101 @@ impl Api {
             Some((&subject, &hash)),
             ids.first().map(String::as_str).unwrap_or_default(),
         );
+        // Withdrawals get a receipt (the subject's proof of withdrawing); objections do not.
+        let receipt = if state == ConsentState::Withdrawn && !records.is_empty() {
+            let receipt = self
+                .receipt_for(&subject, None, &evidence, &mut records)
+                .await?;
+            let id = receipt.name.trim_start_matches("receipts/").to_string();
+            Some((id, prost::Message::encode_to_vec(&receipt)))
+        } else {
+            None
+        };
         let events = self
             .store()
-            .record(method, request_id, &records, &access, to_micros(now))
+            .record(
+                method,
+                request_id,
+                &records,
+                receipt
+                    .as_ref()
+                    .map(|(id, body)| (id.as_str(), hash.as_str(), body.clone())),
+                &access,
+                to_micros(now),
+            )
             .await?;
         self.ctx().outbox.wake();
-        Ok(events)
+        self.notify_changed();
+        let receipt = self.stored_receipt(&events).await?;
+        Ok((events, receipt))
+    }
+
+    /// Issues the receipt for `records` and links each event to it.
+    async fn receipt_for(
+        &self,
+        subject: &SubjectId,
+        guardian: Option<&pb::GuardianConsent>,
+        evidence: &Evidence,
+        records: &mut [NewRecord],
+    ) -> Result<pb::ConsentReceipt, ApiError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let mut purposes = Vec::new();
+        for r in records.iter() {
+            let p = self
+                .store()
+                .purpose(&r.purpose_id)
+                .await
+                .map_err(ApiError::internal)?
+                .map(|s| s.purpose)
+                .unwrap_or_default();
+            purposes.push(p);
+        }
+        let lines = records
+            .iter()
+            .zip(&purposes)
+            .map(|(r, p)| receipt::Line {
+                name: r.event.purpose.clone(),
+                purpose: p,
+                state: ConsentState::try_from(r.event.state).unwrap_or_default(),
+                expires: r.expire_us.map(|us| from_micros(us).to_rfc3339()),
+            })
+            .collect();
+        let facts = receipt::Facts {
+            id: id.clone(),
+            jurisdiction: self.ctx().calendar.jurisdiction().code(),
+            consent_time: evidence.collect_time.unwrap_or_default(),
+            channel: evidence.channel,
+            subject: SubjectRef {
+                r#type: subject.kind().to_string(),
+                value: subject.value().to_string(),
+            },
+            language: evidence.language.clone(),
+            notice: evidence.notice.clone(),
+            events: records.iter().map(|r| r.event.name.clone()).collect(),
+            guardian: guardian.and_then(|g| g.guardian.clone()),
+            lines,
+        };
+        let issued = receipt::issue(&self.ctx().config, self.receipt_key(), facts);
+        for r in records.iter_mut() {
+            r.event.receipt = format!("receipts/{id}");
+        }
+        Ok(issued)
+    }
+
+    /// The receipt the first event links to, as stored (also for idempotent replays).
+    async fn stored_receipt(
+        &self,
+        events: &[ConsentEvent],
+    ) -> Result<Option<pb::ConsentReceipt>, ApiError> {
+        match events
+            .first()
+            .map(|e| e.receipt.trim_start_matches("receipts/"))
+        {
+            Some(id) if !id.is_empty() => {
+                self.store().receipt(id).await.map_err(ApiError::internal)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// CheckConsent for one subject (the access event is queued before answering).

@@ -200,6 +200,7 @@ impl ConsentStore {
         method: &str,
         request_id: &str,
         records: &[NewRecord],
+        receipt: Option<(&str, &str, Vec<u8>)>,
         access: &AccessEvent,
         now_us: i64,
     ) -> Result<Vec<ConsentEvent>, ApiError> {
@@ -269,6 +270,14 @@ impl ConsentStore {
             .bind(body)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some((id, subject_hash, body)) = receipt {
+            sqlx::query("INSERT INTO receipts (id, subject_hash, body) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(subject_hash.to_string())
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
         }
         let ids: Vec<&str> = records
             .iter()
@@ -396,12 +405,36 @@ impl ConsentStore {
         Ok(next - 1)
     }
 
-    /// Erases every consent record of the subjects (D-7, D-9): events and current
-    /// states are deleted. Returns the number of events erased.
-    pub async fn erase(&self, subject_hashes: &[String]) -> anyhow::Result<i64> {
+    /// Receipt `id`, as issued.
+    pub async fn receipt(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<Option<custodia_proto::consent::v1::ConsentReceipt>> {
+        let row = sqlx::query("SELECT body FROM receipts WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.db().pool())
+            .await?;
+        row.map(|r| {
+            let body: Vec<u8> = r.try_get(0)?;
+            Ok(custodia_proto::consent::v1::ConsentReceipt::decode(
+                body.as_slice(),
+            )?)
+        })
+        .transpose()
+    }
+
+    /// Erases every consent record of the subjects (D-7, D-9): events, current
+    /// states and receipts are deleted. Returns the numbers of events and receipts.
+    pub async fn erase(&self, subject_hashes: &[String]) -> anyhow::Result<(i64, i64)> {
         let mut tx = self.db().begin_write().await?;
         let mut erased = 0;
+        let mut receipts = 0;
         for hash in subject_hashes {
+            receipts += sqlx::query("DELETE FROM receipts WHERE subject_hash = $1")
+                .bind(hash.clone())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as i64;
             erased += sqlx::query("DELETE FROM consent_events WHERE subject_hash = $1")
                 .bind(hash.clone())
                 .execute(&mut *tx)
@@ -413,7 +446,7 @@ impl ConsentStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(erased)
+        Ok((erased, receipts))
     }
 
     /// The full trail of the subjects (oldest first), after `after_seq`.
