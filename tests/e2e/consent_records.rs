@@ -755,3 +755,113 @@ async fn watch_and_erase_sqlite() {
 async fn watch_and_erase_postgres() {
     watch_and_erase(Backend::Postgres).await;
 }
+
+async fn reconsent_due(backend: Backend) {
+    use custodia_proto::consent::v1::ListReconsentDueRequest;
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, false, "P1Y").await;
+    let v1 = publish(&mut c, "Monthly news.", false).await;
+    let t0 = now(&app).seconds;
+    c.record_consent(authed(
+        grant(
+            &app,
+            "ada@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v1,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    app.clock.advance(chrono::Duration::days(1));
+    c.record_consent(authed(
+        grant(
+            &app,
+            "bob@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v1,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let due = |before_secs: i64, page_size: i32, page_token: String, reconfirm: bool| {
+        ListReconsentDueRequest {
+            purpose: "purposes/newsletter".into(),
+            expire_before_time: Some(prost_types::Timestamp {
+                seconds: before_secs,
+                nanos: 0,
+            }),
+            include_reconfirmation_required: reconfirm,
+            page_size,
+            page_token,
+        }
+    };
+    let year = 365 * 24 * 3600;
+    let soon = c
+        .list_reconsent_due(authed(
+            due(t0 + year + 12 * 3600, 0, String::new(), false),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        soon.consents.len(),
+        1,
+        "only ada's grant expires before then"
+    );
+    let page1 = c
+        .list_reconsent_due(authed(
+            due(t0 + 2 * year, 1, String::new(), false),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.consents.len(), 1);
+    let page2 = c
+        .list_reconsent_due(authed(
+            due(t0 + 2 * year, 1, page1.next_page_token.clone(), false),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page2.consents.len(), 1);
+    assert!(
+        page1.consents[0].expire_time.unwrap().seconds
+            < page2.consents[0].expire_time.unwrap().seconds
+    );
+    assert_ne!(
+        page1.consents[0].consent_event,
+        page2.consents[0].consent_event
+    );
+    // After a material notice change both need re-confirmation, whatever their expiry.
+    app.clock.advance(chrono::Duration::minutes(1));
+    publish(&mut c, "Monthly news and SMS.", true).await;
+    app.clock.advance(chrono::Duration::minutes(1));
+    let all = c
+        .list_reconsent_due(authed(due(t0, 0, String::new(), true), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.consents.len(), 2);
+    assert!(all.consents.iter().all(|s| s.reconfirmation_required));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reconsent_due_sqlite() {
+    reconsent_due(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn reconsent_due_postgres() {
+    reconsent_due(Backend::Postgres).await;
+}

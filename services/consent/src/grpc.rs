@@ -578,6 +578,95 @@ impl ConsentService for Api {
         )))
     }
 
+    async fn list_reconsent_due(
+        &self,
+        request: Request<pb::ListReconsentDueRequest>,
+    ) -> Result<Response<pb::ListReconsentDueResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let pid = purpose_id(&r.purpose, "purpose")?.to_string();
+        let before = r
+            .expire_before_time
+            .as_ref()
+            .map(|t| to_micros(register::from_timestamp(t)))
+            .ok_or_else(|| ApiError::invalid("expire_before_time", "is required"))?;
+        let size = match r.page_size {
+            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative").into()),
+            0 => 1000,
+            n => (n as usize).min(10_000),
+        };
+        if self
+            .store
+            .purpose(&pid)
+            .await
+            .map_err(ApiError::internal)?
+            .is_none()
+        {
+            return Err(ApiError::not_found("purpose", purpose_name(&pid)).into());
+        }
+        let now_us = to_micros(self.ctx.clock.now());
+        let material = if r.include_reconfirmation_required {
+            self.store
+                .material_notice_us(&pid, now_us)
+                .await
+                .map_err(ApiError::internal)?
+        } else {
+            None
+        };
+        let fingerprint = format!("{pid}{before}{material:?}");
+        let after: Option<(i64, String)> = pagination::decode(&r.page_token, &fingerprint)?;
+        let mut rows = self
+            .store
+            .reconsent_due(&pid, before, material, after, size + 1)
+            .await
+            .map_err(ApiError::internal)?;
+        let next = (rows.len() > size).then(|| {
+            let (exp, hash, _, _) = &rows[size - 1];
+            pagination::encode(&(*exp, hash.clone()), &fingerprint)
+        });
+        rows.truncate(size);
+        let mut access = AccessEvent::new(
+            self.ctx.clock.now(),
+            call.principal.name(),
+            "custodia.consent.v1.ConsentService",
+            "ListReconsentDue",
+            Outcome::Ok,
+        );
+        access.trace_id = call.trace_id.clone();
+        access.resource = purpose_name(&pid);
+        access.purpose = Some(pid.clone());
+        self.ctx
+            .outbox
+            .enqueue(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        let consents = rows
+            .into_iter()
+            .map(|(exp, _, decision_us, event)| pb::SubjectConsent {
+                subject: event.subject.clone(),
+                purpose: event.purpose.clone(),
+                state: event.state,
+                decision_time: Some(register::timestamp(custodia_core::storage::from_micros(
+                    decision_us,
+                ))),
+                expire_time: (exp != i64::MAX)
+                    .then(|| register::timestamp(custodia_core::storage::from_micros(exp))),
+                notice: event
+                    .evidence
+                    .as_ref()
+                    .map(|e| e.notice.clone())
+                    .unwrap_or_default(),
+                reconfirmation_required: material.is_some_and(|m| m > decision_us),
+                consent_event: event.name.clone(),
+                guardian: event.guardian.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListReconsentDueResponse {
+            consents,
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
     async fn get_receipt(
         &self,
         request: Request<pb::GetReceiptRequest>,

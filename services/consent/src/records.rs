@@ -405,6 +405,61 @@ impl ConsentStore {
         Ok(next - 1)
     }
 
+    /// Current grants for `purpose_id` expiring before `before_us` (or, with
+    /// `decided_before_us`, decided before a material notice change), soonest
+    /// expiry first, after the `(expire_us, subject_hash)` position `after`.
+    pub async fn reconsent_due(
+        &self,
+        purpose_id: &str,
+        before_us: i64,
+        decided_before_us: Option<i64>,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(i64, String, i64, ConsentEvent)>> {
+        let mut p = Params::new();
+        let granted = ConsentState::Granted as i32;
+        let mut due = format!("COALESCE(expire_us, {}) < {}", i64::MAX, p.int(before_us));
+        if let Some(material) = decided_before_us {
+            due = format!("({due} OR decision_us < {})", p.int(material));
+        }
+        let mut clauses = vec![
+            format!("purpose_id = {}", p.text(purpose_id)),
+            format!("state = {}", p.int(i64::from(granted))),
+            due,
+        ];
+        if let Some((exp, hash)) = after {
+            let e1 = p.int(exp);
+            let e2 = p.int(exp);
+            let h = p.text(hash);
+            clauses.push(format!(
+                "(COALESCE(expire_us, {max}) > {e1} OR (COALESCE(expire_us, {max}) = {e2} AND subject_hash > {h}))",
+                max = i64::MAX
+            ));
+        }
+        let sql = format!(
+            "SELECT COALESCE(expire_us, {max}), subject_hash, decision_us, body FROM subject_consents \
+             WHERE {} ORDER BY COALESCE(expire_us, {max}), subject_hash LIMIT {}",
+            clauses.join(" AND "),
+            p.int(limit as i64),
+            max = i64::MAX
+        );
+        let rows = p
+            .bind(sqlx::query(AssertSqlSafe(sql)))
+            .fetch_all(self.db().pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let body: Vec<u8> = r.try_get(3)?;
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    ConsentEvent::decode(body.as_slice())?,
+                ))
+            })
+            .collect()
+    }
+
     /// Receipt `id`, as issued.
     pub async fn receipt(
         &self,
