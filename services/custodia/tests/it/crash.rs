@@ -22,11 +22,16 @@ use custodia_tests::authed;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-const TOKEN: &str = "crash-test-admin-token-0123456789";
+pub const TOKEN: &str = "crash-test-admin-token-0123456789";
 
 fn start(data_dir: &Path, port: u16) -> Child {
+    start_service(data_dir, port, "audit-log")
+}
+
+/// Starts the real binary serving `service` on `port` over `data_dir`.
+pub fn start_service(data_dir: &Path, port: u16, service: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["serve", "audit-log", "--listen"])
+        .args(["serve", service, "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data_dir)
@@ -38,14 +43,19 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .expect("custodia starts")
 }
 
-/// Connects once the server reports SERVING (bounded: 30 s).
+/// Connects once audit-log reports SERVING (bounded: 30 s).
 async fn connect(port: u16) -> Channel {
+    connect_service(port, ServiceName::AuditLog).await
+}
+
+/// Connects once `service` reports SERVING (bounded: 30 s).
+pub async fn connect_service(port: u16, service: ServiceName) -> Channel {
     let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
     for _ in 0..600 {
         if let Ok(channel) = endpoint.connect().await {
             let status = HealthClient::new(channel.clone())
                 .check(HealthCheckRequest {
-                    service: ServiceName::AuditLog.grpc_name().into(),
+                    service: service.grpc_name().into(),
                 })
                 .await;
             if status.is_ok_and(|s| s.into_inner().status == 1) {

@@ -1,0 +1,215 @@
+//! kill -9 of the consent service in a loop during writes: every acknowledged
+//! consent and withdrawal survives, and the state equals the last acknowledged
+//! write of each subject.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use custodia_core::ServiceName;
+use custodia_proto::{
+    common::v1::SubjectRef,
+    consent::v1::{
+        CheckConsentRequest, ConsentChannel, CreatePurposeRequest, Decision, Evidence, LawfulBasis,
+        ListConsentEventsRequest, Notice, PublishNoticeRequest, Purpose, PurposeCategory,
+        PurposeDecision, RecordConsentRequest, WithdrawConsentRequest,
+        consent_service_client::ConsentServiceClient, notice::Content,
+    },
+};
+use custodia_tests::authed;
+
+use crate::crash::{TOKEN, connect_service, start_service};
+
+fn email(i: usize) -> SubjectRef {
+    SubjectRef {
+        r#type: "email".into(),
+        value: format!("student{i}@example.edu"),
+    }
+}
+
+fn evidence(notice: &str) -> Evidence {
+    Evidence {
+        collect_time: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        }),
+        channel: ConsentChannel::WebForm as i32,
+        notice: notice.into(),
+        ..Default::default()
+    }
+}
+
+/// Subject index -> (acknowledged event names, whether the last acknowledged write granted).
+type Acked = HashMap<usize, (Vec<String>, bool)>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_consent_writes_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let mut notice = String::new();
+
+    for round in 0..3 {
+        let mut child = start_service(dir.path(), port, "consent");
+        let channel = connect_service(port, ServiceName::Consent).await;
+        if round == 0 {
+            let mut c = ConsentServiceClient::new(channel.clone());
+            c.create_purpose(authed(
+                CreatePurposeRequest {
+                    purpose_id: "newsletter".into(),
+                    purpose: Some(Purpose {
+                        display_name: "Newsletter".into(),
+                        lawful_basis: LawfulBasis::Consent as i32,
+                        category: PurposeCategory::Communication as i32,
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap();
+            notice = c
+                .publish_notice(authed(
+                    PublishNoticeRequest {
+                        notice_id: "privacy".into(),
+                        notice: Some(Notice {
+                            content: Some(Content::Text("policy".into())),
+                            purposes: vec!["purposes/newsletter".into()],
+                            ..Default::default()
+                        }),
+                        request_id: String::new(),
+                    },
+                    TOKEN,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .notice
+                .unwrap()
+                .name;
+        }
+        // Four writers, each owning four subjects, alternate grants and withdrawals.
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let mut c = ConsentServiceClient::new(channel.clone());
+                let acked = acked.clone();
+                let notice = notice.clone();
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let subject = w * 4 + n % 4;
+                        let grant = (n / 4 + round) % 2 == 0;
+                        let events = if grant {
+                            c.record_consent(authed(
+                                RecordConsentRequest {
+                                    subject: Some(email(subject)),
+                                    decisions: vec![PurposeDecision {
+                                        purpose: "purposes/newsletter".into(),
+                                        decision: Decision::Granted as i32,
+                                    }],
+                                    evidence: Some(evidence(&notice)),
+                                    ..Default::default()
+                                },
+                                TOKEN,
+                            ))
+                            .await
+                            .map(|r| r.into_inner().events)
+                        } else {
+                            c.withdraw_consent(authed(
+                                WithdrawConsentRequest {
+                                    subject: Some(email(subject)),
+                                    purposes: vec!["purposes/newsletter".into()],
+                                    evidence: Some(evidence("")),
+                                    ..Default::default()
+                                },
+                                TOKEN,
+                            ))
+                            .await
+                            .map(|r| r.into_inner().events)
+                        };
+                        match events {
+                            Ok(events) => {
+                                let mut acked = acked.lock().unwrap();
+                                let entry = acked.entry(subject).or_default();
+                                entry.0.extend(events.into_iter().map(|e| e.name));
+                                entry.1 = grant;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let target = (round + 1) * 60;
+        while acked
+            .lock()
+            .unwrap()
+            .values()
+            .map(|v| v.0.len())
+            .sum::<usize>()
+            < target
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        for w in writers {
+            w.await.unwrap();
+        }
+    }
+
+    let mut child = start_service(dir.path(), port, "consent");
+    let mut c = ConsentServiceClient::new(connect_service(port, ServiceName::Consent).await);
+    let acked = acked.lock().unwrap().clone();
+    for (subject, (names, last_granted)) in &acked {
+        let trail = c
+            .list_consent_events(authed(
+                ListConsentEventsRequest {
+                    subject_identifiers: vec![email(*subject)],
+                    page_size: 1000,
+                    ..Default::default()
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let stored: Vec<_> = trail.iter().map(|e| e.name.clone()).collect();
+        for name in names {
+            assert!(
+                stored.contains(name),
+                "acknowledged {name} of subject {subject} kept"
+            );
+        }
+        // An unacknowledged write may have landed after the last acknowledged one,
+        // so the state is that of the trail's last event; when that event was
+        // acknowledged, it is the last acknowledged write.
+        let last = trail.last().unwrap();
+        if names.last() == Some(&last.name) {
+            let allowed = c
+                .check_consent(authed(
+                    CheckConsentRequest {
+                        subject: Some(email(*subject)),
+                        purpose: "purposes/newsletter".into(),
+                    },
+                    TOKEN,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .result
+                .unwrap()
+                .allowed;
+            assert_eq!(allowed, *last_granted, "subject {subject}");
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
