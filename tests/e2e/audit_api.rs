@@ -4,7 +4,7 @@
 //! subject without breaking verification, and an outage of audit-log delays
 //! events without losing or duplicating them.
 
-use std::{collections::HashSet, future::Future, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use custodia_audit_log::merkle::{Hash, verify_consistency, verify_inclusion};
 use custodia_core::ServiceName;
@@ -18,32 +18,12 @@ use custodia_proto::{
     common::v1::{Actor, SubjectRef},
     consent::v1::{ListPurposesRequest, consent_service_client::ConsentServiceClient},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
 use tonic::{Code, transport::Channel};
 
 use crate::all_services;
 
 type Client = AuditLogServiceClient<Channel>;
-
-/// Retries `check` until it returns `Some` (background delivery and integration are
-/// asynchronous); gives up after 15 s so a broken pipeline fails instead of hanging.
-async fn eventually<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn email(v: &str) -> SubjectRef {
     SubjectRef {

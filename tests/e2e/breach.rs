@@ -4,7 +4,7 @@
 //! by field, idempotent reports, retention before deletion, and every call as
 //! an access event in audit-log.
 
-use std::{collections::BTreeSet, future::Future, time::Duration};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use custodia_core::legal_time::Clock;
@@ -23,7 +23,7 @@ use custodia_proto::{
     },
     common::v1::{Contact, ExportFormat},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
 use tonic::{Code, Status, transport::Channel};
 
 type Client = BreachServiceClient<Channel>;
@@ -49,25 +49,6 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
 fn time_of(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
     let t = t.as_ref().expect("timestamp set");
     DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("valid")
-}
-
-/// Retries `check` until it returns `Some`; fails after 15 s.
-async fn eventually<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn assert_code(err: &Status, code: Code, needles: &[&str]) {

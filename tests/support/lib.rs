@@ -191,6 +191,28 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
+/// Retries `check` until it returns `Some`: background work (access-event
+/// delivery, head integration) is asynchronous. Gives up after 15 s so a broken
+/// pipeline fails instead of hanging; this waits for work, it never makes time pass
+/// (tests advance the injected clock for that).
+pub async fn eventually<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Logs for the failing test, once per process, when `TEST_LOG` is set.
 pub fn init_tracing() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -3,13 +3,8 @@
 //! the next steps and answer UNIMPLEMENTED until then.
 
 use custodia_core::{
-    ApiError,
-    auth::CallContext,
-    outbox::{AccessEvent, OutboxStore, Outcome},
-    pagination,
-    server::ServiceContext,
-    storage::to_micros,
-    validate::Validator,
+    ApiError, auth::CallContext, outbox::OutboxStore, pagination, server::ServiceContext,
+    storage::to_micros, validate::Validator,
 };
 use custodia_proto::{
     common::v1::ExportFormat,
@@ -23,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     export,
+    records::subject_consent,
     register::{self, purpose_id, purpose_name, valid_id},
     store::{ConsentStore, PurposeFilter, StoredPurpose, Written},
     watch,
@@ -448,14 +444,7 @@ impl ConsentService for Api {
             (events.len() > size).then(|| pagination::encode(&events[size - 1].0, &fingerprint));
         events.truncate(size);
         for (id, hash) in &ids {
-            let mut access = AccessEvent::new(
-                self.ctx.clock.now(),
-                call.principal.name(),
-                "custodia.consent.v1.ConsentService",
-                "ListConsentEvents",
-                Outcome::Ok,
-            );
-            access.trace_id = call.trace_id.clone();
+            let mut access = self.access(&call, "ListConsentEvents", None, "");
             access.subject_type = Some(id.kind().to_string());
             access.subject_hash = Some(hash.clone());
             self.ctx
@@ -556,14 +545,7 @@ impl ConsentService for Api {
                 None => self.store.last_change().await.map_err(ApiError::internal)?,
             },
         };
-        let mut access = AccessEvent::new(
-            self.ctx.clock.now(),
-            call.principal.name(),
-            "custodia.consent.v1.ConsentService",
-            "WatchConsentChanges",
-            Outcome::Ok,
-        );
-        access.trace_id = call.trace_id.clone();
+        let access = self.access(&call, "WatchConsentChanges", None, "");
         self.ctx
             .outbox
             .enqueue(&access)
@@ -625,14 +607,7 @@ impl ConsentService for Api {
             pagination::encode(&(*exp, hash.clone()), &fingerprint)
         });
         rows.truncate(size);
-        let mut access = AccessEvent::new(
-            self.ctx.clock.now(),
-            call.principal.name(),
-            "custodia.consent.v1.ConsentService",
-            "ListReconsentDue",
-            Outcome::Ok,
-        );
-        access.trace_id = call.trace_id.clone();
+        let mut access = self.access(&call, "ListReconsentDue", None, "");
         access.resource = purpose_name(&pid);
         access.purpose = Some(pid.clone());
         self.ctx
@@ -642,23 +617,10 @@ impl ConsentService for Api {
             .map_err(ApiError::internal)?;
         let consents = rows
             .into_iter()
-            .map(|(exp, _, decision_us, event)| pb::SubjectConsent {
-                subject: event.subject.clone(),
-                purpose: event.purpose.clone(),
-                state: event.state,
-                decision_time: Some(register::timestamp(custodia_core::storage::from_micros(
-                    decision_us,
-                ))),
-                expire_time: (exp != i64::MAX)
-                    .then(|| register::timestamp(custodia_core::storage::from_micros(exp))),
-                notice: event
-                    .evidence
-                    .as_ref()
-                    .map(|e| e.notice.clone())
-                    .unwrap_or_default(),
-                reconfirmation_required: material.is_some_and(|m| m > decision_us),
-                consent_event: event.name.clone(),
-                guardian: event.guardian.clone(),
+            .map(|(exp, _, decision_us, event)| {
+                let expire_us = (exp != i64::MAX).then_some(exp);
+                let reconfirm = material.is_some_and(|m| m > decision_us);
+                subject_consent(&event, decision_us, expire_us, reconfirm)
             })
             .collect();
         Ok(Response::new(pb::ListReconsentDueResponse {
@@ -685,14 +647,7 @@ impl ConsentService for Api {
             .await
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found("receipt", name.clone()))?;
-        let mut access = AccessEvent::new(
-            self.ctx.clock.now(),
-            call.principal.name(),
-            "custodia.consent.v1.ConsentService",
-            "GetReceipt",
-            Outcome::Ok,
-        );
-        access.trace_id = call.trace_id.clone();
+        let mut access = self.access(&call, "GetReceipt", None, "");
         access.resource = name;
         self.ctx
             .outbox
@@ -733,14 +688,7 @@ impl ConsentService for Api {
             .await
             .map_err(ApiError::internal)?;
         // The record names the request, not the person just erased.
-        let mut access = AccessEvent::new(
-            self.ctx.clock.now(),
-            call.principal.name(),
-            "custodia.consent.v1.ConsentService",
-            "EraseSubject",
-            Outcome::Ok,
-        );
-        access.trace_id = call.trace_id.clone();
+        let mut access = self.access(&call, "EraseSubject", None, "");
         access.resource = r.dsar_request.clone();
         self.ctx
             .outbox

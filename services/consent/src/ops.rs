@@ -26,7 +26,7 @@ use crate::{
     decision::{self, StateRow},
     grpc::Api,
     receipt,
-    records::{DIRECT_MARKETING, NewRecord},
+    records::{DIRECT_MARKETING, NewRecord, subject_consent},
     register::{from_timestamp, purpose_id, purpose_name, timestamp, valid_id},
 };
 
@@ -90,7 +90,7 @@ impl Api {
         Ok((id, hash))
     }
 
-    fn access(
+    pub(crate) fn access(
         &self,
         call: &CallContext,
         method: &str,
@@ -791,22 +791,9 @@ impl Api {
                     .await
                     .map_err(ApiError::internal)?
             };
-            out.push(SubjectConsent {
-                subject: event.subject.clone(),
-                purpose: event.purpose.clone(),
-                state: event.state,
-                decision_time: Some(timestamp(from_micros(decision_us))),
-                expire_time: expire_us.map(|us| timestamp(from_micros(us))),
-                notice: event
-                    .evidence
-                    .as_ref()
-                    .map(|e| e.notice.clone())
-                    .unwrap_or_default(),
-                reconfirmation_required: event.state == ConsentState::Granted as i32
-                    && material.is_some_and(|m| m > decision_us),
-                consent_event: event.name.clone(),
-                guardian: event.guardian.clone(),
-            });
+            let reconfirm = event.state == ConsentState::Granted as i32
+                && material.is_some_and(|m| m > decision_us);
+            out.push(subject_consent(&event, decision_us, expire_us, reconfirm));
         }
         for (id, hash) in &ids {
             self.ctx()

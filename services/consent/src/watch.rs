@@ -9,12 +9,12 @@
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
 use custodia_core::pagination;
-use custodia_proto::consent::v1::{ConsentEvent, SubjectConsent, WatchConsentChangesResponse};
+use custodia_proto::consent::v1::{ConsentEvent, WatchConsentChangesResponse};
 use futures::Stream;
 use tokio::{sync::Notify, time::Instant};
 use tonic::Status;
 
-use crate::{register::timestamp, store::ConsentStore};
+use crate::{records::subject_consent, store::ConsentStore};
 
 /// Poll interval for changes made elsewhere.
 const POLL: Duration = Duration::from_millis(250);
@@ -59,21 +59,7 @@ fn change(
     expire_us: Option<i64>,
     event: ConsentEvent,
 ) -> WatchConsentChangesResponse {
-    let state = SubjectConsent {
-        subject: event.subject.clone(),
-        purpose: event.purpose.clone(),
-        state: event.state,
-        decision_time: Some(timestamp(custodia_core::storage::from_micros(decision_us))),
-        expire_time: expire_us.map(|us| timestamp(custodia_core::storage::from_micros(us))),
-        notice: event
-            .evidence
-            .as_ref()
-            .map(|e| e.notice.clone())
-            .unwrap_or_default(),
-        reconfirmation_required: false,
-        consent_event: event.name.clone(),
-        guardian: event.guardian.clone(),
-    };
+    let state = subject_consent(&event, decision_us, expire_us, false);
     WatchConsentChangesResponse {
         cursor: cursor(seq),
         event: Some(event),
