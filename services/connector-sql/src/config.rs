@@ -446,3 +446,36 @@ pub fn parse_period(text: &str) -> anyhow::Result<CalendarPeriod> {
     anyhow::ensure!(!period.is_zero(), "{text:?} is a zero period");
     Ok(period)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../deploy/examples/connector-sql.toml");
+        let config = ConnectorConfig::from_toml_str(text).expect("example parses");
+        assert_eq!(config.tables.len(), 4);
+        assert_eq!(config.tables[3].category(), "newsletter");
+        custodia_core::auth::StaticTokens::from_config(&config.auth, None).expect("tokens");
+    }
+
+    #[test]
+    fn identifiers_are_plain() {
+        for ok in ["contacts", "_x1", "mdl_user"] {
+            assert!(is_plain_identifier(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "a b",
+            "a\"b",
+            "a;b",
+            "a.b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_plain_identifier(bad), "{bad}");
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Command-line interface: `serve`, `migrate`, `config check`, `auth scopes`.
+//! Command-line interface: `serve`, `migrate`, `config check`, `auth scopes`,
+//! `connector sql`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -67,6 +68,20 @@ enum Command {
     /// Register-of-processing tools.
     #[command(subcommand)]
     Purposes(PurposesCommand),
+    /// Reference connectors (custodia.connector.v1.DataSource) for external systems.
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorCommand {
+    /// Serve the SQL connector over the database that --config (a connector TOML
+    /// file, e.g. deploy/examples/connector-sql.toml) describes.
+    Sql {
+        /// Listen address (default: the file's `listen`, else 127.0.0.1:50061).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +230,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (name, p) in &config.auth.principals {
                 println!("{name}\t{}", p.scopes.join(" "));
             }
+        }
+        Command::Connector(ConnectorCommand::Sql { listen }) => {
+            let path = cli.global.config.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("`custodia connector sql` needs --config <connector.toml>")
+            })?;
+            let mut config = custodia_connector_sql::ConnectorConfig::load(path)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let _telemetry = telemetry::init(&Default::default())?;
+            let listen = config.listen;
+            let connector = custodia_connector_sql::Connector::connect(config).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(addr = %listener.local_addr()?, "the SQL connector is serving");
+            connector
+                .serve(listener, custodia_connector_sql::stop_signal())
+                .await?;
         }
         Command::Audit(AuditCommand::Verify {
             public_keys,
