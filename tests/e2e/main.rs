@@ -7,6 +7,7 @@ mod breach;
 mod connector_sql;
 mod consent_records;
 mod consent_register;
+mod dsar;
 mod outbox;
 mod platform;
 mod storage;

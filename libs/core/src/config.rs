@@ -42,6 +42,51 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The controller named in consent receipts, and the receipt signing key.
     pub consent: ConsentConfig,
+    /// Data-subject requests: fan-out to connectors, export packages.
+    pub dsar: DsarConfig,
+}
+
+/// Data-subject request processing (`[dsar]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DsarConfig {
+    /// Where custodia's own consent and audit-log services are called for a
+    /// subject's records (`http://host:port`). Unset: this process's own address.
+    pub custodia_endpoint: Option<String>,
+    /// Token for those calls (needs consent.read, consent.admin, audit.read,
+    /// audit.admin). Unset: the internal (forwarder or admin) token.
+    pub custodia_token: Option<SecretString>,
+    /// Directory of export packages. Unset: `<data_dir>/dsar-exports`.
+    pub export_dir: Option<PathBuf>,
+    /// Seconds an export package stays downloadable before it is deleted.
+    pub export_ttl_secs: u64,
+    /// Deadline of one call to a connector, in seconds, unless the data source sets its own.
+    pub connector_timeout_secs: u64,
+    /// First retry delay after a failed source call, in seconds; doubles per attempt.
+    pub retry_initial_secs: u64,
+    /// Longest retry delay, in seconds.
+    pub retry_max_secs: u64,
+    /// How often the fan-out worker looks for due work, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Tokens that data sources' `credentials_ref = "config:NAME"` refer to.
+    /// (`env:VAR` refers to an environment variable instead.)
+    pub credentials: BTreeMap<String, SecretString>,
+}
+
+impl Default for DsarConfig {
+    fn default() -> Self {
+        Self {
+            custodia_endpoint: None,
+            custodia_token: None,
+            export_dir: None,
+            export_ttl_secs: 30 * 24 * 3600,
+            connector_timeout_secs: 30,
+            retry_initial_secs: 60,
+            retry_max_secs: 6 * 3600,
+            poll_interval_ms: 1000,
+            credentials: BTreeMap::new(),
+        }
+    }
 }
 
 /// Consent receipts: who the controller is and how receipts are signed.
@@ -231,6 +276,7 @@ impl Default for Config {
             legal: LegalTimeConfig::default(),
             audit: AuditConfig::default(),
             consent: ConsentConfig::default(),
+            dsar: DsarConfig::default(),
         }
     }
 }
@@ -270,6 +316,11 @@ impl Config {
         if self.server.max_request_bytes < 1024 {
             return Err(ConfigError(
                 "server.max_request_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.dsar.connector_timeout_secs == 0 || self.dsar.poll_interval_ms == 0 {
+            return Err(ConfigError(
+                "dsar.connector_timeout_secs and dsar.poll_interval_ms must be at least 1".into(),
             ));
         }
         if self.audit.batch_size == 0 {

@@ -1,12 +1,25 @@
 //! dsar service: data-subject requests with legal deadlines, fanned out to connected systems.
 #![forbid(unsafe_code)]
 
+pub mod connector;
+pub mod export;
+pub mod grpc;
+pub mod model;
+pub mod register;
+pub mod retention;
+pub mod sources;
+pub mod state;
+pub mod store;
+pub mod worker;
+
 use custodia_core::{
     Config, ServiceName,
     server::{Application, Mounted, ServiceContext, ServiceDef},
     storage::Migrations,
 };
-use custodia_proto::dsar::v1::dsar_service_server::{DsarService, DsarServiceServer};
+use std::sync::Arc;
+
+use custodia_proto::dsar::v1::dsar_service_server::DsarServiceServer;
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 
@@ -32,22 +45,43 @@ pub async fn application(config: Config) -> anyhow::Result<Application> {
 
 fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
-        let server = DsarServiceServer::new(Api { _ctx: ctx.clone() })
+        let store = store::DsarStore::new(ctx.db.clone(), ctx.outbox.clone());
+        let custodia_endpoint = ctx
+            .config
+            .dsar
+            .custodia_endpoint
+            .clone()
+            .unwrap_or_else(|| ctx.self_endpoint.clone());
+        let api = grpc::Api {
+            store,
+            outbox: ctx.outbox.clone(),
+            clock: ctx.clock.clone(),
+            calendar: ctx.calendar.clone(),
+            subjects: ctx.subjects.clone(),
+            config: ctx.config.clone(),
+            custodia_endpoint,
+            custodia_token: ctx
+                .config
+                .dsar
+                .custodia_token
+                .clone()
+                .or_else(|| ctx.internal_token.clone()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        let export_dir = ctx
+            .config
+            .dsar
+            .export_dir
+            .clone()
+            .unwrap_or_else(|| ctx.config.data_dir.join("dsar-exports"));
+        let worker = worker::Worker::new(api.clone(), export_dir, ctx.shutdown.clone());
+        let server = DsarServiceServer::new(api)
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
             register: Box::new(move |routes| {
                 routes.add_service(server);
             }),
-            tasks: Vec::new(),
+            tasks: vec![Box::pin(worker.run())],
         })
     })
 }
-
-/// The gRPC handlers. Methods not built yet answer UNIMPLEMENTED.
-#[derive(Debug)]
-struct Api {
-    _ctx: ServiceContext,
-}
-
-#[tonic::async_trait]
-impl DsarService for Api {}

@@ -1,0 +1,251 @@
+//! Resource names, time conversions, validation of shared input shapes and
+//! the assembly of the API's `Request` from what is stored.
+
+use chrono::{DateTime, Utc};
+use custodia_core::{
+    ApiError,
+    storage::from_micros,
+    validate::{MAX_TEXT, Validator},
+};
+use custodia_proto::{
+    common::v1::{Actor, RetainedData},
+    dsar::v1::{self as pb, ActionEntry, ActionResult, SourceTaskState},
+};
+
+use crate::store::Loaded;
+
+/// The principal recorded for the fan-out custodia performs itself.
+pub const SYSTEM_PRINCIPAL: &str = "custodia";
+/// Built-in source: custodia's own consent records.
+pub const BUILTIN_CONSENT: &str = "custodia-consent";
+/// Built-in source: custodia's own access log.
+pub const BUILTIN_AUDIT: &str = "custodia-audit-log";
+
+/// `requests/{id}`.
+pub fn request_name(id: &str) -> String {
+    format!("requests/{id}")
+}
+
+/// The `{id}` of `requests/{id}` (empty when not one).
+pub fn request_id_of(name: &str) -> &str {
+    name.strip_prefix("requests/").unwrap_or_default()
+}
+
+/// `dataSources/{id}`.
+pub fn source_name(id: &str) -> String {
+    format!("dataSources/{id}")
+}
+
+/// The `{id}` of `dataSources/{id}` (empty when not one).
+pub fn source_id_of(name: &str) -> &str {
+    name.strip_prefix("dataSources/").unwrap_or_default()
+}
+
+fn is_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The id in `requests/{id}`, or a violation of `field`.
+pub fn parse_request_name(field: &str, name: &str) -> Result<String, ApiError> {
+    let id = request_id_of(name);
+    if !is_id(id, 64) {
+        return Err(ApiError::invalid(
+            field,
+            if name.is_empty() {
+                "is required".to_string()
+            } else {
+                format!("`{name}` is not a request name (`requests/{{request}}`)")
+            },
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// The id in `dataSources/{id}`, or a violation of `field`.
+pub fn parse_source_name(field: &str, name: &str) -> Result<String, ApiError> {
+    let id = source_id_of(name);
+    if !is_id(id, 63) {
+        return Err(ApiError::invalid(
+            field,
+            if name.is_empty() {
+                "is required".to_string()
+            } else {
+                format!("`{name}` is not a data source name (`dataSources/{{data_source}}`)")
+            },
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// Whether `id` is a valid new data source id (`[a-z0-9-]{1,63}`).
+pub fn valid_source_id(id: &str) -> bool {
+    is_id(id, 63) && !id.starts_with('-')
+}
+
+/// A protobuf timestamp of `us` microseconds since the epoch.
+pub fn timestamp(us: i64) -> prost_types::Timestamp {
+    let t = from_micros(us);
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A protobuf timestamp of `t`.
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    timestamp(t.timestamp_micros())
+}
+
+/// The instant of a `Timestamp`, `None` when out of range.
+pub fn instant(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    if !(0..=999_999_999).contains(&t.nanos) {
+        return None;
+    }
+    DateTime::from_timestamp(t.seconds, t.nanos as u32)
+}
+
+/// Microseconds of a timestamp (0 when out of range).
+pub fn micros_of(t: &prost_types::Timestamp) -> i64 {
+    instant(t).map(|t| t.timestamp_micros()).unwrap_or_default()
+}
+
+/// An optional timestamp field: `None` when unset; a violation when invalid
+/// or (with `not_after`) later than it.
+pub fn optional_time(
+    v: &mut Validator,
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+    not_after: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let t = t?;
+    match instant(t) {
+        None => {
+            v.add(field, "is not a valid timestamp");
+            None
+        }
+        Some(at) if not_after.is_some_and(|now| at > now) => {
+            v.add(field, "must not be in the future");
+            None
+        }
+        Some(at) => Some(at),
+    }
+}
+
+/// An actor for `principal`.
+pub fn actor(principal: &str) -> Actor {
+    Actor {
+        principal: principal.to_string(),
+        user: String::new(),
+    }
+}
+
+/// One action entry.
+pub fn action(
+    now: DateTime<Utc>,
+    principal: &str,
+    what: &str,
+    result: ActionResult,
+    description: impl Into<String>,
+    data_source: &str,
+) -> ActionEntry {
+    ActionEntry {
+        time: Some(ts(now)),
+        actor: Some(actor(principal)),
+        action: what.to_string(),
+        result: result as i32,
+        description: description.into(),
+        data_source: data_source.to_string(),
+    }
+}
+
+/// The record as stored: without the parts kept in their own tables and the
+/// fields computed on read.
+pub fn bare(r: &pb::Request) -> pb::Request {
+    pb::Request {
+        actions: Vec::new(),
+        source_tasks: Vec::new(),
+        recipient_notifications: Vec::new(),
+        export: None,
+        overdue: false,
+        retained: Vec::new(),
+        ..r.clone()
+    }
+}
+
+/// The API form of a stored request at `now`.
+pub fn to_proto(l: &Loaded, now: DateTime<Utc>) -> pb::Request {
+    let mut r = l.record.clone();
+    r.overdue = !crate::state::is_terminal(r.state())
+        && r.due_time
+            .as_ref()
+            .and_then(instant)
+            .is_some_and(|due| now > due);
+    r.actions = l.actions.clone();
+    r.source_tasks = l.tasks.clone();
+    r.recipient_notifications = l.notifications.clone();
+    r.export = l.export.as_ref().map(|e| e.package.clone());
+    r.retained = l
+        .tasks
+        .iter()
+        .flat_map(|t| t.retained.iter().cloned())
+        .collect();
+    r
+}
+
+/// Whether a task no longer blocks completion.
+pub fn task_settled(t: &pb::SourceTask) -> bool {
+    matches!(
+        t.state(),
+        SourceTaskState::Succeeded | SourceTaskState::HandledManually
+    )
+}
+
+/// Validates a list of retained-data entries (from a caller or a connector).
+pub fn validate_retained(v: &mut Validator, field: &str, list: &[RetainedData]) {
+    if list.len() > 100 {
+        v.add(field, "has more than 100 entries");
+    }
+    for (i, r) in list.iter().enumerate() {
+        let f = |n: &str| format!("{field}[{i}].{n}");
+        v.required(&f("category"), &r.category, 128);
+        if r.ground == 0 || custodia_proto::common::v1::RetentionGround::try_from(r.ground).is_err()
+        {
+            v.add(
+                f("ground"),
+                "must name the legal ground for keeping the data",
+            );
+        }
+        if r.record_count < 0 {
+            v.add(f("record_count"), "must not be negative");
+        }
+        v.max_len(&f("description"), &r.description, MAX_TEXT);
+        v.max_len(&f("legal_reference"), &r.legal_reference, MAX_TEXT);
+        v.max_len(&f("reason"), &r.reason, MAX_TEXT);
+        if let Some(t) = &r.retain_until_time
+            && instant(t).is_none()
+        {
+            v.add(f("retain_until_time"), "is not a valid timestamp");
+        }
+    }
+}
+
+/// Validates per-category counts.
+pub fn validate_counts(
+    v: &mut Validator,
+    field: &str,
+    list: &[custodia_proto::connector::v1::CategoryCount],
+) {
+    if list.len() > 1000 {
+        v.add(field, "has more than 1000 entries");
+    }
+    for (i, c) in list.iter().enumerate() {
+        v.required(&format!("{field}[{i}].category"), &c.category, 128);
+        if c.count < 0 {
+            v.add(format!("{field}[{i}].count"), "must not be negative");
+        }
+    }
+}

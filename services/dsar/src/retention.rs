@@ -1,0 +1,360 @@
+//! Retention runs: the register's retention rules (each purpose's
+//! retention policy in the consent service) applied through `ApplyRetention`
+//! on every enabled source that holds the purpose's data and can apply
+//! retention, or only counted in a dry run. Each run is recorded with its
+//! counts per source and rule.
+
+use chrono::{DateTime, Datelike, Months, Utc};
+use custodia_core::{
+    ApiError,
+    auth::CallContext,
+    legal_time::CalendarPeriod,
+    outbox::{AccessEvent, Outcome as EventOutcome},
+    pagination,
+    storage::to_micros,
+    validate::Validator,
+};
+use custodia_proto::{
+    common::v1::RetentionPolicy,
+    connector::v1::{Capability, RetentionRule},
+    consent::v1::{ListPurposesRequest, consent_service_client::ConsentServiceClient},
+    dsar::v1::{self as pb, DataSourceState, RetentionRunState},
+    google::rpc::Status as RpcStatus,
+};
+use secrecy::ExposeSecret;
+
+use crate::{
+    connector,
+    grpc::{Api, MAX_REQUEST_ID, SERVICE_NAME, check_purpose, merge},
+    model::{self, SYSTEM_PRINCIPAL, ts},
+    store::Done,
+};
+
+/// `t` minus `period`: months and years as calendar units (the end of the
+/// month when the day does not exist), then days and time.
+pub fn before(t: DateTime<Utc>, p: &CalendarPeriod) -> DateTime<Utc> {
+    let months = p.years.saturating_mul(12).saturating_add(p.months);
+    let moved = t.checked_sub_months(Months::new(months)).unwrap_or(t);
+    let rest = chrono::Duration::days(i64::from(p.weeks) * 7 + i64::from(p.days))
+        + chrono::Duration::hours(i64::from(p.hours))
+        + chrono::Duration::minutes(i64::from(p.minutes))
+        + chrono::Duration::seconds(i64::from(p.seconds));
+    let out = moved - rest;
+    // Keep the year sane for the connectors.
+    if out.year() < 1 { t } else { out }
+}
+
+fn run_name(id: &str) -> String {
+    format!("retentionRuns/{id}")
+}
+
+fn parse_run_name(field: &str, name: &str) -> Result<String, ApiError> {
+    let id = name.strip_prefix("retentionRuns/").unwrap_or_default();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::invalid(
+            field,
+            if name.is_empty() {
+                "is required".to_string()
+            } else {
+                format!("`{name}` is not a retention run name (`retentionRuns/{{retention_run}}`)")
+            },
+        ));
+    }
+    Ok(id.to_string())
+}
+
+impl Api {
+    pub(crate) async fn apply_retention_rpc(
+        &self,
+        call: &CallContext,
+        r: pb::ApplyRetentionRequest,
+    ) -> Result<pb::RetentionRun, ApiError> {
+        let mut v = Validator::new();
+        v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+        let mut sources = Vec::new();
+        for (i, s) in r.data_sources.iter().enumerate() {
+            if let Some(id) = merge(
+                &mut v,
+                model::parse_source_name(&format!("data_sources[{i}]"), s),
+            ) {
+                sources.push(id);
+            }
+        }
+        for (i, p) in r.purposes.iter().enumerate() {
+            check_purpose(&mut v, &format!("purposes[{i}]"), p);
+        }
+        v.finish()?;
+        for s in &sources {
+            self.source(s).await?;
+        }
+        self.start_run(
+            call.principal.name(),
+            &call.trace_id,
+            sources,
+            r.purposes,
+            r.dry_run,
+            false,
+            &r.request_id,
+        )
+        .await
+    }
+
+    /// Records a run and carries it out in the background; returns it RUNNING.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_run(
+        &self,
+        principal: &str,
+        trace_id: &str,
+        sources: Vec<String>,
+        purposes: Vec<String>,
+        dry_run: bool,
+        scheduled: bool,
+        request_id: &str,
+    ) -> Result<pb::RetentionRun, ApiError> {
+        let now = self.clock.now();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let run = pb::RetentionRun {
+            name: run_name(&id),
+            dry_run,
+            state: RetentionRunState::Running as i32,
+            scheduled,
+            actor: Some(model::actor(principal)),
+            start_time: Some(ts(now)),
+            end_time: None,
+            results: Vec::new(),
+        };
+        let mut event = AccessEvent::new(
+            now,
+            principal,
+            SERVICE_NAME,
+            "ApplyRetention",
+            EventOutcome::Ok,
+        );
+        event.action = if dry_run { "read" } else { "delete" }.into();
+        event.resource = run.name.clone();
+        event.trace_id = trace_id.to_string();
+        match self
+            .store
+            .create_run(&id, &run, request_id, &event, to_micros(now))
+            .await?
+        {
+            Done::Replayed(earlier) => {
+                let id = parse_run_name("request_id", &earlier)?;
+                return self
+                    .store
+                    .get_run(&id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("retention run", earlier));
+            }
+            Done::Applied => {}
+        }
+        let api = self.clone();
+        let started = run.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api.execute_run(&id, started, sources, purposes).await {
+                tracing::error!(error = ?e, run = %id, "retention run failed");
+            }
+        });
+        Ok(run)
+    }
+
+    async fn purposes(&self) -> Result<Vec<(String, RetentionPolicy)>, connector::Failure> {
+        let failure = |m: &str| connector::Failure {
+            code: tonic::Code::Unavailable,
+            message: m.to_string(),
+        };
+        let channel = tonic::transport::Endpoint::from_shared(self.custodia_endpoint.clone())
+            .map_err(|_| failure("the consent register's endpoint is not a valid URI"))?
+            .connect()
+            .await
+            .map_err(|_| failure("the consent register cannot be reached"))?;
+        let mut client = ConsentServiceClient::new(channel);
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut req = tonic::Request::new(ListPurposesRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            });
+            if let Some(t) = &self.custodia_token
+                && let Ok(v) = format!("Bearer {}", t.expose_secret()).parse()
+            {
+                req.metadata_mut().insert("authorization", v);
+            }
+            let page = client
+                .list_purposes(req)
+                .await
+                .map_err(|s| failure(&format!("the consent register answered {:?}", s.code())))?
+                .into_inner();
+            for p in page.purposes {
+                if let Some(r) = p.retention
+                    && !r.period.is_empty()
+                {
+                    out.push((p.name, r));
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        Ok(out)
+    }
+
+    async fn execute_run(
+        &self,
+        id: &str,
+        mut run: pb::RetentionRun,
+        only_sources: Vec<String>,
+        only_purposes: Vec<String>,
+    ) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let mut events = Vec::new();
+        let mut failed = false;
+        match self.purposes().await {
+            Err(f) => {
+                failed = true;
+                run.results.push(pb::RetentionResult {
+                    data_source: model::source_name(model::BUILTIN_CONSENT),
+                    error: Some(RpcStatus {
+                        code: f.code as i32,
+                        message: f.message,
+                        details: Vec::new(),
+                    }),
+                    ..Default::default()
+                });
+            }
+            Ok(purposes) => {
+                let sources = self
+                    .all_sources()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                for (purpose, policy) in purposes {
+                    if !only_purposes.is_empty() && !only_purposes.contains(&purpose) {
+                        continue;
+                    }
+                    let Ok(period) = policy.period.parse::<CalendarPeriod>() else {
+                        continue;
+                    };
+                    let cutoff = before(now, &period);
+                    for s in &sources {
+                        let sid = model::source_id_of(&s.name).to_string();
+                        if s.builtin
+                            || s.state() == DataSourceState::Disabled
+                            || !s.capabilities.contains(&(Capability::Retention as i32))
+                            || !s.purposes.contains(&purpose)
+                            || (!only_sources.is_empty() && !only_sources.contains(&sid))
+                        {
+                            continue;
+                        }
+                        let mut result = pb::RetentionResult {
+                            data_source: s.name.clone(),
+                            purpose: purpose.clone(),
+                            cutoff_time: Some(ts(cutoff)),
+                            ..Default::default()
+                        };
+                        let rule = RetentionRule {
+                            rule_id: purpose.clone(),
+                            categories: Vec::new(),
+                            policy: Some(policy.clone()),
+                            cutoff_time: Some(ts(cutoff)),
+                        };
+                        let request_id = format!(
+                            "retention-{id}-{sid}-{}",
+                            purpose.trim_start_matches("purposes/")
+                        );
+                        let answer = match self.target(&sid).await {
+                            Ok((t, _)) => {
+                                connector::apply_retention(&t, rule, run.dry_run, request_id).await
+                            }
+                            Err(f) => Err(f),
+                        };
+                        let mut event = AccessEvent::new(
+                            self.clock.now(),
+                            SYSTEM_PRINCIPAL,
+                            SERVICE_NAME,
+                            "ApplyRetention",
+                            if answer.is_ok() {
+                                EventOutcome::Ok
+                            } else {
+                                EventOutcome::Error
+                            },
+                        );
+                        event.action = if run.dry_run { "read" } else { "delete" }.into();
+                        event.resource = run.name.clone();
+                        event.purpose = Some(purpose.clone());
+                        event.detail = serde_json::json!({ "data_source": s.name }).to_string();
+                        events.push(event);
+                        match answer {
+                            Ok(a) => {
+                                result.matched = a.matched;
+                                result.deleted = a.deleted;
+                                result.anonymised = a.anonymised;
+                                result.retained = a.retained;
+                            }
+                            Err(f) => {
+                                failed = true;
+                                result.error = Some(RpcStatus {
+                                    code: f.code as i32,
+                                    message: f.message,
+                                    details: Vec::new(),
+                                });
+                            }
+                        }
+                        run.results.push(result);
+                    }
+                }
+            }
+        }
+        run.state = if failed {
+            RetentionRunState::Failed
+        } else {
+            RetentionRunState::Succeeded
+        } as i32;
+        run.end_time = Some(ts(self.clock.now()));
+        self.store.finish_run(id, &run, &events).await
+    }
+
+    pub(crate) async fn get_run(
+        &self,
+        call: &CallContext,
+        r: pb::GetRetentionRunRequest,
+    ) -> Result<pb::RetentionRun, ApiError> {
+        let id = parse_run_name("name", &r.name)?;
+        let run = self
+            .store
+            .get_run(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("retention run", run_name(&id)))?;
+        self.record_read(self.event(call, "GetRetentionRun", run.name.clone(), None))
+            .await?;
+        Ok(run)
+    }
+
+    pub(crate) async fn list_runs(
+        &self,
+        call: &CallContext,
+        r: pb::ListRetentionRunsRequest,
+    ) -> Result<pb::ListRetentionRunsResponse, ApiError> {
+        let size = match r.page_size {
+            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
+            0 => 50,
+            n => (n as usize).min(500),
+        };
+        let after: Option<(i64, String)> = pagination::decode(&r.page_token, "retentionRuns")?;
+        let mut runs = self.store.list_runs(after, size + 1).await?;
+        let next = (runs.len() > size).then(|| {
+            let (start, id, _) = &runs[size - 1];
+            pagination::encode(&(*start, id.clone()), "retentionRuns")
+        });
+        runs.truncate(size);
+        self.record_read(self.event(call, "ListRetentionRuns", String::new(), None))
+            .await?;
+        Ok(pb::ListRetentionRunsResponse {
+            runs: runs.into_iter().map(|(_, _, r)| r).collect(),
+            next_page_token: next.unwrap_or_default(),
+        })
+    }
+}

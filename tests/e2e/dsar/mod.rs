@@ -1,0 +1,191 @@
+//! Data-subject requests through the public gRPC API, on SQLite and
+//! PostgreSQL: deadlines, the state machine, bad input, data sources, the
+//! fan-out to real connector servers, export packages, erasure and retention.
+
+mod connector;
+mod fanout;
+mod requests;
+
+use chrono::{DateTime, Utc};
+use custodia_proto::{
+    common::v1::SubjectRef,
+    dsar::v1::{
+        GetRequestRequest, IdentityVerification, IdentityVerificationMethod,
+        IdentityVerificationOutcome, Request, RequestType, Requester, RequesterRole,
+        StartProcessingRequest, SubmitRequestRequest, VerifyIdentityRequest,
+        dsar_service_client::DsarServiceClient,
+    },
+};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use tonic::{Code, Status, transport::Channel};
+
+type Client = DsarServiceClient<Channel>;
+
+/// Runs a test body on both backends as `<name>::sqlite` and `<name>::postgres`.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(custodia_tests::Backend::Sqlite).await;
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(custodia_tests::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+pub(crate) use both_backends;
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().expect("timestamp")
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn time_of(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
+    let t = t.as_ref().expect("timestamp set");
+    DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("valid")
+}
+
+fn assert_code(err: &Status, code: Code, needles: &[&str]) {
+    assert_eq!(err.code(), code, "{}", err.message());
+    for n in needles {
+        assert!(
+            err.message().contains(n),
+            "`{}` does not mention `{n}`",
+            err.message()
+        );
+    }
+}
+
+/// Starts audit-log, consent and dsar (the built-in sources need the first two).
+async fn spawn(backend: Backend) -> TestApp {
+    TestApp::spawn_with(
+        backend,
+        &[
+            custodia_audit_log::SERVICE,
+            custodia_consent::SERVICE,
+            custodia_dsar::SERVICE,
+        ],
+        |c| {
+            c.dsar.poll_interval_ms = 50;
+            c.dsar.retry_initial_secs = 60;
+            c.dsar.retry_max_secs = 3600;
+            c.dsar.export_ttl_secs = 7 * 24 * 3600;
+        },
+    )
+    .await
+}
+
+async fn client(app: &TestApp) -> Client {
+    DsarServiceClient::new(app.channel().await)
+}
+
+fn email(v: &str) -> SubjectRef {
+    SubjectRef {
+        r#type: "email".into(),
+        value: v.into(),
+    }
+}
+
+fn new_request(kind: RequestType, subject: &str) -> Request {
+    Request {
+        r#type: kind as i32,
+        subject_identifiers: vec![
+            email(subject),
+            SubjectRef {
+                r#type: "student_number".into(),
+                value: "ab1234".into(),
+            },
+        ],
+        requester: Some(Requester {
+            role: RequesterRole::Subject as i32,
+            ..Default::default()
+        }),
+        details: "Please send me everything you hold about me".into(),
+        ..Default::default()
+    }
+}
+
+async fn submit(
+    client: &mut Client,
+    request: Request,
+    request_id: &str,
+) -> Result<Request, Status> {
+    client
+        .submit_request(authed(
+            SubmitRequestRequest {
+                request: Some(request),
+                request_id: request_id.into(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .map(|r| r.into_inner().request.expect("request"))
+}
+
+async fn get(client: &mut Client, name: &str) -> Request {
+    client
+        .get_request(authed(GetRequestRequest { name: name.into() }, ADMIN_TOKEN))
+        .await
+        .expect("get")
+        .into_inner()
+        .request
+        .expect("request")
+}
+
+async fn verify(
+    client: &mut Client,
+    name: &str,
+    outcome: IdentityVerificationOutcome,
+) -> Result<Request, Status> {
+    client
+        .verify_identity(authed(
+            VerifyIdentityRequest {
+                name: name.into(),
+                verification: Some(IdentityVerification {
+                    method: IdentityVerificationMethod::AuthenticatedAccount as i32,
+                    outcome: outcome as i32,
+                    description: "Logged in through the student portal".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .map(|r| r.into_inner().request.expect("request"))
+}
+
+async fn start(client: &mut Client, name: &str) -> Result<Request, Status> {
+    client
+        .start_processing(authed(
+            StartProcessingRequest {
+                name: name.into(),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .map(|r| r.into_inner().request.expect("request"))
+}
+
+/// Submits, verifies and starts a request.
+async fn started(client: &mut Client, kind: RequestType, subject: &str) -> Request {
+    let r = submit(client, new_request(kind, subject), "")
+        .await
+        .unwrap();
+    verify(client, &r.name, IdentityVerificationOutcome::Verified)
+        .await
+        .unwrap();
+    start(client, &r.name).await.unwrap()
+}
