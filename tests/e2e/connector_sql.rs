@@ -729,6 +729,25 @@ async fn retention_dry_run_then_real(backend: Backend) {
         .await
         .unwrap_err();
     assert_code(&err, Code::InvalidArgument, "rule.policy.action");
+
+    // Anonymisation named for a table that has none configured.
+    let err = crm
+        .client
+        .apply_retention(authed(
+            ApplyRetentionRequest {
+                rule: rule(
+                    &["contacts"],
+                    RetentionAction::Anonymise,
+                    "2022-01-01T00:00:00Z",
+                ),
+                dry_run: true,
+                request_id: "ret-anon".into(),
+            },
+            DSAR_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_code(&err, Code::FailedPrecondition, "contacts");
     crm.stop().await;
 }
 

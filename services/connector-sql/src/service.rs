@@ -1169,6 +1169,17 @@ impl DataSource for SqlDataSource {
                 .tables
                 .iter()
                 .filter(|t| t.cfg.purposes.contains(&rule.rule_id))
+                // Tables of the purpose that cannot apply the rule are left out;
+                // naming such a category explicitly is FAILED_PRECONDITION below.
+                .filter(|t| {
+                    let able = t.cfg.retention.is_some()
+                        && (action != RetentionAction::Anonymise || t.cfg.anonymise.is_some());
+                    if !able {
+                        tracing::info!(category = t.cfg.category(), rule = %rule.rule_id,
+                            "retention rule skipped: no anchor or anonymisation configured");
+                    }
+                    able
+                })
                 .collect()
         } else {
             inner.select(&mut v, "rule.categories", &rule.categories)
