@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod decode_errors;
 pub mod error;
+pub mod group_commit;
 pub mod json_struct;
 pub mod keys;
 pub mod legal_time;

@@ -4,7 +4,10 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
 use super::AccessEvent;
-use crate::storage::{Db, to_micros};
+use crate::{
+    group_commit::GroupCommit,
+    storage::{Db, placeholders, to_micros},
+};
 
 /// The outbox of one service's database.
 pub trait OutboxStore: Send + Sync + 'static {
@@ -41,19 +44,59 @@ pub async fn enqueue_in(conn: &mut AnyConnection, event: &AccessEvent) -> anyhow
     Ok(())
 }
 
+/// Inserts `events` in one transaction (idempotent by event id).
+async fn insert_group(db: &Db, events: &[AccessEvent]) -> anyhow::Result<Vec<()>> {
+    let now_us = to_micros(chrono::Utc::now());
+    let mut tx = db.begin_write().await?;
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let values = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(db.backend(), i * 3 + 1, 3)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO access_event_outbox (event_id, payload, enqueued_us) VALUES {values} \
+             ON CONFLICT (event_id) DO NOTHING"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            q = q
+                .bind(event.event_id.to_string())
+                .bind(serde_json::to_string(event)?)
+                .bind(now_us);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(vec![(); events.len()])
+}
+
 /// [`OutboxStore`] over a service's [`Db`] (SQLite or Postgres).
 #[derive(Debug, Clone)]
 pub struct SqlOutbox {
     db: Db,
     notify: Arc<Notify>,
+    /// Events enqueued on their own (reads) are written in groups: a read-heavy
+    /// service pays one transaction per group of concurrent calls, not per call.
+    alone: Arc<GroupCommit<AccessEvent, ()>>,
 }
+
+/// Most events in one group insert.
+const MAX_GROUP: usize = 2_000;
+/// Rows per multi-row INSERT (3 parameters each).
+const INSERT_CHUNK: usize = 300;
 
 impl SqlOutbox {
     /// The outbox in `db` (migrated by [`Db::migrate`]).
     pub fn new(db: Db) -> Self {
+        let writer = db.clone();
+        let alone = GroupCommit::new(MAX_GROUP, move |events: Vec<AccessEvent>| {
+            let db = writer.clone();
+            async move { insert_group(&db, &events).await }
+        });
         Self {
             db,
             notify: Arc::new(Notify::new()),
+            alone: Arc::new(alone),
         }
     }
 
@@ -62,23 +105,22 @@ impl SqlOutbox {
         self.notify.notify_one();
     }
 
+    /// Enqueues several events on their own (a batch read), in one transaction.
+    pub async fn enqueue_all(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
+        self.alone.submit(events).await?;
+        self.wake();
+        Ok(())
+    }
+
     /// The database this outbox lives in.
     pub fn db(&self) -> &Db {
         &self.db
     }
 }
 
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl OutboxStore for SqlOutbox {
     async fn enqueue(&self, event: &AccessEvent) -> anyhow::Result<()> {
-        let mut conn = self.db.pool().acquire().await?;
-        enqueue_in(&mut conn, event).await?;
+        self.alone.submit(vec![event.clone()]).await?;
         self.wake();
         Ok(())
     }
@@ -101,7 +143,7 @@ impl OutboxStore for SqlOutbox {
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "DELETE FROM access_event_outbox WHERE id IN ({})",
-                placeholders(chunk.len())
+                placeholders(self.db.backend(), 1, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
@@ -116,7 +158,7 @@ impl OutboxStore for SqlOutbox {
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "UPDATE access_event_outbox SET attempts = attempts + 1 WHERE id IN ({})",
-                placeholders(chunk.len())
+                placeholders(self.db.backend(), 1, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {

@@ -1,0 +1,154 @@
+//! The server under test: only the audit-log service, in process, on 127.0.0.1:0,
+//! over the test suite's configuration (fresh temp dir, fresh PostgreSQL database).
+
+use std::time::{Duration, Instant};
+
+use custodia_core::{Config, server::Application};
+use custodia_proto::audit::v1::{
+    GetSignedTreeHeadRequest, SignedTreeHead, audit_log_service_client::AuditLogServiceClient,
+};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestDatabase, authed, test_config};
+use tonic::transport::{Channel, Endpoint};
+
+/// Key of the subject hash, fixed so the load generator can compute subject hashes
+/// for a log it populates directly through the store.
+pub const SUBJECT_KEY: &str = "loadgen-subject-hash-key";
+
+/// A gRPC client of the audit log.
+pub type Client = AuditLogServiceClient<Channel>;
+
+/// Configuration and the resources behind it (temp dir, Postgres database).
+#[derive(Debug)]
+pub struct BenchEnv {
+    /// Configuration of the server under test.
+    pub config: Config,
+    /// Which backend.
+    pub backend: Backend,
+    _dir: tempfile::TempDir,
+    database: Option<TestDatabase>,
+}
+
+impl BenchEnv {
+    /// A fresh data dir / database. `db_connections` sets the pool size (the
+    /// production default is 16; the test suite uses 4).
+    pub async fn new(backend: Backend, db_connections: u32) -> Self {
+        let (mut config, dir, database) = test_config(backend).await;
+        config.database.max_connections = db_connections;
+        config.audit.subject_hash_key = Some(SUBJECT_KEY.to_string().into());
+        Self {
+            config,
+            backend,
+            _dir: dir,
+            database,
+        }
+    }
+
+    /// Where the data lives, for the result block.
+    pub fn describe(&self) -> String {
+        match &self.database {
+            Some(db) => format!(
+                "postgres database {}",
+                db.url.rsplit('/').next().unwrap_or("?")
+            ),
+            None => format!("sqlite file in {}", self.config.data_dir.display()),
+        }
+    }
+
+    /// Builds and starts the server; returns it with the time `Application::build`
+    /// took (migrations, key loading, and loading the Merkle tree from the database).
+    pub async fn start(&self) -> anyhow::Result<BenchServer> {
+        let t0 = Instant::now();
+        let app = Application::build(self.config.clone(), &[custodia_audit_log::SERVICE]).await?;
+        let startup = t0.elapsed();
+        let endpoint = format!("http://{}", app.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(BenchServer {
+            endpoint,
+            startup,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Drops the Postgres database (the temp dir goes with `self`).
+    pub async fn cleanup(mut self) {
+        if let Some(db) = self.database.take() {
+            db.drop_now().await;
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct BenchServer {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// Time taken by `Application::build`.
+    pub startup: Duration,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl BenchServer {
+    /// A client on its own HTTP/2 connection.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let channel = Endpoint::from_shared(self.endpoint.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(AuditLogServiceClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// The latest signed head, if any.
+pub async fn latest_head(client: &mut Client) -> anyhow::Result<Option<SignedTreeHead>> {
+    match client
+        .get_signed_tree_head(authed(
+            GetSignedTreeHeadRequest { tree_size: 0 },
+            ADMIN_TOKEN,
+        ))
+        .await
+    {
+        Ok(r) => Ok(r.into_inner().head),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(s.into()),
+    }
+}
+
+/// Polls until a signed head covers at least `size` entries (every 5 ms, for at most
+/// `limit`); returns the head and how long it took.
+pub async fn wait_for_head(
+    client: &mut Client,
+    size: u64,
+    limit: Duration,
+) -> anyhow::Result<(SignedTreeHead, Duration)> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(head) = latest_head(client).await?
+            && head.tree_size as u64 >= size
+        {
+            return Ok((head, t0.elapsed()));
+        }
+        anyhow::ensure!(
+            t0.elapsed() < limit,
+            "no signed head covered {size} entries within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,79 @@
+//! Latency histograms and result blocks.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Latencies in microseconds (1 µs .. 10 min, 3 significant digits).
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Latencies {
+    /// Empty.
+    pub fn new() -> Self {
+        Self(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"))
+    }
+
+    /// Adds one sample.
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 600_000_000);
+        self.0.record(us).expect("value within bounds");
+    }
+
+    /// Merges another histogram.
+    pub fn add(&mut self, other: &Latencies) {
+        self.0.add(&other.0).expect("same bounds");
+    }
+
+    fn ms(us: u64) -> String {
+        format!("{:.2} ms", us as f64 / 1000.0)
+    }
+
+    /// `p50 .. p99 .. max` in milliseconds.
+    pub fn summary(&self) -> String {
+        if self.0.is_empty() {
+            return "no samples".into();
+        }
+        format!(
+            "n={} p50={} p90={} p99={} max={} mean={}",
+            self.0.len(),
+            Self::ms(self.0.value_at_quantile(0.50)),
+            Self::ms(self.0.value_at_quantile(0.90)),
+            Self::ms(self.0.value_at_quantile(0.99)),
+            Self::ms(self.0.max()),
+            Self::ms(self.0.mean() as u64),
+        )
+    }
+
+    /// Value at quantile `q`.
+    pub fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.0.value_at_quantile(q))
+    }
+
+    /// Largest sample.
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.0.max())
+    }
+}
+
+/// Prints a result block header.
+pub fn header(title: &str) {
+    println!();
+    println!("=== {title} ===");
+}
+
+/// Prints one `name: value` line of a result block.
+pub fn line(name: &str, value: impl std::fmt::Display) {
+    println!("  {name:<34} {value}");
+}
+
+/// `PASS` / `MISS` against a target.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
