@@ -14,7 +14,7 @@ use custodia_proto::{
         notice::Content,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
 use tonic::{Code, transport::Channel};
 
 type Client = ConsentServiceClient<Channel>;
@@ -720,8 +720,11 @@ async fn watch_and_erase(backend: Backend) {
         .events;
     assert!(trail.is_empty());
 
-    // A second replica on the same database sees a withdrawal at once: checks read
-    // the shared database, there is no cache to go stale.
+    // A second replica on the same database: its checks answer from memory, so it
+    // must learn of writes made elsewhere. It tails the change log every 100 ms
+    // (`cache::FOLLOW_POLL`) and drops what it holds of the changed subjects, and an
+    // erasure anywhere clears its cache. Measured here: the withdrawal is seen
+    // within 1 s (the obligation), with no write on the replica itself.
     if backend == Backend::Postgres {
         let shared = app.config.database.url.clone();
         let replica = TestApp::spawn_with(Backend::Sqlite, &[custodia_consent::SERVICE], |cfg| {
@@ -730,6 +733,8 @@ async fn watch_and_erase(backend: Backend) {
         })
         .await;
         let mut r = ConsentServiceClient::new(replica.channel().await);
+        // Twice, so the second answer comes from the replica's cache.
+        assert!(check(&mut r, "bob@example.edu", "newsletter").await.0);
         assert!(check(&mut r, "bob@example.edu", "newsletter").await.0);
         c.withdraw_consent(authed(
             withdraw(&app, "bob@example.edu", "newsletter"),
@@ -737,10 +742,69 @@ async fn watch_and_erase(backend: Backend) {
         ))
         .await
         .unwrap();
+        let acked = std::time::Instant::now();
+        // The writing replica itself answers from the new state at once.
         assert_eq!(
-            check(&mut r, "bob@example.edu", "newsletter").await,
+            check(&mut c, "bob@example.edu", "newsletter").await,
             (false, CheckReason::Withdrawn)
         );
+        eventually(|| {
+            let mut r = r.clone();
+            async move {
+                let got = check(&mut r, "bob@example.edu", "newsletter").await;
+                (got == (false, CheckReason::Withdrawn)).then_some(())
+            }
+        })
+        .await;
+        let seen_after = acked.elapsed();
+        assert!(
+            seen_after < std::time::Duration::from_secs(1),
+            "the other replica saw the withdrawal after {seen_after:?}"
+        );
+
+        // Erasure deletes the trail, so the replica learns of it from the erasure
+        // epoch, not from the change log.
+        c.record_consent(authed(
+            grant(
+                &app,
+                "cy@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "cy-1",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+        eventually(|| {
+            let mut r = r.clone();
+            async move {
+                check(&mut r, "cy@example.edu", "newsletter")
+                    .await
+                    .0
+                    .then_some(())
+            }
+        })
+        .await;
+        c.erase_subject(authed(
+            EraseSubjectRequest {
+                subject_identifiers: vec![email("cy@example.edu")],
+                dsar_request: "requests/r-cy".into(),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+        eventually(|| {
+            let mut r = r.clone();
+            async move {
+                let got = check(&mut r, "cy@example.edu", "newsletter").await;
+                (got == (false, CheckReason::NoRecord)).then_some(())
+            }
+        })
+        .await;
         replica.stop().await;
     }
     app.stop().await;

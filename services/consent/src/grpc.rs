@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    cache::CheckCache,
     export,
     records::subject_consent,
     register::{self, purpose_id, purpose_name, valid_id},
@@ -31,6 +32,8 @@ pub struct Api {
     store: ConsentStore,
     changed: Arc<Notify>,
     receipts: Ed25519Key,
+    /// What checks read, kept in memory (see [`crate::cache`]).
+    pub(crate) cache: Arc<CheckCache>,
 }
 
 /// Fields `UpdatePurpose` may change (output-only fields and the name are not).
@@ -82,12 +85,18 @@ fn apply_mask(current: &mut Purpose, update: &Purpose, path: &str) {
 
 impl Api {
     /// Handlers over `store`.
-    pub fn new(ctx: ServiceContext, store: ConsentStore, receipts: Ed25519Key) -> Self {
+    pub fn new(
+        ctx: ServiceContext,
+        store: ConsentStore,
+        receipts: Ed25519Key,
+        cache: Arc<CheckCache>,
+    ) -> Self {
         Self {
             ctx,
             store,
             changed: Arc::new(Notify::new()),
             receipts,
+            cache,
         }
     }
 
@@ -178,6 +187,7 @@ impl ConsentService for Api {
             .store
             .create_purpose(&r.purpose_id, &purpose, next, &r.request_id, now_us)
             .await?;
+        self.cache.forget_register();
         Ok(Response::new(pb::CreatePurposeResponse {
             purpose: Some(self.written(written).await?),
         }))
@@ -290,6 +300,7 @@ impl ConsentService for Api {
             .store
             .update_purpose(&id, &merged, next, etag, &r.request_id, now_us)
             .await?;
+        self.cache.forget_register();
         Ok(Response::new(pb::UpdatePurposeResponse {
             purpose: Some(self.written(written).await?),
         }))
@@ -495,27 +506,10 @@ impl ConsentService for Api {
         if r.subjects.is_empty() || r.subjects.len() > 10_000 {
             return Err(ApiError::invalid("subjects", "give between 1 and 10,000 subjects").into());
         }
-        let mut results = Vec::with_capacity(r.subjects.len());
-        for (i, s) in r.subjects.iter().enumerate() {
-            let result = match self
-                .check(&call, Some(s), &r.purpose, "BatchCheckConsent")
-                .await
-            {
-                Err(ApiError::InvalidArgument(list)) => {
-                    return Err(ApiError::InvalidArgument(
-                        list.into_iter()
-                            .map(|mut f| {
-                                f.field = f.field.replacen("subject", &format!("subjects[{i}]"), 1);
-                                f
-                            })
-                            .collect(),
-                    )
-                    .into());
-                }
-                other => other?,
-            };
-            results.push(result);
-        }
+        let subjects = self.batch_subjects(&r.subjects)?;
+        let results = self
+            .check_many(&call, &subjects, &r.purpose, "BatchCheckConsent")
+            .await?;
         Ok(Response::new(pb::BatchCheckConsentResponse { results }))
     }
 
@@ -687,6 +681,9 @@ impl ConsentService for Api {
             .erase(&hashes)
             .await
             .map_err(ApiError::internal)?;
+        for hash in &hashes {
+            self.cache.forget(hash);
+        }
         // The record names the request, not the person just erased.
         let mut access = self.access(&call, "EraseSubject", None, "");
         access.resource = r.dsar_request.clone();

@@ -1,6 +1,7 @@
 //! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod decision;
 pub mod export;
 pub mod grpc;
@@ -11,6 +12,8 @@ pub mod records;
 pub mod register;
 pub mod store;
 pub mod watch;
+
+use std::sync::Arc;
 
 use custodia_core::{
     Config, ServiceName,
@@ -29,6 +32,9 @@ pub static MIGRATIONS: Migrations = Migrations {
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Subjects whose check state a replica keeps in memory (about 300 bytes each).
+const CHECK_CACHE_SUBJECTS: usize = 500_000;
+
 /// How the custodia process builds this service.
 pub const SERVICE: ServiceDef = ServiceDef {
     name: ServiceName::Consent,
@@ -45,13 +51,16 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
         let store = store::ConsentStore::new(ctx.db.clone());
         let receipts = receipt::signing_key(&ctx.config)?;
-        let server = ConsentServiceServer::new(grpc::Api::new(ctx.clone(), store, receipts))
+        let cache = Arc::new(cache::CheckCache::new(CHECK_CACHE_SUBJECTS));
+        let follower = cache::follow(cache.clone(), store.clone(), ctx.shutdown.clone());
+        let api = grpc::Api::new(ctx.clone(), store, receipts, cache);
+        let server = ConsentServiceServer::new(api)
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
             register: Box::new(move |routes| {
                 routes.add_service(server);
             }),
-            tasks: Vec::new(),
+            tasks: vec![Box::pin(follower)],
         })
     })
 }

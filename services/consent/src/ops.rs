@@ -1,7 +1,7 @@
 //! The consent records behind the API: notices, decisions with evidence,
 //! withdrawal, objection, history and checks. Handlers in `grpc.rs` delegate here.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use custodia_core::{
@@ -23,6 +23,7 @@ use custodia_proto::{
 use sha2::{Digest, Sha256};
 
 use crate::{
+    cache::{CachedPurpose, CachedState},
     decision::{self, StateRow},
     grpc::Api,
     receipt,
@@ -319,7 +320,8 @@ impl Api {
         if notice.effective_time.is_none() {
             notice.effective_time = Some(timestamp(now));
         }
-        self.store()
+        let published = self
+            .store()
             .publish_notice(
                 &r.notice_id,
                 notice,
@@ -327,7 +329,9 @@ impl Api {
                 &r.request_id,
                 to_micros(now),
             )
-            .await
+            .await;
+        self.cache.forget_register();
+        published
     }
 
     /// GetNotice: `notices/{id}/versions/{v}` or `notices/{id}/versions/latest`.
@@ -532,6 +536,7 @@ impl Api {
                 to_micros(now),
             )
             .await?;
+        self.cache.forget(&hash);
         self.ctx().outbox.wake();
         self.notify_changed();
         let receipt = self.stored_receipt(&events).await?;
@@ -648,6 +653,7 @@ impl Api {
                 to_micros(now),
             )
             .await?;
+        self.cache.forget(&hash);
         self.ctx().outbox.wake();
         self.notify_changed();
         let receipt = self.stored_receipt(&events).await?;
@@ -722,7 +728,7 @@ impl Api {
         }
     }
 
-    /// CheckConsent for one subject (the access event is queued before answering).
+    /// CheckConsent: may we, for this subject and purpose, now?
     pub async fn check(
         &self,
         call: &CallContext,
@@ -730,41 +736,129 @@ impl Api {
         purpose: &str,
         method: &str,
     ) -> Result<CheckResult, ApiError> {
-        let (id, hash) = self.subject(subject, "subject")?;
-        let (pid, p) = self.purpose_or_404(purpose, "purpose").await?;
+        let subject = self.subject(subject, "subject")?;
+        let mut results = self
+            .check_many(call, std::slice::from_ref(&subject), purpose, method)
+            .await?;
+        Ok(results.pop().expect("one result per subject"))
+    }
+
+    /// The subjects of a BatchCheckConsent, validated (`subjects[i]` named on error).
+    pub fn batch_subjects(
+        &self,
+        refs: &[SubjectRef],
+    ) -> Result<Vec<(SubjectId, String)>, ApiError> {
+        refs.iter()
+            .enumerate()
+            .map(|(i, r)| self.subject(Some(r), &format!("subjects[{i}]")))
+            .collect()
+    }
+
+    /// Checks one purpose for several subjects: states from the cache or one query
+    /// for the misses, and one access event per subject, all written in one
+    /// transaction before the answer.
+    pub async fn check_many(
+        &self,
+        call: &CallContext,
+        subjects: &[(SubjectId, String)],
+        purpose: &str,
+        method: &str,
+    ) -> Result<Vec<CheckResult>, ApiError> {
+        let (pid, cached) = self.check_purpose(purpose, "purpose").await?;
         let now = self.ctx().clock.now();
         let now_us = to_micros(now);
-        let (row, objected_dm) = self
-            .store()
-            .state(&hash, &pid)
-            .await
-            .map_err(ApiError::internal)?;
-        let material = self
-            .store()
-            .material_notice_us(&pid, now_us)
-            .await
-            .map_err(ApiError::internal)?;
-        let verdict = decision::decide(&p, row.as_ref(), objected_dm, material, now_us);
-        let access = self.access(call, method, Some((&id, &hash)), &pid);
+        let material = cached.material_at(now_us);
+
+        let mut states: Vec<Option<CachedState>> = vec![None; subjects.len()];
+        let mut misses = Vec::new();
+        for (i, (_, hash)) in subjects.iter().enumerate() {
+            match self.cache.state(hash, &pid) {
+                Ok(state) => states[i] = Some(state),
+                Err(ticket) => misses.push((i, ticket)),
+            }
+        }
+        if !misses.is_empty() {
+            let hashes: Vec<&str> = misses
+                .iter()
+                .map(|(i, _)| subjects[*i].1.as_str())
+                .collect();
+            let found = self
+                .store()
+                .states(&hashes, &pid)
+                .await
+                .map_err(ApiError::internal)?;
+            for (i, ticket) in misses {
+                let hash = &subjects[i].1;
+                let state = found.get(hash).cloned().unwrap_or_default();
+                self.cache.fill(ticket, hash, &pid, state.clone());
+                states[i] = Some(state);
+            }
+        }
+
+        let access: Vec<AccessEvent> = subjects
+            .iter()
+            .map(|(id, hash)| self.access(call, method, Some((id, hash)), &pid))
+            .collect();
         self.ctx()
             .outbox
-            .enqueue(&access)
+            .enqueue_all(access)
             .await
             .map_err(ApiError::internal)?;
-        Ok(CheckResult {
-            subject: Some(subject_out(&id)),
-            purpose: purpose_name(&pid),
-            allowed: verdict.allowed,
-            reason: verdict.reason as i32,
-            lawful_basis: p.lawful_basis,
-            expire_time: row
-                .as_ref()
-                .filter(|_| verdict.allowed)
-                .and_then(|r: &StateRow| r.expire_us)
-                .map(|us| timestamp(from_micros(us))),
-            consent_event: String::new(),
-            check_time: Some(timestamp(now)),
-        })
+
+        let p = &cached.purpose;
+        Ok(subjects
+            .iter()
+            .zip(states)
+            .map(|((id, _), state)| {
+                let (row, objected_dm) = state.unwrap_or_default();
+                let verdict = decision::decide(p, row.as_ref(), objected_dm, material, now_us);
+                CheckResult {
+                    subject: Some(subject_out(id)),
+                    purpose: purpose_name(&pid),
+                    allowed: verdict.allowed,
+                    reason: verdict.reason as i32,
+                    lawful_basis: p.lawful_basis,
+                    expire_time: row
+                        .as_ref()
+                        .filter(|_| verdict.allowed)
+                        .and_then(|r: &StateRow| r.expire_us)
+                        .map(|us| timestamp(from_micros(us))),
+                    consent_event: String::new(),
+                    check_time: Some(timestamp(now)),
+                }
+            })
+            .collect())
+    }
+
+    /// The purpose a check is about, from the cache when fresh.
+    async fn check_purpose(
+        &self,
+        name: &str,
+        field: &str,
+    ) -> Result<(String, CachedPurpose), ApiError> {
+        let id = purpose_id(name, field)?.to_string();
+        match self.cache.purpose(&id) {
+            Ok(cached) => Ok((id, cached)),
+            Err(ticket) => {
+                let stored = self
+                    .store()
+                    .purpose(&id)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .ok_or_else(|| ApiError::not_found("purpose", purpose_name(&id)))?;
+                let material_us = self
+                    .store()
+                    .material_notice_times(&id)
+                    .await
+                    .map_err(ApiError::internal)?;
+                let cached = CachedPurpose {
+                    purpose: Arc::new(stored.purpose),
+                    material_us: Arc::new(material_us),
+                };
+                self.cache.fill_purpose(ticket, &id, cached.clone());
+                Ok((id, cached))
+            }
+        }
     }
 
     /// ListSubjectConsents: the current state per purpose.

@@ -1,9 +1,11 @@
 //! Storage of notices and consent records (same store, second table family).
 
+use std::collections::HashMap;
+
 use custodia_core::{
     ApiError,
     outbox::{AccessEvent, enqueue_in},
-    storage::Params,
+    storage::{Params, placeholders},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
 use prost::Message;
@@ -526,8 +528,106 @@ impl ConsentStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query("UPDATE consent_cache_epoch SET erasures = erasures + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok((erased, receipts))
+    }
+
+    /// Effective times (µs, ascending) of the material notices covering a purpose.
+    pub async fn material_notice_times(&self, purpose_id: &str) -> anyhow::Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT n.effective_us FROM notices n JOIN notice_purposes np \
+             ON np.notice_id = n.notice_id AND np.version = n.version \
+             WHERE np.purpose_id = $1 AND n.material = 1 ORDER BY n.effective_us",
+        )
+        .bind(purpose_id.to_string())
+        .fetch_all(self.db().pool())
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
+    }
+
+    /// States of several subjects for one purpose (and their objection to direct
+    /// marketing), by subject hash; subjects without a row are absent.
+    pub async fn states(
+        &self,
+        subject_hashes: &[&str],
+        purpose_id: &str,
+    ) -> anyhow::Result<HashMap<String, (Option<StateRow>, bool)>> {
+        let mut out: HashMap<String, (Option<StateRow>, bool)> = HashMap::new();
+        let backend = self.db().backend();
+        for chunk in subject_hashes.chunks(500) {
+            let sql = format!(
+                "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
+                 WHERE purpose_id IN ({}) AND subject_hash IN ({})",
+                placeholders(backend, 1, 2),
+                placeholders(backend, 3, chunk.len()),
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(purpose_id.to_string())
+                .bind(DIRECT_MARKETING.to_string());
+            for h in chunk {
+                q = q.bind(h.to_string());
+            }
+            for r in q.fetch_all(self.db().pool()).await? {
+                let hash: String = r.try_get(0)?;
+                let pid: String = r.try_get(1)?;
+                let state =
+                    ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
+                let entry = out.entry(hash).or_default();
+                if pid == DIRECT_MARKETING {
+                    entry.1 = state == ConsentState::Objected;
+                }
+                if pid == purpose_id {
+                    entry.0 = Some(StateRow {
+                        state,
+                        decision_us: r.try_get(3)?,
+                        expire_us: r.try_get(4)?,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Subjects of the events after `after_seq` (at most `limit`), with the last seq
+    /// seen, and the erasure epoch: what a replica needs to drop stale check states.
+    pub async fn changes_since(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> anyhow::Result<(Vec<String>, i64, i64)> {
+        let rows = sqlx::query(
+            "SELECT seq, subject_hash FROM consent_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        let mut last = after_seq;
+        let mut subjects = Vec::with_capacity(rows.len());
+        for r in rows {
+            last = r.try_get(0)?;
+            subjects.push(r.try_get(1)?);
+        }
+        Ok((subjects, last, self.erasure_epoch().await?))
+    }
+
+    /// How many erasures have been made (moves with each).
+    pub async fn erasure_epoch(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT erasures FROM consent_cache_epoch WHERE id = 1")
+            .fetch_one(self.db().pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The newest event seq (0 when there is none).
+    pub async fn last_seq(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT MAX(seq) FROM consent_events")
+            .fetch_one(self.db().pool())
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
     /// The full trail of the subjects (oldest first), after `after_seq`.

@@ -1,0 +1,288 @@
+//! What `CheckConsent` reads, kept in memory so a check costs no database read.
+//!
+//! Two caches, both only ever *hints* that are dropped the moment they may be wrong:
+//!
+//! - **Subject states** (the current row of a subject for a purpose, and whether the
+//!   subject objected to direct marketing), by subject hash. A write on this replica
+//!   drops the subject's entries after its transaction commits and before it answers,
+//!   so the very next check reads the new state. Writes on other replicas reach this
+//!   one through [`CheckCache::follow`]: it tails `consent_events` (whose `seq` is
+//!   gap-free and in commit order) every [`FOLLOW_POLL`] and drops the subjects it
+//!   sees, and it clears everything when `consent_cache_epoch` moves (erasure, which
+//!   deletes events and so leaves nothing to tail). A withdrawal on one replica is
+//!   therefore seen by every other within `FOLLOW_POLL` plus one query.
+//!
+//!   A check that read the database while a write committed must not put the old
+//!   state back after the write dropped it: each shard has an epoch bumped by every
+//!   drop, a check takes the epoch before reading, and its fill is refused if the
+//!   epoch moved meanwhile.
+//! - **Purposes and the times of their material notices**, per purpose, for at most
+//!   [`REGISTER_TTL`]; dropped at once by register changes on this replica.
+//!
+//! Both are bounded: a full shard forgets an arbitrary entry to make room.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use custodia_proto::consent::v1::Purpose;
+
+use crate::{decision::StateRow, store::ConsentStore};
+
+/// How often a replica looks for changes made by the others.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// How long a purpose and its notices are trusted without a reload.
+pub const REGISTER_TTL: Duration = Duration::from_secs(1);
+const SHARDS: usize = 64;
+
+/// State of one subject for one purpose, as a check needs it.
+pub type CachedState = (Option<StateRow>, bool);
+
+#[derive(Debug, Default)]
+struct Shard {
+    epoch: u64,
+    /// subject hash -> (purpose id -> state)
+    subjects: HashMap<String, Vec<(String, CachedState)>>,
+}
+
+/// A purpose with the effective times (µs) of its material notices.
+#[derive(Debug, Clone)]
+pub struct CachedPurpose {
+    /// The purpose.
+    pub purpose: Arc<Purpose>,
+    /// Effective times of material notices covering it, ascending.
+    pub material_us: Arc<Vec<i64>>,
+}
+
+impl CachedPurpose {
+    /// The latest material notice in effect at `now_us`.
+    pub fn material_at(&self, now_us: i64) -> Option<i64> {
+        let n = self.material_us.partition_point(|t| *t <= now_us);
+        n.checked_sub(1).map(|i| self.material_us[i])
+    }
+}
+
+#[derive(Debug, Default)]
+struct Register {
+    epoch: u64,
+    purposes: HashMap<String, (Instant, CachedPurpose)>,
+}
+
+/// The check caches of one replica.
+#[derive(Debug)]
+pub struct CheckCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    hasher: RandomState,
+    register: Mutex<Register>,
+}
+
+/// Taken before reading the database; a fill with an outdated ticket is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+impl CheckCache {
+    /// A cache holding up to about `capacity` subjects.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            register: Mutex::default(),
+        }
+    }
+
+    fn shard(&self, subject_hash: &str) -> &Mutex<Shard> {
+        let i = self.hasher.hash_one(subject_hash) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    /// The cached state, or a ticket to fill it with after reading the database.
+    pub fn state(&self, subject_hash: &str, purpose_id: &str) -> Result<CachedState, Ticket> {
+        let shard = self.shard(subject_hash).lock().expect("cache shard");
+        shard
+            .subjects
+            .get(subject_hash)
+            .and_then(|states| states.iter().find(|(p, _)| p == purpose_id))
+            .map(|(_, s)| s.clone())
+            .ok_or(Ticket(shard.epoch))
+    }
+
+    /// Remembers a state read from the database, unless a write may have changed it
+    /// since `ticket` was taken.
+    pub fn fill(&self, ticket: Ticket, subject_hash: &str, purpose_id: &str, state: CachedState) {
+        let mut shard = self.shard(subject_hash).lock().expect("cache shard");
+        if shard.epoch != ticket.0 {
+            return;
+        }
+        if !shard.subjects.contains_key(subject_hash) && shard.subjects.len() >= self.per_shard {
+            let victim = shard.subjects.keys().next().cloned();
+            if let Some(victim) = victim {
+                shard.subjects.remove(&victim);
+            }
+        }
+        let states = shard.subjects.entry(subject_hash.to_string()).or_default();
+        match states.iter_mut().find(|(p, _)| p == purpose_id) {
+            Some(slot) => slot.1 = state,
+            None => states.push((purpose_id.to_string(), state)),
+        }
+    }
+
+    /// Drops what is known of a subject (after a write to it committed).
+    pub fn forget(&self, subject_hash: &str) {
+        let mut shard = self.shard(subject_hash).lock().expect("cache shard");
+        shard.epoch += 1;
+        shard.subjects.remove(subject_hash);
+    }
+
+    /// Drops every subject state (after an erasure).
+    pub fn forget_all(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("cache shard");
+            shard.epoch += 1;
+            shard.subjects.clear();
+        }
+    }
+
+    /// The cached purpose, if loaded less than [`REGISTER_TTL`] ago; otherwise a
+    /// ticket for [`Self::fill_purpose`].
+    pub fn purpose(&self, purpose_id: &str) -> Result<CachedPurpose, Ticket> {
+        let register = self.register.lock().expect("register cache");
+        match register.purposes.get(purpose_id) {
+            Some((at, p)) if at.elapsed() < REGISTER_TTL => Ok(p.clone()),
+            _ => Err(Ticket(register.epoch)),
+        }
+    }
+
+    /// Remembers a purpose read from the database.
+    pub fn fill_purpose(&self, ticket: Ticket, purpose_id: &str, purpose: CachedPurpose) {
+        let mut register = self.register.lock().expect("register cache");
+        if register.epoch == ticket.0 {
+            register
+                .purposes
+                .insert(purpose_id.to_string(), (Instant::now(), purpose));
+        }
+    }
+
+    /// Drops every cached purpose (after a register change on this replica).
+    pub fn forget_register(&self) {
+        let mut register = self.register.lock().expect("register cache");
+        register.epoch += 1;
+        register.purposes.clear();
+    }
+}
+
+/// Drops the states of subjects changed on other replicas, until shutdown (see the
+/// module docs). When the database cannot be read it drops everything: a replica
+/// that cannot see the others' writes must not answer from memory.
+pub async fn follow(
+    cache: Arc<CheckCache>,
+    store: ConsentStore,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut position: Option<(i64, i64)> = None;
+    loop {
+        match position {
+            None => match tokio::try_join!(store.last_seq(), store.erasure_epoch()) {
+                Ok((seq, epoch)) => {
+                    // Anything cached before now may predate writes not yet seen.
+                    cache.forget_all();
+                    position = Some((seq, epoch));
+                }
+                Err(e) => tracing::warn!(error = %e, "consent cache: cannot read the change log"),
+            },
+            Some((seq, epoch)) => match store.changes_since(seq, 10_000).await {
+                Ok((subjects, last, now_epoch)) => {
+                    if now_epoch != epoch {
+                        cache.forget_all();
+                    } else {
+                        for s in &subjects {
+                            cache.forget(s);
+                        }
+                    }
+                    position = Some((last, now_epoch));
+                    if subjects.len() >= 10_000 {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consent cache: cannot read the change log");
+                    cache.forget_all();
+                    cache.forget_register();
+                    position = None;
+                }
+            },
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custodia_proto::consent::v1::ConsentState;
+
+    use super::*;
+
+    fn granted() -> CachedState {
+        (
+            Some(StateRow {
+                state: ConsentState::Granted,
+                decision_us: 1,
+                expire_us: None,
+            }),
+            false,
+        )
+    }
+
+    #[test]
+    fn a_fill_racing_a_write_is_refused() {
+        let cache = CheckCache::new(100);
+        let ticket = cache.state("s", "p").unwrap_err();
+        // A write commits and drops the subject while the check was reading.
+        cache.forget("s");
+        cache.fill(ticket, "s", "p", granted());
+        assert!(cache.state("s", "p").is_err());
+        let ticket = cache.state("s", "p").unwrap_err();
+        cache.fill(ticket, "s", "p", granted());
+        assert_eq!(cache.state("s", "p").unwrap(), granted());
+        cache.forget_all();
+        assert!(cache.state("s", "p").is_err());
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let cache = CheckCache::new(SHARDS);
+        for i in 0..10_000 {
+            let s = format!("s{i}");
+            let t = cache.state(&s, "p").unwrap_err();
+            cache.fill(t, &s, "p", granted());
+        }
+        let held: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().subjects.len())
+            .sum();
+        assert!(held <= SHARDS, "{held}");
+    }
+
+    #[test]
+    fn material_notice_in_effect() {
+        let p = CachedPurpose {
+            purpose: Arc::new(Purpose::default()),
+            material_us: Arc::new(vec![10, 20, 30]),
+        };
+        assert_eq!(p.material_at(5), None);
+        assert_eq!(p.material_at(20), Some(20));
+        assert_eq!(p.material_at(25), Some(20));
+        assert_eq!(p.material_at(99), Some(30));
+    }
+}
