@@ -68,6 +68,9 @@ pub struct DsarConfig {
     pub retry_max_secs: u64,
     /// How often the fan-out worker looks for due work, in milliseconds.
     pub poll_interval_ms: u64,
+    /// Seconds between scheduled retention runs, counted on the
+    /// service clock; 0 (the default) leaves retention to ApplyRetention.
+    pub retention_interval_secs: u64,
     /// Tokens that data sources' `credentials_ref = "config:NAME"` refer to.
     /// (`env:VAR` refers to an environment variable instead.)
     pub credentials: BTreeMap<String, SecretString>,
@@ -84,6 +87,7 @@ impl Default for DsarConfig {
             retry_initial_secs: 60,
             retry_max_secs: 6 * 3600,
             poll_interval_ms: 1000,
+            retention_interval_secs: 0,
             credentials: BTreeMap::new(),
         }
     }

@@ -73,6 +73,7 @@ impl Worker {
         let this = Arc::new(WorkerRef {
             api: self.api.clone(),
             export_dir: self.export_dir.clone(),
+            last_retention: std::sync::Mutex::new(None),
         });
         loop {
             while running.try_join_next().is_some() {}
@@ -131,6 +132,8 @@ impl Worker {
 struct WorkerRef {
     api: Api,
     export_dir: PathBuf,
+    /// The last schedule slot a retention run was started for.
+    last_retention: std::sync::Mutex<Option<i64>>,
 }
 
 fn backoff(config: &custodia_core::config::DsarConfig, attempt: i32) -> chrono::Duration {
@@ -183,7 +186,38 @@ impl WorkerRef {
                 tracing::error!(error = %e, request = %id, "export expiry failed");
             }
         }
+        self.schedule_retention(now).await;
         Ok(())
+    }
+
+    /// Starts the retention run of the current schedule slot, once: the slot
+    /// is the idempotency key, so a restart or a second replica in the same
+    /// slot finds the run already recorded.
+    async fn schedule_retention(&self, now: DateTime<Utc>) {
+        let interval = self.api.config.dsar.retention_interval_secs;
+        if interval == 0 {
+            return;
+        }
+        let slot = now.timestamp().div_euclid(interval as i64);
+        if *self.last_retention.lock().expect("lock") == Some(slot) {
+            return;
+        }
+        let started = self
+            .api
+            .start_run(
+                SYSTEM_PRINCIPAL,
+                "",
+                Vec::new(),
+                Vec::new(),
+                false,
+                true,
+                &format!("scheduled-{interval}-{slot}"),
+            )
+            .await;
+        match started {
+            Ok(_) => *self.last_retention.lock().expect("lock") = Some(slot),
+            Err(e) => tracing::error!(error = %e, "starting a scheduled retention run"),
+        }
     }
 
     /// Marks the task RUNNING (one attempt more); `None` when it is no longer due.

@@ -33,6 +33,8 @@ pub enum Mode {
     Error,
     /// Answers with malformed content.
     Garbage,
+    /// Carries out an erasure, then never answers (the caller dies meanwhile).
+    EraseThenHang,
 }
 
 /// What the stand-in holds and has seen.
@@ -262,22 +264,26 @@ impl DataSource for Svc {
                 retained: Vec::new(),
             }));
         }
-        let mut done = self.0.erasures.lock().unwrap();
-        let answer = done
-            .entry(r.request_id.clone())
-            .or_insert_with(|| EraseSubjectResponse {
-                erased: self
-                    .0
-                    .records
-                    .iter()
-                    .map(|(c, n)| CategoryCount {
-                        category: c.clone(),
-                        count: *n as i64,
-                    })
-                    .collect(),
-                retained: self.0.retained.clone(),
-            })
-            .clone();
+        let answer = {
+            let mut done = self.0.erasures.lock().unwrap();
+            done.entry(r.request_id.clone())
+                .or_insert_with(|| EraseSubjectResponse {
+                    erased: self
+                        .0
+                        .records
+                        .iter()
+                        .map(|(c, n)| CategoryCount {
+                            category: c.clone(),
+                            count: *n as i64,
+                        })
+                        .collect(),
+                    retained: self.0.retained.clone(),
+                })
+                .clone()
+        };
+        if mode == Mode::EraseThenHang {
+            std::future::pending::<()>().await;
+        }
         Ok(Response::new(answer))
     }
 

@@ -25,7 +25,7 @@ use super::{
 
 both_backends!(access_end_to_end, failing_connectors, erasure_and_friends);
 
-async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_ms: Option<i64>) {
+pub(super) async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_ms: Option<i64>) {
     c.register_data_source(authed(
         RegisterDataSourceRequest {
             data_source_id: id.into(),
@@ -59,7 +59,7 @@ async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_ms: Option<i
 }
 
 /// Waits until `check` holds for the request.
-async fn wait_for(c: &Client, name: &str, check: impl Fn(&Request) -> bool) -> Request {
+pub(super) async fn wait_for(c: &Client, name: &str, check: impl Fn(&Request) -> bool) -> Request {
     eventually(|| {
         let mut c = c.clone();
         let name = name.to_string();
@@ -72,7 +72,7 @@ async fn wait_for(c: &Client, name: &str, check: impl Fn(&Request) -> bool) -> R
     .await
 }
 
-fn task<'a>(r: &'a Request, source: &str) -> &'a custodia_proto::dsar::v1::SourceTask {
+pub(super) fn task<'a>(r: &'a Request, source: &str) -> &'a custodia_proto::dsar::v1::SourceTask {
     r.source_tasks
         .iter()
         .find(|t| t.data_source == format!("dataSources/{source}"))

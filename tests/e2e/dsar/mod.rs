@@ -5,6 +5,8 @@
 mod connector;
 mod fanout;
 mod requests;
+mod restart;
+mod retention;
 
 use chrono::{DateTime, Utc};
 use custodia_proto::{
