@@ -7,6 +7,7 @@ mod fanout;
 mod requests;
 mod restart;
 mod retention;
+mod sql_sources;
 
 use chrono::{DateTime, Utc};
 use custodia_proto::{
