@@ -1,4 +1,4 @@
-//! Load generator for the audit-log service (issue 3, "Performance").
+//! Load generator for the audit-log (issue 3) and consent (issue 4) services.
 //!
 //! Run by hand, in release mode, never as a timed test:
 //!
@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod append;
+mod consent;
 mod proofs;
 mod server;
 mod stats;
@@ -59,6 +60,8 @@ enum Command {
     Append(append::Args),
     /// 1M-entry log: startup, inclusion proofs, full verification, ListEvents by subject.
     Proofs(proofs::Args),
+    /// Consent: RecordConsent, CheckConsent and BatchCheckConsent at load.
+    Consent(consent::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Append(args) => append::run(args).await,
             Command::Proofs(args) => proofs::run(args).await,
+            Command::Consent(args) => consent::run(args).await,
         }
     })
 }

@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use custodia_core::{Config, server::Application};
+use custodia_core::{
+    Config,
+    server::{Application, ServiceDef},
+};
 use custodia_proto::audit::v1::{
     GetSignedTreeHeadRequest, SignedTreeHead, audit_log_service_client::AuditLogServiceClient,
 };
@@ -57,8 +60,13 @@ impl BenchEnv {
     /// Builds and starts the server; returns it with the time `Application::build`
     /// took (migrations, key loading, and loading the Merkle tree from the database).
     pub async fn start(&self) -> anyhow::Result<BenchServer> {
+        self.start_services(&[custodia_audit_log::SERVICE]).await
+    }
+
+    /// Like [`Self::start`], hosting `services`.
+    pub async fn start_services(&self, services: &[ServiceDef]) -> anyhow::Result<BenchServer> {
         let t0 = Instant::now();
-        let app = Application::build(self.config.clone(), &[custodia_audit_log::SERVICE]).await?;
+        let app = Application::build(self.config.clone(), services).await?;
         let startup = t0.elapsed();
         let endpoint = format!("http://{}", app.local_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -93,12 +101,17 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    /// A client on its own HTTP/2 connection.
-    pub async fn client(&self) -> anyhow::Result<Client> {
-        let channel = Endpoint::from_shared(self.endpoint.clone())?
+    /// A new HTTP/2 connection to the server.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(self.endpoint.clone())?
             .connect_timeout(Duration::from_secs(5))
             .connect()
-            .await?;
+            .await?)
+    }
+
+    /// An audit-log client on its own HTTP/2 connection.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let channel = self.channel().await?;
         Ok(AuditLogServiceClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))

@@ -1,0 +1,400 @@
+//! `loadgen consent`: RecordConsent, CheckConsent and BatchCheckConsent at load
+//! (issue 4, "Performance").
+//!
+//! One server hosting the consent service (auth on: every call carries a bearer
+//! token; access logging on: every check writes its access event to the outbox,
+//! durably, before answering). With `--with-audit` the audit-log service runs in the
+//! same process and the forwarder delivers the events to it; without, they stay
+//! queued in the outbox (the forwarder has no token), which is what a consent
+//! replica does while audit-log is down.
+//!
+//! Phases, each bounded in time:
+//! 1. RecordConsent: `--concurrency` clients grant consent for distinct subjects
+//!    for `--seconds` (each call is a durable write with a signed receipt).
+//! 2. CheckConsent: `--concurrency` clients check random subjects (recorded ones and
+//!    unknown ones) for `--seconds`.
+//! 3. BatchCheckConsent: `--batch-calls` calls of 10,000 subjects, one at a time.
+
+use std::time::{Duration, Instant};
+
+use custodia_proto::{
+    common::v1::SubjectRef,
+    consent::v1::{
+        BatchCheckConsentRequest, CheckConsentRequest, ConsentChannel, CreatePurposeRequest,
+        Decision, Evidence, LawfulBasis, Notice, PublishNoticeRequest, Purpose, PurposeCategory,
+        PurposeDecision, RecordConsentRequest, consent_service_client::ConsentServiceClient,
+        notice::Content,
+    },
+};
+use custodia_tests::{ADMIN_TOKEN, authed};
+use tonic::transport::Channel;
+
+use crate::{
+    BackendArg,
+    server::BenchEnv,
+    stats::{Latencies, header, line, verdict},
+    workload::{Rng, email},
+};
+
+type Client = ConsentServiceClient<Channel>;
+
+/// Options of `loadgen consent`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Database backend.
+    #[arg(long, value_enum)]
+    backend: BackendArg,
+    /// Duration of each load phase in seconds (1..=600).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+    /// Calls in flight, each client on its own HTTP/2 connection (1..=256).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    concurrency: u64,
+    /// BatchCheckConsent calls of 10,000 subjects (1..=1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch_calls: u64,
+    /// Also host audit-log and forward the access events to it.
+    #[arg(long)]
+    with_audit: bool,
+    /// Database pool size of the server (production default: 16).
+    #[arg(long, default_value_t = 16)]
+    db_connections: u32,
+}
+
+const TARGET_CHECKS_PER_SEC: f64 = 40_000.0;
+const TARGET_CHECK_P99: Duration = Duration::from_millis(2);
+const TARGET_BATCH: Duration = Duration::from_millis(50);
+const TARGET_WRITES_PER_SEC: f64 = 5_000.0;
+const TARGET_WRITE_P99: Duration = Duration::from_millis(10);
+const BATCH: u64 = 10_000;
+const PURPOSE: &str = "purposes/newsletter";
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut env = BenchEnv::new(args.backend.into(), args.db_connections).await;
+    if !args.with_audit {
+        env.config.audit.forwarder_token = None;
+    }
+    let result = run_on(&env, &args).await;
+    env.cleanup().await;
+    result
+}
+
+async fn setup(c: &mut Client) -> anyhow::Result<String> {
+    c.create_purpose(authed(
+        CreatePurposeRequest {
+            purpose_id: "newsletter".into(),
+            purpose: Some(Purpose {
+                display_name: "Newsletter".into(),
+                lawful_basis: LawfulBasis::Consent as i32,
+                category: PurposeCategory::Communication as i32,
+                reconsent_interval: "P1Y".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await?;
+    let notice = c
+        .publish_notice(authed(
+            PublishNoticeRequest {
+                notice_id: "privacy".into(),
+                notice: Some(Notice {
+                    title: "Privacy policy".into(),
+                    content: Some(Content::Text("We send a monthly newsletter.".into())),
+                    purposes: vec![PURPOSE.into()],
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await?
+        .into_inner()
+        .notice
+        .ok_or_else(|| anyhow::anyhow!("no notice returned"))?;
+    Ok(notice.name)
+}
+
+fn now() -> prost_types::Timestamp {
+    let t = chrono::Utc::now();
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn subject(i: u64) -> SubjectRef {
+    SubjectRef {
+        r#type: "email".into(),
+        value: email(i),
+    }
+}
+
+struct Phase {
+    latencies: Latencies,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Phase {
+    fn new() -> Self {
+        Self {
+            latencies: Latencies::new(),
+            ok: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn outcome<T>(&mut self, took: Duration, r: Result<T, tonic::Status>) {
+        match r {
+            Ok(_) => {
+                self.ok += 1;
+                self.latencies.record(took);
+            }
+            Err(s) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| s.to_string());
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Phase) {
+        self.latencies.add(&other.latencies);
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Runs `concurrency` loops of `call` until `seconds` pass; returns the merged
+/// results and the elapsed time.
+async fn load<F, Fut>(
+    channels: &[Channel],
+    seconds: u64,
+    call: F,
+) -> anyhow::Result<(Phase, Duration)>
+where
+    F: Fn(Client, u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = (Client, Duration, Result<(), tonic::Status>)> + Send,
+{
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(seconds);
+    let tasks: Vec<_> = channels
+        .iter()
+        .enumerate()
+        .map(|(id, ch)| {
+            let mut client = ConsentServiceClient::new(ch.clone());
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut phase = Phase::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let (back, took, r) = call(client, id as u64, n).await;
+                    client = back;
+                    phase.outcome(took, r);
+                    n += 1;
+                }
+                phase
+            })
+        })
+        .collect();
+    let mut total = Phase::new();
+    for t in tasks {
+        total.merge(t.await?);
+    }
+    Ok((total, t0.elapsed()))
+}
+
+fn report(phase: &Phase, elapsed: Duration, unit: &str, target_rate: f64, target_p99: Duration) {
+    let rate = phase.ok as f64 / elapsed.as_secs_f64();
+    let p99 = phase.latencies.quantile(0.99);
+    line(
+        "calls ok (errors)",
+        format!("{} ({})", phase.ok, phase.errors),
+    );
+    if let Some(e) = &phase.first_error {
+        line("first error", e);
+    }
+    line(
+        "throughput",
+        format!(
+            "{rate:.0} {unit}/s  [target >= {target_rate:.0}: {}]",
+            verdict(rate >= target_rate)
+        ),
+    );
+    line("latency", phase.latencies.summary());
+    line(
+        "p99 target",
+        format!(
+            "{:.2} ms [target <= {} ms: {}]",
+            p99.as_secs_f64() * 1000.0,
+            target_p99.as_millis(),
+            verdict(p99 <= target_p99)
+        ),
+    );
+}
+
+async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
+    let services = if args.with_audit {
+        vec![custodia_audit_log::SERVICE, custodia_consent::SERVICE]
+    } else {
+        vec![custodia_consent::SERVICE]
+    };
+    let server = env.start_services(&services).await?;
+    let mut admin = ConsentServiceClient::new(server.channel().await?);
+    let notice = setup(&mut admin).await?;
+    let mut channels = Vec::new();
+    for _ in 0..args.concurrency {
+        channels.push(server.channel().await?);
+    }
+    let concurrency = args.concurrency;
+
+    // 1. RecordConsent: client `id` records subjects id, id + c, id + 2c, ...
+    eprintln!("RecordConsent for {} s ...", args.seconds);
+    let record = {
+        let notice = notice.clone();
+        move |mut c: Client, id: u64, n: u64| {
+            let notice = notice.clone();
+            async move {
+                let i = id + n * concurrency;
+                let request = RecordConsentRequest {
+                    subject: Some(subject(i)),
+                    decisions: vec![PurposeDecision {
+                        purpose: PURPOSE.into(),
+                        decision: Decision::Granted as i32,
+                    }],
+                    evidence: Some(Evidence {
+                        collect_time: Some(now()),
+                        channel: ConsentChannel::WebForm as i32,
+                        notice,
+                        source_ip: "203.0.113.77".into(),
+                        user_agent: "loadgen".into(),
+                        form_id: "newsletter-footer".into(),
+                        ..Default::default()
+                    }),
+                    request_id: format!("loadgen-{i}"),
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                let r = c.record_consent(authed(request, ADMIN_TOKEN)).await;
+                (c, t0.elapsed(), r.map(|_| ()))
+            }
+        }
+    };
+    let (writes, write_time) = load(&channels, args.seconds, record).await?;
+    let recorded = writes.ok.max(1);
+
+    // 2. CheckConsent: 3 in 4 checks hit a recorded subject, 1 in 4 an unknown one.
+    eprintln!("CheckConsent for {} s ...", args.seconds);
+    let check = move |mut c: Client, id: u64, n: u64| async move {
+        let mut rng = Rng::new(0xC0FFEE ^ (id << 32) ^ n);
+        let i = if rng.below(4) == 0 {
+            10_000_000 + rng.below(1_000_000)
+        } else {
+            rng.below(recorded)
+        };
+        let request = CheckConsentRequest {
+            subject: Some(subject(i)),
+            purpose: PURPOSE.into(),
+        };
+        let t0 = Instant::now();
+        let r = c.check_consent(authed(request, ADMIN_TOKEN)).await;
+        (c, t0.elapsed(), r.map(|_| ()))
+    };
+    let (checks, check_time) = load(&channels, args.seconds, check).await?;
+
+    // 3. BatchCheckConsent of 10,000 subjects, one call at a time.
+    eprintln!("BatchCheckConsent x {} ...", args.batch_calls);
+    let mut batches = Phase::new();
+    let mut c = admin.clone();
+    let mut rng = Rng::new(0xBA7C4);
+    for _ in 0..args.batch_calls {
+        let subjects = (0..BATCH)
+            .map(|_| subject(rng.below(recorded.max(BATCH))))
+            .collect();
+        let t0 = Instant::now();
+        let r = batch_check(&mut c, subjects).await;
+        batches.outcome(t0.elapsed(), r);
+    }
+
+    server.stop().await?;
+
+    header(&format!("consent ({:?})", env.backend));
+    line("store", env.describe());
+    line(
+        "load",
+        format!(
+            "{} calls in flight, {} s per phase, auth on, access events {}",
+            args.concurrency,
+            args.seconds,
+            if args.with_audit {
+                "forwarded to audit-log in process"
+            } else {
+                "durable in the outbox (no forwarding)"
+            }
+        ),
+    );
+    header("RecordConsent");
+    report(
+        &writes,
+        write_time,
+        "writes",
+        TARGET_WRITES_PER_SEC,
+        TARGET_WRITE_P99,
+    );
+    header("CheckConsent");
+    report(
+        &checks,
+        check_time,
+        "checks",
+        TARGET_CHECKS_PER_SEC,
+        TARGET_CHECK_P99,
+    );
+    header("BatchCheckConsent (10,000 subjects)");
+    line(
+        "calls ok (errors)",
+        format!("{} ({})", batches.ok, batches.errors),
+    );
+    if let Some(e) = &batches.first_error {
+        line("first error", e);
+    }
+    line("latency", batches.latencies.summary());
+    let max = batches.latencies.max();
+    line(
+        "max target",
+        format!(
+            "{:.2} ms [target <= {} ms: {}]",
+            max.as_secs_f64() * 1000.0,
+            TARGET_BATCH.as_millis(),
+            verdict(max <= TARGET_BATCH && batches.errors == 0)
+        ),
+    );
+    Ok(())
+}
+
+/// One BatchCheckConsent call; an answer without one result per subject is an error.
+async fn batch_check(c: &mut Client, subjects: Vec<SubjectRef>) -> Result<(), tonic::Status> {
+    let results = c
+        .batch_check_consent(authed(
+            BatchCheckConsentRequest {
+                purpose: PURPOSE.into(),
+                subjects,
+            },
+            ADMIN_TOKEN,
+        ))
+        .await?
+        .into_inner()
+        .results;
+    if results.len() as u64 != BATCH {
+        return Err(tonic::Status::internal(format!(
+            "{} results",
+            results.len()
+        )));
+    }
+    Ok(())
+}
