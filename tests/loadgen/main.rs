@@ -18,6 +18,7 @@
 
 mod append;
 mod consent;
+mod dsar;
 mod proofs;
 mod server;
 mod stats;
@@ -62,6 +63,8 @@ enum Command {
     Proofs(proofs::Args),
     /// Consent: RecordConsent, CheckConsent and BatchCheckConsent at load.
     Consent(consent::Args),
+    /// dsar: access request over three SQL sources, StartProcessing to export READY.
+    Dsar(dsar::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Command::Append(args) => append::run(args).await,
             Command::Proofs(args) => proofs::run(args).await,
             Command::Consent(args) => consent::run(args).await,
+            Command::Dsar(args) => dsar::run(args).await,
         }
     })
 }
