@@ -2,3 +2,4 @@
 
 mod consent_crash;
 mod crash;
+mod dsar_crash;
