@@ -53,6 +53,12 @@ pub struct DsarConfig {
     /// Where custodia's own consent and audit-log services are called for a
     /// subject's records (`http://host:port`). Unset: this process's own address.
     pub custodia_endpoint: Option<String>,
+    /// The consent service, when it runs apart (Kubernetes: `http://custodia-consent:50051`).
+    /// Unset: `custodia_endpoint`.
+    pub consent_endpoint: Option<String>,
+    /// The audit-log service, when it runs apart. Unset: `custodia_endpoint`, then
+    /// `audit.endpoint`.
+    pub audit_endpoint: Option<String>,
     /// Token for those calls (needs consent.read, consent.admin, audit.read,
     /// audit.admin). Unset: the internal (forwarder or admin) token.
     pub custodia_token: Option<SecretString>,
@@ -80,6 +86,8 @@ impl Default for DsarConfig {
     fn default() -> Self {
         Self {
             custodia_endpoint: None,
+            consent_endpoint: None,
+            audit_endpoint: None,
             custodia_token: None,
             export_dir: None,
             export_ttl_secs: 30 * 24 * 3600,
@@ -254,6 +262,25 @@ pub struct AuditConfig {
     pub subject_hash_key: Option<SecretString>,
     /// Ed25519 signing key of the audit log (hex seed). Unset: generated into `data_dir`.
     pub signing_key: Option<SecretString>,
+    /// How the access events of *reads* (checks, gets, lists) are committed to the
+    /// outbox before the answer: `relaxed` (default) commits without waiting for the
+    /// disk flush — the event survives a crash or kill of custodia, but not a power
+    /// loss of the database host in the last moments (SQLite `synchronous=NORMAL` in
+    /// WAL mode, PostgreSQL `synchronous_commit=off` for that transaction); `full`
+    /// waits for the flush, at several times the cost per read. Events of changes
+    /// are always in the change's own, fully durable transaction.
+    pub read_event_sync: ReadEventSync,
+}
+
+/// See [`AuditConfig::read_event_sync`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadEventSync {
+    /// Committed, survives a crash of custodia; not flushed before the answer.
+    #[default]
+    Relaxed,
+    /// Flushed to disk before the answer.
+    Full,
 }
 
 impl Default for AuditConfig {
@@ -264,6 +291,7 @@ impl Default for AuditConfig {
             batch_size: 500,
             subject_hash_key: None,
             signing_key: None,
+            read_event_sync: ReadEventSync::Relaxed,
         }
     }
 }

@@ -218,7 +218,7 @@ impl Application {
             db.migrate(def.migrations)
                 .await
                 .with_context(|| format!("migrating the {} database", def.name))?;
-            let outbox = SqlOutbox::new(db.clone());
+            let outbox = SqlOutbox::with_read_sync(db.clone(), config.audit.read_event_sync);
             let ctx = ServiceContext {
                 name: def.name,
                 config: config.clone(),

@@ -6,7 +6,11 @@
 //! each backend has its own migrations; one conformance suite per store runs on
 //! both backends.
 
-use std::{path::Path, sync::Once, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Once},
+    time::Duration,
+};
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
@@ -28,6 +32,43 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time; writers of this process queue here instead
+    /// of in SQLite's busy handler, which sleeps for up to 100 ms between tries.
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction from [`Db::begin_write`]: derefs to the connection (use
+/// `&mut *tx` as an executor) and holds this process's SQLite write turn until it
+/// commits or is dropped (rolled back).
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// Rolls back (dropping the transaction does too).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// A service's migrations, one set per backend (embed with `sqlx::migrate!`).
@@ -88,10 +129,30 @@ impl Db {
     /// once (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then
     /// writes can fail with SQLITE_BUSY when another writer got in between, which
     /// no busy timeout resolves.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    ///
+    /// On SQLite, writers of this process also take turns (see [`WriteTx`]).
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => {
+                let turn = self.write_turn().await;
+                Ok(WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _turn: turn,
+                })
+            }
+            Backend::Postgres => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _turn: None,
+            }),
+        }
+    }
+
+    /// This process's SQLite write turn (none on PostgreSQL), for writes made
+    /// outside [`Self::begin_write`].
+    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Backend::Postgres => None,
         }
     }
 
@@ -162,6 +223,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         Ok(Db {
             pool,
             backend: Backend::Sqlite,
+            write_gate: Arc::default(),
         })
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
         validate_schema_name(schema)?;
@@ -193,6 +255,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         Ok(Db {
             pool,
             backend: Backend::Postgres,
+            write_gate: Arc::default(),
         })
     } else {
         anyhow::bail!("unsupported database URL scheme (expected sqlite:// or postgres://)")

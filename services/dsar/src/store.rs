@@ -422,7 +422,7 @@ impl DsarStore {
 
     async fn replay(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        mut tx: custodia_core::storage::WriteTx,
         event: &AccessEvent,
         earlier: String,
     ) -> Result<Done, ApiError> {
