@@ -58,7 +58,10 @@ pub struct Api {
     pub(crate) calendar: Arc<LegalCalendar>,
     pub(crate) subjects: SubjectHasher,
     pub(crate) config: Arc<Config>,
-    pub(crate) custodia_endpoint: String,
+    /// custodia's consent service (`dsar.consent_endpoint`).
+    pub(crate) consent_endpoint: String,
+    /// custodia's audit-log service (`dsar.audit_endpoint`).
+    pub(crate) audit_endpoint: String,
     pub(crate) custodia_token: Option<secrecy::SecretString>,
     pub(crate) wake: Arc<Notify>,
 }

@@ -46,11 +46,20 @@ pub async fn application(config: Config) -> anyhow::Result<Application> {
 fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
         let store = store::DsarStore::new(ctx.db.clone(), ctx.outbox.clone());
-        let custodia_endpoint = ctx
-            .config
-            .dsar
-            .custodia_endpoint
-            .clone()
+        let dsar = &ctx.config.dsar;
+        let all_in_one = dsar.custodia_endpoint.as_ref();
+        let consent_endpoint = dsar
+            .consent_endpoint
+            .as_ref()
+            .or(all_in_one)
+            .cloned()
+            .unwrap_or_else(|| ctx.self_endpoint.clone());
+        let audit_endpoint = dsar
+            .audit_endpoint
+            .as_ref()
+            .or(all_in_one)
+            .or(ctx.config.audit.endpoint.as_ref())
+            .cloned()
             .unwrap_or_else(|| ctx.self_endpoint.clone());
         let api = grpc::Api {
             store,
@@ -59,7 +68,8 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
             calendar: ctx.calendar.clone(),
             subjects: ctx.subjects.clone(),
             config: ctx.config.clone(),
-            custodia_endpoint,
+            consent_endpoint,
+            audit_endpoint,
             custodia_token: ctx
                 .config
                 .dsar

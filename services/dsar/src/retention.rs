@@ -164,7 +164,7 @@ impl Api {
             code: tonic::Code::Unavailable,
             message: m.to_string(),
         };
-        let channel = tonic::transport::Endpoint::from_shared(self.custodia_endpoint.clone())
+        let channel = tonic::transport::Endpoint::from_shared(self.consent_endpoint.clone())
             .map_err(|_| failure("the consent register's endpoint is not a valid URI"))?
             .connect()
             .await

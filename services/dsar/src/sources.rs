@@ -45,13 +45,15 @@ pub const UPDATABLE: &[&str] = &[
 const MAX_CALL_TIMEOUT_SECS: i64 = 600;
 
 /// custodia's own records, as sources every fan-out includes.
-pub fn builtins(endpoint: &str) -> Vec<pb::DataSource> {
+/// custodia's own sources: the audit log at `audit_endpoint`, consent records at
+/// `consent_endpoint`.
+pub fn builtins(audit_endpoint: &str, consent_endpoint: &str) -> Vec<pb::DataSource> {
     let types: Vec<String> = KNOWN_TYPES.iter().map(|s| s.to_string()).collect();
     vec![
         pb::DataSource {
             name: model::source_name(BUILTIN_AUDIT),
             display_name: "custodia access log (who saw the subject's data)".into(),
-            endpoint: endpoint.to_string(),
+            endpoint: audit_endpoint.to_string(),
             state: DataSourceState::Enabled as i32,
             capabilities: vec![Capability::Export as i32, Capability::Erase as i32],
             identifier_types: types.clone(),
@@ -62,7 +64,7 @@ pub fn builtins(endpoint: &str) -> Vec<pb::DataSource> {
         pb::DataSource {
             name: model::source_name(BUILTIN_CONSENT),
             display_name: "custodia consent records".into(),
-            endpoint: endpoint.to_string(),
+            endpoint: consent_endpoint.to_string(),
             state: DataSourceState::Enabled as i32,
             capabilities: vec![Capability::Export as i32, Capability::Erase as i32],
             identifier_types: types,
@@ -252,7 +254,7 @@ fn with_meta(
 impl Api {
     /// Every source, built-in ones included, ordered by name.
     pub(crate) async fn all_sources(&self) -> Result<Vec<pb::DataSource>, ApiError> {
-        let mut all = builtins(&self.custodia_endpoint);
+        let mut all = builtins(&self.audit_endpoint, &self.consent_endpoint);
         for (_, s, version, c, u) in self.store.list_sources().await? {
             all.push(with_meta(s, version, c, u));
         }
@@ -262,7 +264,7 @@ impl Api {
 
     /// One source, built-in or registered.
     pub(crate) async fn source(&self, id: &str) -> Result<pb::DataSource, ApiError> {
-        if let Some(b) = builtins(&self.custodia_endpoint)
+        if let Some(b) = builtins(&self.audit_endpoint, &self.consent_endpoint)
             .into_iter()
             .find(|b| b.name == model::source_name(id))
         {
