@@ -9,8 +9,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use secrecy::SecretString;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::RoutesBuilder;
+use tonic::{service::RoutesBuilder, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -313,15 +312,17 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.grace;
         let streams = self.shutdown;
-        let server = self.router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.listener),
-            async move {
+        // TCP_NODELAY: without it a response written as two segments waits for the
+        // client's delayed ACK (~40 ms) — every unary call with a larger answer.
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let server = self
+            .router
+            .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 tracing::info!("shutting down; finishing in-flight calls");
                 let _ = streams.send(true);
                 let _ = stop_tx.send(());
-            },
-        );
+            });
         tokio::pin!(server);
         let result = tokio::select! {
             r = &mut server => r,
