@@ -59,6 +59,14 @@ pub struct Args {
     /// Database pool size of the server (production default: 16).
     #[arg(long, default_value_t = 16)]
     db_connections: u32,
+    /// Only measure grpc.health.v1.Health/Check (no auth, no database) at the same
+    /// concurrency: the ceiling of the gRPC stack on this machine.
+    #[arg(long)]
+    ping: bool,
+    /// Flush the access events of checks to disk before answering
+    /// (`audit.read_event_sync = "full"`) instead of the default `relaxed`.
+    #[arg(long)]
+    full_sync_reads: bool,
 }
 
 const TARGET_CHECKS_PER_SEC: f64 = 40_000.0;
@@ -73,6 +81,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut env = BenchEnv::new(args.backend.into(), args.db_connections).await;
     if !args.with_audit {
         env.config.audit.forwarder_token = None;
+    }
+    if args.full_sync_reads {
+        env.config.audit.read_event_sync = custodia_core::config::ReadEventSync::Full;
     }
     let result = run_on(&env, &args).await;
     env.cleanup().await;
@@ -246,6 +257,9 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         vec![custodia_consent::SERVICE]
     };
     let server = env.start_services(&services).await?;
+    if args.ping {
+        return ping(&server, args).await;
+    }
     let mut admin = ConsentServiceClient::new(server.channel().await?);
     let notice = setup(&mut admin).await?;
     let mut channels = Vec::new();
@@ -329,9 +343,10 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     line(
         "load",
         format!(
-            "{} calls in flight, {} s per phase, auth on, access events {}",
+            "{} calls in flight, {} s per phase, auth on, read events {:?}, access events {}",
             args.concurrency,
             args.seconds,
+            env.config.audit.read_event_sync,
             if args.with_audit {
                 "forwarded to audit-log in process"
             } else {
@@ -396,5 +411,42 @@ async fn batch_check(c: &mut Client, subjects: Vec<SubjectRef>) -> Result<(), to
             results.len()
         )));
     }
+    Ok(())
+}
+
+/// The gRPC stack's ceiling: health checks at the same concurrency.
+async fn ping(server: &crate::server::BenchServer, args: &Args) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let mut c = HealthClient::new(server.channel().await?);
+        tasks.push(tokio::spawn(async move {
+            let mut phase = Phase::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = c
+                    .check(HealthCheckRequest {
+                        service: "custodia.consent.v1.ConsentService".into(),
+                    })
+                    .await;
+                phase.outcome(t.elapsed(), r.map(|_| ()));
+            }
+            phase
+        }));
+    }
+    let mut total = Phase::new();
+    for t in tasks {
+        total.merge(t.await?);
+    }
+    header("grpc.health.v1.Health/Check (stack ceiling)");
+    report(
+        &total,
+        t0.elapsed(),
+        "calls",
+        TARGET_CHECKS_PER_SEC,
+        TARGET_CHECK_P99,
+    );
     Ok(())
 }

@@ -116,16 +116,16 @@ fn shape(rng: &mut Rng) -> Shape {
     let (actor, service, method, action) = CALLS[rng.below(CALLS.len() as u64) as usize];
     let denied = rng.below(50) == 0;
     let purpose = rng.pick(PURPOSES);
-    let resource = format!(
-        "subjects/{:016x}/consents/purposes/{}-{}",
-        rng.next_u64(),
-        if purpose.is_empty() {
-            "general"
-        } else {
-            purpose
-        },
-        rng.below(40)
-    );
+    // Resources as the services name them: consent calls name the purpose, dsar
+    // and breach calls one of many requests or breaches.
+    let resource = match service {
+        "custodia.consent.v1.ConsentService" if !purpose.is_empty() => {
+            format!("purposes/{purpose}")
+        }
+        "custodia.consent.v1.ConsentService" => String::new(),
+        "custodia.dsar.v1.DsarService" => format!("requests/{}", rng.below(10_000)),
+        _ => format!("breaches/{}", rng.below(1_000)),
+    };
     let trace_id = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64());
     let detail = format!(
         r#"{{"client_ip":"203.0.113.{}","request_id":"{}","user_agent":"{}","fields":["email","preferences"]}}"#,
@@ -134,7 +134,9 @@ fn shape(rng: &mut Rng) -> Shape {
         rng.pick(AGENTS),
     );
     Shape {
-        event_id: rng.uuid(),
+        // Time-ordered (UUIDv7), as every custodia service's forwarder sends them
+        // (`AccessEvent::new`), so the event-id index grows at its end.
+        event_id: uuid::Uuid::now_v7().hyphenated().to_string(),
         actor,
         service,
         method,
