@@ -3,6 +3,7 @@
 //! PostgreSQL database never share tables.
 
 use custodia_core::{
+    config::ReadEventSync,
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox, conformance, enqueue_in},
     storage::{self, Backend as DbBackend, Db},
 };
@@ -28,6 +29,45 @@ async fn outbox_conformance_sqlite() {
     let db = sqlite_db(&dir, "consent").await;
     db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
     conformance::run(&SqlOutbox::new(db)).await;
+}
+
+/// Reads' events committed without a flush (`audit.read_event_sync = relaxed`, the
+/// default) behave the same, and the connection they used is back to full
+/// durability for the writes that reuse it.
+#[tokio::test]
+async fn relaxed_outbox_conformance_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    // One connection, so the check below sees the one the outbox used.
+    let url = storage::sqlite_file_url(&dir.path().join("relaxed.db"));
+    let db = storage::connect(&secret(&url), "consent", 1).await.unwrap();
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    let outbox = SqlOutbox::with_read_sync(db.clone(), ReadEventSync::Relaxed);
+    conformance::run(&outbox).await;
+    outbox.enqueue(&event()).await.unwrap();
+    let synchronous: i64 = sqlx::Row::get(
+        &sqlx::query("PRAGMA synchronous")
+            .fetch_one(db.pool())
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(synchronous, 2, "FULL again after a relaxed commit");
+}
+
+#[tokio::test]
+async fn relaxed_outbox_conformance_postgres() {
+    let pg = TestDatabase::create().await;
+    let db = storage::connect(&secret(&pg.url), "consent", 4)
+        .await
+        .unwrap();
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    conformance::run(&SqlOutbox::with_read_sync(
+        db.clone(),
+        ReadEventSync::Relaxed,
+    ))
+    .await;
+    db.close().await;
+    pg.drop_now().await;
 }
 
 #[tokio::test]

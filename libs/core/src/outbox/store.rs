@@ -84,13 +84,12 @@ async fn insert_group(db: &Db, events: &[AccessEvent], relaxed: bool) -> anyhow:
             let _turn = db.write_turn().await;
             let mut conn = db.pool().acquire().await?;
             let written = async {
-                sqlx::query("PRAGMA synchronous = NORMAL")
+                // Two statements per round trip to SQLite's worker thread.
+                sqlx::raw_sql("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
                 insert_rows(&mut conn, db.backend(), events).await?;
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                sqlx::query("PRAGMA synchronous = FULL")
+                sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL")
                     .execute(&mut *conn)
                     .await?;
                 anyhow::Ok(())
