@@ -7,6 +7,7 @@ mod breach;
 mod connector_sql;
 mod consent_records;
 mod consent_register;
+mod consent_writes;
 mod dsar;
 mod outbox;
 mod platform;

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use custodia_core::{
     ApiError,
-    outbox::{AccessEvent, enqueue_in},
-    storage::{Params, placeholders},
+    group_commit::GroupCommit,
+    outbox::{AccessEvent, enqueue_all_in},
+    storage::{Backend, Db, Params, placeholders},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
 use prost::Message;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use crate::{
     decision::StateRow,
@@ -223,6 +224,9 @@ impl ConsentStore {
 
     /// Writes `records` (events plus current state) and `access` in one transaction;
     /// a retry with the same `request_id` returns the first call's events instead.
+    ///
+    /// Concurrent calls share the transaction (group commit, see [`WriteJob`]); this
+    /// returns once it is committed.
     pub async fn record(
         &self,
         method: &str,
@@ -232,91 +236,29 @@ impl ConsentStore {
         access: &AccessEvent,
         now_us: i64,
     ) -> Result<Vec<ConsentEvent>, ApiError> {
-        let mut tx = self.db().begin_write().await?;
-        if let Some(resource) = replayed(&mut tx, method, request_id).await? {
-            let ids: Vec<String> = resource.split(',').map(str::to_string).collect();
-            let mut events = Vec::new();
-            for id in ids {
-                let row = sqlx::query("SELECT body FROM consent_events WHERE event_id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(row) = row {
-                    events.push(
-                        ConsentEvent::decode(row.try_get::<Vec<u8>, _>(0)?.as_slice())
-                            .map_err(ApiError::internal)?,
-                    );
-                }
-            }
-            return Ok(events);
-        }
-        // Gap-free, commit-ordered change numbers (see the migration).
-        let first: i64 = sqlx::query(
-            "UPDATE consent_change_seq SET next = next + $1 WHERE id = 1 RETURNING next - $2",
-        )
-        .bind(records.len() as i64)
-        .bind(records.len() as i64)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        for (i, r) in records.iter().enumerate() {
-            let event_id = r
-                .event
-                .name
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let body = r.event.encode_to_vec();
-            sqlx::query(
-                "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, body, decision_us, record_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(first + i as i64)
-            .bind(event_id.clone())
-            .bind(r.subject_hash.clone())
-            .bind(r.purpose_id.clone())
-            .bind(i64::from(r.event.state))
-            .bind(body.clone())
-            .bind(r.decision_us)
-            .bind(now_us)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
-                 decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
-                 event_id = excluded.event_id, body = excluded.body",
-            )
-            .bind(r.subject_hash.clone())
-            .bind(r.purpose_id.clone())
-            .bind(i64::from(r.event.state))
-            .bind(r.decision_us)
-            .bind(r.expire_us)
-            .bind(event_id)
-            .bind(body)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some((id, subject_hash, body)) = receipt {
-            sqlx::query("INSERT INTO receipts (id, subject_hash, body) VALUES ($1, $2, $3)")
-                .bind(id.to_string())
-                .bind(subject_hash.to_string())
-                .bind(body)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let ids: Vec<&str> = records
-            .iter()
-            .map(|r| r.event.name.rsplit('/').next().unwrap_or_default())
-            .collect();
-        remember(&mut tx, method, request_id, &ids.join(","), now_us).await?;
-        enqueue_in(&mut tx, access)
-            .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await?;
-        Ok(records.iter().map(|r| r.event.clone()).collect())
+        let job = WriteJob {
+            method: method.to_string(),
+            request_id: request_id.to_string(),
+            records: records.to_vec(),
+            receipt: receipt.map(|(id, subject_hash, body)| Receipt {
+                id: id.to_string(),
+                subject_hash: subject_hash.to_string(),
+                body,
+            }),
+            access: access.clone(),
+            now_us,
+        };
+        self.record_all(vec![job])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::internal(anyhow::anyhow!("no write result"))))
+    }
+
+    /// Writes `jobs` in one transaction (with whatever concurrent calls submit
+    /// meanwhile); one result per job, in order. When the transaction fails, every
+    /// job of the call fails (a job submitted alone gets its own error).
+    pub async fn record_all(&self, jobs: Vec<WriteJob>) -> Result<Vec<WriteResult>, ApiError> {
+        self.writes().submit(jobs).await.map_err(ApiError::internal)
     }
 
     /// The state of `subject_hash` for `purpose_id` and the blanket direct-marketing
@@ -663,4 +605,349 @@ impl ConsentStore {
             })
             .collect()
     }
+}
+
+/// A receipt to store with a consent write.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// Receipt id (`receipts/{id}`).
+    pub id: String,
+    /// Keyed hash of the subject it was issued to.
+    pub subject_hash: String,
+    /// The signed receipt, encoded.
+    pub body: Vec<u8>,
+}
+
+/// One consent write (RecordConsent, WithdrawConsent, RecordObjection) as
+/// [`ConsentStore::record`] gets it.
+///
+/// Concurrent writes are committed together: one transaction, one disk flush and a
+/// fixed number of statements per group of jobs, not per job. Within a group, jobs
+/// take their change numbers in queue order, so a later job's state wins and the
+/// change stream sees them in that order; a job repeating the request id of an
+/// earlier one (in the database or earlier in the group) replays its events.
+#[derive(Debug, Clone)]
+pub struct WriteJob {
+    /// gRPC method (scopes the request id).
+    pub method: String,
+    /// Idempotency key ("" for none).
+    pub request_id: String,
+    /// Events to append and the states they leave.
+    pub records: Vec<NewRecord>,
+    /// Receipt to store, if any.
+    pub receipt: Option<Receipt>,
+    /// Access event, enqueued in the same transaction.
+    pub access: AccessEvent,
+    /// Record time (µs).
+    pub now_us: i64,
+}
+
+/// What one [`WriteJob`] returns: its events (or those of the call it replays).
+pub type WriteResult = Result<Vec<ConsentEvent>, ApiError>;
+
+/// The group-commit queue of consent writes.
+pub type Writes = GroupCommit<WriteJob, WriteResult>;
+
+/// Most jobs in one group.
+const MAX_GROUP_JOBS: usize = 512;
+/// Rows per multi-row statement (at most 8 parameters each).
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// The queue writing consent jobs to `db`.
+pub(crate) fn writes(db: Db) -> Writes {
+    GroupCommit::new(MAX_GROUP_JOBS, move |jobs: Vec<WriteJob>| {
+        let db = db.clone();
+        async move {
+            match write_jobs(&db, &jobs).await {
+                Ok(results) => Ok(results),
+                // Alone, the job gets its own error (its kind intact).
+                Err(e) if jobs.len() == 1 => Ok(vec![Err(e)]),
+                // In a group: rolled back; GroupCommit retries each job alone.
+                Err(e) => Err(anyhow::Error::new(e)),
+            }
+        }
+    })
+}
+
+/// What a job of a group does.
+enum Plan {
+    /// Writes its records.
+    Write,
+    /// Repeats an earlier call: returns its events (by id).
+    Replay(Vec<String>),
+    /// Repeats the job at this index of the same group.
+    Same(usize),
+}
+
+fn event_id(event: &ConsentEvent) -> &str {
+    event.name.rsplit('/').next().unwrap_or_default()
+}
+
+/// Writes `jobs` in one transaction; one result per job, in order.
+async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiError> {
+    let backend = db.backend();
+    let mut tx = db.begin_write().await?;
+    let earlier = replayed_all(&mut tx, backend, jobs).await?;
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let plans: Vec<Plan> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, job)| {
+            if job.request_id.is_empty() {
+                return Plan::Write;
+            }
+            let key = (job.method.as_str(), job.request_id.as_str());
+            if let Some(resource) = earlier.get(&(key.0.to_string(), key.1.to_string())) {
+                let ids = resource
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                return Plan::Replay(ids);
+            }
+            match first_of.get(&key) {
+                Some(&first) => Plan::Same(first),
+                None => {
+                    first_of.insert(key, i);
+                    Plan::Write
+                }
+            }
+        })
+        .collect();
+    let replay_ids: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| match p {
+            Plan::Replay(ids) => ids.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let stored = events_by_id(&mut tx, backend, &replay_ids).await?;
+    let writing: Vec<&WriteJob> = jobs
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| matches!(p, Plan::Write))
+        .map(|(j, _)| j)
+        .collect();
+    if !writing.is_empty() {
+        write_all(&mut tx, backend, &writing).await?;
+        tx.commit().await?;
+    }
+    let events_of = |job: &WriteJob| job.records.iter().map(|r| r.event.clone()).collect();
+    Ok(jobs
+        .iter()
+        .zip(&plans)
+        .map(|(job, plan)| {
+            Ok(match plan {
+                Plan::Write => events_of(job),
+                Plan::Same(first) => events_of(&jobs[*first]),
+                Plan::Replay(ids) => ids
+                    .iter()
+                    .filter_map(|id| stored.get(id))
+                    .cloned()
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+/// Resources of earlier calls with the request ids of `jobs`, by (method, request id).
+async fn replayed_all(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    jobs: &[WriteJob],
+) -> Result<HashMap<(String, String), String>, ApiError> {
+    let mut methods: Vec<&str> = jobs.iter().map(|j| j.method.as_str()).collect();
+    methods.sort_unstable();
+    methods.dedup();
+    let mut request_ids: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.request_id.as_str())
+        .filter(|id| !id.is_empty())
+        .collect();
+    request_ids.sort_unstable();
+    request_ids.dedup();
+    let mut found = HashMap::new();
+    for chunk in request_ids.chunks(ROWS_PER_STATEMENT * 2) {
+        // Both key columns constrained, so the primary key index serves the lookup.
+        let sql = format!(
+            "SELECT method, request_id, resource FROM idempotency_keys \
+             WHERE method IN ({}) AND request_id IN ({})",
+            placeholders(backend, 1, methods.len()),
+            placeholders(backend, methods.len() + 1, chunk.len()),
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for m in &methods {
+            q = q.bind(m.to_string());
+        }
+        for id in chunk {
+            q = q.bind(id.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Stored events by id (erased ones are absent).
+async fn events_by_id(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ids: &[&str],
+) -> Result<HashMap<String, ConsentEvent>, ApiError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT * 2) {
+        let sql = format!(
+            "SELECT event_id, body FROM consent_events WHERE event_id IN ({})",
+            placeholders(backend, 1, chunk.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let body: Vec<u8> = row.try_get(1)?;
+            let event = ConsentEvent::decode(body.as_slice()).map_err(ApiError::internal)?;
+            out.insert(row.try_get(0)?, event);
+        }
+    }
+    Ok(out)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// `INSERT ... VALUES (..), (..) ... {tail}` for `rows`, in chunks.
+async fn insert_rows<T>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    head: &str,
+    tail: &str,
+    columns: usize,
+    rows: &[T],
+    bind: impl Fn(AnyQuery<'static>, &T) -> AnyQuery<'static>,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(backend, i * columns + 1, columns)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = sqlx::query(AssertSqlSafe(format!("{head} VALUES {values} {tail}")));
+        for row in chunk {
+            q = bind(q, row);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes the records, receipts, idempotency keys and access events of `jobs`
+/// (none of them a replay) with a fixed number of statements.
+async fn write_all(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    jobs: &[&WriteJob],
+) -> Result<(), ApiError> {
+    let total: usize = jobs.iter().map(|j| j.records.len()).sum();
+    if total > 0 {
+        // Gap-free, commit-ordered change numbers (see the migration), in job order.
+        let first: i64 = sqlx::query(
+            "UPDATE consent_change_seq SET next = next + $1 WHERE id = 1 RETURNING next - $2",
+        )
+        .bind(total as i64)
+        .bind(total as i64)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        let events: Vec<(i64, &NewRecord, Vec<u8>, i64)> = jobs
+            .iter()
+            .flat_map(|j| j.records.iter().map(move |r| (r, j.now_us)))
+            .enumerate()
+            .map(|(i, (r, now_us))| (first + i as i64, r, r.event.encode_to_vec(), now_us))
+            .collect();
+        insert_rows(
+            conn,
+            backend,
+            "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, body, decision_us, record_us)",
+            "",
+            8,
+            &events,
+            |q, (seq, r, body, now_us)| {
+                q.bind(*seq)
+                    .bind(event_id(&r.event).to_string())
+                    .bind(r.subject_hash.clone())
+                    .bind(r.purpose_id.clone())
+                    .bind(i64::from(r.event.state))
+                    .bind(body.clone())
+                    .bind(r.decision_us)
+                    .bind(*now_us)
+            },
+        )
+        .await?;
+        // The state each (subject, purpose) is left in: its last event. One row per
+        // key, as PostgreSQL refuses to update a row twice in one statement.
+        let mut last: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, (_, r, _, _)) in events.iter().enumerate() {
+            last.insert((&r.subject_hash, &r.purpose_id), i);
+        }
+        let mut states: Vec<usize> = last.into_values().collect();
+        states.sort_unstable();
+        let states: Vec<_> = states.into_iter().map(|i| &events[i]).collect();
+        insert_rows(
+            conn,
+            backend,
+            "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body)",
+            "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
+             decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
+             event_id = excluded.event_id, body = excluded.body",
+            7,
+            &states,
+            |q, (_, r, body, _)| {
+                q.bind(r.subject_hash.clone())
+                    .bind(r.purpose_id.clone())
+                    .bind(i64::from(r.event.state))
+                    .bind(r.decision_us)
+                    .bind(r.expire_us)
+                    .bind(event_id(&r.event).to_string())
+                    .bind(body.clone())
+            },
+        )
+        .await?;
+    }
+    let receipts: Vec<&Receipt> = jobs.iter().filter_map(|j| j.receipt.as_ref()).collect();
+    insert_rows(
+        conn,
+        backend,
+        "INSERT INTO receipts (id, subject_hash, body)",
+        "",
+        3,
+        &receipts,
+        |q, r| {
+            q.bind(r.id.clone())
+                .bind(r.subject_hash.clone())
+                .bind(r.body.clone())
+        },
+    )
+    .await?;
+    let keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
+    insert_rows(
+        conn,
+        backend,
+        "INSERT INTO idempotency_keys (method, request_id, resource, create_us)",
+        "",
+        4,
+        &keys,
+        |q, j| {
+            let ids: Vec<&str> = j.records.iter().map(|r| event_id(&r.event)).collect();
+            q.bind(j.method.clone())
+                .bind(j.request_id.clone())
+                .bind(ids.join(","))
+                .bind(j.now_us)
+        },
+    )
+    .await?;
+    let access: Vec<AccessEvent> = jobs.iter().map(|j| j.access.clone()).collect();
+    enqueue_all_in(conn, backend, &access)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(())
 }

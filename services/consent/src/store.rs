@@ -1,6 +1,8 @@
 //! Storage of the consent service on SQLite or PostgreSQL (portable SQL over
 //! `sqlx::Any`).
 
+use std::sync::Arc;
+
 use custodia_core::{
     ApiError,
     storage::{Db, Params},
@@ -50,6 +52,9 @@ pub enum Written {
 #[derive(Debug, Clone)]
 pub struct ConsentStore {
     db: Db,
+    /// Consent writes of concurrent calls, committed together (see
+    /// [`crate::records::WriteJob`]).
+    writes: Arc<crate::records::Writes>,
 }
 
 fn etag() -> String {
@@ -112,7 +117,13 @@ pub(crate) async fn remember(
 impl ConsentStore {
     /// The store in `db` (migrated).
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let writes = Arc::new(crate::records::writes(db.clone()));
+        Self { db, writes }
+    }
+
+    /// The group-commit queue of consent writes.
+    pub(crate) fn writes(&self) -> &crate::records::Writes {
+        &self.writes
     }
 
     /// The database.

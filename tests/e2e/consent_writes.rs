@@ -1,0 +1,542 @@
+//! Consent writes committed in groups, on both backends: a group of jobs written
+//! together (replays inside the group and from earlier groups, the same subject and
+//! purpose twice, empty writes, a failing job failing alone), and many concurrent
+//! RecordConsent / WithdrawConsent calls through the API ending in the state of the
+//! last write per subject and purpose, with gap-free change numbers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use custodia_consent::{
+    records::{NewRecord, Receipt, WriteJob},
+    store::ConsentStore,
+};
+use custodia_core::{
+    ServiceName,
+    outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
+    storage,
+};
+use custodia_proto::{
+    common::v1::SubjectRef,
+    consent::v1::{
+        ConsentChannel, ConsentEvent, ConsentReceipt, ConsentState, CreatePurposeRequest, Decision,
+        Evidence, LawfulBasis, ListConsentEventsRequest, ListSubjectConsentsRequest, Notice,
+        PublishNoticeRequest, Purpose, PurposeCategory, PurposeDecision, RecordConsentRequest,
+        WatchConsentChangesRequest, WithdrawConsentRequest,
+        consent_service_client::ConsentServiceClient, notice::Content,
+    },
+};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, test_config};
+
+fn record(subject: &str, purpose: &str, state: ConsentState) -> NewRecord {
+    NewRecord {
+        subject_hash: subject.into(),
+        purpose_id: purpose.into(),
+        event: ConsentEvent {
+            name: format!("consentEvents/{}", uuid::Uuid::now_v7().simple()),
+            purpose: format!("purposes/{purpose}"),
+            state: state as i32,
+            ..Default::default()
+        },
+        decision_us: 1_000,
+        expire_us: None,
+    }
+}
+
+fn job(method: &str, request_id: &str, records: Vec<NewRecord>) -> WriteJob {
+    WriteJob {
+        method: method.into(),
+        request_id: request_id.into(),
+        records,
+        receipt: None,
+        access: AccessEvent::new(
+            chrono::Utc::now(),
+            "test",
+            "custodia.consent.v1.ConsentService",
+            method,
+            Outcome::Ok,
+        ),
+        now_us: 2_000,
+    }
+}
+
+fn names(events: &[ConsentEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.name.as_str()).collect()
+}
+
+async fn group_of_jobs(backend: Backend) {
+    let (config, _dir, pg) = test_config(backend).await;
+    let db = storage::open_service(&config, ServiceName::Consent)
+        .await
+        .unwrap();
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    let store = ConsentStore::new(db.clone());
+    let outbox = SqlOutbox::new(db.clone());
+
+    let mut a = job(
+        "RecordConsent",
+        "r1",
+        vec![record("ada", "newsletter", ConsentState::Granted)],
+    );
+    a.receipt = Some(Receipt {
+        id: "receipt-a".into(),
+        subject_hash: "ada".into(),
+        body: prost::Message::encode_to_vec(&ConsentReceipt {
+            name: "receipts/receipt-a".into(),
+            ..Default::default()
+        }),
+    });
+    // Same request id as `a` in the same group: replays `a`, writes nothing.
+    let b = job(
+        "RecordConsent",
+        "r1",
+        vec![record("ada", "newsletter", ConsentState::Denied)],
+    );
+    // Same request id, other method: a call of its own.
+    let c = job(
+        "WithdrawConsent",
+        "r1",
+        vec![record("ada", "newsletter", ConsentState::Withdrawn)],
+    );
+    // The same subject and purpose twice in one job, and again in a later job.
+    let d = job(
+        "RecordConsent",
+        "r2",
+        vec![
+            record("bob", "newsletter", ConsentState::Granted),
+            record("bob", "newsletter", ConsentState::Denied),
+            record("bob", "analytics", ConsentState::Granted),
+        ],
+    );
+    let e = job("RecordObjection", "", vec![]);
+    let f = job(
+        "RecordConsent",
+        "",
+        vec![record("bob", "analytics", ConsentState::Denied)],
+    );
+    let jobs = vec![a.clone(), b, c.clone(), d.clone(), e, f.clone()];
+    let results: Vec<Vec<ConsentEvent>> = store
+        .record_all(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let events_of = |j: &WriteJob| {
+        j.records
+            .iter()
+            .map(|r| r.event.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(results[0], events_of(&a));
+    assert_eq!(results[1], events_of(&a), "replayed inside the group");
+    assert_eq!(results[2], events_of(&c));
+    assert_eq!(results[3], events_of(&d));
+    assert!(results[4].is_empty());
+    assert_eq!(results[5], events_of(&f));
+
+    // Change numbers are gap-free and in job order; the last write per key wins.
+    let changes = store.changes(0, &[], 100).await.unwrap();
+    let seqs: Vec<i64> = changes.iter().map(|c| c.0).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    let written: Vec<ConsentEvent> = [&a, &c, &d, &f].into_iter().flat_map(events_of).collect();
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| c.3.name.as_str())
+            .collect::<Vec<_>>(),
+        names(&written)
+    );
+    assert_eq!(store.last_change().await.unwrap(), 6);
+    let state = |subject: &'static str, purpose: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .state(subject, purpose)
+                .await
+                .unwrap()
+                .0
+                .unwrap()
+                .state
+        }
+    };
+    assert_eq!(state("ada", "newsletter").await, ConsentState::Withdrawn);
+    assert_eq!(state("bob", "newsletter").await, ConsentState::Denied);
+    assert_eq!(state("bob", "analytics").await, ConsentState::Denied);
+    let current = store.subject_states(&["bob".into()]).await.unwrap();
+    let current: BTreeMap<_, _> = current.into_iter().map(|s| (s.0, s.3.name)).collect();
+    assert_eq!(current["newsletter"], d.records[1].event.name);
+    assert_eq!(current["analytics"], f.records[0].event.name);
+    let receipt = store.receipt("receipt-a").await.unwrap().unwrap();
+    assert_eq!(receipt.name, "receipts/receipt-a");
+    // One access event per job that wrote (replays log nothing).
+    assert_eq!(outbox.pending().await.unwrap(), 5);
+
+    // A later group replays from the database: the first call's events, no writes.
+    let again = store
+        .record_all(vec![
+            job("RecordConsent", "r2", vec![]),
+            job(
+                "RecordConsent",
+                "r1",
+                vec![record("ada", "newsletter", ConsentState::Granted)],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap(), &events_of(&d));
+    assert_eq!(again[1].as_ref().unwrap(), &events_of(&a));
+    assert_eq!(store.last_change().await.unwrap(), 6);
+    assert_eq!(outbox.pending().await.unwrap(), 5);
+
+    // A job that cannot be written (its receipt id is taken) fails alone, whatever
+    // group it lands in; the others commit with gap-free change numbers.
+    let mut bad = job(
+        "RecordConsent",
+        "",
+        vec![record("eve", "newsletter", ConsentState::Granted)],
+    );
+    bad.receipt = a.receipt.clone();
+    let mut calls = Vec::new();
+    for i in 0..9 {
+        let store = store.clone();
+        let j = if i == 4 {
+            bad.clone()
+        } else {
+            job(
+                "RecordConsent",
+                &format!("ok-{i}"),
+                vec![record("eve", "analytics", ConsentState::Granted)],
+            )
+        };
+        calls.push(tokio::spawn(async move {
+            let WriteJob {
+                method,
+                request_id,
+                records,
+                receipt,
+                access,
+                now_us,
+            } = j;
+            store
+                .record(
+                    &method,
+                    &request_id,
+                    &records,
+                    receipt
+                        .as_ref()
+                        .map(|r| (r.id.as_str(), r.subject_hash.as_str(), r.body.clone())),
+                    &access,
+                    now_us,
+                )
+                .await
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let result = call.await.unwrap();
+        assert_eq!(result.is_err(), i == 4, "{i}: {result:?}");
+    }
+    let seqs: Vec<i64> = store
+        .changes(0, &[], 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(seqs, (1..=14).collect::<Vec<_>>());
+    let (eve, _) = store.state("eve", "newsletter").await.unwrap();
+    assert!(eve.is_none(), "the failed job wrote nothing");
+
+    db.close().await;
+    if let Some(pg) = pg {
+        pg.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn group_of_jobs_sqlite() {
+    group_of_jobs(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn group_of_jobs_postgres() {
+    group_of_jobs(Backend::Postgres).await;
+}
+
+fn email(v: &str) -> SubjectRef {
+    SubjectRef {
+        r#type: "email".into(),
+        value: v.into(),
+    }
+}
+
+/// One distinct write of the concurrency test; tasks with the same write send the
+/// same request (same request id), as a client retrying would.
+enum Write {
+    Grant(RecordConsentRequest),
+    Withdraw(WithdrawConsentRequest),
+}
+
+fn write(w: usize, notice: &str, now: i64) -> Write {
+    let subject = email(&format!("s{}@example.edu", w % 8));
+    let evidence = Evidence {
+        collect_time: Some(prost_types::Timestamp {
+            seconds: now,
+            nanos: 0,
+        }),
+        channel: ConsentChannel::WebForm as i32,
+        notice: notice.into(),
+        ..Default::default()
+    };
+    // The first 16 writes are each sent twice with one request id; of the others,
+    // every third has no request id. Each subject gets six writes: grant, deny,
+    // withdraw, twice over.
+    let request_id = if w >= 16 && w.is_multiple_of(3) {
+        String::new()
+    } else {
+        format!("write-{w}")
+    };
+    let kind = (w / 8) % 3;
+    if kind == 2 {
+        return Write::Withdraw(WithdrawConsentRequest {
+            subject: Some(subject),
+            purposes: vec!["purposes/newsletter".into()],
+            evidence: Some(evidence),
+            reason: "unsubscribe".into(),
+            request_id,
+            ..Default::default()
+        });
+    }
+    let decision = if kind == 0 {
+        Decision::Granted
+    } else {
+        Decision::Denied
+    };
+    let mut decisions = vec![PurposeDecision {
+        purpose: "purposes/newsletter".into(),
+        decision: decision as i32,
+    }];
+    if w.is_multiple_of(5) {
+        decisions.push(PurposeDecision {
+            purpose: "purposes/enrolment".into(),
+            decision: Decision::Granted as i32,
+        });
+    }
+    Write::Grant(RecordConsentRequest {
+        subject: Some(subject),
+        decisions,
+        evidence: Some(evidence),
+        request_id,
+        ..Default::default()
+    })
+}
+
+async fn concurrent_writes(backend: Backend) {
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    for (id, basis) in [
+        ("newsletter", LawfulBasis::Consent),
+        ("enrolment", LawfulBasis::Contract),
+    ] {
+        c.create_purpose(authed(
+            CreatePurposeRequest {
+                purpose_id: id.into(),
+                purpose: Some(Purpose {
+                    display_name: id.into(),
+                    lawful_basis: basis as i32,
+                    category: PurposeCategory::Communication as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+    }
+    let notice = c
+        .publish_notice(authed(
+            PublishNoticeRequest {
+                notice_id: "privacy".into(),
+                notice: Some(Notice {
+                    title: "Privacy policy".into(),
+                    content: Some(Content::Text("We send a newsletter.".into())),
+                    purposes: vec!["purposes/newsletter".into()],
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notice
+        .unwrap()
+        .name;
+
+    let now = custodia_core::legal_time::Clock::now(&*app.clock).timestamp();
+
+    // 64 calls at once: 16 writes sent twice, 32 sent once; 8 subjects.
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let w = if i < 32 { i / 2 } else { i - 16 };
+            let mut c = c.clone();
+            let request = write(w, &notice, now);
+            tokio::spawn(async move {
+                let events = match request {
+                    Write::Grant(r) => {
+                        c.record_consent(authed(r, ADMIN_TOKEN))
+                            .await?
+                            .into_inner()
+                            .events
+                    }
+                    Write::Withdraw(r) => {
+                        c.withdraw_consent(authed(r, ADMIN_TOKEN))
+                            .await?
+                            .into_inner()
+                            .events
+                    }
+                };
+                Ok::<_, tonic::Status>((w, events))
+            })
+        })
+        .collect();
+    let mut by_write: HashMap<usize, Vec<String>> = HashMap::new();
+    for t in tasks {
+        let (w, events) = t.await.unwrap().unwrap();
+        let got: Vec<String> = events.iter().map(|e| e.name.clone()).collect();
+        assert!(!got.is_empty());
+        if let Some(first) = by_write.insert(w, got.clone()) {
+            assert_eq!(first, got, "a retry replays the first call's events");
+        }
+    }
+    assert_eq!(by_write.len(), 48);
+    let total: usize = by_write.values().map(Vec::len).sum();
+
+    // A retry after the fact still replays, writing nothing.
+    let Write::Grant(retry) = write(0, &notice, now) else {
+        unreachable!()
+    };
+    let replayed = c
+        .record_consent(authed(retry, ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(
+        replayed.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        by_write[&0]
+    );
+
+    // The change stream from the start: every event once, seqs 1..=total.
+    let mut stream = c
+        .watch_consent_changes(authed(
+            WatchConsentChangesRequest {
+                start_time: Some(prost_types::Timestamp::default()),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut order = Vec::new();
+    while order.len() < total {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(15), stream.message())
+            .await
+            .expect("a change within 15 s")
+            .unwrap()
+            .expect("stream open");
+        let Some(event) = m.event else { continue };
+        let seq = custodia_consent::watch::parse_cursor(&m.cursor)
+            .unwrap()
+            .unwrap();
+        order.push((seq, event.name));
+    }
+    let seqs: Vec<i64> = order.iter().map(|o| o.0).collect();
+    assert_eq!(seqs, (1..=total as i64).collect::<Vec<_>>(), "gap-free");
+    let mut streamed: Vec<&String> = order.iter().map(|o| &o.1).collect();
+    streamed.sort();
+    let mut written: Vec<&String> = by_write.values().flatten().collect();
+    written.sort();
+    assert_eq!(streamed, written, "each written event exactly once");
+
+    // Per subject: the trail is in change order, and the current state of each
+    // purpose is its last event.
+    let position: HashMap<&str, i64> = order.iter().map(|(s, n)| (n.as_str(), *s)).collect();
+    for s in 0..8 {
+        let subject = email(&format!("s{s}@example.edu"));
+        let trail = c
+            .list_consent_events(authed(
+                ListConsentEventsRequest {
+                    subject_identifiers: vec![subject.clone()],
+                    page_size: 1000,
+                    ..Default::default()
+                },
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let seqs: Vec<i64> = trail.iter().map(|e| position[e.name.as_str()]).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let expected = by_write
+            .iter()
+            .filter(|(w, _)| *w % 8 == s)
+            .map(|(_, e)| e.len())
+            .sum::<usize>();
+        assert_eq!(trail.len(), expected);
+        let mut last: BTreeMap<&str, &ConsentEvent> = BTreeMap::new();
+        for e in &trail {
+            last.insert(e.purpose.as_str(), e);
+        }
+        let consents = c
+            .list_subject_consents(authed(
+                ListSubjectConsentsRequest {
+                    subject_identifiers: vec![subject.clone()],
+                    ..Default::default()
+                },
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .consents;
+        assert_eq!(consents.len(), last.len());
+        for consent in consents {
+            let event = last[consent.purpose.as_str()];
+            assert_eq!(consent.consent_event, event.name);
+            assert_eq!(consent.state, event.state);
+        }
+        let allowed = c
+            .check_consent(authed(
+                custodia_proto::consent::v1::CheckConsentRequest {
+                    subject: Some(subject),
+                    purpose: "purposes/newsletter".into(),
+                },
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap()
+            .allowed;
+        assert_eq!(
+            allowed,
+            last["purposes/newsletter"].state == ConsentState::Granted as i32
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_writes_sqlite() {
+    concurrent_writes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_writes_postgres() {
+    concurrent_writes(Backend::Postgres).await;
+}
