@@ -88,7 +88,7 @@ async fn insert_group(db: &Db, events: &[AccessEvent], relaxed: bool) -> anyhow:
                 sqlx::raw_sql("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
                     .execute(&mut *conn)
                     .await?;
-                insert_rows(&mut conn, db.backend(), events).await?;
+                enqueue_all_in(&mut conn, db.backend(), events).await?;
                 sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL")
                     .execute(&mut *conn)
                     .await?;
@@ -107,38 +107,11 @@ async fn insert_group(db: &Db, events: &[AccessEvent], relaxed: bool) -> anyhow:
                     .execute(&mut *tx)
                     .await?;
             }
-            insert_rows(&mut tx, backend, events).await?;
+            enqueue_all_in(&mut tx, backend, events).await?;
             tx.commit().await?;
         }
     }
     Ok(vec![(); events.len()])
-}
-
-async fn insert_rows(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    events: &[AccessEvent],
-) -> anyhow::Result<()> {
-    let now_us = to_micros(chrono::Utc::now());
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(backend, i * 3 + 1, 3)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO access_event_outbox (event_id, payload, enqueued_us) VALUES {values} \
-             ON CONFLICT (event_id) DO NOTHING"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for event in chunk {
-            q = q
-                .bind(event.event_id.to_string())
-                .bind(serde_json::to_string(event)?)
-                .bind(now_us);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// [`OutboxStore`] over a service's [`Db`] (SQLite or Postgres).
