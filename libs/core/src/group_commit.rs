@@ -93,12 +93,20 @@ where
         }
     }
 
-    /// The oldest queued batches, up to `max_items` items (always at least one batch).
+    /// The oldest queued batches, up to `max_items` items (at least one batch when
+    /// any caller still waits); batches whose caller is gone are dropped.
     fn take_group(&self) -> Vec<(Vec<T>, Done<R>)> {
         let mut queue = self.queue.lock().expect("group commit queue");
         let mut group = Vec::new();
         let mut items = 0;
-        while let Some((next, _)) = queue.front() {
+        while let Some((next, done)) = queue.front() {
+            if done.is_closed() {
+                // Its caller gave up (a client hanging up, a deadline) before it was
+                // written: writing it later would apply a change nobody is waiting
+                // for, possibly after others that followed it (an erasure).
+                queue.pop_front();
+                continue;
+            }
             if !group.is_empty() && items + next.len() > self.max_items {
                 break;
             }
@@ -170,6 +178,27 @@ mod tests {
             assert_eq!(r, vec![i * 2, (i + 100) * 2]);
         }
         assert!(calls.load(Ordering::SeqCst) <= 64);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_batch_is_not_written() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let log = written.clone();
+        let gc = Arc::new(GroupCommit::new(1000, move |items: Vec<i32>| {
+            log.lock().unwrap().extend(items.iter().copied());
+            async move { Ok(items) }
+        }));
+        let guard = gc.writer.clone().lock_owned().await;
+        let a = gc.clone();
+        let abandoned = tokio::spawn(async move { a.submit(vec![1]).await });
+        while gc.queue.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        drop(guard);
+        assert_eq!(gc.submit(vec![2]).await.unwrap(), vec![2]);
+        assert_eq!(*written.lock().unwrap(), vec![2]);
     }
 
     #[tokio::test]
