@@ -150,11 +150,9 @@ async fn group_of_jobs(backend: Backend) {
     let state = |subject: &'static str, purpose: &'static str| {
         let store = store.clone();
         async move {
-            store
-                .state(subject, purpose)
-                .await
-                .unwrap()
+            store.states(&[subject], purpose).await.unwrap()[subject]
                 .0
+                .clone()
                 .unwrap()
                 .state
         }
@@ -243,8 +241,8 @@ async fn group_of_jobs(backend: Backend) {
         .map(|c| c.0)
         .collect();
     assert_eq!(seqs, (1..=14).collect::<Vec<_>>());
-    let (eve, _) = store.state("eve", "newsletter").await.unwrap();
-    assert!(eve.is_none(), "the failed job wrote nothing");
+    let states = store.states(&["eve"], "newsletter").await.unwrap();
+    assert!(!states.contains_key("eve"), "the failed job wrote nothing");
 
     db.close().await;
     if let Some(pg) = pg {

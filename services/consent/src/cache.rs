@@ -10,7 +10,9 @@
 //!   gap-free and in commit order) every [`FOLLOW_POLL`] and drops the subjects it
 //!   sees, and it clears everything when `consent_cache_epoch` moves (erasure, which
 //!   deletes events and so leaves nothing to tail). A withdrawal on one replica is
-//!   therefore seen by every other within `FOLLOW_POLL` plus one query.
+//!   therefore seen by every other within `FOLLOW_POLL` plus one query; and when the
+//!   follower has not read the log for [`FOLLOWER_FRESH`] (slow, failing, gone), the
+//!   replica stops answering from memory until it has.
 //!
 //!   A check that read the database while a write committed must not put the old
 //!   state back after the write dropped it: each shard has an epoch bumped by every
@@ -24,7 +26,10 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -36,6 +41,10 @@ use crate::{decision::StateRow, store::ConsentStore};
 pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// How long a purpose and its notices are trusted without a reload.
 pub const REGISTER_TTL: Duration = Duration::from_secs(1);
+/// Subject states are served from memory only while the follower has read the
+/// change log within this long: a follower that is slow, failing or gone turns the
+/// cache off instead of letting it answer with what other replicas changed since.
+pub const FOLLOWER_FRESH: Duration = Duration::from_millis(500);
 const SHARDS: usize = 64;
 
 /// State of one subject for one purpose, as a check needs it.
@@ -78,6 +87,10 @@ pub struct CheckCache {
     per_shard: usize,
     hasher: RandomState,
     register: Mutex<Register>,
+    started: Instant,
+    /// Until when (µs after `started`) subject states may be served: the last
+    /// successful poll of the follower plus [`FOLLOWER_FRESH`]; 0 before the first.
+    fresh_until_us: AtomicU64,
 }
 
 /// Taken before reading the database; a fill with an outdated ticket is refused.
@@ -92,7 +105,24 @@ impl CheckCache {
             per_shard: capacity.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
             register: Mutex::default(),
+            started: Instant::now(),
+            fresh_until_us: AtomicU64::new(0),
         }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// The follower has read the change log just now.
+    pub fn mark_fresh(&self) {
+        let until = self.now_us() + FOLLOWER_FRESH.as_micros() as u64;
+        self.fresh_until_us.store(until, Ordering::Release);
+    }
+
+    /// Whether subject states may be served from memory.
+    fn fresh(&self) -> bool {
+        self.now_us() < self.fresh_until_us.load(Ordering::Acquire)
     }
 
     fn shard(&self, subject_hash: &str) -> &Mutex<Shard> {
@@ -103,6 +133,9 @@ impl CheckCache {
     /// The cached state, or a ticket to fill it with after reading the database.
     pub fn state(&self, subject_hash: &str, purpose_id: &str) -> Result<CachedState, Ticket> {
         let shard = self.shard(subject_hash).lock().expect("cache shard");
+        if !self.fresh() {
+            return Err(Ticket(shard.epoch));
+        }
         shard
             .subjects
             .get(subject_hash)
@@ -115,7 +148,7 @@ impl CheckCache {
     /// since `ticket` was taken.
     pub fn fill(&self, ticket: Ticket, subject_hash: &str, purpose_id: &str, state: CachedState) {
         let mut shard = self.shard(subject_hash).lock().expect("cache shard");
-        if shard.epoch != ticket.0 {
+        if shard.epoch != ticket.0 || !self.fresh() {
             return;
         }
         if !shard.subjects.contains_key(subject_hash) && shard.subjects.len() >= self.per_shard {
@@ -186,11 +219,12 @@ pub async fn follow(
     let mut position: Option<(i64, i64)> = None;
     loop {
         match position {
-            None => match tokio::try_join!(store.last_seq(), store.erasure_epoch()) {
+            None => match tokio::try_join!(store.last_change(), store.erasure_epoch()) {
                 Ok((seq, epoch)) => {
                     // Anything cached before now may predate writes not yet seen.
                     cache.forget_all();
                     position = Some((seq, epoch));
+                    cache.mark_fresh();
                 }
                 Err(e) => tracing::warn!(error = %e, "consent cache: cannot read the change log"),
             },
@@ -207,6 +241,7 @@ pub async fn follow(
                     if subjects.len() >= 10_000 {
                         continue;
                     }
+                    cache.mark_fresh();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "consent cache: cannot read the change log");
@@ -244,8 +279,23 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_served_without_a_fresh_follower() {
+        let cache = CheckCache::new(100);
+        let ticket = cache.state("s", "p").unwrap_err();
+        cache.fill(ticket, "s", "p", granted());
+        assert!(cache.state("s", "p").is_err(), "no follower poll yet");
+        cache.mark_fresh();
+        let ticket = cache.state("s", "p").unwrap_err();
+        cache.fill(ticket, "s", "p", granted());
+        assert_eq!(cache.state("s", "p").unwrap(), granted());
+        cache.fresh_until_us.store(0, Ordering::Release);
+        assert!(cache.state("s", "p").is_err(), "the follower fell behind");
+    }
+
+    #[test]
     fn a_fill_racing_a_write_is_refused() {
         let cache = CheckCache::new(100);
+        cache.mark_fresh();
         let ticket = cache.state("s", "p").unwrap_err();
         // A write commits and drops the subject while the check was reading.
         cache.forget("s");
@@ -261,6 +311,7 @@ mod tests {
     #[test]
     fn stays_bounded() {
         let cache = CheckCache::new(SHARDS);
+        cache.mark_fresh();
         for i in 0..10_000 {
             let s = format!("s{i}");
             let t = cache.state(&s, "p").unwrap_err();

@@ -261,40 +261,6 @@ impl ConsentStore {
         self.writes().submit(jobs).await.map_err(ApiError::internal)
     }
 
-    /// The state of `subject_hash` for `purpose_id` and the blanket direct-marketing
-    /// objection.
-    pub async fn state(
-        &self,
-        subject_hash: &str,
-        purpose_id: &str,
-    ) -> anyhow::Result<(Option<StateRow>, bool)> {
-        let rows = sqlx::query(
-            "SELECT purpose_id, state, decision_us, expire_us FROM subject_consents \
-             WHERE subject_hash = $1 AND purpose_id IN ($2, $3)",
-        )
-        .bind(subject_hash.to_string())
-        .bind(purpose_id.to_string())
-        .bind(DIRECT_MARKETING.to_string())
-        .fetch_all(self.db().pool())
-        .await?;
-        let mut row = None;
-        let mut objected_dm = false;
-        for r in rows {
-            let pid: String = r.try_get(0)?;
-            let state = ConsentState::try_from(r.try_get::<i64, _>(1)? as i32).unwrap_or_default();
-            if pid == DIRECT_MARKETING {
-                objected_dm = state == ConsentState::Objected;
-            } else {
-                row = Some(StateRow {
-                    state,
-                    decision_us: r.try_get(2)?,
-                    expire_us: r.try_get(3)?,
-                });
-            }
-        }
-        Ok((row, objected_dm))
-    }
-
     /// Current state rows (as stored events) of the subjects, by purpose.
     pub async fn subject_states(
         &self,
@@ -564,14 +530,6 @@ impl ConsentStore {
         Ok(row.try_get(0)?)
     }
 
-    /// The newest event seq (0 when there is none).
-    pub async fn last_seq(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT MAX(seq) FROM consent_events")
-            .fetch_one(self.db().pool())
-            .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
-    }
-
     /// The full trail of the subjects (oldest first), after `after_seq`.
     pub async fn events(
         &self,
@@ -728,7 +686,10 @@ async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiE
         .filter(|(_, p)| matches!(p, Plan::Write))
         .map(|(j, _)| j)
         .collect();
-    if !writing.is_empty() {
+    if writing.is_empty() {
+        // Only replays: end the transaction now, while this writer holds the turn.
+        tx.rollback().await?;
+    } else {
         write_all(&mut tx, backend, &writing).await?;
         tx.commit().await?;
     }
