@@ -168,6 +168,22 @@ impl Api {
         subject: Option<&(String, String)>,
         resource: &str,
     ) -> Result<(), ApiError> {
+        let event = self.event(call, method, subject, resource);
+        self.ctx
+            .outbox
+            .enqueue(&event)
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// The access event of a call of this service.
+    fn event(
+        &self,
+        call: &CallContext,
+        method: &str,
+        subject: Option<&(String, String)>,
+        resource: &str,
+    ) -> AccessEvent {
         let mut event = AccessEvent::new(
             self.ctx.clock.now(),
             call.principal.name(),
@@ -181,11 +197,7 @@ impl Api {
             event.subject_type = Some(kind.clone());
             event.subject_hash = Some(hash.clone());
         }
-        self.ctx
-            .outbox
-            .enqueue(&event)
-            .await
-            .map_err(ApiError::internal)
+        event
     }
 
     fn new_event(&self, i: usize, e: pb::AccessEvent, v: &mut Validator) -> Option<NewEvent> {
@@ -758,8 +770,13 @@ impl AuditLogService for Api {
         let mut affected = 0;
         // The record names the request, not the subject: naming the subject would
         // give it a fresh key and index entry right after the erasure.
-        self.record(&call, "ShredSubject", None, &r.dsar_request)
-            .await?;
+        // A change: its event is flushed before the shred, whatever read_event_sync says.
+        let event = self.event(&call, "ShredSubject", None, &r.dsar_request);
+        self.ctx
+            .outbox
+            .enqueue_durable(&event)
+            .await
+            .map_err(ApiError::internal)?;
         for subject in &subjects {
             let n = self
                 .log

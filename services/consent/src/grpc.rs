@@ -689,7 +689,7 @@ impl ConsentService for Api {
         access.resource = r.dsar_request.clone();
         self.ctx
             .outbox
-            .enqueue(&access)
+            .enqueue_durable(&access)
             .await
             .map_err(ApiError::internal)?;
         Ok(Response::new(pb::EraseSubjectResponse {

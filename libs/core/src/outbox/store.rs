@@ -157,6 +157,17 @@ impl SqlOutbox {
         self.notify.notify_one();
     }
 
+    /// Enqueues the event of a change made outside this database's transactions (an
+    /// erasure, a shred) in a fully durable transaction of its own, whatever
+    /// `read_event_sync` says.
+    pub async fn enqueue_durable(&self, event: &AccessEvent) -> anyhow::Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        enqueue_in(&mut tx, event).await?;
+        tx.commit().await?;
+        self.wake();
+        Ok(())
+    }
+
     /// Enqueues several events on their own (a batch read), in one transaction.
     pub async fn enqueue_all(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
         self.alone.submit(events).await?;
