@@ -147,6 +147,20 @@ impl Db {
         }
     }
 
+    /// Starts a read-only transaction that sees one snapshot across its statements
+    /// (a record read from several tables is never half old, half new): a deferred
+    /// transaction on SQLite (WAL keeps its snapshot), REPEATABLE READ on PostgreSQL.
+    pub async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin().await,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+            }
+        }
+    }
+
     /// This process's SQLite write turn (none on PostgreSQL), for writes made
     /// outside [`Self::begin_write`].
     pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {

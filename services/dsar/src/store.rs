@@ -494,8 +494,12 @@ impl DsarStore {
 
     /// Request `id`, if it exists.
     pub async fn get(&self, id: &str) -> anyhow::Result<Option<Loaded>> {
-        let mut conn = self.db.pool().acquire().await?;
-        load(&mut conn, id).await
+        // One snapshot: a request's state and the actions that led to it are written
+        // together, so they must be read together.
+        let mut tx = self.db.begin_read().await?;
+        let loaded = load(&mut tx, id).await?;
+        tx.rollback().await?;
+        Ok(loaded)
     }
 
     /// Requests matching `filter`, soonest due first, after `after` (due µs,
@@ -552,19 +556,20 @@ impl DsarStore {
             p.int(limit as i64)
         );
         let q = p.bind(sqlx::query(AssertSqlSafe(sql)));
-        let mut conn = self.db.pool().acquire().await?;
+        let mut tx = self.db.begin_read().await?;
         let ids: Vec<String> = q
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(r) = load(&mut conn, &id).await? {
+            if let Some(r) = load(&mut tx, &id).await? {
                 out.push(r);
             }
         }
+        tx.rollback().await?;
         Ok(out)
     }
 
