@@ -244,6 +244,13 @@ async fn group_of_jobs(backend: Backend) {
     let states = store.states(&["eve"], "newsletter").await.unwrap();
     assert!(!states.contains_key("eve"), "the failed job wrote nothing");
 
+    // Erasing a subject moves the erasure epoch that other replicas' caches watch
+    // (a trigger on subject_consents, whatever code deletes the states).
+    let before = store.erasure_epoch().await.unwrap();
+    let (erased, _) = store.erase(&["ada".to_string()]).await.unwrap();
+    assert!(erased > 0);
+    assert!(store.erasure_epoch().await.unwrap() > before);
+
     db.close().await;
     if let Some(pg) = pg {
         pg.drop_now().await;

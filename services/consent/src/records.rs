@@ -436,9 +436,6 @@ impl ConsentStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE consent_cache_epoch SET erasures = erasures + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok((erased, receipts))
     }
