@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use custodia_core::storage::{Backend, Db, Params, placeholders};
+use custodia_core::storage::{Backend, Db, Params, insert_rows, placeholders};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
@@ -200,19 +200,19 @@ impl LogStore {
             fresh.push((seq, event, entry.to_bytes()));
         }
 
-        for chunk in fresh.chunks(INSERT_CHUNK) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(backend, i * 13 + 1, 13)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
+        insert_rows(
+            &mut tx,
+            backend,
+            (
                 "INSERT INTO audit_entries (seq, event_id, entry, leaf_hash, time_us, actor, \
-                 service, method, action, resource, purpose, outcome, appended_us) VALUES {values}"
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (seq, e, bytes) in chunk {
-                q = q
-                    .bind(*seq as i64)
+                 service, method, action, resource, purpose, outcome, appended_us)",
+                "",
+            ),
+            13,
+            INSERT_CHUNK,
+            &fresh,
+            |q, (seq, e, bytes)| {
+                q.bind(*seq as i64)
                     .bind(e.event_id.clone())
                     .bind(bytes.clone())
                     .bind(leaf_hash(bytes).to_vec())
@@ -224,30 +224,24 @@ impl LogStore {
                     .bind(e.resource.clone())
                     .bind(e.purpose.clone())
                     .bind(e.outcome.clone())
-                    .bind(now_us);
-            }
-            q.execute(&mut *tx).await?;
-
-            let indexed: Vec<_> = chunk
-                .iter()
-                .filter_map(|(seq, e, _)| {
-                    e.subject.as_ref().map(|s| (*seq, s.subject_hash.clone()))
-                })
-                .collect();
-            if !indexed.is_empty() {
-                let values = (0..indexed.len())
-                    .map(|i| format!("({})", placeholders(backend, i * 2 + 1, 2)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql =
-                    format!("INSERT INTO audit_subject_index (subject_hash, seq) VALUES {values}");
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for (seq, hash) in indexed {
-                    q = q.bind(hash).bind(seq as i64);
-                }
-                q.execute(&mut *tx).await?;
-            }
-        }
+                    .bind(now_us)
+            },
+        )
+        .await?;
+        let indexed: Vec<(u64, &str)> = fresh
+            .iter()
+            .filter_map(|(seq, e, _)| e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str())))
+            .collect();
+        insert_rows(
+            &mut tx,
+            backend,
+            ("INSERT INTO audit_subject_index (subject_hash, seq)", ""),
+            2,
+            INSERT_CHUNK,
+            &indexed,
+            |q, (seq, hash)| q.bind(hash.to_string()).bind(*seq as i64),
+        )
+        .await?;
         sqlx::query("UPDATE audit_log_state SET next_seq = $1 WHERE id = 1")
             .bind(next as i64)
             .execute(&mut *tx)
@@ -600,28 +594,31 @@ async fn subject_keys(
         .into_iter()
         .filter(|h| !keys.contains_key(*h))
         .collect();
-    for chunk in missing.chunks(INSERT_CHUNK) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(backend, i * 4 + 1, 4)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us) VALUES {values}"
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        let mut created = Vec::with_capacity(chunk.len());
-        for hash in chunk {
+    let created: Vec<(String, (String, [u8; 32]))> = missing
+        .into_iter()
+        .map(|hash| {
             let key_id = uuid::Uuid::new_v4().simple().to_string();
-            let key = entry::new_key();
-            q = q
-                .bind(key_id.clone())
-                .bind(hash.to_string())
+            (hash.to_string(), (key_id, entry::new_key()))
+        })
+        .collect();
+    insert_rows(
+        conn,
+        backend,
+        (
+            "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us)",
+            "",
+        ),
+        4,
+        INSERT_CHUNK,
+        &created,
+        |q, (hash, (key_id, key))| {
+            q.bind(key_id.clone())
+                .bind(hash.clone())
                 .bind(key.to_vec())
-                .bind(now_us);
-            created.push((hash.to_string(), (key_id, key)));
-        }
-        q.execute(&mut *conn).await?;
-        keys.extend(created);
-    }
+                .bind(now_us)
+        },
+    )
+    .await?;
+    keys.extend(created);
     Ok(keys)
 }

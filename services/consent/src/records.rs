@@ -6,7 +6,7 @@ use custodia_core::{
     ApiError,
     group_commit::GroupCommit,
     outbox::{AccessEvent, enqueue_all_in},
-    storage::{Backend, Db, Params, placeholders},
+    storage::{Backend, Db, Params, insert_rows, placeholders},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
 use prost::Message;
@@ -772,32 +772,6 @@ async fn events_by_id(
     Ok(out)
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
-
-/// `INSERT ... VALUES (..), (..) ... {tail}` for `rows`, in chunks.
-async fn insert_rows<T>(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    head: &str,
-    tail: &str,
-    columns: usize,
-    rows: &[T],
-    bind: impl Fn(AnyQuery<'static>, &T) -> AnyQuery<'static>,
-) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(backend, i * columns + 1, columns)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut q = sqlx::query(AssertSqlSafe(format!("{head} VALUES {values} {tail}")));
-        for row in chunk {
-            q = bind(q, row);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
 /// Writes the records, receipts, idempotency keys and access events of `jobs`
 /// (none of them a replay) with a fixed number of statements.
 async fn write_all(
@@ -825,9 +799,9 @@ async fn write_all(
         insert_rows(
             conn,
             backend,
-            "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, body, decision_us, record_us)",
-            "",
+            ("INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, body, decision_us, record_us)", ""),
             8,
+            ROWS_PER_STATEMENT,
             &events,
             |q, (seq, r, body, now_us)| {
                 q.bind(*seq)
@@ -853,11 +827,14 @@ async fn write_all(
         insert_rows(
             conn,
             backend,
-            "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body)",
-            "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
-             decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
-             event_id = excluded.event_id, body = excluded.body",
+            (
+                "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body)",
+                "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
+                 decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
+                 event_id = excluded.event_id, body = excluded.body",
+            ),
             7,
+            ROWS_PER_STATEMENT,
             &states,
             |q, (_, r, body, _)| {
                 q.bind(r.subject_hash.clone())
@@ -875,9 +852,9 @@ async fn write_all(
     insert_rows(
         conn,
         backend,
-        "INSERT INTO receipts (id, subject_hash, body)",
-        "",
+        ("INSERT INTO receipts (id, subject_hash, body)", ""),
         3,
+        ROWS_PER_STATEMENT,
         &receipts,
         |q, r| {
             q.bind(r.id.clone())
@@ -890,9 +867,12 @@ async fn write_all(
     insert_rows(
         conn,
         backend,
-        "INSERT INTO idempotency_keys (method, request_id, resource, create_us)",
-        "",
+        (
+            "INSERT INTO idempotency_keys (method, request_id, resource, create_us)",
+            "",
+        ),
         4,
+        ROWS_PER_STATEMENT,
         &keys,
         |q, j| {
             let ids: Vec<&str> = j.records.iter().map(|r| event_id(&r.event)).collect();

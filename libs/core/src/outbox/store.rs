@@ -7,7 +7,7 @@ use super::AccessEvent;
 use crate::{
     config::ReadEventSync,
     group_commit::GroupCommit,
-    storage::{Backend, Db, placeholders, to_micros},
+    storage::{Backend, Db, insert_rows, placeholders, to_micros},
 };
 
 /// The outbox of one service's database.
@@ -53,24 +53,23 @@ pub async fn enqueue_all_in(
     events: &[AccessEvent],
 ) -> anyhow::Result<()> {
     let enqueued_us = to_micros(chrono::Utc::now());
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(backend, i * 3 + 1, 3)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO access_event_outbox (event_id, payload, enqueued_us) VALUES {values} \
-             ON CONFLICT (event_id) DO NOTHING"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for event in chunk {
-            q = q
-                .bind(event.event_id.to_string())
-                .bind(serde_json::to_string(event)?)
-                .bind(enqueued_us);
-        }
-        q.execute(&mut *conn).await?;
-    }
+    let rows = events
+        .iter()
+        .map(|e| Ok((e.event_id.to_string(), serde_json::to_string(e)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    insert_rows(
+        conn,
+        backend,
+        (
+            "INSERT INTO access_event_outbox (event_id, payload, enqueued_us)",
+            "ON CONFLICT (event_id) DO NOTHING",
+        ),
+        3,
+        INSERT_CHUNK,
+        &rows,
+        |q, (id, payload)| q.bind(id.clone()).bind(payload.clone()).bind(enqueued_us),
+    )
+    .await?;
     Ok(())
 }
 
