@@ -11,7 +11,7 @@
 use custodia_core::{
     ApiError,
     outbox::{AccessEvent, SqlOutbox, enqueue_in},
-    storage::{Db, Params},
+    storage::{Db, Params, claim_request_id},
 };
 use custodia_proto::breach::v1::{
     self as pb, AuthorityNotification, CommunicationWaiver, RiskAssessment, RiskLevel,
@@ -180,8 +180,7 @@ async fn load(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Store
     Ok(Some(b))
 }
 
-/// Claims `(method, request_id)` for `resource`; returns the earlier resource
-/// when the key was already used.
+/// Claims `(method, request_id)` for `resource` (see [`claim_request_id`]).
 async fn claim(
     conn: &mut AnyConnection,
     method: &str,
@@ -189,31 +188,15 @@ async fn claim(
     resource: &str,
     now_us: i64,
 ) -> anyhow::Result<Option<String>> {
-    if request_id.is_empty() {
-        return Ok(None);
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO breach_idempotency (method, request_id, resource, create_us) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (method, request_id) DO NOTHING",
+    claim_request_id(
+        conn,
+        "breach_idempotency",
+        method,
+        request_id,
+        resource,
+        now_us,
     )
-    .bind(method.to_string())
-    .bind(request_id.to_string())
-    .bind(resource.to_string())
-    .bind(now_us)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(None);
-    }
-    let row = sqlx::query(
-        "SELECT resource FROM breach_idempotency WHERE method = $1 AND request_id = $2",
-    )
-    .bind(method.to_string())
-    .bind(request_id.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Some(row.try_get(0)?))
+    .await
 }
 
 async fn append_item(

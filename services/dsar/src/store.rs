@@ -12,7 +12,7 @@
 use custodia_core::{
     ApiError,
     outbox::{AccessEvent, SqlOutbox, enqueue_in},
-    storage::{Db, Params},
+    storage::{Db, Params, claim_request_id},
 };
 use custodia_proto::dsar::v1::{
     self as pb, ActionEntry, ExportPackage, RecipientNotification, RequestState, SourceTask,
@@ -193,8 +193,7 @@ async fn load(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Loade
     Ok(Some(out))
 }
 
-/// Claims `(method, request_id)` for `resource`; returns the earlier resource
-/// when the key was already used.
+/// Claims `(method, request_id)` for `resource` (see [`claim_request_id`]).
 async fn claim(
     conn: &mut AnyConnection,
     method: &str,
@@ -202,30 +201,15 @@ async fn claim(
     resource: &str,
     now_us: i64,
 ) -> anyhow::Result<Option<String>> {
-    if request_id.is_empty() {
-        return Ok(None);
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO dsar_idempotency (method, request_id, resource, create_us) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (method, request_id) DO NOTHING",
+    claim_request_id(
+        conn,
+        "dsar_idempotency",
+        method,
+        request_id,
+        resource,
+        now_us,
     )
-    .bind(method.to_string())
-    .bind(request_id.to_string())
-    .bind(resource.to_string())
-    .bind(now_us)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(None);
-    }
-    let row =
-        sqlx::query("SELECT resource FROM dsar_idempotency WHERE method = $1 AND request_id = $2")
-            .bind(method.to_string())
-            .bind(request_id.to_string())
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(Some(row.try_get(0)?))
+    .await
 }
 
 async fn write_record(
