@@ -4,10 +4,11 @@
 //! races between grants and withdrawals.
 
 use custodia_proto::{
+    audit::v1::{ListEventsRequest, audit_log_service_client::AuditLogServiceClient},
     common::v1::SubjectRef,
     consent::v1::{
-        AgeAttestation, CheckConsentRequest, CheckReason, ConsentChannel, ConsentState,
-        CreatePurposeRequest, Decision, Evidence, GuardianConsent, LawfulBasis,
+        AgeAttestation, BatchCheckConsentRequest, CheckConsentRequest, CheckReason, ConsentChannel,
+        ConsentState, CreatePurposeRequest, Decision, Evidence, GuardianConsent, LawfulBasis,
         ListConsentEventsRequest, ListSubjectConsentsRequest, Notice, PublishNoticeRequest,
         Purpose, PurposeCategory, PurposeDecision, RecordConsentRequest, RecordObjectionRequest,
         WithdrawConsentRequest, age_attestation::Age, consent_service_client::ConsentServiceClient,
@@ -928,4 +929,192 @@ async fn reconsent_due_sqlite() {
 #[tokio::test]
 async fn reconsent_due_postgres() {
     reconsent_due(Backend::Postgres).await;
+}
+
+/// BatchCheckConsent answers per subject, in order, with the same reasons as
+/// CheckConsent, and logs one access event per subject (delivered to audit-log
+/// from the outbox, where the events of one call are stored together).
+async fn batch_check(backend: Backend) {
+    let app = TestApp::spawn(
+        backend,
+        &[custodia_consent::SERVICE, custodia_audit_log::SERVICE],
+    )
+    .await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    for (who, decision) in [
+        ("ada@example.edu", Decision::Granted),
+        ("bob@example.edu", Decision::Denied),
+        ("cy@example.edu", Decision::Granted),
+    ] {
+        c.record_consent(authed(
+            grant(&app, who, &["newsletter"], decision, &v1, ""),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap();
+    }
+    c.withdraw_consent(authed(
+        withdraw(&app, "cy@example.edu", "newsletter"),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+
+    let batch = |subjects: Vec<SubjectRef>, purpose: &str| BatchCheckConsentRequest {
+        purpose: purpose.into(),
+        subjects,
+    };
+    // Bad input names the field; unknown purposes are NOT_FOUND.
+    let err = c
+        .batch_check_consent(authed(batch(vec![], "purposes/newsletter"), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("subjects"), "{}", err.message());
+    let too_many = (0..10_001)
+        .map(|i| email(&format!("s{i}@example.edu")))
+        .collect();
+    let err = c
+        .batch_check_consent(authed(batch(too_many, "purposes/newsletter"), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let bad = vec![
+        email("ada@example.edu"),
+        email("bob@example.edu"),
+        email(""),
+    ];
+    let err = c
+        .batch_check_consent(authed(batch(bad, "purposes/newsletter"), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("subjects[2]"), "{}", err.message());
+    let err = c
+        .batch_check_consent(authed(
+            batch(vec![email("ada@example.edu")], "purposes/nope"),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // 1,500 subjects: three known ones first, then people with no record.
+    let mut subjects = vec![
+        email("ada@example.edu"),
+        email("bob@example.edu"),
+        email("cy@example.edu"),
+    ];
+    subjects.extend((3..1_500).map(|i| email(&format!("p{i}@example.edu"))));
+    let results = c
+        .batch_check_consent(authed(batch(subjects, "purposes/newsletter"), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 1_500);
+    // In the request's order; only the identifier's type comes back.
+    let verdict = |i: usize| {
+        let subject = results[i].subject.as_ref().unwrap();
+        assert_eq!(
+            (subject.r#type.as_str(), subject.value.as_str()),
+            ("email", "")
+        );
+        assert_eq!(results[i].purpose, "purposes/newsletter");
+        (
+            results[i].allowed,
+            CheckReason::try_from(results[i].reason).unwrap(),
+        )
+    };
+    assert_eq!(verdict(0), (true, CheckReason::Granted));
+    assert_eq!(verdict(1), (false, CheckReason::Denied));
+    assert_eq!(verdict(2), (false, CheckReason::Withdrawn));
+    assert_eq!(verdict(1_499), (false, CheckReason::NoRecord));
+    // The same answers as one-by-one checks.
+    assert_eq!(
+        check(&mut c, "cy@example.edu", "newsletter").await,
+        (false, CheckReason::Withdrawn)
+    );
+
+    // Every subject of the batch is in the audit log once, as a BatchCheckConsent.
+    let mut audit = AuditLogServiceClient::new(app.channel().await);
+    for who in ["ada@example.edu", "p3@example.edu", "p1499@example.edu"] {
+        let events = eventually(|| {
+            let mut audit = audit.clone();
+            async move {
+                let events = audit
+                    .list_events(authed(
+                        ListEventsRequest {
+                            subject: Some(email(who)),
+                            page_size: 1000,
+                            ..Default::default()
+                        },
+                        ADMIN_TOKEN,
+                    ))
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .events;
+                events
+                    .iter()
+                    .any(|e| e.method == "BatchCheckConsent")
+                    .then_some(events)
+            }
+        })
+        .await;
+        let batch_events: Vec<_> = events
+            .iter()
+            .filter(|e| e.method == "BatchCheckConsent")
+            .collect();
+        assert_eq!(batch_events.len(), 1, "{who}: {events:?}");
+        let e = batch_events[0];
+        assert_eq!(e.resource, "purposes/newsletter");
+        assert_eq!(e.action, "check");
+        let subject = e.subject.as_ref().unwrap();
+        assert_eq!(
+            (subject.r#type.as_str(), subject.value.as_str()),
+            ("email", "")
+        );
+        assert_eq!(e.subject_hash.len(), 32, "searchable by keyed hash only");
+    }
+    let mut total = 0;
+    let mut token = String::new();
+    loop {
+        let page = audit
+            .list_events(authed(
+                ListEventsRequest {
+                    action: "check".into(),
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                },
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        total += page
+            .events
+            .iter()
+            .filter(|e| e.method == "BatchCheckConsent")
+            .count();
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(total, 1_500, "one event per subject, each once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batch_check_sqlite() {
+    batch_check(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn batch_check_postgres() {
+    batch_check(Backend::Postgres).await;
 }

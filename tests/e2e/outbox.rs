@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use custodia_core::{
     outbox::{
-        AccessEvent, OutboxStore, Outcome, SqlOutbox,
+        AccessEvent, EventBatch, OutboxStore, Outcome, SqlOutbox,
         forwarder::{EventSink, Forwarder},
     },
     storage,
@@ -66,4 +66,57 @@ async fn delivers_each_event_once_in_order_after_failures() {
     assert_eq!(outbox.pending().await.unwrap(), 0);
     assert_eq!(*sink.received.lock().unwrap(), events);
     assert_eq!(forwarder.drain().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_of_events_stored_together_is_delivered_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = storage::sqlite_file_url(&dir.path().join("consent.db"));
+    let db = storage::connect(&url.into(), "consent", 2).await.unwrap();
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    let outbox = SqlOutbox::new(db);
+    let mut batch = EventBatch::new(AccessEvent::new(
+        chrono::Utc::now(),
+        "newsletter",
+        "consent",
+        "BatchCheckConsent",
+        Outcome::Ok,
+    ));
+    for i in 0..2_345 {
+        batch.push("email", &format!("{i:064x}"));
+    }
+    let events = batch.clone().into_events();
+    outbox.enqueue_batch(batch).await.unwrap();
+    assert_eq!(outbox.pending().await.unwrap(), 2_345);
+
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<usize>>>, FlakySink);
+    impl EventSink for Calls {
+        async fn append(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push(events.len());
+            self.1.append(events).await
+        }
+    }
+    let sink = Calls::default();
+    *sink.1.failures.lock().unwrap() = 1;
+    let forwarder = Forwarder::new(outbox.clone(), sink.clone(), 300);
+    assert!(forwarder.drain().await.is_err());
+    assert_eq!(
+        outbox.pending().await.unwrap(),
+        2_345,
+        "nothing lost while down"
+    );
+
+    assert_eq!(forwarder.drain().await.unwrap(), 2_345);
+    assert_eq!(outbox.pending().await.unwrap(), 0);
+    assert_eq!(
+        *sink.1.received.lock().unwrap(),
+        events,
+        "each once, in order"
+    );
+    let calls = sink.0.lock().unwrap().clone();
+    assert!(
+        calls.iter().all(|&n| n <= 300),
+        "no call over the batch size: {calls:?}"
+    );
 }

@@ -111,7 +111,9 @@ fn looks_like_email(v: &str) -> bool {
 /// the hashes match across services and in the audit log.
 #[derive(Clone)]
 pub struct SubjectHasher {
-    key: SecretString,
+    /// The MAC with the key already absorbed: cloning it per hash saves the two
+    /// SHA-256 blocks of key set-up (half the work for a short identifier).
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for SubjectHasher {
@@ -123,17 +125,21 @@ impl std::fmt::Debug for SubjectHasher {
 impl SubjectHasher {
     /// A hasher with `key` (any length; 32 random bytes recommended).
     pub fn new(key: SecretString) -> Self {
-        Self { key }
+        let keyed = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+            .expect("HMAC accepts any key length");
+        Self { keyed }
     }
 
     /// Hex HMAC-SHA256 over `type \0 normalised value`.
     pub fn hash(&self, subject: &SubjectId) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose_secret().as_bytes())
-            .expect("HMAC accepts any key length");
+        let mut mac = self.keyed.clone();
         mac.update(subject.kind.as_bytes());
         mac.update(&[0]);
         mac.update(subject.value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        let mut out = [0u8; 64];
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut out)
+            .expect("64 hex digits for 32 bytes");
+        String::from_utf8(out.to_vec()).expect("hex is ASCII")
     }
 }
 

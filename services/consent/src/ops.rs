@@ -8,7 +8,7 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     legal_time::CalendarPeriod,
-    outbox::{AccessEvent, OutboxStore, Outcome},
+    outbox::{AccessEvent, EventBatch, OutboxStore, Outcome},
     storage::{from_micros, to_micros},
     subject::SubjectId,
     validate::{MAX_ID, MAX_TEXT, Validator},
@@ -795,13 +795,14 @@ impl Api {
             }
         }
 
-        let access: Vec<AccessEvent> = subjects
-            .iter()
-            .map(|(id, hash)| self.access(call, method, Some((id, hash)), &pid))
-            .collect();
+        // One event per subject, all of one call: stored together.
+        let mut access = EventBatch::new(self.access(call, method, None, &pid));
+        for (id, hash) in subjects {
+            access.push(id.kind(), hash);
+        }
         self.ctx()
             .outbox
-            .enqueue_all(access)
+            .enqueue_batch(access)
             .await
             .map_err(ApiError::internal)?;
 

@@ -3,7 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 
-use super::{AccessEvent, OutboxStore, Outcome};
+use super::{AccessEvent, EventBatch, OutboxStore, Outcome};
 
 fn event(n: u32) -> AccessEvent {
     let mut e = AccessEvent::new(
@@ -57,4 +57,50 @@ pub async fn run<S: OutboxStore>(store: &S) {
     assert_eq!(store.pending().await.unwrap(), 0);
     // Acking unknown ids is harmless (a retry after a crash).
     store.ack(&all).await.unwrap();
+
+    bundles(store).await;
+}
+
+/// Events of one call that differ only in id and subject (a batch check) are
+/// stored together and come back as the same events, in order.
+async fn bundles<S: OutboxStore>(store: &S) {
+    let lone = event(7);
+    let mut batch = EventBatch::new(event(42));
+    for n in 0..2_500u32 {
+        batch.push("email", &format!("{n:064x}"));
+    }
+    let many = batch.clone().into_events();
+    store.enqueue(&lone).await.unwrap();
+    store.enqueue_batch(batch.clone()).await.unwrap();
+    assert_eq!(
+        store.pending().await.unwrap(),
+        2_501,
+        "pending counts events"
+    );
+    store.enqueue_batch(batch).await.unwrap();
+    assert_eq!(
+        store.pending().await.unwrap(),
+        2_501,
+        "enqueueing again is a no-op"
+    );
+
+    // A row that would overflow the limit waits for the next peek...
+    let first = store.peek(10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1, lone);
+    store.ack(&[first[0].0]).await.unwrap();
+    // ...unless it is the oldest: then it comes whole.
+    let second = store.peek(10).await.unwrap();
+    let ids: std::collections::BTreeSet<i64> = second.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 1, "a stored bundle shares one position");
+    let rest = store.peek(100_000).await.unwrap();
+    let got: Vec<AccessEvent> = rest.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(got, many, "every field of every event kept, in order");
+    assert_eq!(
+        &got[..second.len()],
+        &second.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>()[..]
+    );
+    let positions: Vec<i64> = rest.iter().map(|(id, _)| *id).collect();
+    store.ack(&positions).await.unwrap();
+    assert_eq!(store.pending().await.unwrap(), 0);
 }

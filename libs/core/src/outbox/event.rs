@@ -109,3 +109,128 @@ pub fn action_of(method: &str) -> &'static str {
         .max_by_key(|(prefix, _)| prefix.len())
         .map_or("other", |(_, verb)| verb)
 }
+
+/// Access events of one call that differ only in id and subject (the subjects of
+/// a batch check): the shared fields once, then each event's id and subject. The
+/// outbox stores them compactly and delivers them as separate events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Every field but the id and the subject.
+    shared: AccessEvent,
+    members: Vec<BatchMember>,
+}
+
+/// The id and subject of one event of an [`EventBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BatchMember {
+    #[serde(rename = "i")]
+    id: Uuid,
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    subject_type: Option<String>,
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    subject_hash: Option<String>,
+}
+
+impl EventBatch {
+    /// An empty batch of events like `shared` (its id and subject are ignored).
+    pub fn new(mut shared: AccessEvent) -> Self {
+        shared.subject_type = None;
+        shared.subject_hash = None;
+        Self {
+            shared,
+            members: Vec::new(),
+        }
+    }
+
+    /// Adds the event of one subject, with a fresh time-ordered id.
+    pub fn push(&mut self, subject_type: &str, subject_hash: &str) {
+        self.members.push(BatchMember {
+            id: Uuid::now_v7(),
+            subject_type: Some(subject_type.to_string()),
+            subject_hash: Some(subject_hash.to_string()),
+        });
+    }
+
+    /// A batch of the one event `e`.
+    pub fn single(e: AccessEvent) -> Self {
+        let member = BatchMember {
+            id: e.event_id,
+            subject_type: e.subject_type.clone(),
+            subject_hash: e.subject_hash.clone(),
+        };
+        Self {
+            members: vec![member],
+            ..Self::new(e)
+        }
+    }
+
+    /// `events` as batches: each run of events that differ only in id and subject
+    /// becomes one batch, in order.
+    pub fn runs(events: &[AccessEvent]) -> Vec<Self> {
+        let mut out: Vec<Self> = Vec::new();
+        for e in events {
+            match out.last_mut() {
+                Some(b) if b.fits(e) => b.members.push(BatchMember {
+                    id: e.event_id,
+                    subject_type: e.subject_type.clone(),
+                    subject_hash: e.subject_hash.clone(),
+                }),
+                _ => out.push(Self::single(e.clone())),
+            }
+        }
+        out
+    }
+
+    /// Whether `e` differs from this batch's events at most in id and subject.
+    fn fits(&self, e: &AccessEvent) -> bool {
+        let a = &self.shared;
+        a.time == e.time
+            && a.actor == e.actor
+            && a.service == e.service
+            && a.method == e.method
+            && a.action == e.action
+            && a.resource == e.resource
+            && a.purpose == e.purpose
+            && a.outcome == e.outcome
+            && a.status_code == e.status_code
+            && a.trace_id == e.trace_id
+            && a.detail == e.detail
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Id of the first event (what the outbox knows a stored batch by).
+    pub fn first_id(&self) -> Option<Uuid> {
+        self.members.first().map(|m| m.id)
+    }
+
+    /// Splits into batches of at most `n` events each.
+    pub fn chunks(&self, n: usize) -> impl Iterator<Item = EventBatch> + '_ {
+        self.members.chunks(n.max(1)).map(|m| Self {
+            shared: self.shared.clone(),
+            members: m.to_vec(),
+        })
+    }
+
+    /// The events, in order.
+    pub fn into_events(self) -> Vec<AccessEvent> {
+        let shared = self.shared;
+        self.members
+            .into_iter()
+            .map(|m| AccessEvent {
+                event_id: m.id,
+                subject_type: m.subject_type,
+                subject_hash: m.subject_hash,
+                ..shared.clone()
+            })
+            .collect()
+    }
+}

@@ -42,15 +42,23 @@ impl<S: OutboxStore, K: EventSink> Forwarder<S, K> {
         if batch.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-        let events = batch.into_iter().map(|(_, e)| e).collect();
-        if let Err(e) = self.sink.append(events).await {
-            // Best effort: the count is informational, the events stay queued either way.
-            let _ = self.store.record_attempt(&ids).await;
-            return Err(e);
+        let delivered = batch.len();
+        // Events stored together share a position, and positions come in order.
+        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        ids.dedup();
+        let mut events = batch.into_iter().map(|(_, e)| e).peekable();
+        // A row of more events than a batch goes out in several calls; a failure
+        // half-way re-sends the first ones later, which the log ignores by id.
+        while events.peek().is_some() {
+            let chunk: Vec<_> = events.by_ref().take(self.batch_size).collect();
+            if let Err(e) = self.sink.append(chunk).await {
+                // Best effort: the count is informational, the events stay queued either way.
+                let _ = self.store.record_attempt(&ids).await;
+                return Err(e);
+            }
         }
         self.store.ack(&ids).await?;
-        Ok(ids.len())
+        Ok(delivered)
     }
 
     /// Delivers until the outbox is empty; stops at the first failure.

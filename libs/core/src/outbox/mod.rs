@@ -15,5 +15,5 @@ pub mod conformance;
 
 pub mod grpc_sink;
 
-pub use event::{AccessEvent, Outcome, action_of};
+pub use event::{AccessEvent, EventBatch, Outcome, action_of};
 pub use store::{OutboxStore, SqlOutbox, enqueue_all_in, enqueue_in};

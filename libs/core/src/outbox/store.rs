@@ -1,9 +1,10 @@
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
-use super::AccessEvent;
+use super::{AccessEvent, EventBatch};
 use crate::{
     config::ReadEventSync,
     group_commit::GroupCommit,
@@ -14,7 +15,11 @@ use crate::{
 pub trait OutboxStore: Send + Sync + 'static {
     /// Enqueues `event` on its own (reads, denials); idempotent by event id.
     fn enqueue(&self, event: &AccessEvent) -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// Oldest `limit` pending events with their queue position.
+    /// Enqueues the events of one call on their own (a batch read), together.
+    fn enqueue_batch(&self, batch: EventBatch) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// The oldest pending events with their queue position: whole rows, at most
+    /// `limit` events unless the oldest row alone holds more. Events stored
+    /// together share a position.
     fn peek(
         &self,
         limit: usize,
@@ -46,36 +51,96 @@ pub async fn enqueue_in(conn: &mut AnyConnection, event: &AccessEvent) -> anyhow
 }
 
 /// Enqueues `events` inside the caller's transaction, like [`enqueue_in`], with
-/// a few multi-row INSERTs instead of one statement per event.
+/// a few multi-row INSERTs instead of one statement per event. Runs of events that
+/// differ only in id and subject share rows (see [`EventBatch`]).
 pub async fn enqueue_all_in(
     conn: &mut AnyConnection,
     backend: Backend,
     events: &[AccessEvent],
 ) -> anyhow::Result<()> {
+    enqueue_batches_in(conn, backend, &EventBatch::runs(events)).await
+}
+
+/// Enqueues `batches` inside the caller's transaction.
+async fn enqueue_batches_in(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    batches: &[EventBatch],
+) -> anyhow::Result<()> {
     let enqueued_us = to_micros(chrono::Utc::now());
-    let rows = events
-        .iter()
-        .map(|e| Ok((e.event_id.to_string(), serde_json::to_string(e)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rows = rows_of(batches)?;
     insert_rows(
         conn,
         backend,
         (
-            "INSERT INTO access_event_outbox (event_id, payload, enqueued_us)",
+            "INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count)",
             "ON CONFLICT (event_id) DO NOTHING",
         ),
-        3,
+        4,
         INSERT_CHUNK,
         &rows,
-        |q, (id, payload)| q.bind(id.clone()).bind(payload.clone()).bind(enqueued_us),
+        |q, (id, payload, count)| {
+            q.bind(id.clone())
+                .bind(payload.clone())
+                .bind(enqueued_us)
+                .bind(*count)
+        },
     )
     .await?;
     Ok(())
 }
 
-/// Inserts `events` in one transaction (idempotent by event id); `relaxed` commits
+/// Most events one outbox row carries.
+const MAX_BUNDLE: usize = 1_000;
+/// How a bundle row's payload starts (a single event's starts with `{"event_id":`).
+const BUNDLE_PREFIX: &str = "{\"bundle\":";
+
+/// The payload of a row holding several events of one [`EventBatch`] (a
+/// BatchCheckConsent of 10,000 subjects: 10 rows, not 10,000).
+#[derive(Serialize, Deserialize)]
+struct Bundled {
+    bundle: EventBatch,
+}
+
+/// Outbox rows `(event_id, payload, event_count)` for `batches`, in order. A row is
+/// known by its first event's id: enqueueing it again is a no-op.
+fn rows_of(batches: &[EventBatch]) -> anyhow::Result<Vec<(String, String, i64)>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        if batch.len() == 1 {
+            let event = batch.clone().into_events().remove(0);
+            rows.push((
+                event.event_id.to_string(),
+                serde_json::to_string(&event)?,
+                1,
+            ));
+            continue;
+        }
+        for bundle in batch.chunks(MAX_BUNDLE) {
+            let Some(id) = bundle.first_id() else {
+                continue;
+            };
+            let count = bundle.len() as i64;
+            let payload = serde_json::to_string(&Bundled { bundle })?;
+            rows.push((id.to_string(), payload, count));
+        }
+    }
+    Ok(rows)
+}
+
+/// The events of one outbox row.
+fn events_of(payload: &str) -> anyhow::Result<Vec<AccessEvent>> {
+    if payload.starts_with(BUNDLE_PREFIX) {
+        let Bundled { bundle } = serde_json::from_str(payload)?;
+        Ok(bundle.into_events())
+    } else {
+        Ok(vec![serde_json::from_str(payload)?])
+    }
+}
+
+/// Inserts `batches` in one transaction (idempotent by event id); `relaxed` commits
 /// without waiting for the disk flush (see [`ReadEventSync`]).
-async fn insert_group(db: &Db, events: &[AccessEvent], relaxed: bool) -> anyhow::Result<Vec<()>> {
+async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow::Result<Vec<()>> {
     match (db.backend(), relaxed) {
         (Backend::Sqlite, true) => {
             // `synchronous` is per connection: set for this transaction only, and a
@@ -87,7 +152,7 @@ async fn insert_group(db: &Db, events: &[AccessEvent], relaxed: bool) -> anyhow:
                 sqlx::raw_sql("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
                     .execute(&mut *conn)
                     .await?;
-                enqueue_all_in(&mut conn, db.backend(), events).await?;
+                enqueue_batches_in(&mut conn, db.backend(), batches).await?;
                 sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL")
                     .execute(&mut *conn)
                     .await?;
@@ -106,11 +171,11 @@ async fn insert_group(db: &Db, events: &[AccessEvent], relaxed: bool) -> anyhow:
                     .execute(&mut *tx)
                     .await?;
             }
-            enqueue_all_in(&mut tx, backend, events).await?;
+            enqueue_batches_in(&mut tx, backend, batches).await?;
             tx.commit().await?;
         }
     }
-    Ok(vec![(); events.len()])
+    Ok(vec![(); batches.len()])
 }
 
 /// [`OutboxStore`] over a service's [`Db`] (SQLite or Postgres).
@@ -120,12 +185,12 @@ pub struct SqlOutbox {
     notify: Arc<Notify>,
     /// Events enqueued on their own (reads) are written in groups: a read-heavy
     /// service pays one transaction per group of concurrent calls, not per call.
-    alone: Arc<GroupCommit<AccessEvent, ()>>,
+    alone: Arc<GroupCommit<EventBatch, ()>>,
 }
 
 /// Most events in one group insert.
 const MAX_GROUP: usize = 2_000;
-/// Rows per multi-row INSERT (3 parameters each).
+/// Rows per multi-row INSERT (4 parameters each).
 const INSERT_CHUNK: usize = 300;
 
 impl SqlOutbox {
@@ -140,9 +205,9 @@ impl SqlOutbox {
     pub fn with_read_sync(db: Db, sync: ReadEventSync) -> Self {
         let writer = db.clone();
         let relaxed = sync == ReadEventSync::Relaxed;
-        let alone = GroupCommit::new(MAX_GROUP, move |events: Vec<AccessEvent>| {
+        let alone = GroupCommit::new(MAX_GROUP, move |batches: Vec<EventBatch>| {
             let db = writer.clone();
-            async move { insert_group(&db, &events, relaxed).await }
+            async move { insert_group(&db, &batches, relaxed).await }
         });
         Self {
             db,
@@ -167,13 +232,6 @@ impl SqlOutbox {
         Ok(())
     }
 
-    /// Enqueues several events on their own (a batch read), in one transaction.
-    pub async fn enqueue_all(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
-        self.alone.submit(events).await?;
-        self.wake();
-        Ok(())
-    }
-
     /// The database this outbox lives in.
     pub fn db(&self) -> &Db {
         &self.db
@@ -182,23 +240,53 @@ impl SqlOutbox {
 
 impl OutboxStore for SqlOutbox {
     async fn enqueue(&self, event: &AccessEvent) -> anyhow::Result<()> {
-        self.alone.submit(vec![event.clone()]).await?;
+        self.alone
+            .submit(vec![EventBatch::single(event.clone())])
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn enqueue_batch(&self, batch: EventBatch) -> anyhow::Result<()> {
+        self.alone.submit(vec![batch]).await?;
         self.wake();
         Ok(())
     }
 
     async fn peek(&self, limit: usize) -> anyhow::Result<Vec<(i64, AccessEvent)>> {
-        let rows = sqlx::query("SELECT id, payload FROM access_event_outbox ORDER BY id LIMIT $1")
-            .bind(limit as i64)
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.into_iter()
-            .map(|row| {
-                let id: i64 = row.try_get(0)?;
-                let payload: String = row.try_get(1)?;
-                Ok((id, serde_json::from_str(&payload)?))
-            })
-            .collect()
+        // Sizes first, so a row of many events is not read only to be left out.
+        let sizes =
+            sqlx::query("SELECT id, event_count FROM access_event_outbox ORDER BY id LIMIT $1")
+                .bind(limit as i64)
+                .fetch_all(self.db.pool())
+                .await?;
+        let (mut rows, mut events, mut last) = (0i64, 0usize, None);
+        for row in &sizes {
+            let count = row.try_get::<i64, _>(1)?.max(1) as usize;
+            if rows > 0 && events + count > limit {
+                break;
+            }
+            rows += 1;
+            events += count;
+            last = Some(row.try_get::<i64, _>(0)?);
+        }
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT id, payload FROM access_event_outbox WHERE id <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(last)
+        .bind(rows)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut out = Vec::with_capacity(events);
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let payload: String = row.try_get(1)?;
+            out.extend(events_of(&payload)?.into_iter().map(|e| (id, e)));
+        }
+        Ok(out)
     }
 
     async fn ack(&self, ids: &[i64]) -> anyhow::Result<()> {
@@ -232,9 +320,11 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn pending(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM access_event_outbox")
-            .fetch_one(self.db.pool())
-            .await?;
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(event_count), 0) AS BIGINT) FROM access_event_outbox",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
         Ok(row.try_get(0)?)
     }
 
