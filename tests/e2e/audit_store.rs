@@ -11,7 +11,7 @@ use custodia_audit_log::{
     merkle::{leaf_hash, verify_consistency, verify_inclusion},
     signer::HeadSigner,
     store::{EventFilter, LogStore, NewEvent},
-    verify::verify,
+    verify::{verify, verify_url},
 };
 use custodia_core::{
     legal_time::{Clock, ManualClock},
@@ -45,6 +45,7 @@ fn event(i: usize, subject: Option<&str>) -> NewEvent {
 struct Fixture {
     log: Arc<AuditLog>,
     db: Db,
+    url: String,
     keys: HashMap<String, ed25519_dalek::VerifyingKey>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
@@ -59,7 +60,9 @@ async fn fixture(postgres: bool) -> Fixture {
     } else {
         (storage::sqlite_file_url(&dir.path().join("audit.db")), None)
     };
-    let db = storage::connect(&url.into(), "audit_log", 4).await.unwrap();
+    let db = storage::connect(&url.clone().into(), "audit_log", 4)
+        .await
+        .unwrap();
     db.migrate(&custodia_audit_log::MIGRATIONS).await.unwrap();
     let signer = HeadSigner::from_seed_text(&"42".repeat(32)).unwrap();
     let keys = HashMap::from([(signer.key_id().to_string(), signer.public_key())]);
@@ -74,6 +77,7 @@ async fn fixture(postgres: bool) -> Fixture {
     Fixture {
         log,
         db,
+        url,
         keys,
         clock,
         _dir: dir,
@@ -278,6 +282,11 @@ async fn tampered(postgres: bool, tamper: &str) -> Option<u64> {
     drop(conn);
     let report = verify(f.log.store(), &f.keys).await.unwrap();
     let seq = report.problem.as_ref().map(|p| p.seq);
+    // `custodia audit verify` reads through a native connection: same finding.
+    let direct = verify_url(&f.url.clone().into(), "audit_log", &f.keys)
+        .await
+        .unwrap();
+    assert_eq!(direct.problem, report.problem, "{tamper}");
     f.done().await;
     seq
 }
@@ -329,6 +338,26 @@ async fn tampering_is_located(postgres: bool) {
         tampered(postgres, "DELETE FROM audit_entries WHERE seq >= 17").await,
         Some(17),
         "truncate"
+    );
+    // A query column changed (searches by actor would miss the entry): named even
+    // when the new value only moves characters between two columns.
+    assert_eq!(
+        tampered(
+            postgres,
+            "UPDATE audit_entries SET actor = 'someone-else' WHERE seq = 7"
+        )
+        .await,
+        Some(7),
+        "query column"
+    );
+    assert_eq!(
+        tampered(
+            postgres,
+            "UPDATE audit_entries SET actor = actor || service, service = '' WHERE seq = 3"
+        )
+        .await,
+        Some(3),
+        "characters moved between query columns"
     );
     // A forked head: the head at size 20 replaced by one over different data.
     let forged_root = blob(&"00".repeat(32));

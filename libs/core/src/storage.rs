@@ -179,7 +179,16 @@ impl Db {
 /// Opens the database of `service`: its configured URL, else
 /// `<data_dir>/<service>.db` (SQLite, created if missing).
 pub async fn open_service(config: &Config, service: ServiceName) -> anyhow::Result<Db> {
-    let url: SecretString = match config.database_url(service) {
+    let url = service_url(config, service)?;
+    connect(&url, service.ident(), config.database.max_connections)
+        .await
+        .with_context(|| format!("opening the {service} database"))
+}
+
+/// The database URL of `service`: its configured URL, or its SQLite file in the
+/// data directory (the directory is created when missing).
+pub fn service_url(config: &Config, service: ServiceName) -> anyhow::Result<SecretString> {
+    Ok(match config.database_url(service) {
         Some(url) => url.clone(),
         None => {
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -187,10 +196,7 @@ pub async fn open_service(config: &Config, service: ServiceName) -> anyhow::Resu
             })?;
             sqlite_file_url(&config.data_dir.join(format!("{}.db", service.ident()))).into()
         }
-    };
-    connect(&url, service.ident(), config.database.max_connections)
-        .await
-        .with_context(|| format!("opening the {service} database"))
+    })
 }
 
 /// `sqlite://` URL of a file, created when missing.

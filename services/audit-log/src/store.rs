@@ -7,7 +7,7 @@ use custodia_core::storage::{Backend, Db, Params, insert_rows, placeholders};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
-    entry::{self, ENTRY_VERSION, Entry, SubjectFields},
+    entry::{self, ENTRY_VERSION, Entry, EntryColumns, SubjectFields},
     merkle::{Hash, leaf_hash},
 };
 
@@ -277,16 +277,15 @@ impl LogStore {
             .collect()
     }
 
-    /// Raw rows for verification: `(seq, entry bytes, leaf hash, projection)`.
+    /// Raw rows for verification: `(seq, entry bytes, leaf hash, projection)`. The
+    /// query columns come back encoded by the database as one value (see
+    /// [`Projection`]): a quarter of the columns to fetch per row.
     pub async fn raw_entries(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
-        let rows = sqlx::query(
-            "SELECT seq, entry, leaf_hash, event_id, time_us, actor, service, method, action, \
-             resource, purpose, outcome FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(start as i64)
-        .bind(limit as i64)
-        .fetch_all(self.db.pool())
-        .await?;
+        let rows = sqlx::query(AssertSqlSafe(RAW_ENTRIES_SQL))
+            .bind(start as i64)
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter().map(RawEntry::from_row).collect()
     }
 
@@ -453,69 +452,88 @@ pub struct RawEntry {
     pub entry: Vec<u8>,
     /// Stored leaf hash column.
     pub leaf_hash: Vec<u8>,
-    /// Clear projection columns, as stored.
-    pub projection: Projection,
+    /// Clear query columns, as stored (`None` when the source has no such
+    /// columns, e.g. a log read through the API; `Some(None)` never happens: a
+    /// NULL column reads as a projection that matches no entry).
+    pub projection: Option<Projection>,
 }
 
 impl RawEntry {
-    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+    /// One row of [`RAW_ENTRIES_SQL`], from whichever driver read it.
+    pub fn from_row<R: Row>(r: &R) -> anyhow::Result<Self>
+    where
+        usize: sqlx::ColumnIndex<R>,
+        i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
         let seq: i64 = r.try_get(0)?;
+        let projection: Option<String> = r.try_get(3)?;
         Ok(Self {
             seq: seq as u64,
             entry: r.try_get(1)?,
             leaf_hash: r.try_get(2)?,
-            projection: Projection {
-                event_id: r.try_get(3)?,
-                time_us: r.try_get(4)?,
-                actor: r.try_get(5)?,
-                service: r.try_get(6)?,
-                method: r.try_get(7)?,
-                action: r.try_get(8)?,
-                resource: r.try_get(9)?,
-                purpose: r.try_get(10)?,
-                outcome: r.try_get(11)?,
-            },
+            projection: Some(Projection(projection.unwrap_or_default())),
         })
     }
 }
 
-/// The clear columns stored beside each entry for queries.
+/// Rows of `audit_entries` from sequence `$1` on, at most `$2`, as [`RawEntry`]
+/// reads them.
+pub const RAW_ENTRIES_SQL: &str = concat!(
+    "SELECT seq, entry, leaf_hash, ",
+    "CAST(LENGTH(event_id) AS TEXT) || ':' || event_id || ',' || ",
+    "CAST(time_us AS TEXT) || ',' || ",
+    "CAST(LENGTH(actor) AS TEXT) || ':' || actor || ',' || ",
+    "CAST(LENGTH(service) AS TEXT) || ':' || service || ',' || ",
+    "CAST(LENGTH(method) AS TEXT) || ':' || method || ',' || ",
+    "CAST(LENGTH(action) AS TEXT) || ':' || action || ',' || ",
+    "CAST(LENGTH(resource) AS TEXT) || ':' || resource || ',' || ",
+    "CAST(LENGTH(purpose) AS TEXT) || ':' || purpose || ',' || ",
+    "CAST(LENGTH(outcome) AS TEXT) || ':' || outcome ",
+    "FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2"
+);
+
+/// The clear query columns stored beside each entry (event id, time, actor,
+/// service, method, action, resource, purpose, outcome), encoded as one string:
+/// each text value prefixed by its length in characters, so two different sets
+/// of values never encode alike. The database computes the same encoding in
+/// [`RAW_ENTRIES_SQL`] (`LENGTH` counts characters on SQLite and PostgreSQL alike).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Projection {
-    /// event_id column.
-    pub event_id: String,
-    /// time_us column.
-    pub time_us: i64,
-    /// actor column.
-    pub actor: String,
-    /// service column.
-    pub service: String,
-    /// method column.
-    pub method: String,
-    /// action column.
-    pub action: String,
-    /// resource column.
-    pub resource: String,
-    /// purpose column.
-    pub purpose: String,
-    /// outcome column.
-    pub outcome: String,
-}
+pub struct Projection(String);
 
 impl Projection {
-    /// The projection an entry should have.
-    pub fn of(e: &Entry) -> Self {
-        Self {
-            event_id: e.event_id.clone(),
-            time_us: e.time_us,
-            actor: e.actor.clone(),
-            service: e.service.clone(),
-            method: e.method.clone(),
-            action: e.action.clone(),
-            resource: e.resource.clone(),
-            purpose: e.purpose.clone(),
-            outcome: e.outcome.clone(),
+    /// Whether this is the projection of the entry whose columns are `c`.
+    pub fn matches(&self, c: &EntryColumns<'_>) -> bool {
+        *self
+            == Self::encode(
+                &c.event_id,
+                c.time_us,
+                [
+                    &c.actor,
+                    &c.service,
+                    &c.method,
+                    &c.action,
+                    &c.resource,
+                    &c.purpose,
+                    &c.outcome,
+                ],
+            )
+    }
+
+    fn encode(event_id: &str, time_us: i64, texts: [&str; 7]) -> Self {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(160);
+        let text = |s: &mut String, v: &str| {
+            let _ = write!(s, "{}:{v}", v.chars().count());
+        };
+        text(&mut s, event_id);
+        let _ = write!(s, ",{time_us}");
+        for v in texts {
+            s.push(',');
+            text(&mut s, v);
         }
+        Self(s)
     }
 }
 

@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 
 use ed25519_dalek::VerifyingKey;
+use futures::future::maybe_done;
 
 use crate::{
-    entry::Entry,
-    merkle::{Recomputer, leaf_hash},
+    entry::EntryColumns,
+    merkle::{Hash, Recomputer, leaf_hash},
     signer::verify_head,
-    store::{LogStore, Projection, RawEntry, StoredHead},
+    store::{LogStore, RAW_ENTRIES_SQL, RawEntry, StoredHead},
 };
 
 /// Entries read per round trip.
@@ -62,7 +63,7 @@ impl std::fmt::Display for Report {
 }
 
 /// Checks one raw row against its expected position; the reason if it does not match.
-fn check_row(expected: u64, raw: &RawEntry) -> Result<(), String> {
+fn check_row(expected: u64, raw: &RawEntry) -> Result<Hash, String> {
     if raw.seq != expected {
         return Err(if raw.seq > expected {
             format!(
@@ -73,21 +74,24 @@ fn check_row(expected: u64, raw: &RawEntry) -> Result<(), String> {
             format!("entry {} appears out of order", raw.seq)
         });
     }
-    if raw.leaf_hash.as_slice() != leaf_hash(&raw.entry).as_slice() {
+    let hash = leaf_hash(&raw.entry);
+    if raw.leaf_hash.as_slice() != hash.as_slice() {
         return Err("entry bytes do not match their leaf hash".into());
     }
     let entry =
-        Entry::from_bytes(&raw.entry).map_err(|_| "entry bytes do not parse".to_string())?;
+        EntryColumns::parse(&raw.entry).map_err(|_| "entry bytes do not parse".to_string())?;
     if entry.seq != expected {
         return Err(format!(
             "entry recorded for position {} is stored at position {expected} (reordered or inserted)",
             entry.seq
         ));
     }
-    if Projection::of(&entry) != raw.projection {
+    if let Some(projection) = &raw.projection
+        && !projection.matches(&entry)
+    {
         return Err("query columns differ from the hashed entry".into());
     }
-    Ok(())
+    Ok(hash)
 }
 
 /// Checks one head against the recomputed root at its size.
@@ -182,21 +186,35 @@ pub async fn verify(
         report.problem = Some(p);
         return Ok(report);
     }
+    let mut next = Box::pin(maybe_done(store.rows(0, CHUNK)));
     loop {
-        let rows = store.rows(tree.size(), CHUNK).await?;
+        next.as_mut().await;
+        let rows = next
+            .as_mut()
+            .take_output()
+            .expect("a finished read has its rows")?;
         if rows.is_empty() {
             break;
         }
+        // Ask for the following chunk before checking this one: the database (or
+        // SQLite's worker thread) produces it meanwhile, and the rows are then
+        // taken in bulk instead of one wake-up per row.
+        next = Box::pin(maybe_done(
+            store.rows(tree.size() + rows.len() as u64, CHUNK),
+        ));
+        let _ = futures::poll!(next.as_mut());
         for raw in &rows {
             let expected = tree.size();
-            if let Err(reason) = check_row(expected, raw) {
-                report.problem = Some(Problem {
-                    seq: expected,
-                    reason,
-                });
-                return Ok(report);
+            match check_row(expected, raw) {
+                Ok(hash) => tree.push(hash),
+                Err(reason) => {
+                    report.problem = Some(Problem {
+                        seq: expected,
+                        reason,
+                    });
+                    return Ok(report);
+                }
             }
-            tree.push(leaf_hash(&raw.entry));
             report.entries += 1;
             if let Err(p) = check_heads_at(
                 &mut heads_iter,
@@ -265,11 +283,106 @@ pub async fn verify_database(
         let signer = crate::keys::head_signer(config)?;
         keys.insert(signer.key_id().to_string(), signer.public_key());
     }
-    let db =
-        custodia_core::storage::open_service(config, custodia_core::ServiceName::AuditLog).await?;
-    let report = verify(&LogStore::new(db.clone()), &keys).await;
+    let service = custodia_core::ServiceName::AuditLog;
+    let url = custodia_core::storage::service_url(config, service)?;
+    verify_url(&url, service.ident(), &keys).await
+}
+
+/// Verifies the log in the database at `url` (its tables in `schema` on
+/// PostgreSQL) against `keys`, reading it through a connection of its own.
+pub async fn verify_url(
+    url: &secrecy::SecretString,
+    schema: &str,
+    keys: &HashMap<String, VerifyingKey>,
+) -> anyhow::Result<Report> {
+    let db = custodia_core::storage::connect(url, schema, 1).await?;
+    let report = match DirectLog::open(url, schema, LogStore::new(db.clone())).await {
+        Ok(direct) => verify(&direct, keys).await,
+        Err(e) => Err(e),
+    };
     db.close().await;
     report
+}
+
+/// The log's database read through a native connection of its own (not the
+/// portable pool): no per-value conversion to `sqlx::Any`, and on SQLite a row
+/// buffer as large as a chunk, so the driver's worker thread hands rows over in
+/// bulk instead of waking the verifier for every row.
+struct DirectLog {
+    conn: tokio::sync::Mutex<DirectConn>,
+    store: LogStore,
+}
+
+enum DirectConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl DirectLog {
+    /// Connects to `url` (the log's tables in `schema` on PostgreSQL).
+    async fn open(
+        url: &secrecy::SecretString,
+        schema: &str,
+        store: LogStore,
+    ) -> anyhow::Result<Self> {
+        use secrecy::ExposeSecret;
+        use sqlx::ConnectOptions;
+        let raw = url.expose_secret();
+        let unreadable = || anyhow::anyhow!("the audit-log database URL could not be parsed");
+        let conn = if raw.starts_with("sqlite:") {
+            let options = raw
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .map_err(|_| unreadable())?;
+            DirectConn::Sqlite(
+                options
+                    .read_only(true)
+                    .row_buffer_size(CHUNK)
+                    .connect()
+                    .await?,
+            )
+        } else {
+            let options = raw
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|_| unreadable())?;
+            DirectConn::Postgres(
+                options
+                    .options([("search_path", format!("\"{schema}\""))])
+                    .connect()
+                    .await?,
+            )
+        };
+        Ok(Self {
+            conn: tokio::sync::Mutex::new(conn),
+            store,
+        })
+    }
+}
+
+impl LogSource for DirectLog {
+    async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
+        self.store.heads().await
+    }
+    async fn rows(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
+        let query = sqlx::AssertSqlSafe(RAW_ENTRIES_SQL);
+        match &mut *self.conn.lock().await {
+            DirectConn::Sqlite(conn) => sqlx::query(query)
+                .bind(start as i64)
+                .bind(limit as i64)
+                .fetch_all(conn)
+                .await?
+                .iter()
+                .map(RawEntry::from_row)
+                .collect(),
+            DirectConn::Postgres(conn) => sqlx::query(query)
+                .bind(start as i64)
+                .bind(limit as i64)
+                .fetch_all(conn)
+                .await?
+                .iter()
+                .map(RawEntry::from_row)
+                .collect(),
+        }
+    }
 }
 
 /// Reads the log from a running audit-log service (`ListLeaves`,
@@ -382,10 +495,8 @@ impl LogSource for RemoteLog {
             .into_iter()
             .map(|l| {
                 // The service exposes the hashed bytes only; the query columns are a
-                // database detail, so they are taken from the entry itself here.
-                let projection = Entry::from_bytes(&l.leaf_data)
-                    .map(|e| Projection::of(&e))
-                    .unwrap_or_else(|_| Projection::of(&Entry::default()));
+                // database detail, checked when verifying the database.
+                let projection = None;
                 RawEntry {
                     seq: l.sequence as u64,
                     leaf_hash: leaf_hash(&l.leaf_data).to_vec(),

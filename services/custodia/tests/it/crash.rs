@@ -167,7 +167,8 @@ async fn kill_9_during_appends_loses_no_acknowledged_event() {
         .enumerate()
         .map(|(i, raw)| {
             assert_eq!(raw.seq, i as u64, "sequence numbers are gap-free");
-            (raw.projection.event_id.clone(), raw.seq as i64)
+            let entry = custodia_audit_log::entry::Entry::from_bytes(&raw.entry).unwrap();
+            (entry.event_id, raw.seq as i64)
         })
         .collect();
     for (id, seq) in &acked {
