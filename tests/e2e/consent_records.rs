@@ -290,7 +290,7 @@ async fn records(backend: Backend) {
         .into_inner()
         .receipt
         .unwrap();
-    assert_eq!(fetched.payload, receipt.payload);
+    assert_eq!(fetched, receipt, "the receipt returned is the one stored");
     let retry = c
         .record_consent(authed(
             grant(
@@ -308,8 +308,8 @@ async fn records(backend: Backend) {
         .into_inner();
     assert_eq!(retry.events[0].name, e.name);
     assert_eq!(
-        retry.receipt.unwrap().name,
-        receipt.name,
+        retry.receipt.unwrap(),
+        receipt,
         "a retry returns the first receipt"
     );
     assert_eq!(

@@ -63,6 +63,11 @@ pub struct Args {
     /// concurrency: the ceiling of the gRPC stack on this machine.
     #[arg(long)]
     ping: bool,
+    /// Like `--ping`, against a bare tonic server in the same process (the health
+    /// service alone: no auth, no limits, no tracing layers): what tonic itself
+    /// serves on this machine with this client.
+    #[arg(long)]
+    ping_bare: bool,
     /// Flush the access events of checks to disk before answering
     /// (`audit.read_event_sync = "full"`) instead of the default `relaxed`.
     #[arg(long)]
@@ -256,9 +261,18 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     } else {
         vec![custodia_consent::SERVICE]
     };
+    if args.ping_bare {
+        return ping_bare(args).await;
+    }
     let server = env.start_services(&services).await?;
     if args.ping {
-        return ping(&server, args).await;
+        let channels = channels(&server.endpoint, args.concurrency).await?;
+        return ping(
+            &channels,
+            args,
+            "grpc.health.v1.Health/Check (stack ceiling)",
+        )
+        .await;
     }
     let mut admin = ConsentServiceClient::new(server.channel().await?);
     let notice = setup(&mut admin).await?;
@@ -415,13 +429,27 @@ async fn batch_check(c: &mut Client, subjects: Vec<SubjectRef>) -> Result<(), to
 }
 
 /// The gRPC stack's ceiling: health checks at the same concurrency.
-async fn ping(server: &crate::server::BenchServer, args: &Args) -> anyhow::Result<()> {
+/// `n` HTTP/2 connections to `endpoint`.
+async fn channels(endpoint: &str, n: u64) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+                .connect()
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// grpc.health Check at `--concurrency` over `channels` for `--seconds`.
+async fn ping(channels: &[Channel], args: &Args, title: &str) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let mut c = HealthClient::new(server.channel().await?);
+    for channel in channels {
+        let mut c = HealthClient::new(channel.clone());
         tasks.push(tokio::spawn(async move {
             let mut phase = Phase::new();
             while Instant::now() < deadline {
@@ -440,7 +468,7 @@ async fn ping(server: &crate::server::BenchServer, args: &Args) -> anyhow::Resul
     for t in tasks {
         total.merge(t.await?);
     }
-    header("grpc.health.v1.Health/Check (stack ceiling)");
+    header(title);
     report(
         &total,
         t0.elapsed(),
@@ -449,4 +477,32 @@ async fn ping(server: &crate::server::BenchServer, args: &Args) -> anyhow::Resul
         TARGET_CHECK_P99,
     );
     Ok(())
+}
+
+/// `--ping-bare`: a tonic server with the health service alone, nothing else.
+async fn ping_bare(args: &Args) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            "custodia.consent.v1.ConsentService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+    let channels = channels(&endpoint, args.concurrency).await?;
+    let result = ping(
+        &channels,
+        args,
+        "grpc.health.v1.Health/Check on a bare tonic server",
+    )
+    .await;
+    server.abort();
+    result
 }

@@ -438,11 +438,9 @@ impl AuditLogService for Api {
             store.latest_head().await.map_err(ApiError::internal)?
         } else {
             store
-                .heads()
+                .head_at(size as u64)
                 .await
                 .map_err(ApiError::internal)?
-                .into_iter()
-                .find(|h| h.tree_size == size as u64)
         };
         let head = head.ok_or_else(|| ApiError::not_found("signed tree head", size.to_string()))?;
         Ok(Response::new(pb::GetSignedTreeHeadResponse {
@@ -458,18 +456,12 @@ impl AuditLogService for Api {
         let size = pagination::page_size(r.page_size)?;
         let filter = format!("min={}", r.min_tree_size);
         let after: Option<u64> = pagination::decode(&r.page_token, &filter)?;
-        let heads: Vec<_> = self
+        let heads = self
             .log
             .store()
-            .heads()
+            .heads_page(r.min_tree_size.max(0) as u64, after, size + 1)
             .await
-            .map_err(ApiError::internal)?
-            .into_iter()
-            .filter(|h| {
-                h.tree_size as i64 >= r.min_tree_size && after.is_none_or(|a| h.tree_size > a)
-            })
-            .take(size + 1)
-            .collect();
+            .map_err(ApiError::internal)?;
         let next =
             (heads.len() > size).then(|| pagination::encode(&heads[size - 1].tree_size, &filter));
         Ok(Response::new(pb::ListSignedTreeHeadsResponse {
@@ -517,11 +509,9 @@ impl AuditLogService for Api {
             _ => self
                 .log
                 .store()
-                .heads()
+                .head_at(size)
                 .await
-                .map_err(ApiError::internal)?
-                .into_iter()
-                .find(|h| h.tree_size == size),
+                .map_err(ApiError::internal)?,
         };
         Ok(Response::new(pb::GetInclusionProofResponse {
             leaf_index: r.sequence,

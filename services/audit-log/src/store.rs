@@ -316,6 +316,37 @@ impl LogStore {
         row.as_ref().map(head_from_row).transpose()
     }
 
+    /// The head signed for `tree_size`, if any.
+    pub async fn head_at(&self, tree_size: u64) -> anyhow::Result<Option<StoredHead>> {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
+             WHERE tree_size = $1",
+        )
+        .bind(tree_size as i64)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    /// Up to `limit` heads of size at least `min_size` and above `after`, by size.
+    pub async fn heads_page(
+        &self,
+        min_size: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredHead>> {
+        let from = after.map_or(min_size, |a| (a + 1).max(min_size));
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
+             WHERE tree_size >= $1 ORDER BY tree_size LIMIT $2",
+        )
+        .bind(from as i64)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(head_from_row).collect()
+    }
+
     /// Every head in size order (for verification).
     pub async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
         let rows = sqlx::query(
@@ -503,38 +534,63 @@ pub const RAW_ENTRIES_SQL: &str = concat!(
 pub struct Projection(String);
 
 impl Projection {
-    /// Whether this is the projection of the entry whose columns are `c`.
+    /// Whether this is the projection of the entry whose columns are `c` (walks the
+    /// encoding in place: verification calls this for every entry).
     pub fn matches(&self, c: &EntryColumns<'_>) -> bool {
-        *self
-            == Self::encode(
-                &c.event_id,
-                c.time_us,
-                [
-                    &c.actor,
-                    &c.service,
-                    &c.method,
-                    &c.action,
-                    &c.resource,
-                    &c.purpose,
-                    &c.outcome,
-                ],
-            )
+        let mut rest = self.0.as_str();
+        let texts = [
+            &c.actor,
+            &c.service,
+            &c.method,
+            &c.action,
+            &c.resource,
+            &c.purpose,
+            &c.outcome,
+        ];
+        take_text(&mut rest, &c.event_id)
+            && take(&mut rest, ",")
+            && take_int(&mut rest, c.time_us)
+            && texts
+                .iter()
+                .all(|v| take(&mut rest, ",") && take_text(&mut rest, v))
+            && rest.is_empty()
     }
+}
 
-    fn encode(event_id: &str, time_us: i64, texts: [&str; 7]) -> Self {
-        use std::fmt::Write;
-        let mut s = String::with_capacity(160);
-        let text = |s: &mut String, v: &str| {
-            let _ = write!(s, "{}:{v}", v.chars().count());
-        };
-        text(&mut s, event_id);
-        let _ = write!(s, ",{time_us}");
-        for v in texts {
-            s.push(',');
-            text(&mut s, v);
+/// Consumes `prefix`.
+fn take(rest: &mut &str, prefix: &str) -> bool {
+    match rest.strip_prefix(prefix) {
+        Some(tail) => {
+            *rest = tail;
+            true
         }
-        Self(s)
+        None => false,
     }
+}
+
+/// Consumes a canonical decimal number (no sign, no leading zero) equal to `n`.
+fn take_digits(rest: &mut &str, n: u64) -> bool {
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let (digits, tail) = rest.split_at(end);
+    let canonical = digits == "0" || !digits.starts_with('0');
+    if canonical && digits.parse::<u64>() == Ok(n) {
+        *rest = tail;
+        true
+    } else {
+        false
+    }
+}
+
+/// Consumes the decimal form of `n`.
+fn take_int(rest: &mut &str, n: i64) -> bool {
+    (n >= 0 || take(rest, "-")) && take_digits(rest, n.unsigned_abs())
+}
+
+/// Consumes `<length in characters>:<value>` for `v`.
+fn take_text(rest: &mut &str, v: &str) -> bool {
+    take_digits(rest, v.chars().count() as u64) && take(rest, ":") && take(rest, v)
 }
 
 fn head_from_row(r: &AnyRow) -> anyhow::Result<StoredHead> {

@@ -24,7 +24,7 @@
 //! Both are bounded: a full shard forgets an arbitrary entry to make room.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
@@ -46,6 +46,8 @@ pub const REGISTER_TTL: Duration = Duration::from_secs(1);
 /// cache off instead of letting it answer with what other replicas changed since.
 pub const FOLLOWER_FRESH: Duration = Duration::from_millis(500);
 const SHARDS: usize = 64;
+/// Most notice versions remembered as existing.
+const MAX_NOTICES: usize = 10_000;
 
 /// State of one subject for one purpose, as a check needs it.
 pub type CachedState = (Option<StateRow>, bool);
@@ -87,6 +89,8 @@ pub struct CheckCache {
     per_shard: usize,
     hasher: RandomState,
     register: Mutex<Register>,
+    /// Notice versions known to exist.
+    notices: Mutex<HashSet<String>>,
     started: Instant,
     /// Until when (µs after `started`) subject states may be served: the last
     /// successful poll of the follower plus [`FOLLOWER_FRESH`]; 0 before the first.
@@ -105,6 +109,7 @@ impl CheckCache {
             per_shard: capacity.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
             register: Mutex::default(),
+            notices: Mutex::default(),
             started: Instant::now(),
             fresh_until_us: AtomicU64::new(0),
         }
@@ -198,6 +203,21 @@ impl CheckCache {
                 .purposes
                 .insert(purpose_id.to_string(), (Instant::now(), purpose));
         }
+    }
+
+    /// Whether notice version `name` is known to exist.
+    pub fn knows_notice(&self, name: &str) -> bool {
+        self.notices.lock().expect("notice cache").contains(name)
+    }
+
+    /// Remembers that notice version `name` exists (versions are immutable once
+    /// published, so this never goes stale).
+    pub fn remember_notice(&self, name: &str) {
+        let mut notices = self.notices.lock().expect("notice cache");
+        if notices.len() >= MAX_NOTICES {
+            notices.clear();
+        }
+        notices.insert(name.to_string());
     }
 
     /// Drops every cached purpose (after a register change on this replica).

@@ -117,15 +117,14 @@ impl Api {
         e
     }
 
-    async fn purpose_or_404(&self, name: &str, field: &str) -> Result<(String, Purpose), ApiError> {
-        let id = purpose_id(name, field)?.to_string();
-        let stored = self
-            .store()
-            .purpose(&id)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found("purpose", purpose_name(&id)))?;
-        Ok((id, stored.purpose))
+    /// A purpose named in a write, from the register cache (see [`Self::check_purpose`]).
+    async fn purpose_or_404(
+        &self,
+        name: &str,
+        field: &str,
+    ) -> Result<(String, Arc<Purpose>), ApiError> {
+        let (id, cached) = self.check_purpose(name, field).await?;
+        Ok((id, cached.purpose))
     }
 
     /// Validates evidence; returns it as stored (collector set, IP truncated).
@@ -172,15 +171,18 @@ impl Api {
                     "must be `notices/{notice}/versions/{version}`",
                 ),
                 Some((id, version)) => {
-                    if self
-                        .store()
-                        .notice(id, Some(version))
-                        .await
-                        .map_err(ApiError::internal)?
-                        .is_none()
+                    // A published version never changes, so once seen it is known.
+                    if !self.cache.knows_notice(&e.notice)
+                        && self
+                            .store()
+                            .notice(id, Some(version))
+                            .await
+                            .map_err(ApiError::internal)?
+                            .is_none()
                     {
                         return Err(ApiError::not_found("notice", e.notice.clone()));
                     }
+                    self.cache.remember_notice(&e.notice);
                 }
             }
         }
@@ -539,7 +541,7 @@ impl Api {
         self.cache.forget(&hash);
         self.ctx().outbox.wake();
         self.notify_changed();
-        let receipt = self.stored_receipt(&events).await?;
+        let receipt = self.stored_receipt(&events, Some(receipt)).await?;
         Ok(pb::RecordConsentResponse { events, receipt })
     }
 
@@ -580,16 +582,8 @@ impl Api {
         }
         let (evidence, collect_us) = self.evidence(call, evidence, &mut v).await?;
         v.finish()?;
-        for id in &ids {
-            if self
-                .store()
-                .purpose(id)
-                .await
-                .map_err(ApiError::internal)?
-                .is_none()
-            {
-                return Err(ApiError::not_found("purpose", format!("purposes/{id}")));
-            }
+        for (i, p) in purposes.iter().enumerate() {
+            self.check_purpose(p, &format!("purposes[{i}]")).await?;
         }
         if all_purposes {
             for s in self
@@ -631,15 +625,18 @@ impl Api {
             ids.first().map(String::as_str).unwrap_or_default(),
         );
         // Withdrawals get a receipt (the subject's proof of withdrawing); objections do not.
-        let receipt = if state == ConsentState::Withdrawn && !records.is_empty() {
-            let receipt = self
-                .receipt_for(&subject, None, &evidence, &mut records)
-                .await?;
-            let id = receipt.name.trim_start_matches("receipts/").to_string();
-            Some((id, prost::Message::encode_to_vec(&receipt)))
+        let issued = if state == ConsentState::Withdrawn && !records.is_empty() {
+            Some(
+                self.receipt_for(&subject, None, &evidence, &mut records)
+                    .await?,
+            )
         } else {
             None
         };
+        let receipt = issued.as_ref().map(|r| {
+            let id = r.name.trim_start_matches("receipts/").to_string();
+            (id, prost::Message::encode_to_vec(r))
+        });
         let events = self
             .store()
             .record(
@@ -656,7 +653,7 @@ impl Api {
         self.cache.forget(&hash);
         self.ctx().outbox.wake();
         self.notify_changed();
-        let receipt = self.stored_receipt(&events).await?;
+        let receipt = self.stored_receipt(&events, issued).await?;
         Ok((events, receipt))
     }
 
@@ -671,13 +668,18 @@ impl Api {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut purposes = Vec::new();
         for r in records.iter() {
-            let p = self
-                .store()
-                .purpose(&r.purpose_id)
-                .await
-                .map_err(ApiError::internal)?
-                .map(|s| s.purpose)
-                .unwrap_or_default();
+            // The direct-marketing objection names no registered purpose.
+            let p = match self.cache.purpose(&r.purpose_id) {
+                Ok(cached) => cached.purpose,
+                Err(_) => Arc::new(
+                    self.store()
+                        .purpose(&r.purpose_id)
+                        .await
+                        .map_err(ApiError::internal)?
+                        .map(|s| s.purpose)
+                        .unwrap_or_default(),
+                ),
+            };
             purposes.push(p);
         }
         let lines = records
@@ -712,19 +714,22 @@ impl Api {
         Ok(issued)
     }
 
-    /// The receipt the first event links to, as stored (also for idempotent replays).
+    /// The receipt the first event links to: `issued` when this call's write went
+    /// in, else (an idempotent replay) the first call's, as stored.
     async fn stored_receipt(
         &self,
         events: &[ConsentEvent],
+        issued: Option<pb::ConsentReceipt>,
     ) -> Result<Option<pb::ConsentReceipt>, ApiError> {
-        match events
-            .first()
-            .map(|e| e.receipt.trim_start_matches("receipts/"))
-        {
-            Some(id) if !id.is_empty() => {
-                self.store().receipt(id).await.map_err(ApiError::internal)
-            }
-            _ => Ok(None),
+        let Some(name) = events.first().map(|e| e.receipt.as_str()) else {
+            return Ok(None);
+        };
+        if let Some(issued) = issued.filter(|r| r.name == name) {
+            return Ok(Some(issued));
+        }
+        match name.trim_start_matches("receipts/") {
+            "" => Ok(None),
+            id => self.store().receipt(id).await.map_err(ApiError::internal),
         }
     }
 
