@@ -31,6 +31,9 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite only: one connection with `synchronous = NORMAL`, for writes that
+    /// need not wait for the disk flush (see [`Db::relaxed_pool`]).
+    relaxed: Option<AnyPool>,
     backend: Backend,
     /// SQLite has one writer at a time; writers of this process queue here instead
     /// of in SQLite's busy handler, which sleeps for up to 100 ms between tries.
@@ -92,6 +95,13 @@ impl Db {
     /// The pool (an `AnyPool`: portable SQL only).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// SQLite only: a one-connection pool whose commits do not wait for the disk
+    /// flush (`synchronous = NORMAL` in WAL mode: a commit survives a crash of the
+    /// process but not of the machine). Take [`Db::write_turn`] before writing.
+    pub fn relaxed_pool(&self) -> Option<&AnyPool> {
+        self.relaxed.as_ref()
     }
 
     /// Which engine this is.
@@ -172,6 +182,9 @@ impl Db {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -225,6 +238,10 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             std::fs::create_dir_all(dir)?;
         }
         let pool = options
+            // A connection to a local file cannot have been dropped by a server, and
+            // the ping before every acquire was one more round trip to SQLite's
+            // worker thread (a thread wake-up each way) on every query.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // WAL for concurrent readers; FULL so an acknowledged commit survives
@@ -240,8 +257,25 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             .connect(raw)
             .await
             .map_err(redact)?;
+        let relaxed = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy(raw)
+            .map_err(redact)?;
         Ok(Db {
             pool,
+            relaxed: Some(relaxed),
             backend: Backend::Sqlite,
             write_gate: Arc::default(),
         })
@@ -274,6 +308,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             .map_err(redact)?;
         Ok(Db {
             pool,
+            relaxed: None,
             backend: Backend::Postgres,
             write_gate: Arc::default(),
         })

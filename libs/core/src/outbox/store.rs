@@ -67,8 +67,16 @@ async fn enqueue_batches_in(
     backend: Backend,
     batches: &[EventBatch],
 ) -> anyhow::Result<()> {
+    insert_outbox_rows(conn, backend, &rows_of(batches)?).await
+}
+
+/// Inserts rows from [`rows_of`]: one statement per [`INSERT_CHUNK`] rows.
+async fn insert_outbox_rows(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    rows: &[(String, String, i64)],
+) -> anyhow::Result<()> {
     let enqueued_us = to_micros(chrono::Utc::now());
-    let rows = rows_of(batches)?;
     insert_rows(
         conn,
         backend,
@@ -78,7 +86,7 @@ async fn enqueue_batches_in(
         ),
         4,
         INSERT_CHUNK,
-        &rows,
+        rows,
         |q, (id, payload, count)| {
             q.bind(id.clone())
                 .bind(payload.clone())
@@ -143,23 +151,28 @@ fn events_of(payload: &str) -> anyhow::Result<Vec<AccessEvent>> {
 async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow::Result<Vec<()>> {
     match (db.backend(), relaxed) {
         (Backend::Sqlite, true) => {
-            // `synchronous` is per connection: set for this transaction only, and a
-            // connection left in an unknown state is closed, never reused.
             let _turn = db.write_turn().await;
-            let mut conn = db.pool().acquire().await?;
+            let pool = db
+                .relaxed_pool()
+                .expect("an SQLite database has a relaxed pool");
+            let mut conn = pool.acquire().await?;
+            let rows = rows_of(batches)?;
             let written = async {
-                // Two statements per round trip to SQLite's worker thread.
-                sqlx::raw_sql("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
-                    .execute(&mut *conn)
-                    .await?;
-                enqueue_batches_in(&mut conn, db.backend(), batches).await?;
-                sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL")
-                    .execute(&mut *conn)
-                    .await?;
-                anyhow::Ok(())
+                if rows.len() <= INSERT_CHUNK {
+                    // One statement is atomic on its own: a single round trip to
+                    // SQLite's worker thread instead of three with BEGIN and COMMIT
+                    // (each a thread wake-up, slow when both cores are busy).
+                    insert_outbox_rows(&mut conn, Backend::Sqlite, &rows).await
+                } else {
+                    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                    insert_outbox_rows(&mut conn, Backend::Sqlite, &rows).await?;
+                    sqlx::query("COMMIT").execute(&mut *conn).await?;
+                    anyhow::Ok(())
+                }
             }
             .await;
             if written.is_err() {
+                // Never hand back a connection that may be inside a transaction.
                 let _ = conn.close().await;
             }
             written?;
