@@ -11,7 +11,11 @@
 //! ([`custodia_core::group_commit`]), so the sequence lock and the fsync are paid
 //! once per group instead of once per call.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use custodia_core::{
     group_commit::GroupCommit,
@@ -48,6 +52,9 @@ pub struct AuditLog {
     size_tx: watch::Sender<u64>,
     /// Appends waiting to be written together: (sequence, duplicate) per event.
     appends: GroupCommit<NewEvent, (u64, bool)>,
+    /// Leaf hashes of entries this replica committed and the tree has not taken
+    /// yet, by sequence: the integrator need not read its own appends back.
+    written: Arc<Mutex<BTreeMap<u64, Hash>>>,
 }
 
 impl AuditLog {
@@ -58,11 +65,18 @@ impl AuditLog {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Self>> {
         let (size_tx, _) = watch::channel(0);
+        let written = Arc::new(Mutex::new(BTreeMap::new()));
         let appends = {
-            let (store, clock) = (store.clone(), clock.clone());
+            let (store, clock, written) = (store.clone(), clock.clone(), written.clone());
             GroupCommit::new(MAX_GROUP_EVENTS, move |events: Vec<NewEvent>| {
                 let (store, now_us) = (store.clone(), to_micros(clock.now()));
-                async move { store.append(&events, now_us).await }
+                let written = written.clone();
+                async move {
+                    let (seqs, leaves) = store.append_with_leaves(&events, now_us).await?;
+                    // Committed: the tree may take these without reading them back.
+                    written.lock().expect("written leaves").extend(leaves);
+                    Ok(seqs)
+                }
             })
         };
         let log = Arc::new(Self {
@@ -73,6 +87,7 @@ impl AuditLog {
             appended: Notify::new(),
             size_tx,
             appends,
+            written,
         });
         log.sync_tree().await?;
         Ok(log)
@@ -118,6 +133,7 @@ impl AuditLog {
     pub async fn sync_tree(&self) -> anyhow::Result<u64> {
         let mut tree = self.tree.write().await;
         loop {
+            self.take_written(&mut tree);
             let start = tree.len();
             let batch = self.store.leaf_hashes(start, SYNC_CHUNK).await?;
             if batch.is_empty() {
@@ -132,6 +148,7 @@ impl AuditLog {
                 break;
             }
         }
+        self.take_written(&mut tree);
         let size = tree.len();
         self.size_tx.send_if_modified(|s| {
             let grew = *s < size;
@@ -141,6 +158,24 @@ impl AuditLog {
             grew
         });
         Ok(size)
+    }
+
+    /// Moves this replica's committed leaves that continue the tree into it, and
+    /// forgets those the tree already has (read from the database).
+    fn take_written(&self, tree: &mut MerkleTree) {
+        let mut written = self.written.lock().expect("written leaves");
+        while let Some(entry) = written.first_entry() {
+            match entry.key().cmp(&tree.len()) {
+                std::cmp::Ordering::Less => {
+                    entry.remove();
+                }
+                std::cmp::Ordering::Equal => {
+                    tree.push(entry.remove());
+                }
+                // A gap: entries another replica appended; read from the database.
+                std::cmp::Ordering::Greater => break,
+            }
+        }
     }
 
     /// Signs a head over everything appended so far, if the tree grew since the last

@@ -128,6 +128,16 @@ impl LogStore {
         events: &[NewEvent],
         now_us: i64,
     ) -> anyhow::Result<Vec<(u64, bool)>> {
+        Ok(self.append_with_leaves(events, now_us).await?.0)
+    }
+
+    /// Like [`Self::append`], also returning the leaf hash of every entry written
+    /// (not of duplicates), by sequence number.
+    pub async fn append_with_leaves(
+        &self,
+        events: &[NewEvent],
+        now_us: i64,
+    ) -> anyhow::Result<(Vec<(u64, bool)>, Vec<(u64, Hash)>)> {
         let mut tx = self.db.begin_write().await?;
         let backend = self.db.backend();
         if backend == Backend::Sqlite {
@@ -200,6 +210,13 @@ impl LogStore {
             fresh.push((seq, event, entry.to_bytes()));
         }
 
+        let fresh: Vec<(u64, &NewEvent, Vec<u8>, Hash)> = fresh
+            .into_iter()
+            .map(|(seq, e, bytes)| {
+                let leaf = leaf_hash(&bytes);
+                (seq, e, bytes, leaf)
+            })
+            .collect();
         insert_rows(
             &mut tx,
             backend,
@@ -211,11 +228,11 @@ impl LogStore {
             13,
             INSERT_CHUNK,
             &fresh,
-            |q, (seq, e, bytes)| {
+            |q, (seq, e, bytes, leaf)| {
                 q.bind(*seq as i64)
                     .bind(e.event_id.clone())
                     .bind(bytes.clone())
-                    .bind(leaf_hash(bytes).to_vec())
+                    .bind(leaf.to_vec())
                     .bind(e.time_us)
                     .bind(e.actor.clone())
                     .bind(e.service.clone())
@@ -230,7 +247,9 @@ impl LogStore {
         .await?;
         let indexed: Vec<(u64, &str)> = fresh
             .iter()
-            .filter_map(|(seq, e, _)| e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str())))
+            .filter_map(|(seq, e, _, _)| {
+                e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str()))
+            })
             .collect();
         insert_rows(
             &mut tx,
@@ -247,7 +266,11 @@ impl LogStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(seqs)
+        let leaves = fresh
+            .iter()
+            .map(|(seq, _, _, leaf)| (*seq, *leaf))
+            .collect();
+        Ok((seqs, leaves))
     }
 
     /// Number of entries in the log.
