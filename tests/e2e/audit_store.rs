@@ -10,7 +10,7 @@ use custodia_audit_log::{
     log::AuditLog,
     merkle::{leaf_hash, verify_consistency, verify_inclusion},
     signer::HeadSigner,
-    store::{EventFilter, LogStore, NewEvent},
+    store::{EventFilter, LogStore, NewEvent, StoredHead},
     verify::{verify, verify_url},
 };
 use custodia_core::{
@@ -378,4 +378,50 @@ async fn tampering_is_located_sqlite() {
 #[tokio::test]
 async fn tampering_is_located_postgres() {
     tampering_is_located(true).await;
+}
+
+/// A log with more heads than the verifier reads per page (1,000): every head is
+/// checked, and a forged one past the first page is still located.
+#[tokio::test]
+async fn verification_pages_through_many_heads() {
+    let f = fixture(false).await;
+    let events: Vec<_> = (0..1_205).map(|i| event(i, None)).collect();
+    f.log.append(&events).await.unwrap();
+    f.log.sync_tree().await.unwrap();
+    // A head at every size, signed as the integrator signs them.
+    for size in 1..=1_205u64 {
+        let root = f.log.root(size).await.unwrap();
+        let timestamp_ms = 1_700_000_000_000 + size;
+        f.log
+            .store()
+            .insert_head(&StoredHead {
+                tree_size: size,
+                root,
+                timestamp_us: timestamp_ms as i64 * 1000,
+                key_id: f.log.signer().key_id().to_string(),
+                signature: f.log.signer().sign(size, timestamp_ms, &root).to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+    let report = verify(f.log.store(), &f.keys).await.unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!((report.entries, report.heads), (1_205, 1_205));
+
+    let mut conn = f.db.pool().acquire().await.unwrap();
+    for sql in [
+        "DROP TRIGGER audit_tree_heads_no_update",
+        "UPDATE audit_tree_heads SET root_hash = X'0000000000000000000000000000000000000000000000000000000000000000' WHERE tree_size = 1100",
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let report = verify(f.log.store(), &f.keys).await.unwrap();
+    let problem = report.problem.expect("the forged head is found");
+    assert_eq!(problem.seq, 1_099, "{}", problem.reason);
+    assert_eq!(report.heads, 1_099, "every head before it checked");
+    f.done().await;
 }

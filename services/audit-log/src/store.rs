@@ -370,17 +370,6 @@ impl LogStore {
         rows.iter().map(head_from_row).collect()
     }
 
-    /// Every head in size order (for verification).
-    pub async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
-        let rows = sqlx::query(
-            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
-             ORDER BY tree_size",
-        )
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter().map(head_from_row).collect()
-    }
-
     /// Entries matching `filter` with `seq > after`, oldest first, at most `limit`.
     pub async fn list(
         &self,

@@ -3,7 +3,7 @@
 //! longer matches. Streams the log (O(log n) memory), so it scales to millions of
 //! entries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use ed25519_dalek::VerifyingKey;
 use futures::future::maybe_done;
@@ -123,17 +123,17 @@ fn check_head(
 }
 
 /// Checks every head whose size equals the recomputed tree's size.
-fn check_heads_at<'a>(
-    heads: &mut std::iter::Peekable<impl Iterator<Item = &'a StoredHead>>,
+fn check_heads_at(
+    heads: &mut VecDeque<StoredHead>,
     tree: &Recomputer,
     keys: &HashMap<String, VerifyingKey>,
     report: &mut Report,
     last_head_size: &mut u64,
 ) -> Result<(), Problem> {
-    while let Some(head) = heads.next_if(|h| h.tree_size == tree.size()) {
+    while let Some(head) = heads.pop_front_if(|h| h.tree_size == tree.size()) {
         // A head that disagrees with data that checked out entry by entry: the
         // damage lies after the previous good head.
-        check_head(head, &tree.root(), keys).map_err(|reason| Problem {
+        check_head(&head, &tree.root(), keys).map_err(|reason| Problem {
             seq: (*last_head_size).min(head.tree_size.saturating_sub(1)),
             reason,
         })?;
@@ -143,18 +143,55 @@ fn check_heads_at<'a>(
     Ok(())
 }
 
+/// Signed heads read a page at a time, so a long-lived log's millions of heads
+/// are never all in memory.
+struct Heads {
+    buffer: VecDeque<StoredHead>,
+    /// Size of the last head read.
+    after: Option<u64>,
+    exhausted: bool,
+}
+
+impl Heads {
+    /// Reads until every head of size up to `size` is in the buffer (or none is left).
+    async fn fill_to(&mut self, source: &impl LogSource, size: u64) -> anyhow::Result<()> {
+        while !self.exhausted && self.buffer.back().is_none_or(|h| h.tree_size <= size) {
+            let page = source.heads_page(self.after, HEAD_PAGE).await?;
+            // Only an empty page ends it: a server may cap its page size lower.
+            self.exhausted = page.is_empty();
+            if let Some(last) = page.last() {
+                self.after = Some(last.tree_size);
+            }
+            self.buffer.extend(page);
+        }
+        Ok(())
+    }
+}
+
+/// Heads read per page.
+const HEAD_PAGE: usize = 1_000;
+
 /// Where verification reads the log from: the database, or a running service.
 pub trait LogSource {
-    /// Every signed head, by tree size ascending.
-    fn heads(&self) -> impl Future<Output = anyhow::Result<Vec<StoredHead>>>;
+    /// Up to `limit` signed heads of size above `after` (all sizes when `None`),
+    /// by tree size ascending.
+    fn heads_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = anyhow::Result<Vec<StoredHead>>>;
     /// Up to `limit` stored rows from sequence `start`, in order.
     fn rows(&self, start: u64, limit: usize)
     -> impl Future<Output = anyhow::Result<Vec<RawEntry>>>;
 }
 
 impl LogSource for LogStore {
-    async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
-        LogStore::heads(self).await
+    async fn heads_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredHead>> {
+        LogStore::heads_page(self, 0, after, limit).await
     }
     async fn rows(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
         self.raw_entries(start, limit).await
@@ -166,8 +203,12 @@ pub async fn verify(
     store: &impl LogSource,
     keys: &HashMap<String, VerifyingKey>,
 ) -> anyhow::Result<Report> {
-    let heads = store.heads().await?;
-    let mut heads_iter = heads.iter().peekable();
+    let mut heads = Heads {
+        buffer: VecDeque::new(),
+        after: None,
+        exhausted: false,
+    };
+    heads.fill_to(store, 0).await?;
     let mut report = Report {
         entries: 0,
         heads: 0,
@@ -177,7 +218,7 @@ pub async fn verify(
     let mut last_head_size = 0u64;
     // The empty head (size 0) is checked before any entry.
     if let Err(p) = check_heads_at(
-        &mut heads_iter,
+        &mut heads.buffer,
         &tree,
         keys,
         &mut report,
@@ -199,10 +240,10 @@ pub async fn verify(
         // Ask for the following chunk before checking this one: the database (or
         // SQLite's worker thread) produces it meanwhile, and the rows are then
         // taken in bulk instead of one wake-up per row.
-        next = Box::pin(maybe_done(
-            store.rows(tree.size() + rows.len() as u64, CHUNK),
-        ));
+        let end = tree.size() + rows.len() as u64;
+        next = Box::pin(maybe_done(store.rows(end, CHUNK)));
         let _ = futures::poll!(next.as_mut());
+        heads.fill_to(store, end).await?;
         for raw in &rows {
             let expected = tree.size();
             match check_row(expected, raw) {
@@ -217,7 +258,7 @@ pub async fn verify(
             }
             report.entries += 1;
             if let Err(p) = check_heads_at(
-                &mut heads_iter,
+                &mut heads.buffer,
                 &tree,
                 keys,
                 &mut report,
@@ -228,7 +269,8 @@ pub async fn verify(
             }
         }
     }
-    if let Some(head) = heads_iter.next() {
+    heads.fill_to(store, tree.size()).await?;
+    if let Some(head) = heads.buffer.front() {
         report.problem = Some(Problem {
             seq: tree.size(),
             reason: format!(
@@ -359,8 +401,12 @@ impl DirectLog {
 }
 
 impl LogSource for DirectLog {
-    async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
-        self.store.heads().await
+    async fn heads_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredHead>> {
+        self.store.heads_page(0, after, limit).await
     }
     async fn rows(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
         let query = sqlx::AssertSqlSafe(RAW_ENTRIES_SQL);
@@ -442,41 +488,40 @@ impl RemoteLog {
 }
 
 impl LogSource for RemoteLog {
-    async fn heads(&self) -> anyhow::Result<Vec<StoredHead>> {
-        let mut heads = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .client
-                .clone()
-                .list_signed_tree_heads(self.request(
-                    custodia_proto::audit::v1::ListSignedTreeHeadsRequest {
-                        page_size: 1000,
-                        page_token: page_token.clone(),
-                        min_tree_size: 0,
-                    },
-                ))
-                .await?
-                .into_inner();
-            for h in page.heads {
+    async fn heads_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredHead>> {
+        let page = self
+            .client
+            .clone()
+            .list_signed_tree_heads(self.request(
+                custodia_proto::audit::v1::ListSignedTreeHeadsRequest {
+                    page_size: limit.min(1000) as i32,
+                    page_token: String::new(),
+                    min_tree_size: after.map_or(0, |a| a as i64 + 1),
+                },
+            ))
+            .await?
+            .into_inner();
+        page.heads
+            .into_iter()
+            .map(|h| {
                 let root: [u8; 32] = h
                     .root_hash
                     .try_into()
                     .map_err(|_| anyhow::anyhow!("head root is not 32 bytes"))?;
                 let ts = h.timestamp.unwrap_or_default();
-                heads.push(StoredHead {
+                Ok(StoredHead {
                     tree_size: h.tree_size as u64,
                     root,
                     timestamp_us: ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000),
                     key_id: h.key_id,
                     signature: h.signature,
-                });
-            }
-            if page.next_page_token.is_empty() {
-                return Ok(heads);
-            }
-            page_token = page.next_page_token;
-        }
+                })
+            })
+            .collect()
     }
 
     async fn rows(&self, start: u64, limit: usize) -> anyhow::Result<Vec<RawEntry>> {
