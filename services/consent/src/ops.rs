@@ -172,17 +172,18 @@ impl Api {
                 ),
                 Some((id, version)) => {
                     // A published version never changes, so once seen it is known.
-                    if !self.cache.knows_notice(&e.notice)
-                        && self
+                    if !self.cache.knows_notice(&e.notice) {
+                        if self
                             .store()
                             .notice(id, Some(version))
                             .await
                             .map_err(ApiError::internal)?
                             .is_none()
-                    {
-                        return Err(ApiError::not_found("notice", e.notice.clone()));
+                        {
+                            return Err(ApiError::not_found("notice", e.notice.clone()));
+                        }
+                        self.cache.remember_notice(&e.notice);
                     }
-                    self.cache.remember_notice(&e.notice);
                 }
             }
         }

@@ -201,7 +201,7 @@ pub struct SqlOutbox {
     alone: Arc<GroupCommit<EventBatch, ()>>,
 }
 
-/// Most events in one group insert.
+/// Most calls' events (single events or batches) in one group insert.
 const MAX_GROUP: usize = 2_000;
 /// Rows per multi-row INSERT (4 parameters each).
 const INSERT_CHUNK: usize = 300;
