@@ -237,42 +237,19 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         {
             std::fs::create_dir_all(dir)?;
         }
-        let pool = options
-            // A connection to a local file cannot have been dropped by a server, and
-            // the ping before every acquire was one more round trip to SQLite's
-            // worker thread (a thread wake-up each way) on every query.
-            .test_before_acquire(false)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL for concurrent readers; FULL so an acknowledged commit survives
-                    // power loss; wait rather than fail when another writer holds the lock.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
+        // FULL so an acknowledged commit survives power loss.
+        let pool = sqlite_options(options, "FULL")
             .connect(raw)
             .await
             .map_err(redact)?;
-        let relaxed = AnyPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .test_before_acquire(false)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
-            .connect_lazy(raw)
-            .map_err(redact)?;
+        let relaxed = sqlite_options(
+            AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10)),
+            "NORMAL",
+        )
+        .connect_lazy(raw)
+        .map_err(redact)?;
         Ok(Db {
             pool,
             relaxed: Some(relaxed),
@@ -315,6 +292,27 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
     } else {
         anyhow::bail!("unsupported database URL scheme (expected sqlite:// or postgres://)")
     }
+}
+
+/// Pool options for an SQLite file: WAL for concurrent readers, `synchronous` as
+/// given, foreign keys on, and wait rather than fail when another writer holds
+/// the lock.
+fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
+    options
+        // A connection to a local file cannot have been dropped by a server, and
+        // the ping before every acquire was one more round trip to SQLite's
+        // worker thread (a thread wake-up each way) on every query.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(AssertSqlSafe(format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+                )))
+                .await?;
+                Ok(())
+            })
+        })
 }
 
 fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
