@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use custodia_core::legal_time::Clock;
 use custodia_proto::{
-    audit::v1::{ListEventsRequest, audit_log_service_client::AuditLogServiceClient},
+    audit::v1::ListEventsRequest,
     breach::v1::{
         AddTimelineEntryRequest, AssessRiskRequest, AssignTeamRequest, AuthorityNotification,
         Breach, BreachNature, BreachState, ClockStatus, CloseBreachRequest, CommunicationChannel,
@@ -23,7 +23,7 @@ use custodia_proto::{
     },
     common::v1::{Contact, ExportFormat},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed};
 use tonic::{Code, Status, transport::Channel};
 
 type Client = BreachServiceClient<Channel>;
@@ -651,7 +651,6 @@ async fn lifecycle(backend: Backend) {
         .expect("a retried delete succeeds again");
 
     // Every read and change is an access event in audit-log.
-    let audit = AuditLogServiceClient::new(app.channel().await);
     let expected: BTreeSet<&str> = [
         "ReportBreach",
         "GetBreach",
@@ -669,27 +668,17 @@ async fn lifecycle(backend: Backend) {
     ]
     .into_iter()
     .collect();
-    let events = eventually(|| {
-        let mut audit = audit.clone();
-        let expected = expected.clone();
-        async move {
-            let events = audit
-                .list_events(authed(
-                    ListEventsRequest {
-                        service: SERVICE.into(),
-                        page_size: 1000,
-                        ..Default::default()
-                    },
-                    ADMIN_TOKEN,
-                ))
-                .await
-                .ok()?
-                .into_inner()
-                .events;
+    let events = audit_events_until(
+        app.channel().await,
+        ListEventsRequest {
+            service: SERVICE.into(),
+            ..Default::default()
+        },
+        |events| {
             let methods: BTreeSet<&str> = events.iter().map(|e| e.method.as_str()).collect();
-            expected.is_subset(&methods).then_some(events)
-        }
-    })
+            expected.is_subset(&methods)
+        },
+    )
     .await;
     for e in &events {
         if e.method != "ListBreaches" {

@@ -15,7 +15,7 @@ use custodia_proto::{
         notice::Content,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, eventually};
 use tonic::{Code, transport::Channel};
 
 type Client = ConsentServiceClient<Channel>;
@@ -1039,30 +1039,15 @@ async fn batch_check(backend: Backend) {
     );
 
     // Every subject of the batch is in the audit log once, as a BatchCheckConsent.
-    let mut audit = AuditLogServiceClient::new(app.channel().await);
     for who in ["ada@example.edu", "p3@example.edu", "p1499@example.edu"] {
-        let events = eventually(|| {
-            let mut audit = audit.clone();
-            async move {
-                let events = audit
-                    .list_events(authed(
-                        ListEventsRequest {
-                            subject: Some(email(who)),
-                            page_size: 1000,
-                            ..Default::default()
-                        },
-                        ADMIN_TOKEN,
-                    ))
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .events;
-                events
-                    .iter()
-                    .any(|e| e.method == "BatchCheckConsent")
-                    .then_some(events)
-            }
-        })
+        let events = audit_events_until(
+            app.channel().await,
+            ListEventsRequest {
+                subject: Some(email(who)),
+                ..Default::default()
+            },
+            |events| events.iter().any(|e| e.method == "BatchCheckConsent"),
+        )
         .await;
         let batch_events: Vec<_> = events
             .iter()
@@ -1079,6 +1064,7 @@ async fn batch_check(backend: Backend) {
         );
         assert_eq!(e.subject_hash.len(), 32, "searchable by keyed hash only");
     }
+    let mut audit = AuditLogServiceClient::new(app.channel().await);
     let mut total = 0;
     let mut token = String::new();
     loop {

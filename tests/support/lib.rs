@@ -213,6 +213,37 @@ where
     }
 }
 
+/// Waits until the first page (1,000 events) ListEvents returns for `filter`
+/// satisfies `done` (access events reach audit-log through the outbox, later than
+/// the call they describe), and returns that page.
+pub async fn audit_events_until(
+    channel: Channel,
+    filter: custodia_proto::audit::v1::ListEventsRequest,
+    done: impl Fn(&[custodia_proto::audit::v1::AccessEvent]) -> bool,
+) -> Vec<custodia_proto::audit::v1::AccessEvent> {
+    let client =
+        custodia_proto::audit::v1::audit_log_service_client::AuditLogServiceClient::new(channel);
+    let request = custodia_proto::audit::v1::ListEventsRequest {
+        page_size: 1000,
+        ..filter
+    };
+    let done = &done;
+    eventually(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move {
+            let events = client
+                .list_events(authed(request, ADMIN_TOKEN))
+                .await
+                .ok()?
+                .into_inner()
+                .events;
+            done(&events).then_some(events)
+        }
+    })
+    .await
+}
+
 /// Logs for the failing test, once per process, when `TEST_LOG` is set.
 pub fn init_tracing() {
     static ONCE: std::sync::Once = std::sync::Once::new();
