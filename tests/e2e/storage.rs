@@ -5,7 +5,7 @@
 use custodia_core::{
     config::ReadEventSync,
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox, conformance, enqueue_in},
-    storage::{self, Backend as DbBackend, Db},
+    storage::{self, Backend as DbBackend, Db, Script},
 };
 use custodia_tests::TestDatabase;
 
@@ -131,6 +131,91 @@ async fn outbox_is_transactional_postgres() {
         .await
         .unwrap();
     outbox_is_transactional(db.clone()).await;
+    db.close().await;
+    pg.drop_now().await;
+}
+
+/// Values of table `t`, in id order.
+async fn values(db: &Db) -> Vec<String> {
+    sqlx::query("SELECT v FROM t ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| sqlx::Row::get(r, 0))
+        .collect()
+}
+
+/// Two inserts of table `t` in one script.
+fn two_rows(db: &Db, (a, b): (i64, i64), label: &str) -> Script {
+    let mut script = Script::new(db.backend());
+    let sql = format!(
+        "INSERT INTO t (id, v) VALUES ({})",
+        storage::placeholders(db.backend(), 1, 2)
+    );
+    for id in [a, b] {
+        script.push(&sql, |p| {
+            p.bind(id).bind(format!("{label}{id}"));
+        });
+    }
+    script
+}
+
+/// Scripts: a write commits whole or not at all (a failing statement in the middle
+/// of a script undoes the ones before it), and a transaction given up half way
+/// never leaves its connection in the pool inside a transaction. `db` has one
+/// connection, so every step reuses the one the step before used (or its
+/// replacement).
+async fn scripts_are_transactional(db: Db) {
+    sqlx::query("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+
+    let tx = db.begin_script().await.unwrap();
+    tx.commit(two_rows(&db, (1, 2), "a")).await.unwrap();
+    assert_eq!(values(&db).await, ["a1", "a2"]);
+
+    // A read first (BEGIN goes with it), then a write whose second row collides.
+    let mut tx = db.begin_script().await.unwrap();
+    let mut read = Script::new(db.backend());
+    read.push("SELECT COUNT(*) FROM t", |_| ());
+    let rows = tx.fetch_all(read).await.unwrap();
+    assert_eq!(sqlx::Row::get::<i64, _>(&rows[0], 0), 2);
+    let err = tx.commit(two_rows(&db, (3, 1), "b")).await;
+    assert!(err.is_err(), "duplicate key refused");
+    assert_eq!(values(&db).await, ["a1", "a2"], "b3 rolled back with b1");
+
+    // Written, then given up without commit or rollback.
+    let mut tx = db.begin_script().await.unwrap();
+    tx.fetch_all(two_rows(&db, (4, 5), "c")).await.unwrap();
+    drop(tx);
+    assert_eq!(values(&db).await, ["a1", "a2"], "c4 and c5 never committed");
+
+    // Explicit rollback, then the connection serves the next write.
+    let mut tx = db.begin_script().await.unwrap();
+    tx.fetch_all(two_rows(&db, (6, 7), "d")).await.unwrap();
+    tx.rollback().await.unwrap();
+    let tx = db.begin_script().await.unwrap();
+    tx.commit(two_rows(&db, (8, 9), "e")).await.unwrap();
+    assert_eq!(values(&db).await, ["a1", "a2", "e8", "e9"]);
+}
+
+#[tokio::test]
+async fn scripts_are_transactional_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = storage::sqlite_file_url(&dir.path().join("script.db"));
+    let db = storage::connect(&secret(&url), "consent", 1).await.unwrap();
+    scripts_are_transactional(db).await;
+}
+
+#[tokio::test]
+async fn scripts_are_transactional_postgres() {
+    let pg = TestDatabase::create().await;
+    let db = storage::connect(&secret(&pg.url), "consent", 1)
+        .await
+        .unwrap();
+    scripts_are_transactional(db.clone()).await;
     db.close().await;
     pg.drop_now().await;
 }

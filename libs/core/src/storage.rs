@@ -18,6 +18,9 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, any::AnyPoolOptions, migrate::Migra
 
 use crate::{Config, ServiceName};
 
+mod script;
+pub use script::{Binds, Script, ScriptTx};
+
 /// Which database engine a [`Db`] talks to, for the few statements that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

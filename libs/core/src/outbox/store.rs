@@ -8,7 +8,7 @@ use super::{AccessEvent, EventBatch};
 use crate::{
     config::ReadEventSync,
     group_commit::GroupCommit,
-    storage::{Backend, Db, insert_rows, placeholders, to_micros},
+    storage::{Backend, Db, Script, placeholders, to_micros},
 };
 
 /// The outbox of one service's database.
@@ -76,10 +76,22 @@ async fn insert_outbox_rows(
     backend: Backend,
     rows: &[(String, String, i64)],
 ) -> anyhow::Result<()> {
+    let mut script = Script::new(backend);
+    push_outbox_rows(&mut script, rows);
+    script.execute(conn).await?;
+    Ok(())
+}
+
+/// Appends the INSERTs of `events` to `script` (run inside the caller's
+/// transaction, like [`enqueue_all_in`]).
+pub fn enqueue_all_script(script: &mut Script, events: &[AccessEvent]) -> anyhow::Result<()> {
+    push_outbox_rows(script, &rows_of(&EventBatch::runs(events))?);
+    Ok(())
+}
+
+fn push_outbox_rows(script: &mut Script, rows: &[(String, String, i64)]) {
     let enqueued_us = to_micros(chrono::Utc::now());
-    insert_rows(
-        conn,
-        backend,
+    script.insert_rows(
         (
             "INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count)",
             "ON CONFLICT (event_id) DO NOTHING",
@@ -87,15 +99,13 @@ async fn insert_outbox_rows(
         4,
         INSERT_CHUNK,
         rows,
-        |q, (id, payload, count)| {
-            q.bind(id.clone())
+        |b, (id, payload, count)| {
+            b.bind(id.clone())
                 .bind(payload.clone())
                 .bind(enqueued_us)
-                .bind(*count)
+                .bind(*count);
         },
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 /// Most events one outbox row carries.
@@ -157,20 +167,18 @@ async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow:
                 .expect("an SQLite database has a relaxed pool");
             let mut conn = pool.acquire().await?;
             let rows = rows_of(batches)?;
-            let written = async {
-                if rows.len() <= INSERT_CHUNK {
-                    // One statement is atomic on its own: a single round trip to
-                    // SQLite's worker thread instead of three with BEGIN and COMMIT
-                    // (each a thread wake-up, slow when both cores are busy).
-                    insert_outbox_rows(&mut conn, Backend::Sqlite, &rows).await
-                } else {
-                    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-                    insert_outbox_rows(&mut conn, Backend::Sqlite, &rows).await?;
-                    sqlx::query("COMMIT").execute(&mut *conn).await?;
-                    anyhow::Ok(())
-                }
+            // One message to SQLite's worker thread (each a thread wake-up, slow when
+            // both cores are busy); a single statement is atomic on its own.
+            let mut script = Script::new(Backend::Sqlite);
+            let several = rows.len() > INSERT_CHUNK;
+            if several {
+                script.push("BEGIN IMMEDIATE", |_| ());
             }
-            .await;
+            push_outbox_rows(&mut script, &rows);
+            if several {
+                script.push("COMMIT", |_| ());
+            }
+            let written = script.execute(&mut conn).await;
             if written.is_err() {
                 // Never hand back a connection that may be inside a transaction.
                 let _ = conn.close().await;
@@ -178,14 +186,13 @@ async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow:
             written?;
         }
         (backend, relaxed) => {
-            let mut tx = db.begin_write().await?;
+            let tx = db.begin_script().await?;
+            let mut script = Script::new(backend);
             if relaxed {
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
+                script.push("SET LOCAL synchronous_commit = off", |_| ());
             }
-            enqueue_batches_in(&mut tx, backend, batches).await?;
-            tx.commit().await?;
+            push_outbox_rows(&mut script, &rows_of(batches)?);
+            tx.commit(script).await?;
         }
     }
     Ok(vec![(); batches.len()])

@@ -1,0 +1,320 @@
+//! Write transactions sent as few messages as possible.
+//!
+//! sqlx runs each SQLite connection on a worker thread of its own: every statement
+//! is a message to that thread and a wake-up of both threads, which on a busy
+//! two-core machine costs more than most statements themselves. A [`Script`] is a
+//! list of statements that do not need each other's results; on SQLite it goes as
+//! one multi-statement query (one message), on PostgreSQL statement by statement.
+//! A [`ScriptTx`] sends its `BEGIN` with its first script and its `COMMIT` with its
+//! last, so a write that needs no reads is one message in all.
+
+use sqlx::{
+    Any, AnyConnection, Arguments, AssertSqlSafe, Encode, Type,
+    any::{AnyArguments, AnyRow},
+    error::BoxDynError,
+    pool::PoolConnection,
+};
+
+use super::{Backend, Db, placeholders};
+
+/// Statements executed together, in order (see the module docs). Placeholders must
+/// come from [`placeholders`] (or [`Script::param`]) counted from 1 in each
+/// statement: on SQLite they are anonymous and bind in order across the script.
+#[derive(Default)]
+pub struct Script {
+    backend: Option<Backend>,
+    parts: Vec<(String, AnyArguments)>,
+    error: Option<BoxDynError>,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field(
+                "parts",
+                &self.parts.iter().map(|(sql, _)| sql).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parameters of one statement of a [`Script`].
+pub struct Binds<'a> {
+    args: &'a mut AnyArguments,
+    error: &'a mut Option<BoxDynError>,
+}
+
+impl std::fmt::Debug for Binds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binds").finish_non_exhaustive()
+    }
+}
+
+impl Binds<'_> {
+    /// Binds the next parameter.
+    pub fn bind<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'q + Encode<'q, Any> + Type<Any>,
+    {
+        if let Err(e) = self.args.add(value) {
+            self.error.get_or_insert(e);
+        }
+        self
+    }
+}
+
+impl Script {
+    /// An empty script for `backend`.
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend: Some(backend),
+            ..Self::default()
+        }
+    }
+
+    /// Whether it holds no statement.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The placeholder of the `i`-th parameter (from 1) of a statement.
+    pub fn param(&self, i: usize) -> String {
+        placeholders(self.backend(), i, 1)
+    }
+
+    fn backend(&self) -> Backend {
+        self.backend.unwrap_or(Backend::Sqlite)
+    }
+
+    /// Appends `sql`, its parameters bound by `bind`.
+    pub fn push(&mut self, sql: &str, bind: impl FnOnce(&mut Binds<'_>)) -> &mut Self {
+        let joined = self.backend() == Backend::Sqlite;
+        match self.parts.last_mut() {
+            Some((text, args)) if joined => {
+                text.push_str(";\n");
+                text.push_str(sql);
+                bind(&mut Binds {
+                    args,
+                    error: &mut self.error,
+                });
+            }
+            _ => {
+                let mut args = AnyArguments::default();
+                bind(&mut Binds {
+                    args: &mut args,
+                    error: &mut self.error,
+                });
+                self.parts.push((sql.to_string(), args));
+            }
+        }
+        self
+    }
+
+    /// Appends multi-row `INSERT`s of `rows`, `per_statement` rows each:
+    /// `{head} VALUES (...), (...) {tail}`, `columns` parameters per row bound by
+    /// `bind`. No statement when `rows` is empty.
+    pub fn insert_rows<T>(
+        &mut self,
+        (head, tail): (&str, &str),
+        columns: usize,
+        per_statement: usize,
+        rows: &[T],
+        bind: impl Fn(&mut Binds<'_>, &T),
+    ) -> &mut Self {
+        let backend = self.backend();
+        for chunk in rows.chunks(per_statement.max(1)) {
+            let values = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(backend, i * columns + 1, columns)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.push(&format!("{head} VALUES {values} {tail}"), |b| {
+                for row in chunk {
+                    bind(b, row);
+                }
+            });
+        }
+        self
+    }
+
+    /// Puts `sql` (no parameters) first.
+    fn prepend(&mut self, sql: &str) {
+        let joined = self.backend() == Backend::Sqlite;
+        match self.parts.first_mut() {
+            Some((text, _)) if joined => text.insert_str(0, &format!("{sql};\n")),
+            _ => self
+                .parts
+                .insert(0, (sql.to_string(), AnyArguments::default())),
+        }
+    }
+
+    /// Executes every statement.
+    pub async fn execute(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        self.fetch_all(conn).await.map(drop)
+    }
+
+    /// Executes every statement; returns the rows they all return.
+    pub async fn fetch_all(mut self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
+        if let Some(e) = self.error.take() {
+            return Err(sqlx::Error::Encode(e));
+        }
+        let mut rows = Vec::new();
+        for (sql, args) in self.parts {
+            rows.extend(
+                sqlx::query_with(AssertSqlSafe(sql), args)
+                    .fetch_all(&mut *conn)
+                    .await?,
+            );
+        }
+        Ok(rows)
+    }
+}
+
+/// A write transaction driven by [`Script`]s, from [`Db::begin_script`]. On SQLite
+/// it holds this process's write turn, sends `BEGIN IMMEDIATE` with its first
+/// script and `COMMIT` with its last; dropped without [`Self::commit`] or
+/// [`Self::rollback`] (an error, a cancelled task), its connection is closed
+/// rather than returned to the pool inside a transaction.
+#[derive(Debug)]
+pub struct ScriptTx {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Sqlite {
+        conn: PoolConnection<Any>,
+        _turn: tokio::sync::OwnedMutexGuard<()>,
+        /// `BEGIN IMMEDIATE` was sent.
+        begun: bool,
+        /// Ended by commit or rollback.
+        done: bool,
+    },
+    Postgres(sqlx::Transaction<'static, Any>),
+    /// A PostgreSQL transaction that ended.
+    Done,
+}
+
+impl Db {
+    /// Starts a write transaction for [`Script`]s (see [`ScriptTx`]). On PostgreSQL
+    /// it is a plain transaction; on SQLite nothing is sent yet.
+    pub async fn begin_script(&self) -> Result<ScriptTx, sqlx::Error> {
+        let inner = match self.backend {
+            Backend::Sqlite => {
+                let turn = self.write_gate.clone().lock_owned().await;
+                Inner::Sqlite {
+                    conn: self.pool.acquire().await?,
+                    _turn: turn,
+                    begun: false,
+                    done: false,
+                }
+            }
+            Backend::Postgres => Inner::Postgres(self.pool.begin().await?),
+        };
+        Ok(ScriptTx { inner })
+    }
+}
+
+impl ScriptTx {
+    /// Runs `script` in the transaction; returns its rows.
+    pub async fn fetch_all(&mut self, mut script: Script) -> Result<Vec<AnyRow>, sqlx::Error> {
+        match &mut self.inner {
+            Inner::Sqlite { conn, begun, .. } => {
+                if !*begun {
+                    script.prepend("BEGIN IMMEDIATE");
+                    *begun = true;
+                }
+                script.fetch_all(conn).await
+            }
+            Inner::Postgres(tx) => script.fetch_all(tx).await,
+            Inner::Done => Err(sqlx::Error::WorkerCrashed),
+        }
+    }
+
+    /// The connection, inside the transaction, for statements that need the results
+    /// of earlier ones.
+    pub async fn conn(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
+        if let Inner::Sqlite { begun: false, .. } = self.inner {
+            self.fetch_all(Script::new(Backend::Sqlite)).await?;
+        }
+        match &mut self.inner {
+            Inner::Sqlite { conn, .. } => Ok(conn),
+            Inner::Postgres(tx) => Ok(tx),
+            Inner::Done => Err(sqlx::Error::WorkerCrashed),
+        }
+    }
+
+    /// Runs `script` and commits; on SQLite, in one message (with `BEGIN` when no
+    /// script went before). On error the transaction is rolled back.
+    pub async fn commit(mut self, mut script: Script) -> Result<(), sqlx::Error> {
+        if matches!(self.inner, Inner::Sqlite { .. }) {
+            script.push("COMMIT", |_| ());
+            return match self.fetch_all(script).await {
+                Ok(_) => {
+                    if let Inner::Sqlite { done, .. } = &mut self.inner {
+                        *done = true;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = self.rollback().await;
+                    Err(e)
+                }
+            };
+        }
+        match std::mem::replace(&mut self.inner, Inner::Done) {
+            Inner::Postgres(mut tx) => {
+                // Dropped on error: sqlx rolls the transaction back.
+                script.execute(&mut tx).await?;
+                tx.commit().await
+            }
+            _ => Err(sqlx::Error::WorkerCrashed),
+        }
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        match &mut self.inner {
+            Inner::Sqlite {
+                conn, begun, done, ..
+            } => {
+                if *begun && !*done {
+                    // Fails harmlessly when SQLite already rolled back (or BEGIN
+                    // failed); any other failure leaves `done` unset, so the
+                    // connection is closed on drop.
+                    let r = sqlx::query("ROLLBACK").execute(&mut **conn).await;
+                    match r {
+                        Ok(_) => *done = true,
+                        Err(e) if no_transaction(&e) => *done = true,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Inner::Postgres(_) => match std::mem::replace(&mut self.inner, Inner::Done) {
+                Inner::Postgres(tx) => tx.rollback().await,
+                _ => Ok(()),
+            },
+            Inner::Done => Ok(()),
+        }
+    }
+}
+
+/// SQLite's answer to a `ROLLBACK` outside a transaction.
+fn no_transaction(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.message().contains("no transaction is active"))
+}
+
+impl Drop for ScriptTx {
+    fn drop(&mut self) {
+        if let Inner::Sqlite {
+            conn,
+            begun: true,
+            done: false,
+            ..
+        } = &mut self.inner
+        {
+            conn.close_on_drop();
+        }
+    }
+}
