@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use custodia_core::{
     ApiError,
     group_commit::GroupCommit,
-    outbox::{AccessEvent, enqueue_all_in},
-    storage::{Backend, Db, Params, insert_rows, placeholders},
+    outbox::{AccessEvent, enqueue_all_script},
+    storage::{Backend, Db, Params, Script, ScriptTx, placeholders},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
 use prost::Message;
@@ -639,9 +639,12 @@ fn event_id(event: &ConsentEvent) -> &str {
 }
 
 /// Writes `jobs` in one transaction; one result per job, in order.
+///
+/// On SQLite this is at most two messages to the database's worker thread: the
+/// idempotency lookup (with `BEGIN`), then every write (with `COMMIT`).
 async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiError> {
     let backend = db.backend();
-    let mut tx = db.begin_write().await?;
+    let mut tx = db.begin_script().await?;
     let earlier = replayed_all(&mut tx, backend, jobs).await?;
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
     let plans: Vec<Plan> = jobs
@@ -676,7 +679,11 @@ async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiE
             _ => Vec::new(),
         })
         .collect();
-    let stored = events_by_id(&mut tx, backend, &replay_ids).await?;
+    let stored = if replay_ids.is_empty() {
+        HashMap::new()
+    } else {
+        events_by_id(tx.conn().await?, backend, &replay_ids).await?
+    };
     let writing: Vec<&WriteJob> = jobs
         .iter()
         .zip(&plans)
@@ -687,8 +694,7 @@ async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiE
         // Only replays: end the transaction now, while this writer holds the turn.
         tx.rollback().await?;
     } else {
-        write_all(&mut tx, backend, &writing).await?;
-        tx.commit().await?;
+        tx.commit(write_script(backend, &writing)?).await?;
     }
     let events_of = |job: &WriteJob| job.records.iter().map(|r| r.event.clone()).collect();
     Ok(jobs
@@ -710,7 +716,7 @@ async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiE
 
 /// Resources of earlier calls with the request ids of `jobs`, by (method, request id).
 async fn replayed_all(
-    conn: &mut AnyConnection,
+    tx: &mut ScriptTx,
     backend: Backend,
     jobs: &[WriteJob],
 ) -> Result<HashMap<(String, String), String>, ApiError> {
@@ -725,6 +731,10 @@ async fn replayed_all(
     request_ids.sort_unstable();
     request_ids.dedup();
     let mut found = HashMap::new();
+    if request_ids.is_empty() {
+        return Ok(found);
+    }
+    let mut script = Script::new(backend);
     for chunk in request_ids.chunks(ROWS_PER_STATEMENT * 2) {
         // Both key columns constrained, so the primary key index serves the lookup.
         let sql = format!(
@@ -733,16 +743,17 @@ async fn replayed_all(
             placeholders(backend, 1, methods.len()),
             placeholders(backend, methods.len() + 1, chunk.len()),
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for m in &methods {
-            q = q.bind(m.to_string());
-        }
-        for id in chunk {
-            q = q.bind(id.to_string());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
-        }
+        script.push(&sql, |b| {
+            for m in &methods {
+                b.bind(m.to_string());
+            }
+            for id in chunk {
+                b.bind(id.to_string());
+            }
+        });
+    }
+    for row in tx.fetch_all(script).await? {
+        found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
     }
     Ok(found)
 }
@@ -772,49 +783,54 @@ async fn events_by_id(
     Ok(out)
 }
 
-/// Writes the records, receipts, idempotency keys and access events of `jobs`
-/// (none of them a replay) with a fixed number of statements.
-async fn write_all(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    jobs: &[&WriteJob],
-) -> Result<(), ApiError> {
+/// The statements writing the records, receipts, idempotency keys and access events
+/// of `jobs` (none of them a replay): a fixed number per group.
+fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError> {
+    let mut script = Script::new(backend);
     let total: usize = jobs.iter().map(|j| j.records.len()).sum();
     if total > 0 {
-        // Gap-free, commit-ordered change numbers (see the migration), in job order.
-        let first: i64 = sqlx::query(
-            "UPDATE consent_change_seq SET next = next + $1 WHERE id = 1 RETURNING next - $2",
-        )
-        .bind(total as i64)
-        .bind(total as i64)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
+        // Gap-free, commit-ordered change numbers (see the migration), in job order:
+        // the counter moves first (taking its row lock on PostgreSQL), then each
+        // event takes the number `next - total + i` this transaction now sees.
+        script.push(
+            &format!(
+                "UPDATE consent_change_seq SET next = next + {} WHERE id = 1",
+                script.param(1)
+            ),
+            |b| {
+                b.bind(total as i64);
+            },
+        );
         let events: Vec<(i64, &NewRecord, Vec<u8>, i64)> = jobs
             .iter()
             .flat_map(|j| j.records.iter().map(move |r| (r, j.now_us)))
             .enumerate()
-            .map(|(i, (r, now_us))| (first + i as i64, r, r.event.encode_to_vec(), now_us))
+            .map(|(i, (r, now_us))| (i as i64, r, r.event.encode_to_vec(), now_us))
             .collect();
-        insert_rows(
-            conn,
-            backend,
-            ("INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, body, decision_us, record_us)", ""),
+        script.insert_rows(
+            (
+                &format!(
+                    "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, \
+                     body, decision_us, record_us) \
+                     SELECT (SELECT next FROM consent_change_seq WHERE id = 1) - {total} + column1, \
+                     column2, column3, column4, column5, column6, column7, column8 FROM ("
+                ),
+                ") AS v",
+            ),
             8,
             ROWS_PER_STATEMENT,
             &events,
-            |q, (seq, r, body, now_us)| {
-                q.bind(*seq)
+            |b, (i, r, body, now_us)| {
+                b.bind(*i)
                     .bind(event_id(&r.event).to_string())
                     .bind(r.subject_hash.clone())
                     .bind(r.purpose_id.clone())
                     .bind(i64::from(r.event.state))
                     .bind(body.clone())
                     .bind(r.decision_us)
-                    .bind(*now_us)
+                    .bind(*now_us);
             },
-        )
-        .await?;
+        );
         // The state each (subject, purpose) is left in: its last event. One row per
         // key, as PostgreSQL refuses to update a row twice in one statement.
         let mut last: HashMap<(&str, &str), usize> = HashMap::new();
@@ -824,9 +840,7 @@ async fn write_all(
         let mut states: Vec<usize> = last.into_values().collect();
         states.sort_unstable();
         let states: Vec<_> = states.into_iter().map(|i| &events[i]).collect();
-        insert_rows(
-            conn,
-            backend,
+        script.insert_rows(
             (
                 "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body)",
                 "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
@@ -836,37 +850,31 @@ async fn write_all(
             7,
             ROWS_PER_STATEMENT,
             &states,
-            |q, (_, r, body, _)| {
-                q.bind(r.subject_hash.clone())
+            |b, (_, r, body, _)| {
+                b.bind(r.subject_hash.clone())
                     .bind(r.purpose_id.clone())
                     .bind(i64::from(r.event.state))
                     .bind(r.decision_us)
                     .bind(r.expire_us)
                     .bind(event_id(&r.event).to_string())
-                    .bind(body.clone())
+                    .bind(body.clone());
             },
-        )
-        .await?;
+        );
     }
     let receipts: Vec<&Receipt> = jobs.iter().filter_map(|j| j.receipt.as_ref()).collect();
-    insert_rows(
-        conn,
-        backend,
+    script.insert_rows(
         ("INSERT INTO receipts (id, subject_hash, body)", ""),
         3,
         ROWS_PER_STATEMENT,
         &receipts,
-        |q, r| {
-            q.bind(r.id.clone())
+        |b, r| {
+            b.bind(r.id.clone())
                 .bind(r.subject_hash.clone())
-                .bind(r.body.clone())
+                .bind(r.body.clone());
         },
-    )
-    .await?;
+    );
     let keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
-    insert_rows(
-        conn,
-        backend,
+    script.insert_rows(
         (
             "INSERT INTO idempotency_keys (method, request_id, resource, create_us)",
             "",
@@ -874,18 +882,15 @@ async fn write_all(
         4,
         ROWS_PER_STATEMENT,
         &keys,
-        |q, j| {
+        |b, j| {
             let ids: Vec<&str> = j.records.iter().map(|r| event_id(&r.event)).collect();
-            q.bind(j.method.clone())
+            b.bind(j.method.clone())
                 .bind(j.request_id.clone())
                 .bind(ids.join(","))
-                .bind(j.now_us)
+                .bind(j.now_us);
         },
-    )
-    .await?;
+    );
     let access: Vec<AccessEvent> = jobs.iter().map(|j| j.access.clone()).collect();
-    enqueue_all_in(conn, backend, &access)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(())
+    enqueue_all_script(&mut script, &access).map_err(ApiError::internal)?;
+    Ok(script)
 }
