@@ -47,9 +47,14 @@ pub struct Args {
     /// Duration of each load phase in seconds (1..=600).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     seconds: u64,
-    /// Calls in flight, each client on its own HTTP/2 connection (1..=256).
+    /// Calls in flight (1..=256).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     concurrency: u64,
+    /// HTTP/2 connections the calls in flight share, round robin (0: one per call
+    /// in flight). A tonic `Channel` multiplexes calls over one connection, which
+    /// is how an integrator's client usually talks to custodia.
+    #[arg(long, default_value_t = 0)]
+    connections: u64,
     /// BatchCheckConsent calls of 10,000 subjects (1..=1000).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
     batch_calls: u64,
@@ -266,7 +271,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     }
     let server = env.start_services(&services).await?;
     if args.ping {
-        let channels = channels(&server.endpoint, args.concurrency).await?;
+        let channels = channels(&server.endpoint, args).await?;
         return ping(
             &channels,
             args,
@@ -276,10 +281,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     }
     let mut admin = ConsentServiceClient::new(server.channel().await?);
     let notice = setup(&mut admin).await?;
-    let mut channels = Vec::new();
-    for _ in 0..args.concurrency {
-        channels.push(server.channel().await?);
-    }
+    let channels = channels(&server.endpoint, args).await?;
     let concurrency = args.concurrency;
 
     // 1. RecordConsent: client `id` records subjects id, id + c, id + 2c, ...
@@ -357,8 +359,9 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     line(
         "load",
         format!(
-            "{} calls in flight, {} s per phase, auth on, read events {:?}, access events {}",
+            "{} calls in flight over {} connections, {} s per phase, auth on, read events {:?}, access events {}",
             args.concurrency,
+            connection_count(args),
             args.seconds,
             env.config.audit.read_event_sync,
             if args.with_audit {
@@ -428,18 +431,30 @@ async fn batch_check(c: &mut Client, subjects: Vec<SubjectRef>) -> Result<(), to
     Ok(())
 }
 
-/// The gRPC stack's ceiling: health checks at the same concurrency.
-/// `n` HTTP/2 connections to `endpoint`.
-async fn channels(endpoint: &str, n: u64) -> anyhow::Result<Vec<Channel>> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(
+/// HTTP/2 connections the load is spread over.
+fn connection_count(args: &Args) -> u64 {
+    match args.connections {
+        0 => args.concurrency,
+        n => n.min(args.concurrency),
+    }
+}
+
+/// One channel per call in flight (`--concurrency`), spread round robin over
+/// `--connections` HTTP/2 connections to `endpoint`.
+async fn channels(endpoint: &str, args: &Args) -> anyhow::Result<Vec<Channel>> {
+    let connections = connection_count(args);
+    let mut open = Vec::new();
+    for _ in 0..connections {
+        open.push(
             tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+                .tcp_nodelay(true)
                 .connect()
                 .await?,
         );
     }
-    Ok(out)
+    Ok((0..args.concurrency)
+        .map(|i| open[(i % connections) as usize].clone())
+        .collect())
 }
 
 /// grpc.health Check at `--concurrency` over `channels` for `--seconds`.
@@ -468,7 +483,11 @@ async fn ping(channels: &[Channel], args: &Args, title: &str) -> anyhow::Result<
     for t in tasks {
         total.merge(t.await?);
     }
-    header(title);
+    header(&format!(
+        "{title}, {} in flight over {} connections",
+        args.concurrency,
+        connection_count(args)
+    ));
     report(
         &total,
         t0.elapsed(),
@@ -496,7 +515,7 @@ async fn ping_bare(args: &Args) -> anyhow::Result<()> {
             .add_service(health)
             .serve_with_incoming(incoming),
     );
-    let channels = channels(&endpoint, args.concurrency).await?;
+    let channels = channels(&endpoint, args).await?;
     let result = ping(
         &channels,
         args,
