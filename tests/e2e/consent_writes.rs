@@ -244,6 +244,29 @@ async fn group_of_jobs(backend: Backend) {
     let states = store.states(&["eve"], "newsletter").await.unwrap();
     assert!(!states.contains_key("eve"), "the failed job wrote nothing");
 
+    // A group too large for one PostgreSQL statement (2,500 records: 37,500
+    // parameters) is written statement by statement, numbered the same way.
+    let big: Vec<WriteJob> = (0..25)
+        .map(|j| {
+            job(
+                "RecordConsent",
+                &format!("big-{j}"),
+                (0..100)
+                    .map(|i| record(&format!("s{j}-{i}"), "newsletter", ConsentState::Granted))
+                    .collect(),
+            )
+        })
+        .collect();
+    let last_big = big[24].records[99].event.name.clone();
+    for r in store.record_all(big).await.unwrap() {
+        assert_eq!(r.unwrap().len(), 100);
+    }
+    let changes = store.changes(14, &[], 5_000).await.unwrap();
+    let seqs: Vec<i64> = changes.iter().map(|c| c.0).collect();
+    assert_eq!(seqs, (15..=2_514).collect::<Vec<_>>());
+    assert_eq!(changes.last().unwrap().3.name, last_big);
+    assert_eq!(store.last_change().await.unwrap(), 2_514);
+
     // Erasing a subject moves the erasure epoch that other replicas' caches watch
     // (a trigger on subject_consents, whatever code deletes the states).
     let before = store.erasure_epoch().await.unwrap();

@@ -607,6 +607,9 @@ pub type Writes = GroupCommit<WriteJob, WriteResult>;
 const MAX_GROUP_JOBS: usize = 512;
 /// Rows per multi-row statement (at most 8 parameters each).
 const ROWS_PER_STATEMENT: usize = 200;
+/// Most parameters of a group written as one PostgreSQL statement (its limit is
+/// 65,535); a larger group takes one statement per table and chunk.
+const MAX_STATEMENT_PARAMS: usize = 30_000;
 
 /// The queue writing consent jobs to `db`.
 pub(crate) fn writes(db: Db) -> Writes {
@@ -786,34 +789,57 @@ async fn events_by_id(
 /// The statements writing the records, receipts, idempotency keys and access events
 /// of `jobs` (none of them a replay): a fixed number per group.
 fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError> {
-    let mut script = Script::new(backend);
     let total: usize = jobs.iter().map(|j| j.records.len()).sum();
+    // Parameters: 15 per record (event and state), at most 11 more per job.
+    let mut script = if total * 15 + jobs.len() * 11 <= MAX_STATEMENT_PARAMS {
+        Script::one_statement(backend)
+    } else {
+        Script::new(backend)
+    };
     if total > 0 {
-        // Gap-free, commit-ordered change numbers (see the migration), in job order:
-        // the counter moves first (taking its row lock on PostgreSQL), then each
-        // event takes the number `next - total + i` this transaction now sees.
-        script.push(
-            &format!(
-                "UPDATE consent_change_seq SET next = next + {} WHERE id = 1",
-                script.param(1)
-            ),
-            |b| {
-                b.bind(total as i64);
-            },
-        );
         let events: Vec<(i64, &NewRecord, Vec<u8>, i64)> = jobs
             .iter()
             .flat_map(|j| j.records.iter().map(move |r| (r, j.now_us)))
             .enumerate()
             .map(|(i, (r, now_us))| (i as i64, r, r.event.encode_to_vec(), now_us))
             .collect();
+        // Gap-free, commit-ordered change numbers (see the migration), in job order:
+        // the counter moves first (taking its row lock on PostgreSQL) and event `i`
+        // takes the number it moved from plus `i`. As one PostgreSQL statement, the
+        // events read that number from the counter's RETURNING (every part of the
+        // statement sees the snapshot before the move); as separate statements,
+        // from the counter itself (a transaction sees its own writes).
+        let first = if script.is_one_statement() {
+            script.push_named(
+                "seq",
+                &format!(
+                    "UPDATE consent_change_seq SET next = next + {total} WHERE id = 1 \
+                     RETURNING next - {total} AS first"
+                ),
+                |_| (),
+            );
+            ("seq.first", "FROM seq, (")
+        } else {
+            script.push(
+                &format!("UPDATE consent_change_seq SET next = next + {total} WHERE id = 1"),
+                |_| (),
+            );
+            ("", "FROM (")
+        };
+        let from_counter = format!("(SELECT next FROM consent_change_seq WHERE id = 1) - {total}");
+        let first_sql = if first.0.is_empty() {
+            from_counter.as_str()
+        } else {
+            first.0
+        };
         script.insert_rows(
             (
                 &format!(
                     "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, \
                      body, decision_us, record_us) \
-                     SELECT (SELECT next FROM consent_change_seq WHERE id = 1) - {total} + column1, \
-                     column2, column3, column4, column5, column6, column7, column8 FROM ("
+                     SELECT {first_sql} + v.column1, v.column2, v.column3, v.column4, \
+                     v.column5, v.column6, v.column7, v.column8 {}",
+                    first.1
                 ),
                 ") AS v",
             ),

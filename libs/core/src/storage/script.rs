@@ -18,13 +18,19 @@ use sqlx::{
 use super::{Backend, Db, placeholders};
 
 /// Statements executed together, in order (see the module docs). Placeholders must
-/// come from [`placeholders`] (or [`Script::param`]) counted from 1 in each
-/// statement: on SQLite they are anonymous and bind in order across the script.
+/// come from [`Script::placeholders`] (or [`placeholders`] counted from 1 in a
+/// script made by [`Script::new`]): on SQLite they are anonymous and bind in order
+/// across the script.
 #[derive(Default)]
 pub struct Script {
     backend: Option<Backend>,
     parts: Vec<(String, AnyArguments)>,
     error: Option<BoxDynError>,
+    /// PostgreSQL: one statement, each pushed statement a data-modifying `WITH`
+    /// query (see [`Script::one_statement`]).
+    combined: bool,
+    /// `WITH` queries so far (their default names).
+    ctes: usize,
 }
 
 impl std::fmt::Debug for Script {
@@ -72,14 +78,36 @@ impl Script {
         }
     }
 
+    /// A script of data-modifying statements (INSERT, UPDATE, DELETE) that runs
+    /// as a single statement on PostgreSQL too: each becomes a `WITH` query of
+    /// `WITH .. SELECT 1`, so one round trip to the server instead of one per
+    /// statement. They all see the snapshot the statement started with, so none
+    /// may depend on another's effect except through a named query's `RETURNING`
+    /// ([`Self::push_named`]). Keep the parameters under PostgreSQL's 65,535.
+    pub fn one_statement(backend: Backend) -> Self {
+        Self {
+            combined: backend == Backend::Postgres,
+            ..Self::new(backend)
+        }
+    }
+
+    /// Whether it runs as one statement on PostgreSQL ([`Self::one_statement`]).
+    pub fn is_one_statement(&self) -> bool {
+        self.combined
+    }
+
+    /// `n` placeholders for the next parameters of the statement being built.
+    pub fn placeholders(&self, n: usize) -> String {
+        let offset = match self.parts.last() {
+            Some((_, args)) if self.combined => args.len(),
+            _ => 0,
+        };
+        placeholders(self.backend(), offset + 1, n)
+    }
+
     /// Whether it holds no statement.
     pub fn is_empty(&self) -> bool {
         self.parts.is_empty()
-    }
-
-    /// The placeholder of the `i`-th parameter (from 1) of a statement.
-    pub fn param(&self, i: usize) -> String {
-        placeholders(self.backend(), i, 1)
     }
 
     fn backend(&self) -> Backend {
@@ -88,6 +116,42 @@ impl Script {
 
     /// Appends `sql`, its parameters bound by `bind`.
     pub fn push(&mut self, sql: &str, bind: impl FnOnce(&mut Binds<'_>)) -> &mut Self {
+        let name = format!("w{}", self.ctes);
+        self.push_named(&name, sql, bind)
+    }
+
+    /// Like [`Self::push`]; in a [`Self::one_statement`] script on PostgreSQL the
+    /// statement is the `WITH` query `name`, which later statements can read its
+    /// `RETURNING` rows from.
+    pub fn push_named(
+        &mut self,
+        name: &str,
+        sql: &str,
+        bind: impl FnOnce(&mut Binds<'_>),
+    ) -> &mut Self {
+        if self.combined {
+            self.ctes += 1;
+            let query = format!("{name} AS ({sql})");
+            match self.parts.last_mut() {
+                Some((text, args)) => {
+                    text.push_str(",\n");
+                    text.push_str(&query);
+                    bind(&mut Binds {
+                        args,
+                        error: &mut self.error,
+                    });
+                }
+                None => {
+                    let mut args = AnyArguments::default();
+                    bind(&mut Binds {
+                        args: &mut args,
+                        error: &mut self.error,
+                    });
+                    self.parts.push((format!("WITH {query}"), args));
+                }
+            }
+            return self;
+        }
         let joined = self.backend() == Backend::Sqlite;
         match self.parts.last_mut() {
             Some((text, args)) if joined => {
@@ -121,10 +185,12 @@ impl Script {
         rows: &[T],
         bind: impl Fn(&mut Binds<'_>, &T),
     ) -> &mut Self {
-        let backend = self.backend();
         for chunk in rows.chunks(per_statement.max(1)) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(backend, i * columns + 1, columns)))
+            let all = self.placeholders(chunk.len() * columns);
+            let all: Vec<&str> = all.split(", ").collect();
+            let values = all
+                .chunks(columns.max(1))
+                .map(|row| format!("({})", row.join(", ")))
                 .collect::<Vec<_>>()
                 .join(", ");
             self.push(&format!("{head} VALUES {values} {tail}"), |b| {
@@ -158,7 +224,10 @@ impl Script {
             return Err(sqlx::Error::Encode(e));
         }
         let mut rows = Vec::new();
-        for (sql, args) in self.parts {
+        for (mut sql, args) in self.parts {
+            if self.combined {
+                sql.push_str("\nSELECT 1");
+            }
             rows.extend(
                 sqlx::query_with(AssertSqlSafe(sql), args)
                     .fetch_all(&mut *conn)
