@@ -159,6 +159,7 @@ fn events_of(payload: &str) -> anyhow::Result<Vec<AccessEvent>> {
 /// Inserts `batches` in one transaction (idempotent by event id); `relaxed` commits
 /// without waiting for the disk flush (see [`ReadEventSync`]).
 async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow::Result<Vec<()>> {
+    let rows = rows_of(batches)?;
     match (db.backend(), relaxed) {
         (Backend::Sqlite, true) => {
             let _turn = db.write_turn().await;
@@ -166,7 +167,6 @@ async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow:
                 .relaxed_pool()
                 .expect("an SQLite database has a relaxed pool");
             let mut conn = pool.acquire().await?;
-            let rows = rows_of(batches)?;
             // One message to SQLite's worker thread (each a thread wake-up, slow when
             // both cores are busy); a single statement is atomic on its own.
             let mut script = Script::new(Backend::Sqlite);
@@ -185,13 +185,30 @@ async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow:
             }
             written?;
         }
+        (Backend::Postgres, relaxed) if rows.len() * 4 <= MAX_STATEMENT_PARAMS => {
+            // One statement, so one round trip in a transaction of its own (instead
+            // of BEGIN, SET, INSERT and COMMIT); `set_config(.., true)` holds for that
+            // transaction, whose commit then does not wait for the WAL flush.
+            let mut script = Script::one_statement(Backend::Postgres);
+            if relaxed {
+                script
+                    .push_named(
+                        "relaxed",
+                        "SELECT set_config('synchronous_commit', 'off', true)",
+                        |_| (),
+                    )
+                    .primary("SELECT 1 FROM relaxed");
+            }
+            push_outbox_rows(&mut script, &rows);
+            script.execute(&mut *db.pool().acquire().await?).await?;
+        }
         (backend, relaxed) => {
             let tx = db.begin_script().await?;
             let mut script = Script::new(backend);
             if relaxed {
                 script.push("SET LOCAL synchronous_commit = off", |_| ());
             }
-            push_outbox_rows(&mut script, &rows_of(batches)?);
+            push_outbox_rows(&mut script, &rows);
             tx.commit(script).await?;
         }
     }
@@ -210,6 +227,9 @@ pub struct SqlOutbox {
 
 /// Most calls' events (single events or batches) in one group insert.
 const MAX_GROUP: usize = 2_000;
+/// Most parameters of a group inserted as one PostgreSQL statement (its limit is
+/// 65,535).
+const MAX_STATEMENT_PARAMS: usize = 30_000;
 /// Rows per multi-row INSERT (4 parameters each).
 const INSERT_CHUNK: usize = 300;
 

@@ -31,6 +31,8 @@ pub struct Script {
     combined: bool,
     /// `WITH` queries so far (their default names).
     ctes: usize,
+    /// The query after the `WITH` queries (default `SELECT 1`).
+    primary: Option<String>,
 }
 
 impl std::fmt::Debug for Script {
@@ -89,6 +91,14 @@ impl Script {
             combined: backend == Backend::Postgres,
             ..Self::new(backend)
         }
+    }
+
+    /// The query that follows the `WITH` queries of a [`Self::one_statement`]
+    /// script on PostgreSQL, instead of `SELECT 1`: a `SELECT` query among them
+    /// runs only if this reads it.
+    pub fn primary(&mut self, sql: &str) -> &mut Self {
+        self.primary = Some(sql.to_string());
+        self
     }
 
     /// Whether it runs as one statement on PostgreSQL ([`Self::one_statement`]).
@@ -226,7 +236,8 @@ impl Script {
         let mut rows = Vec::new();
         for (mut sql, args) in self.parts {
             if self.combined {
-                sql.push_str("\nSELECT 1");
+                sql.push('\n');
+                sql.push_str(self.primary.as_deref().unwrap_or("SELECT 1"));
             }
             rows.extend(
                 sqlx::query_with(AssertSqlSafe(sql), args)
