@@ -377,35 +377,6 @@ pub async fn claim_request_id(
     Ok(Some(sqlx::Row::try_get(&row, 0)?))
 }
 
-/// A query with `Any` arguments, as [`insert_rows`] builds them.
-pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
-
-/// Inserts `rows` with multi-row statements `{head} VALUES (...), (...) {tail}` of
-/// at most `per_statement` rows, `columns` parameters each, bound in order by `bind`:
-/// one round trip per chunk instead of one per row.
-pub async fn insert_rows<T>(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    (head, tail): (&str, &str),
-    columns: usize,
-    per_statement: usize,
-    rows: &[T],
-    bind: impl Fn(AnyQuery<'static>, &T) -> AnyQuery<'static>,
-) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(per_statement.max(1)) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(backend, i * columns + 1, columns)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut q = sqlx::query(AssertSqlSafe(format!("{head} VALUES {values} {tail}")));
-        for row in chunk {
-            q = bind(q, row);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
 /// `n` bind placeholders numbered from `start`, for statements whose parameters are
 /// all bound in order.
 ///

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use custodia_core::storage::{Backend, Db, Params, insert_rows, placeholders};
+use custodia_core::storage::{Backend, Db, Params, Script, placeholders};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
@@ -217,9 +217,8 @@ impl LogStore {
                 (seq, e, bytes, leaf)
             })
             .collect();
-        insert_rows(
-            &mut tx,
-            backend,
+        let mut script = Script::new(backend);
+        script.insert_rows(
             (
                 "INSERT INTO audit_entries (seq, event_id, entry, leaf_hash, time_us, actor, \
                  service, method, action, resource, purpose, outcome, appended_us)",
@@ -228,8 +227,8 @@ impl LogStore {
             13,
             INSERT_CHUNK,
             &fresh,
-            |q, (seq, e, bytes, leaf)| {
-                q.bind(*seq as i64)
+            |b, (seq, e, bytes, leaf)| {
+                b.bind(*seq as i64)
                     .bind(e.event_id.clone())
                     .bind(bytes.clone())
                     .bind(leaf.to_vec())
@@ -241,26 +240,26 @@ impl LogStore {
                     .bind(e.resource.clone())
                     .bind(e.purpose.clone())
                     .bind(e.outcome.clone())
-                    .bind(now_us)
+                    .bind(now_us);
             },
-        )
-        .await?;
+        );
         let indexed: Vec<(u64, &str)> = fresh
             .iter()
             .filter_map(|(seq, e, _, _)| {
                 e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str()))
             })
             .collect();
-        insert_rows(
-            &mut tx,
-            backend,
+        script.insert_rows(
             ("INSERT INTO audit_subject_index (subject_hash, seq)", ""),
             2,
             INSERT_CHUNK,
             &indexed,
-            |q, (seq, hash)| q.bind(hash.to_string()).bind(*seq as i64),
-        )
-        .await?;
+            |b, (seq, hash)| {
+                b.bind(hash.to_string()).bind(*seq as i64);
+            },
+        );
+        // One message to SQLite's worker thread for all the rows.
+        script.execute(&mut tx).await?;
         sqlx::query("UPDATE audit_log_state SET next_seq = $1 WHERE id = 1")
             .bind(next as i64)
             .execute(&mut *tx)
@@ -687,9 +686,8 @@ async fn subject_keys(
             (hash.to_string(), (key_id, entry::new_key()))
         })
         .collect();
-    insert_rows(
-        conn,
-        backend,
+    let mut script = Script::new(backend);
+    script.insert_rows(
         (
             "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us)",
             "",
@@ -697,14 +695,14 @@ async fn subject_keys(
         4,
         INSERT_CHUNK,
         &created,
-        |q, (hash, (key_id, key))| {
-            q.bind(key_id.clone())
+        |b, (hash, (key_id, key))| {
+            b.bind(key_id.clone())
                 .bind(hash.clone())
                 .bind(key.to_vec())
-                .bind(now_us)
+                .bind(now_us);
         },
-    )
-    .await?;
+    );
+    script.execute(conn).await?;
     keys.extend(created);
     Ok(keys)
 }

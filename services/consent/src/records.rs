@@ -809,7 +809,7 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
         // events read that number from the counter's RETURNING (every part of the
         // statement sees the snapshot before the move); as separate statements,
         // from the counter itself (a transaction sees its own writes).
-        let first = if script.is_one_statement() {
+        let (first, from) = if script.is_one_statement() {
             script.push_named(
                 "seq",
                 &format!(
@@ -818,28 +818,24 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
                 ),
                 |_| (),
             );
-            ("seq.first", "FROM seq, (")
+            ("seq.first".to_string(), "FROM seq, (")
         } else {
             script.push(
                 &format!("UPDATE consent_change_seq SET next = next + {total} WHERE id = 1"),
                 |_| (),
             );
-            ("", "FROM (")
-        };
-        let from_counter = format!("(SELECT next FROM consent_change_seq WHERE id = 1) - {total}");
-        let first_sql = if first.0.is_empty() {
-            from_counter.as_str()
-        } else {
-            first.0
+            (
+                format!("(SELECT next FROM consent_change_seq WHERE id = 1) - {total}"),
+                "FROM (",
+            )
         };
         script.insert_rows(
             (
                 &format!(
                     "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, \
                      body, decision_us, record_us) \
-                     SELECT {first_sql} + v.column1, v.column2, v.column3, v.column4, \
-                     v.column5, v.column6, v.column7, v.column8 {}",
-                    first.1
+                     SELECT {first} + v.column1, v.column2, v.column3, v.column4, \
+                     v.column5, v.column6, v.column7, v.column8 {from}"
                 ),
                 ") AS v",
             ),

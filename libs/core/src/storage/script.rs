@@ -21,9 +21,8 @@ use super::{Backend, Db, placeholders};
 /// come from [`Script::placeholders`] (or [`placeholders`] counted from 1 in a
 /// script made by [`Script::new`]): on SQLite they are anonymous and bind in order
 /// across the script.
-#[derive(Default)]
 pub struct Script {
-    backend: Option<Backend>,
+    backend: Backend,
     parts: Vec<(String, AnyArguments)>,
     error: Option<BoxDynError>,
     /// PostgreSQL: one statement, each pushed statement a data-modifying `WITH`
@@ -75,8 +74,12 @@ impl Script {
     /// An empty script for `backend`.
     pub fn new(backend: Backend) -> Self {
         Self {
-            backend: Some(backend),
-            ..Self::default()
+            backend,
+            parts: Vec::new(),
+            error: None,
+            combined: false,
+            ctes: 0,
+            primary: None,
         }
     }
 
@@ -112,16 +115,7 @@ impl Script {
             Some((_, args)) if self.combined => args.len(),
             _ => 0,
         };
-        placeholders(self.backend(), offset + 1, n)
-    }
-
-    /// Whether it holds no statement.
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    fn backend(&self) -> Backend {
-        self.backend.unwrap_or(Backend::Sqlite)
+        placeholders(self.backend, offset + 1, n)
     }
 
     /// Appends `sql`, its parameters bound by `bind`.
@@ -139,48 +133,33 @@ impl Script {
         sql: &str,
         bind: impl FnOnce(&mut Binds<'_>),
     ) -> &mut Self {
-        if self.combined {
+        let (piece, separator) = if self.combined {
             self.ctes += 1;
-            let query = format!("{name} AS ({sql})");
-            match self.parts.last_mut() {
-                Some((text, args)) => {
-                    text.push_str(",\n");
-                    text.push_str(&query);
-                    bind(&mut Binds {
-                        args,
-                        error: &mut self.error,
-                    });
-                }
-                None => {
-                    let mut args = AnyArguments::default();
-                    bind(&mut Binds {
-                        args: &mut args,
-                        error: &mut self.error,
-                    });
-                    self.parts.push((format!("WITH {query}"), args));
-                }
-            }
-            return self;
-        }
-        let joined = self.backend() == Backend::Sqlite;
-        match self.parts.last_mut() {
+            (format!("{name} AS ({sql})"), ",\n")
+        } else {
+            (sql.to_string(), ";\n")
+        };
+        let joined = self.combined || self.backend == Backend::Sqlite;
+        let args = match self.parts.last_mut() {
             Some((text, args)) if joined => {
-                text.push_str(";\n");
-                text.push_str(sql);
-                bind(&mut Binds {
-                    args,
-                    error: &mut self.error,
-                });
+                text.push_str(separator);
+                text.push_str(&piece);
+                args
             }
             _ => {
-                let mut args = AnyArguments::default();
-                bind(&mut Binds {
-                    args: &mut args,
-                    error: &mut self.error,
-                });
-                self.parts.push((sql.to_string(), args));
+                let text = if self.combined {
+                    format!("WITH {piece}")
+                } else {
+                    piece
+                };
+                self.parts.push((text, AnyArguments::default()));
+                &mut self.parts.last_mut().expect("just pushed").1
             }
-        }
+        };
+        bind(&mut Binds {
+            args,
+            error: &mut self.error,
+        });
         self
     }
 
@@ -214,7 +193,7 @@ impl Script {
 
     /// Puts `sql` (no parameters) first.
     fn prepend(&mut self, sql: &str) {
-        let joined = self.backend() == Backend::Sqlite;
+        let joined = self.backend == Backend::Sqlite;
         match self.parts.first_mut() {
             Some((text, _)) if joined => text.insert_str(0, &format!("{sql};\n")),
             _ => self
