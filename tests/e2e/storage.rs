@@ -147,13 +147,13 @@ async fn values(db: &Db) -> Vec<String> {
 }
 
 /// Two inserts of table `t` in one script.
-fn two_rows(db: &Db, (a, b): (i64, i64), label: &str) -> Script {
-    let mut script = Script::new(db.backend());
-    let sql = format!(
-        "INSERT INTO t (id, v) VALUES ({})",
-        storage::placeholders(db.backend(), 1, 2)
-    );
+fn two_rows(db: &Db, ids: (i64, i64), label: &str) -> Script {
+    rows_into(Script::new(db.backend()), ids, label)
+}
+
+fn rows_into(mut script: Script, (a, b): (i64, i64), label: &str) -> Script {
     for id in [a, b] {
+        let sql = format!("INSERT INTO t (id, v) VALUES ({})", script.placeholders(2));
         script.push(&sql, |p| {
             p.bind(id).bind(format!("{label}{id}"));
         });
@@ -186,6 +186,13 @@ async fn scripts_are_transactional(db: Db) {
     assert!(err.is_err(), "duplicate key refused");
     assert_eq!(values(&db).await, ["a1", "a2"], "b3 rolled back with b1");
 
+    // As one statement (on PostgreSQL: no BEGIN, the statement alone), still all
+    // or nothing.
+    let tx = db.begin_script().await.unwrap();
+    let one = rows_into(Script::one_statement(db.backend()), (10, 2), "f");
+    assert!(tx.commit(one).await.is_err(), "duplicate key refused");
+    assert_eq!(values(&db).await, ["a1", "a2"], "f10 rolled back with f2");
+
     // Written, then given up without commit or rollback.
     let mut tx = db.begin_script().await.unwrap();
     tx.fetch_all(two_rows(&db, (4, 5), "c")).await.unwrap();
@@ -198,7 +205,10 @@ async fn scripts_are_transactional(db: Db) {
     tx.rollback().await.unwrap();
     let tx = db.begin_script().await.unwrap();
     tx.commit(two_rows(&db, (8, 9), "e")).await.unwrap();
-    assert_eq!(values(&db).await, ["a1", "a2", "e8", "e9"]);
+    let tx = db.begin_script().await.unwrap();
+    let one = rows_into(Script::one_statement(db.backend()), (11, 12), "g");
+    tx.commit(one).await.unwrap();
+    assert_eq!(values(&db).await, ["a1", "a2", "e8", "e9", "g11", "g12"]);
 }
 
 #[tokio::test]

@@ -228,133 +228,108 @@ impl Script {
     }
 }
 
-/// A write transaction driven by [`Script`]s, from [`Db::begin_script`]. On SQLite
-/// it holds this process's write turn, sends `BEGIN IMMEDIATE` with its first
-/// script and `COMMIT` with its last; dropped without [`Self::commit`] or
-/// [`Self::rollback`] (an error, a cancelled task), its connection is closed
-/// rather than returned to the pool inside a transaction.
+/// A write transaction driven by [`Script`]s, from [`Db::begin_script`]. Nothing
+/// is sent before its first script: on SQLite, `BEGIN IMMEDIATE` goes with that
+/// script and `COMMIT` with the last one (it holds this process's write turn); on
+/// PostgreSQL, a transaction whose only script is one statement
+/// ([`Script::one_statement`]) is that statement alone, atomic by itself. Dropped
+/// without [`Self::commit`] or [`Self::rollback`] (an error, a cancelled task),
+/// its connection is closed rather than returned to the pool inside a
+/// transaction.
 #[derive(Debug)]
 pub struct ScriptTx {
-    inner: Inner,
-}
-
-#[derive(Debug)]
-enum Inner {
-    Sqlite {
-        conn: PoolConnection<Any>,
-        _turn: tokio::sync::OwnedMutexGuard<()>,
-        /// `BEGIN IMMEDIATE` was sent.
-        begun: bool,
-        /// Ended by commit or rollback.
-        done: bool,
-    },
-    Postgres(sqlx::Transaction<'static, Any>),
-    /// A PostgreSQL transaction that ended.
-    Done,
+    conn: PoolConnection<Any>,
+    backend: Backend,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// `BEGIN` was sent.
+    begun: bool,
+    /// Ended by commit or rollback.
+    done: bool,
 }
 
 impl Db {
-    /// Starts a write transaction for [`Script`]s (see [`ScriptTx`]). On PostgreSQL
-    /// it is a plain transaction; on SQLite nothing is sent yet.
+    /// Starts a write transaction for [`Script`]s (see [`ScriptTx`]).
     pub async fn begin_script(&self) -> Result<ScriptTx, sqlx::Error> {
-        let inner = match self.backend {
-            Backend::Sqlite => {
-                let turn = self.write_gate.clone().lock_owned().await;
-                Inner::Sqlite {
-                    conn: self.pool.acquire().await?,
-                    _turn: turn,
-                    begun: false,
-                    done: false,
-                }
-            }
-            Backend::Postgres => Inner::Postgres(self.pool.begin().await?),
-        };
-        Ok(ScriptTx { inner })
+        let turn = self.write_turn().await;
+        Ok(ScriptTx {
+            conn: self.pool.acquire().await?,
+            backend: self.backend,
+            _turn: turn,
+            begun: false,
+            done: false,
+        })
     }
 }
 
 impl ScriptTx {
     /// Runs `script` in the transaction; returns its rows.
     pub async fn fetch_all(&mut self, mut script: Script) -> Result<Vec<AnyRow>, sqlx::Error> {
-        match &mut self.inner {
-            Inner::Sqlite { conn, begun, .. } => {
-                if !*begun {
-                    script.prepend("BEGIN IMMEDIATE");
-                    *begun = true;
+        if !self.begun {
+            self.begun = true;
+            match self.backend {
+                Backend::Sqlite => script.prepend("BEGIN IMMEDIATE"),
+                Backend::Postgres => {
+                    sqlx::query("BEGIN").execute(&mut *self.conn).await?;
                 }
-                script.fetch_all(conn).await
             }
-            Inner::Postgres(tx) => script.fetch_all(tx).await,
-            Inner::Done => Err(sqlx::Error::WorkerCrashed),
         }
+        script.fetch_all(&mut self.conn).await
     }
 
     /// The connection, inside the transaction, for statements that need the results
     /// of earlier ones.
     pub async fn conn(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
-        if let Inner::Sqlite { begun: false, .. } = self.inner {
-            self.fetch_all(Script::new(Backend::Sqlite)).await?;
+        if !self.begun {
+            self.fetch_all(Script::new(self.backend)).await?;
         }
-        match &mut self.inner {
-            Inner::Sqlite { conn, .. } => Ok(conn),
-            Inner::Postgres(tx) => Ok(tx),
-            Inner::Done => Err(sqlx::Error::WorkerCrashed),
-        }
+        Ok(&mut self.conn)
     }
 
-    /// Runs `script` and commits; on SQLite, in one message (with `BEGIN` when no
+    /// Runs `script` and commits; on SQLite in one message (with `BEGIN` when no
     /// script went before). On error the transaction is rolled back.
     pub async fn commit(mut self, mut script: Script) -> Result<(), sqlx::Error> {
-        if matches!(self.inner, Inner::Sqlite { .. }) {
-            script.push("COMMIT", |_| ());
-            return match self.fetch_all(script).await {
-                Ok(_) => {
-                    if let Inner::Sqlite { done, .. } = &mut self.inner {
-                        *done = true;
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = self.rollback().await;
-                    Err(e)
-                }
-            };
+        if self.backend == Backend::Postgres && !self.begun && script.parts.len() <= 1 {
+            self.done = true;
+            return script.execute(&mut self.conn).await;
         }
-        match std::mem::replace(&mut self.inner, Inner::Done) {
-            Inner::Postgres(mut tx) => {
-                // Dropped on error: sqlx rolls the transaction back.
-                script.execute(&mut tx).await?;
-                tx.commit().await
+        let written = match self.backend {
+            Backend::Sqlite => {
+                script.push("COMMIT", |_| ());
+                self.fetch_all(script).await.map(drop)
             }
-            _ => Err(sqlx::Error::WorkerCrashed),
+            Backend::Postgres => match self.fetch_all(script).await {
+                Ok(_) => sqlx::query("COMMIT")
+                    .execute(&mut *self.conn)
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            },
+        };
+        match written {
+            Ok(()) => {
+                self.done = true;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.rollback().await;
+                Err(e)
+            }
         }
     }
 
     /// Rolls back.
     pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        match &mut self.inner {
-            Inner::Sqlite {
-                conn, begun, done, ..
-            } => {
-                if *begun && !*done {
-                    // Fails harmlessly when SQLite already rolled back (or BEGIN
-                    // failed); any other failure leaves `done` unset, so the
-                    // connection is closed on drop.
-                    let r = sqlx::query("ROLLBACK").execute(&mut **conn).await;
-                    match r {
-                        Ok(_) => *done = true,
-                        Err(e) if no_transaction(&e) => *done = true,
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
+        if self.begun && !self.done {
+            // Fails harmlessly when SQLite already rolled back (or BEGIN failed);
+            // any other failure leaves `done` unset, so the connection is closed
+            // on drop.
+            match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
+                Ok(_) => self.done = true,
+                Err(e) if no_transaction(&e) => self.done = true,
+                Err(e) => return Err(e),
             }
-            Inner::Postgres(_) => match std::mem::replace(&mut self.inner, Inner::Done) {
-                Inner::Postgres(tx) => tx.rollback().await,
-                _ => Ok(()),
-            },
-            Inner::Done => Ok(()),
         }
+        Ok(())
     }
 }
 
@@ -366,14 +341,8 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 
 impl Drop for ScriptTx {
     fn drop(&mut self) {
-        if let Inner::Sqlite {
-            conn,
-            begun: true,
-            done: false,
-            ..
-        } = &mut self.inner
-        {
-            conn.close_on_drop();
+        if self.begun && !self.done {
+            self.conn.close_on_drop();
         }
     }
 }
