@@ -790,7 +790,7 @@ impl Api {
                 .collect();
             let found = self
                 .store()
-                .states(&hashes, &pid)
+                .states_together(&hashes, &pid)
                 .await
                 .map_err(ApiError::internal)?;
             for (i, ticket) in misses {

@@ -13,6 +13,7 @@ use prost::Message;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use crate::{
+    cache::CachedState,
     decision::StateRow,
     store::{ConsentStore, remember, replayed},
 };
@@ -453,47 +454,35 @@ impl ConsentStore {
         rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
     }
 
+    /// Like [`Self::states`], the query shared with the checks that miss the cache
+    /// at the same time: one query per group of concurrent calls and purpose
+    /// instead of one per call (see [`StateReads`]).
+    pub async fn states_together(
+        &self,
+        subject_hashes: &[&str],
+        purpose_id: &str,
+    ) -> anyhow::Result<HashMap<String, CachedState>> {
+        let keys = subject_hashes
+            .iter()
+            .map(|h| (purpose_id.to_string(), h.to_string()))
+            .collect();
+        let found = self.reads().submit(keys).await?;
+        Ok(subject_hashes
+            .iter()
+            .map(|h| h.to_string())
+            .zip(found)
+            .filter(|(_, state)| state.0.is_some() || state.1)
+            .collect())
+    }
+
     /// States of several subjects for one purpose (and their objection to direct
     /// marketing), by subject hash; subjects without a row are absent.
     pub async fn states(
         &self,
         subject_hashes: &[&str],
         purpose_id: &str,
-    ) -> anyhow::Result<HashMap<String, (Option<StateRow>, bool)>> {
-        let mut out: HashMap<String, (Option<StateRow>, bool)> = HashMap::new();
-        let backend = self.db().backend();
-        for chunk in subject_hashes.chunks(500) {
-            let sql = format!(
-                "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
-                 WHERE purpose_id IN ({}) AND subject_hash IN ({})",
-                placeholders(backend, 1, 2),
-                placeholders(backend, 3, chunk.len()),
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(purpose_id.to_string())
-                .bind(DIRECT_MARKETING.to_string());
-            for h in chunk {
-                q = q.bind(h.to_string());
-            }
-            for r in q.fetch_all(self.db().pool()).await? {
-                let hash: String = r.try_get(0)?;
-                let pid: String = r.try_get(1)?;
-                let state =
-                    ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
-                let entry = out.entry(hash).or_default();
-                if pid == DIRECT_MARKETING {
-                    entry.1 = state == ConsentState::Objected;
-                }
-                if pid == purpose_id {
-                    entry.0 = Some(StateRow {
-                        state,
-                        decision_us: r.try_get(3)?,
-                        expire_us: r.try_get(4)?,
-                    });
-                }
-            }
-        }
-        Ok(out)
+    ) -> anyhow::Result<HashMap<String, CachedState>> {
+        states_in(self.db(), subject_hashes, purpose_id).await
     }
 
     /// Subjects of the events after `after_seq` (at most `limit`), with the last seq
@@ -611,12 +600,96 @@ const ROWS_PER_STATEMENT: usize = 200;
 /// 65,535); a larger group takes one statement per table and chunk.
 const MAX_STATEMENT_PARAMS: usize = 30_000;
 
+/// Reads of (purpose id, subject hash) by concurrent checks, shared (see
+/// [`ConsentStore::states_together`]).
+pub type StateReads = GroupCommit<(String, String), CachedState>;
+
+/// Most subjects in one shared read (a BatchCheckConsent's 10,000 go alone).
+const MAX_READ_GROUP: usize = 10_000;
+
+/// The states of `subject_hashes` for `purpose_id` (see [`ConsentStore::states`]).
+async fn states_in(
+    db: &Db,
+    subject_hashes: &[&str],
+    purpose_id: &str,
+) -> anyhow::Result<HashMap<String, CachedState>> {
+    let mut out: HashMap<String, CachedState> = HashMap::new();
+    let backend = db.backend();
+    for chunk in subject_hashes.chunks(500) {
+        let sql = format!(
+            "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
+             WHERE purpose_id IN ({}) AND subject_hash IN ({})",
+            placeholders(backend, 1, 2),
+            placeholders(backend, 3, chunk.len()),
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(purpose_id.to_string())
+            .bind(DIRECT_MARKETING.to_string());
+        for h in chunk {
+            q = q.bind(h.to_string());
+        }
+        for r in q.fetch_all(db.pool()).await? {
+            let hash: String = r.try_get(0)?;
+            let pid: String = r.try_get(1)?;
+            let state = ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
+            let entry = out.entry(hash).or_default();
+            if pid == DIRECT_MARKETING {
+                entry.1 = state == ConsentState::Objected;
+            }
+            if pid == purpose_id {
+                entry.0 = Some(StateRow {
+                    state,
+                    decision_us: r.try_get(3)?,
+                    expire_us: r.try_get(4)?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The queue of state reads of `db`: one [`ConsentStore::states`] query per
+/// purpose in the group.
+pub(crate) fn state_reads(db: Db) -> StateReads {
+    GroupCommit::new(MAX_READ_GROUP, move |keys: Vec<(String, String)>| {
+        let db = db.clone();
+        async move {
+            let mut by_purpose: HashMap<&str, Vec<&str>> = HashMap::new();
+            for (pid, hash) in &keys {
+                by_purpose.entry(pid).or_default().push(hash);
+            }
+            let mut found: HashMap<(&str, String), CachedState> = HashMap::new();
+            for (pid, hashes) in by_purpose {
+                for (hash, state) in states_in(&db, &hashes, pid).await? {
+                    found.insert((pid, hash), state);
+                }
+            }
+            Ok(keys
+                .iter()
+                .map(|(pid, hash)| {
+                    found
+                        .get(&(pid.as_str(), hash.clone()))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect())
+        }
+    })
+}
+
 /// The queue writing consent jobs to `db`.
 pub(crate) fn writes(db: Db) -> Writes {
     GroupCommit::new(MAX_GROUP_JOBS, move |jobs: Vec<WriteJob>| {
         let db = db.clone();
         async move {
-            match write_jobs(&db, &jobs).await {
+            // Optimistic first: no request id of the group looked up, the insert of
+            // the ids fails if one was claimed before (a client's retry). Then again
+            // with the lookup, which turns such a job into a replay.
+            let written = match write_jobs(&db, &jobs, false).await {
+                Err(_) => write_jobs(&db, &jobs, true).await,
+                written => written,
+            };
+            match written {
                 Ok(results) => Ok(results),
                 // Alone, the job gets its own error (its kind intact).
                 Err(e) if jobs.len() == 1 => Ok(vec![Err(e)]),
@@ -643,12 +716,22 @@ fn event_id(event: &ConsentEvent) -> &str {
 
 /// Writes `jobs` in one transaction; one result per job, in order.
 ///
-/// On SQLite this is at most two messages to the database's worker thread: the
-/// idempotency lookup (with `BEGIN`), then every write (with `COMMIT`).
-async fn write_jobs(db: &Db, jobs: &[WriteJob]) -> Result<Vec<WriteResult>, ApiError> {
+/// `look_up`: first look up which request ids earlier calls claimed (replays);
+/// without, a claimed id makes the write fail on the key's uniqueness. Without
+/// the lookup a group is one message to SQLite's worker thread (`BEGIN`, every
+/// write, `COMMIT`) and one statement on PostgreSQL; with it, one more.
+async fn write_jobs(
+    db: &Db,
+    jobs: &[WriteJob],
+    look_up: bool,
+) -> Result<Vec<WriteResult>, ApiError> {
     let backend = db.backend();
     let mut tx = db.begin_script().await?;
-    let earlier = replayed_all(&mut tx, backend, jobs).await?;
+    let earlier = if look_up {
+        replayed_all(&mut tx, backend, jobs).await?
+    } else {
+        HashMap::new()
+    };
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
     let plans: Vec<Plan> = jobs
         .iter()

@@ -55,6 +55,9 @@ pub struct ConsentStore {
     /// Consent writes of concurrent calls, committed together (see
     /// [`crate::records::WriteJob`]).
     writes: Arc<crate::records::Writes>,
+    /// Reads of subjects' states by concurrent checks, one query per group (see
+    /// [`crate::records::StateReads`]).
+    reads: Arc<crate::records::StateReads>,
 }
 
 fn etag() -> String {
@@ -118,12 +121,18 @@ impl ConsentStore {
     /// The store in `db` (migrated).
     pub fn new(db: Db) -> Self {
         let writes = Arc::new(crate::records::writes(db.clone()));
-        Self { db, writes }
+        let reads = Arc::new(crate::records::state_reads(db.clone()));
+        Self { db, writes, reads }
     }
 
     /// The group-commit queue of consent writes.
     pub(crate) fn writes(&self) -> &crate::records::Writes {
         &self.writes
+    }
+
+    /// The queue of state reads.
+    pub(crate) fn reads(&self) -> &crate::records::StateReads {
+        &self.reads
     }
 
     /// The database.
