@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 use crate::{
     BackendArg,
     server::BenchEnv,
-    stats::{Latencies, header, line, verdict},
+    stats::{Latencies, cpu_per_call, header, line, process_cpu, verdict},
     workload::{Rng, email},
 };
 
@@ -198,11 +198,12 @@ async fn load<F, Fut>(
     channels: &[Channel],
     seconds: u64,
     call: F,
-) -> anyhow::Result<(Phase, Duration)>
+) -> anyhow::Result<(Phase, Duration, Option<Duration>)>
 where
     F: Fn(Client, u64, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = (Client, Duration, Result<(), tonic::Status>)> + Send,
 {
+    let cpu0 = process_cpu();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(seconds);
     let tasks: Vec<_> = channels
@@ -228,10 +229,17 @@ where
     for t in tasks {
         total.merge(t.await?);
     }
-    Ok((total, t0.elapsed()))
+    let cpu = process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
+    Ok((total, t0.elapsed(), cpu))
 }
 
-fn report(phase: &Phase, elapsed: Duration, unit: &str, target_rate: f64, target_p99: Duration) {
+fn report(
+    phase: &Phase,
+    (elapsed, cpu): (Duration, Option<Duration>),
+    unit: &str,
+    target_rate: f64,
+    target_p99: Duration,
+) {
     let rate = phase.ok as f64 / elapsed.as_secs_f64();
     let p99 = phase.latencies.quantile(0.99);
     line(
@@ -249,6 +257,10 @@ fn report(phase: &Phase, elapsed: Duration, unit: &str, target_rate: f64, target
         ),
     );
     line("latency", phase.latencies.summary());
+    line(
+        "CPU of this process",
+        cpu_per_call(cpu, phase.ok + phase.errors, elapsed),
+    );
     line(
         "p99 target",
         format!(
@@ -316,7 +328,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
             }
         }
     };
-    let (writes, write_time) = load(&channels, args.seconds, record).await?;
+    let (writes, write_time, write_cpu) = load(&channels, args.seconds, record).await?;
     let recorded = writes.ok.max(1);
 
     // 2. CheckConsent: 3 in 4 checks hit a recorded subject, 1 in 4 an unknown one.
@@ -336,11 +348,13 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         let r = c.check_consent(authed(request, ADMIN_TOKEN)).await;
         (c, t0.elapsed(), r.map(|_| ()))
     };
-    let (checks, check_time) = load(&channels, args.seconds, check).await?;
+    let (checks, check_time, check_cpu) = load(&channels, args.seconds, check).await?;
 
     // 3. BatchCheckConsent of 10,000 subjects, one call at a time.
     eprintln!("BatchCheckConsent x {} ...", args.batch_calls);
     let mut batches = Phase::new();
+    let batch_cpu0 = process_cpu();
+    let batch_t0 = Instant::now();
     let mut c = admin.clone();
     let mut rng = Rng::new(0xBA7C4);
     for _ in 0..args.batch_calls {
@@ -351,6 +365,10 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         let r = batch_check(&mut c, subjects).await;
         batches.outcome(t0.elapsed(), r);
     }
+    let batch_time = batch_t0.elapsed();
+    let batch_cpu = process_cpu()
+        .zip(batch_cpu0)
+        .map(|(b, a)| b.saturating_sub(a));
 
     server.stop().await?;
 
@@ -374,7 +392,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     header("RecordConsent");
     report(
         &writes,
-        write_time,
+        (write_time, write_cpu),
         "writes",
         TARGET_WRITES_PER_SEC,
         TARGET_WRITE_P99,
@@ -382,7 +400,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     header("CheckConsent");
     report(
         &checks,
-        check_time,
+        (check_time, check_cpu),
         "checks",
         TARGET_CHECKS_PER_SEC,
         TARGET_CHECK_P99,
@@ -396,6 +414,10 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         line("first error", e);
     }
     line("latency", batches.latencies.summary());
+    line(
+        "CPU of this process",
+        cpu_per_call(batch_cpu, batches.ok + batches.errors, batch_time),
+    );
     let max = batches.latencies.max();
     line(
         "max target",
@@ -461,6 +483,7 @@ async fn channels(endpoint: &str, args: &Args) -> anyhow::Result<Vec<Channel>> {
 async fn ping(channels: &[Channel], args: &Args, title: &str) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let cpu0 = process_cpu();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for channel in channels {
@@ -490,7 +513,10 @@ async fn ping(channels: &[Channel], args: &Args, title: &str) -> anyhow::Result<
     ));
     report(
         &total,
-        t0.elapsed(),
+        (
+            t0.elapsed(),
+            process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
+        ),
         "calls",
         TARGET_CHECKS_PER_SEC,
         TARGET_CHECK_P99,
