@@ -54,33 +54,35 @@ async fn relaxed_outbox_conformance_sqlite() {
     assert_eq!(synchronous, 2, "FULL again after a relaxed commit");
 }
 
-#[tokio::test]
-async fn relaxed_outbox_conformance_postgres() {
+/// Runs `test` on a fresh PostgreSQL database through a pool of `connections`,
+/// then drops the database.
+async fn on_postgres<Fut: Future<Output = ()>>(connections: u32, test: impl FnOnce(Db) -> Fut) {
     let pg = TestDatabase::create().await;
-    let db = storage::connect(&secret(&pg.url), "consent", 4)
+    let db = storage::connect(&secret(&pg.url), "consent", connections)
         .await
         .unwrap();
-    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
-    conformance::run(&SqlOutbox::with_read_sync(
-        db.clone(),
-        ReadEventSync::Relaxed,
-    ))
-    .await;
+    assert_eq!(db.backend(), DbBackend::Postgres);
+    test(db.clone()).await;
     db.close().await;
     pg.drop_now().await;
 }
 
 #[tokio::test]
+async fn relaxed_outbox_conformance_postgres() {
+    on_postgres(4, |db| async move {
+        db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+        conformance::run(&SqlOutbox::with_read_sync(db, ReadEventSync::Relaxed)).await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn outbox_conformance_postgres() {
-    let pg = TestDatabase::create().await;
-    let db = storage::connect(&secret(&pg.url), "consent", 4)
-        .await
-        .unwrap();
-    assert_eq!(db.backend(), DbBackend::Postgres);
-    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
-    conformance::run(&SqlOutbox::new(db.clone())).await;
-    db.close().await;
-    pg.drop_now().await;
+    on_postgres(4, |db| async move {
+        db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+        conformance::run(&SqlOutbox::new(db)).await;
+    })
+    .await;
 }
 
 fn event() -> AccessEvent {
@@ -126,13 +128,7 @@ async fn outbox_is_transactional_sqlite() {
 
 #[tokio::test]
 async fn outbox_is_transactional_postgres() {
-    let pg = TestDatabase::create().await;
-    let db = storage::connect(&secret(&pg.url), "consent", 4)
-        .await
-        .unwrap();
-    outbox_is_transactional(db.clone()).await;
-    db.close().await;
-    pg.drop_now().await;
+    on_postgres(4, outbox_is_transactional).await;
 }
 
 /// Values of table `t`, in id order.
@@ -221,13 +217,7 @@ async fn scripts_are_transactional_sqlite() {
 
 #[tokio::test]
 async fn scripts_are_transactional_postgres() {
-    let pg = TestDatabase::create().await;
-    let db = storage::connect(&secret(&pg.url), "consent", 1)
-        .await
-        .unwrap();
-    scripts_are_transactional(db.clone()).await;
-    db.close().await;
-    pg.drop_now().await;
+    on_postgres(1, scripts_are_transactional).await;
 }
 
 #[tokio::test]
