@@ -103,6 +103,14 @@ fn hash_of(bytes: &[u8]) -> anyhow::Result<Hash> {
         .map_err(|_| anyhow::anyhow!("stored hash is not 32 bytes"))
 }
 
+/// The columns of a head in the order [`head_from_row`] reads them (a macro so
+/// the queries stay `&'static str`).
+macro_rules! head_select {
+    () => {
+        "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads"
+    };
+}
+
 /// Page cache of a SQLite connection that appends: 64 MiB (negative = KiB).
 const SQLITE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -65536";
 
@@ -329,24 +337,18 @@ impl LogStore {
 
     /// The head with the largest tree size.
     pub async fn latest_head(&self) -> anyhow::Result<Option<StoredHead>> {
-        let row = sqlx::query(
-            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
-             ORDER BY tree_size DESC LIMIT 1",
-        )
-        .fetch_optional(self.db.pool())
-        .await?;
+        let row = sqlx::query(concat!(head_select!(), " ORDER BY tree_size DESC LIMIT 1"))
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(head_from_row).transpose()
     }
 
     /// The head signed for `tree_size`, if any.
     pub async fn head_at(&self, tree_size: u64) -> anyhow::Result<Option<StoredHead>> {
-        let row = sqlx::query(
-            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
-             WHERE tree_size = $1",
-        )
-        .bind(tree_size as i64)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let row = sqlx::query(concat!(head_select!(), " WHERE tree_size = $1"))
+            .bind(tree_size as i64)
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(head_from_row).transpose()
     }
 
@@ -358,10 +360,10 @@ impl LogStore {
         limit: usize,
     ) -> anyhow::Result<Vec<StoredHead>> {
         let from = after.map_or(min_size, |a| (a + 1).max(min_size));
-        let rows = sqlx::query(
-            "SELECT tree_size, root_hash, timestamp_us, key_id, signature FROM audit_tree_heads \
-             WHERE tree_size >= $1 ORDER BY tree_size LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            head_select!(),
+            " WHERE tree_size >= $1 ORDER BY tree_size LIMIT $2"
+        ))
         .bind(from as i64)
         .bind(limit as i64)
         .fetch_all(self.db.pool())
