@@ -67,6 +67,10 @@ enum Command {
     Dsar(dsar::Args),
 }
 
+/// The allocator of the custodia binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     custodia_tests::init_tracing();
