@@ -77,6 +77,27 @@ pub struct Args {
     /// (`audit.read_event_sync = "full"`) instead of the default `relaxed`.
     #[arg(long)]
     full_sync_reads: bool,
+    /// Which phases to run, in this order (e.g. `record,batch` to profile the batch
+    /// phase alone); the record phase provides the subjects the others check.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "record,check,batch"
+    )]
+    phases: Vec<PhaseArg>,
+    /// Print the latency of every BatchCheckConsent call (the first ones read
+    /// every subject from the database; later ones find most in the cache).
+    #[arg(long)]
+    print_batches: bool,
+}
+
+/// A phase of `loadgen consent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PhaseArg {
+    Record,
+    Check,
+    Batch,
 }
 
 const TARGET_CHECKS_PER_SEC: f64 = 40_000.0;
@@ -297,7 +318,6 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     let concurrency = args.concurrency;
 
     // 1. RecordConsent: client `id` records subjects id, id + c, id + 2c, ...
-    eprintln!("RecordConsent for {} s ...", args.seconds);
     let record = {
         let notice = notice.clone();
         move |mut c: Client, id: u64, n: u64| {
@@ -328,11 +348,16 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
             }
         }
     };
-    let (writes, write_time, write_cpu) = load(&channels, args.seconds, record).await?;
-    let recorded = writes.ok.max(1);
+    let wants = |p| args.phases.contains(&p);
+    let writes = if wants(PhaseArg::Record) {
+        eprintln!("RecordConsent for {} s ...", args.seconds);
+        Some(load(&channels, args.seconds, record).await?)
+    } else {
+        None
+    };
+    let recorded = writes.as_ref().map_or(0, |(w, ..)| w.ok).max(1);
 
     // 2. CheckConsent: 3 in 4 checks hit a recorded subject, 1 in 4 an unknown one.
-    eprintln!("CheckConsent for {} s ...", args.seconds);
     let check = move |mut c: Client, id: u64, n: u64| async move {
         let mut rng = Rng::new(0xC0FFEE ^ (id << 32) ^ n);
         let i = if rng.below(4) == 0 {
@@ -348,21 +373,37 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         let r = c.check_consent(authed(request, ADMIN_TOKEN)).await;
         (c, t0.elapsed(), r.map(|_| ()))
     };
-    let (checks, check_time, check_cpu) = load(&channels, args.seconds, check).await?;
+    let checks = if wants(PhaseArg::Check) {
+        eprintln!("CheckConsent for {} s ...", args.seconds);
+        Some(load(&channels, args.seconds, check).await?)
+    } else {
+        None
+    };
 
     // 3. BatchCheckConsent of 10,000 subjects, one call at a time.
-    eprintln!("BatchCheckConsent x {} ...", args.batch_calls);
+    let batch_calls = if wants(PhaseArg::Batch) {
+        args.batch_calls
+    } else {
+        0
+    };
+    eprintln!("BatchCheckConsent x {batch_calls} ...");
     let mut batches = Phase::new();
     let batch_cpu0 = process_cpu();
     let batch_t0 = Instant::now();
     let mut c = admin.clone();
     let mut rng = Rng::new(0xBA7C4);
-    for _ in 0..args.batch_calls {
+    for _ in 0..batch_calls {
         let subjects = (0..BATCH)
             .map(|_| subject(rng.below(recorded.max(BATCH))))
             .collect();
         let t0 = Instant::now();
         let r = batch_check(&mut c, subjects).await;
+        if args.print_batches {
+            eprintln!(
+                "BatchCheckConsent {:.1} ms",
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+        }
         batches.outcome(t0.elapsed(), r);
     }
     let batch_time = batch_t0.elapsed();
@@ -389,22 +430,29 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
             }
         ),
     );
-    header("RecordConsent");
-    report(
-        &writes,
-        (write_time, write_cpu),
-        "writes",
-        TARGET_WRITES_PER_SEC,
-        TARGET_WRITE_P99,
-    );
-    header("CheckConsent");
-    report(
-        &checks,
-        (check_time, check_cpu),
-        "checks",
-        TARGET_CHECKS_PER_SEC,
-        TARGET_CHECK_P99,
-    );
+    if let Some((writes, write_time, write_cpu)) = &writes {
+        header("RecordConsent");
+        report(
+            writes,
+            (*write_time, *write_cpu),
+            "writes",
+            TARGET_WRITES_PER_SEC,
+            TARGET_WRITE_P99,
+        );
+    }
+    if let Some((checks, check_time, check_cpu)) = &checks {
+        header("CheckConsent");
+        report(
+            checks,
+            (*check_time, *check_cpu),
+            "checks",
+            TARGET_CHECKS_PER_SEC,
+            TARGET_CHECK_P99,
+        );
+    }
+    if batch_calls == 0 {
+        return Ok(());
+    }
     header("BatchCheckConsent (10,000 subjects)");
     line(
         "calls ok (errors)",
