@@ -25,7 +25,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -56,7 +56,7 @@ pub type CachedState = (Option<StateRow>, bool);
 struct Shard {
     epoch: u64,
     /// subject hash -> (purpose id -> state)
-    subjects: HashMap<String, Vec<(String, CachedState)>>,
+    subjects: HashMap<String, Vec<(String, CachedState)>, foldhash::fast::RandomState>,
 }
 
 /// A purpose with the effective times (µs) of its material notices.
@@ -87,7 +87,7 @@ struct Register {
 pub struct CheckCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
     register: Mutex<Register>,
     /// Notice versions known to exist.
     notices: Mutex<HashSet<String>>,
@@ -107,7 +107,7 @@ impl CheckCache {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             register: Mutex::default(),
             notices: Mutex::default(),
             started: Instant::now(),

@@ -6,6 +6,7 @@ pub mod decision;
 pub mod export;
 pub mod grpc;
 pub mod ops;
+mod par;
 pub mod presets;
 pub mod receipt;
 pub mod records;

@@ -754,10 +754,11 @@ impl Api {
         &self,
         refs: &[SubjectRef],
     ) -> Result<Vec<(SubjectId, String)>, ApiError> {
-        refs.iter()
-            .enumerate()
-            .map(|(i, r)| self.subject(Some(r), &format!("subjects[{i}]")))
-            .collect()
+        crate::par::map(refs, |i, r| {
+            self.subject(Some(r), &format!("subjects[{i}]"))
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Checks one purpose for several subjects: states from the cache or one query
@@ -777,8 +778,9 @@ impl Api {
 
         let mut states: Vec<Option<CachedState>> = vec![None; subjects.len()];
         let mut misses = Vec::new();
-        for (i, (_, hash)) in subjects.iter().enumerate() {
-            match self.cache.state(hash, &pid) {
+        let cached_states = crate::par::map(subjects, |_, (_, hash)| self.cache.state(hash, &pid));
+        for (i, state) in cached_states.into_iter().enumerate() {
+            match state {
                 Ok(state) => states[i] = Some(state),
                 Err(ticket) => misses.push((i, ticket)),
             }
@@ -793,6 +795,7 @@ impl Api {
                 .states_together(&hashes, &pid)
                 .await
                 .map_err(ApiError::internal)?;
+
             for (i, ticket) in misses {
                 let hash = &subjects[i].1;
                 let state = found.get(hash).cloned().unwrap_or_default();
@@ -806,35 +809,39 @@ impl Api {
         for (id, hash) in subjects {
             access.push(id.kind(), hash);
         }
-        self.ctx()
-            .outbox
-            .enqueue_batch(access)
-            .await
-            .map_err(ApiError::internal)?;
+        // The events are written while the answer is built, and the answer waits
+        // for them: polled once, the enqueue has handed its group to a writer task.
+        let mut written = std::pin::pin!(self.ctx().outbox.enqueue_batch(access));
+        let early = futures::poll!(written.as_mut());
 
         let p = &cached.purpose;
-        Ok(subjects
-            .iter()
-            .zip(states)
-            .map(|((id, _), state)| {
-                let (row, objected_dm) = state.unwrap_or_default();
-                let verdict = decision::decide(p, row.as_ref(), objected_dm, material, now_us);
-                CheckResult {
-                    subject: Some(subject_out(id)),
-                    purpose: purpose_name(&pid),
-                    allowed: verdict.allowed,
-                    reason: verdict.reason as i32,
-                    lawful_basis: p.lawful_basis,
-                    expire_time: row
-                        .as_ref()
-                        .filter(|_| verdict.allowed)
-                        .and_then(|r: &StateRow| r.expire_us)
-                        .map(|us| timestamp(from_micros(us))),
-                    consent_event: String::new(),
-                    check_time: Some(timestamp(now)),
-                }
-            })
-            .collect())
+        let purpose = purpose_name(&pid);
+        let check_time = timestamp(now);
+        let results = crate::par::map(subjects, |i, (id, _)| {
+            let (row, objected_dm) = states[i]
+                .as_ref()
+                .map_or((None, false), |(r, o)| (r.as_ref(), *o));
+            let verdict = decision::decide(p, row, objected_dm, material, now_us);
+            CheckResult {
+                subject: Some(subject_out(id)),
+                purpose: purpose.clone(),
+                allowed: verdict.allowed,
+                reason: verdict.reason as i32,
+                lawful_basis: p.lawful_basis,
+                expire_time: row
+                    .filter(|_| verdict.allowed)
+                    .and_then(|r: &StateRow| r.expire_us)
+                    .map(|us| timestamp(from_micros(us))),
+                consent_event: String::new(),
+                check_time: Some(check_time),
+            }
+        });
+        match early {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => written.await,
+        }
+        .map_err(ApiError::internal)?;
+        Ok(results)
     }
 
     /// The purpose a check is about, from the cache when fresh.
