@@ -1001,20 +1001,36 @@ async fn batch_check(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    // 1,500 subjects: three known ones first, then people with no record.
-    let mut subjects = vec![
-        email("ada@example.edu"),
-        email("bob@example.edu"),
-        email("cy@example.edu"),
-    ];
-    subjects.extend((3..1_500).map(|i| email(&format!("p{i}@example.edu"))));
+    // Big enough to be split over threads (2,000 and up): the first bad subject
+    // is still the one named.
+    let mut bad: Vec<_> = (0..3_000)
+        .map(|i| email(&format!("b{i}@example.edu")))
+        .collect();
+    bad[1_600] = email("not an address");
+    bad[2_900] = email("");
+    let err = c
+        .batch_check_consent(authed(batch(bad, "purposes/newsletter"), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("subjects[1600]"),
+        "{}",
+        err.message()
+    );
+
+    // 3,000 subjects (split over threads): two known ones first, people with no
+    // record, and the withdrawn one last.
+    let mut subjects = vec![email("ada@example.edu"), email("bob@example.edu")];
+    subjects.extend((2..2_999).map(|i| email(&format!("p{i}@example.edu"))));
+    subjects.push(email("cy@example.edu"));
     let results = c
         .batch_check_consent(authed(batch(subjects, "purposes/newsletter"), ADMIN_TOKEN))
         .await
         .unwrap()
         .into_inner()
         .results;
-    assert_eq!(results.len(), 1_500);
+    assert_eq!(results.len(), 3_000);
     // In the request's order; only the identifier's type comes back.
     let verdict = |i: usize| {
         let subject = results[i].subject.as_ref().unwrap();
@@ -1030,8 +1046,8 @@ async fn batch_check(backend: Backend) {
     };
     assert_eq!(verdict(0), (true, CheckReason::Granted));
     assert_eq!(verdict(1), (false, CheckReason::Denied));
-    assert_eq!(verdict(2), (false, CheckReason::Withdrawn));
-    assert_eq!(verdict(1_499), (false, CheckReason::NoRecord));
+    assert_eq!(verdict(1_500), (false, CheckReason::NoRecord));
+    assert_eq!(verdict(2_999), (false, CheckReason::Withdrawn));
     // The same answers as one-by-one checks.
     assert_eq!(
         check(&mut c, "cy@example.edu", "newsletter").await,
@@ -1039,7 +1055,13 @@ async fn batch_check(backend: Backend) {
     );
 
     // Every subject of the batch is in the audit log once, as a BatchCheckConsent.
-    for who in ["ada@example.edu", "p3@example.edu", "p1499@example.edu"] {
+    // (The last subject's event arrives last: the outbox delivers in order.)
+    for who in [
+        "ada@example.edu",
+        "p3@example.edu",
+        "p1499@example.edu",
+        "cy@example.edu",
+    ] {
         let events = audit_events_until(
             app.channel().await,
             ListEventsRequest {
@@ -1091,7 +1113,7 @@ async fn batch_check(backend: Backend) {
             break;
         }
     }
-    assert_eq!(total, 1_500, "one event per subject, each once");
+    assert_eq!(total, 3_000, "one event per subject, each once");
     app.stop().await;
 }
 
