@@ -220,6 +220,39 @@ async fn scripts_are_transactional_postgres() {
     on_postgres(1, scripts_are_transactional).await;
 }
 
+/// Committed pages reach the SQLite database file without any commit crossing
+/// the WAL limit: the background checkpointer copies them (a commit that had to
+/// do it itself would wait for the copy and the flush).
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(&dir, "wal").await;
+    sqlx::query("CREATE TABLE pages (body BLOB NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    // ~400 pages: far below the commit-path limit, so only the checkpointer can
+    // move them into the database file while the pool stays open.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400) \
+         INSERT INTO pages SELECT randomblob(4000) FROM n",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let file = dir.path().join("wal.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&file).unwrap().len() < 400 * 4000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not checkpointed into {}",
+            file.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    db.close().await;
+}
+
 #[tokio::test]
 async fn services_sharing_a_postgres_database_get_their_own_schema() {
     let pg = TestDatabase::create().await;

@@ -32,7 +32,9 @@ use tonic::transport::Channel;
 use crate::{
     BackendArg,
     server::BenchEnv,
-    stats::{Latencies, cpu_per_call, header, line, process_cpu, verdict},
+    stats::{
+        Latencies, cpu_per_call, header, line, machine_ticks, process_cpu, steal_since, verdict,
+    },
     workload::{Rng, email},
 };
 
@@ -303,6 +305,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         return ping_bare(args).await;
     }
     let server = env.start_services(&services).await?;
+    let ticks0 = machine_ticks();
     if args.ping {
         let channels = channels(&server.endpoint, args).await?;
         return ping(
@@ -415,6 +418,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
 
     header(&format!("consent ({:?})", env.backend));
     line("store", env.describe());
+    line("steal (whole run)", steal_since(ticks0));
     line(
         "load",
         format!(

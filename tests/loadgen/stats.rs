@@ -103,3 +103,32 @@ pub fn cpu_per_call(cpu: Option<Duration>, calls: u64, elapsed: Duration) -> Str
         _ => "unknown".to_string(),
     }
 }
+
+/// The machine's CPU time counters since boot (`/proc/stat`, first line): steal
+/// and total, in ticks.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    Some((*ticks.get(7)?, ticks.iter().sum()))
+}
+
+/// Share of the machine's CPU time the hypervisor gave to others (steal) since
+/// `since` ([`machine_ticks`]): on a shared VM the figures of a run are only
+/// comparable with runs of similar steal.
+pub fn steal_since(since: Option<(u64, u64)>) -> String {
+    match since.zip(machine_ticks()) {
+        Some(((s0, t0), (s1, t1))) if t1 > t0 => {
+            format!(
+                "{:.1}% of CPU time",
+                100.0 * (s1 - s0) as f64 / (t1 - t0) as f64
+            )
+        }
+        _ => "unknown".to_string(),
+    }
+}

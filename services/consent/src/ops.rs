@@ -795,7 +795,6 @@ impl Api {
                 .states_together(&hashes, &pid)
                 .await
                 .map_err(ApiError::internal)?;
-
             for (i, ticket) in misses {
                 let hash = &subjects[i].1;
                 let state = found.get(hash).cloned().unwrap_or_default();
@@ -810,7 +809,8 @@ impl Api {
             access.push(id.kind(), hash);
         }
         // The events are written while the answer is built, and the answer waits
-        // for them: polled once, the enqueue has handed its group to a writer task.
+        // for them: polled once, the enqueue has queued them and, when no other
+        // group is being written, handed them to a writer task.
         let mut written = std::pin::pin!(self.ctx().outbox.enqueue_batch(access));
         let early = futures::poll!(written.as_mut());
 
