@@ -1,15 +1,19 @@
 //! Group commit: concurrent callers that each need a small durable write share one
 //! transaction.
 //!
-//! One caller at a time is the writer; it takes every batch queued behind it (up to a
-//! limit) and writes them together, so the transaction's fixed costs (the lock, the
-//! fsync, the round trips) are paid once per group instead of once per call. Each
-//! caller still gets its own results, and gets them only once they are durable. If
-//! the group's transaction fails, each batch is retried in a transaction of its own,
-//! so one bad batch fails alone.
+//! One writer task at a time takes every batch queued (up to a limit) and writes
+//! them together, so the transaction's fixed costs (the lock, the fsync, the round
+//! trips) are paid once per group instead of once per call. Each caller still gets
+//! its own results, and gets them only once they are durable. If the group's
+//! transaction fails, each batch is retried in a transaction of its own, so one bad
+//! batch fails alone.
 //!
-//! The write runs on a task of its own, holding the writer lock, so a caller that is
-//! cancelled (a client hanging up) never abandons the batches of the others.
+//! The writer is a task of its own, so a caller that is cancelled (a client hanging
+//! up) never abandons the batches of the others. When a group is written it takes
+//! the next one at once, and stops when the queue is empty; the next caller starts
+//! it again. Callers only wait for their own results: no caller has to take a lock
+//! in turn to learn that its group was written, which put one task wake-up per
+//! caller of the last group between two groups.
 
 use std::{
     collections::VecDeque,
@@ -28,16 +32,29 @@ type Done<R> = oneshot::Sender<anyhow::Result<Vec<R>>>;
 
 /// A group-commit queue in front of one write function.
 pub struct GroupCommit<T, R> {
-    queue: Mutex<VecDeque<(Vec<T>, Done<R>)>>,
+    inner: Arc<Inner<T, R>>,
+}
+
+struct Inner<T, R> {
+    queue: Mutex<Queue<T, R>>,
+    /// Held by the writer task while it writes a group (tests hold it to let a
+    /// queue form).
     writer: Arc<tokio::sync::Mutex<()>>,
     write: WriteFn<T, R>,
     max_items: usize,
 }
 
+struct Queue<T, R> {
+    batches: VecDeque<(Vec<T>, Done<R>)>,
+    /// Whether a writer task is running; it clears this itself, under the queue's
+    /// lock, when it finds the queue empty.
+    writing: bool,
+}
+
 impl<T, R> std::fmt::Debug for GroupCommit<T, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCommit")
-            .field("max_items", &self.max_items)
+            .field("max_items", &self.inner.max_items)
             .finish_non_exhaustive()
     }
 }
@@ -55,10 +72,15 @@ where
         Fut: Future<Output = anyhow::Result<Vec<R>>> + Send + 'static,
     {
         Self {
-            queue: Mutex::new(VecDeque::new()),
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            write: Arc::new(move |items| Box::pin(write(items))),
-            max_items: max_items.max(1),
+            inner: Arc::new(Inner {
+                queue: Mutex::new(Queue {
+                    batches: VecDeque::new(),
+                    writing: false,
+                }),
+                writer: Arc::new(tokio::sync::Mutex::new(())),
+                write: Arc::new(move |items| Box::pin(write(items))),
+                max_items: max_items.max(1),
+            }),
         }
     }
 
@@ -68,65 +90,89 @@ where
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let (done, mut result) = oneshot::channel();
-        self.queue
-            .lock()
-            .expect("group commit queue")
-            .push_back((items, done));
-        loop {
-            let guard = self.writer.clone().lock_owned().await;
-            // The previous writer may have taken this batch into its group.
-            if let Some(r) = ready(&mut result)? {
-                return r;
-            }
-            let group = self.take_group();
-            let write = self.write.clone();
-            tokio::spawn(async move {
-                let _writer = guard;
-                write_group(write, group).await;
-            })
-            .await?;
-            if let Some(r) = ready(&mut result)? {
-                return r;
-            }
-            // A full group was taken before this batch; write the next one.
+        let (done, result) = oneshot::channel();
+        let start = {
+            let mut queue = self.inner.queue.lock().expect("group commit queue");
+            queue.batches.push_back((items, done));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start {
+            tokio::spawn(run_writer(self.inner.clone()));
         }
-    }
-
-    /// The oldest queued batches, up to `max_items` items (at least one batch when
-    /// any caller still waits); batches whose caller is gone are dropped.
-    fn take_group(&self) -> Vec<(Vec<T>, Done<R>)> {
-        let mut queue = self.queue.lock().expect("group commit queue");
-        let mut group = Vec::new();
-        let mut items = 0;
-        while let Some((next, done)) = queue.front() {
-            if done.is_closed() {
-                // Its caller gave up (a client hanging up, a deadline) before it was
-                // written: writing it later would apply a change nobody is waiting
-                // for, possibly after others that followed it (an erasure).
-                queue.pop_front();
-                continue;
-            }
-            if !group.is_empty() && items + next.len() > self.max_items {
-                break;
-            }
-            items += next.len();
-            group.extend(queue.pop_front());
+        match result.await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("the write was abandoned by its writer"),
         }
-        group
     }
 }
 
-type Ready<R> = anyhow::Result<Option<anyhow::Result<Vec<R>>>>;
+/// The writer task: writes groups until the queue is empty.
+async fn run_writer<T, R>(inner: Arc<Inner<T, R>>)
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+{
+    // Should a write panic (or the task be dropped), the batches queued behind it
+    // still get a writer.
+    let mut exit = AbnormalExit(Some(inner.clone()));
+    loop {
+        let _writer = inner.writer.lock().await;
+        let group = {
+            let mut queue = inner.queue.lock().expect("group commit queue");
+            let group = take_group(&mut queue.batches, inner.max_items);
+            if group.is_empty() {
+                queue.writing = false;
+                exit.0 = None;
+                return;
+            }
+            group
+        };
+        write_group(inner.write.clone(), group).await;
+    }
+}
 
-fn ready<R>(result: &mut oneshot::Receiver<anyhow::Result<Vec<R>>>) -> Ready<R> {
-    match result.try_recv() {
-        Ok(r) => Ok(Some(r)),
-        Err(oneshot::error::TryRecvError::Empty) => Ok(None),
-        Err(oneshot::error::TryRecvError::Closed) => {
-            anyhow::bail!("the write was abandoned by its writer")
+/// Armed while the writer task runs: if the task ends other than by finding the
+/// queue empty (a write panicked, or the task was dropped with its runtime), the
+/// flag is cleared and, with batches still queued, a new writer started. The
+/// callers of the group being written get an error (their senders drop).
+struct AbnormalExit<T: Clone + Send + 'static, R: Send + 'static>(Option<Arc<Inner<T, R>>>);
+
+impl<T: Clone + Send + 'static, R: Send + 'static> Drop for AbnormalExit<T, R> {
+    fn drop(&mut self) {
+        let Some(inner) = self.0.take() else {
+            return;
+        };
+        let mut queue = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.writing = false;
+        if !queue.batches.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            queue.writing = true;
+            runtime.spawn(run_writer(inner.clone()));
         }
     }
+}
+
+/// The next group: queued batches up to `max_items` items (at least one batch),
+/// skipping those whose caller gave up.
+fn take_group<T, R>(
+    queue: &mut VecDeque<(Vec<T>, Done<R>)>,
+    max_items: usize,
+) -> Vec<(Vec<T>, Done<R>)> {
+    let mut group = Vec::new();
+    let mut items = 0;
+    while let Some((next, done)) = queue.front() {
+        if done.is_closed() {
+            queue.pop_front();
+            continue;
+        }
+        if !group.is_empty() && items + next.len() > max_items {
+            break;
+        }
+        items += next.len();
+        group.extend(queue.pop_front());
+    }
+    group
 }
 
 async fn write_group<T: Clone, R>(write: WriteFn<T, R>, group: Vec<(Vec<T>, Done<R>)>) {
@@ -155,6 +201,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    fn queued<T, R>(gc: &GroupCommit<T, R>) -> usize {
+        gc.inner.queue.lock().unwrap().batches.len()
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_batches_share_writes_and_get_their_own_results() {
@@ -188,10 +238,10 @@ mod tests {
             log.lock().unwrap().extend(items.iter().copied());
             async move { Ok(items) }
         }));
-        let guard = gc.writer.clone().lock_owned().await;
+        let guard = gc.inner.writer.clone().lock_owned().await;
         let a = gc.clone();
         let abandoned = tokio::spawn(async move { a.submit(vec![1]).await });
-        while gc.queue.lock().unwrap().is_empty() {
+        while queued(&gc) == 0 {
             tokio::task::yield_now().await;
         }
         abandoned.abort();
@@ -208,15 +258,62 @@ mod tests {
             Ok(items)
         }));
         // Queue both before either writes, so they form one group.
-        let guard = gc.writer.clone().lock_owned().await;
+        let guard = gc.inner.writer.clone().lock_owned().await;
         let (a, b) = (gc.clone(), gc.clone());
         let good = tokio::spawn(async move { a.submit(vec![1, 2]).await });
         let bad = tokio::spawn(async move { b.submit(vec![-1]).await });
-        while gc.queue.lock().unwrap().len() < 2 {
+        while queued(&gc) < 2 {
             tokio::task::yield_now().await;
         }
         drop(guard);
         assert_eq!(good.await.unwrap().unwrap(), vec![1, 2]);
         assert!(bad.await.unwrap().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_write_fails_its_group_and_the_batches_behind_it_get_a_writer() {
+        let started = Arc::new(tokio::sync::Notify::new());
+        let go = Arc::new(tokio::sync::Notify::new());
+        let (s, g) = (started.clone(), go.clone());
+        let gc = Arc::new(GroupCommit::new(1000, move |items: Vec<i32>| {
+            let (started, go) = (s.clone(), g.clone());
+            async move {
+                if items.contains(&13) {
+                    started.notify_one();
+                    go.notified().await;
+                    panic!("a bug in a write function");
+                }
+                Ok(items)
+            }
+        }));
+        let a = gc.clone();
+        let panicking = tokio::spawn(async move { a.submit(vec![13]).await });
+        started.notified().await;
+        // Queued while the panicking group is being written.
+        let b = gc.clone();
+        let behind = tokio::spawn(async move { b.submit(vec![1]).await });
+        while queued(&gc) < 1 {
+            tokio::task::yield_now().await;
+        }
+        go.notify_one();
+        let err = panicking.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        assert_eq!(behind.await.unwrap().unwrap(), vec![1]);
+        assert_eq!(gc.submit(vec![2]).await.unwrap(), vec![2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_stops_when_the_queue_is_empty_and_the_next_caller_starts_one() {
+        let gc = GroupCommit::new(10, |items: Vec<u32>| async move { Ok(items) });
+        for round in 0..20u32 {
+            assert_eq!(gc.submit(vec![round]).await.unwrap(), vec![round]);
+            // The writer finds the queue empty and stops (it may still be on its way).
+            let mut spins = 0;
+            while gc.inner.queue.lock().unwrap().writing {
+                spins += 1;
+                assert!(spins < 1_000_000, "the writer never stopped");
+                tokio::task::yield_now().await;
+            }
+        }
     }
 }
