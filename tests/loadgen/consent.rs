@@ -14,6 +14,12 @@
 //! 2. CheckConsent: `--concurrency` clients check random subjects (recorded ones and
 //!    unknown ones) for `--seconds`.
 //! 3. BatchCheckConsent: `--batch-calls` calls of 10,000 subjects, one at a time.
+//!
+//! `--server-binary target/release/custodia` runs the server as a process of its
+//! own (the same data dir or database), so the client's and the server's CPU are
+//! reported apart; the `h2load` phase (with `--phases record,h2load`) then sends
+//! CheckConsent from nghttp2's h2load, a client in C that costs the machine a
+//! fraction of what a tonic client does.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +39,8 @@ use crate::{
     BackendArg,
     server::BenchEnv,
     stats::{
-        Latencies, cpu_per_call, header, line, machine_ticks, process_cpu, steal_since, verdict,
+        Latencies, children_cpu, cpu_per_call, header, line, machine_ticks, process_cpu,
+        process_cpu_of, steal_since, verdict,
     },
     workload::{Rng, email},
 };
@@ -88,6 +95,15 @@ pub struct Args {
         default_value = "record,check,batch"
     )]
     phases: Vec<PhaseArg>,
+    /// Run the server as a process of its own: this `custodia` executable (e.g.
+    /// `target/release/custodia`), serving consent (and audit-log with
+    /// `--with-audit`) over the same fresh data dir or database. The load generator
+    /// then has its own process, and the server's CPU per call is reported apart.
+    #[arg(long)]
+    server_binary: Option<std::path::PathBuf>,
+    /// The h2load executable of the `h2load` phase (Debian: nghttp2-client).
+    #[arg(long, default_value = "h2load")]
+    h2load: std::path::PathBuf,
     /// Print the latency of every BatchCheckConsent call (the first ones read
     /// every subject from the database; later ones find most in the cache).
     #[arg(long)]
@@ -100,6 +116,10 @@ enum PhaseArg {
     Record,
     Check,
     Batch,
+    /// CheckConsent sent by h2load (nghttp2's HTTP/2 load generator, in C) instead
+    /// of a tonic client: what the server serves when the client costs little.
+    /// Every call checks the same recorded subject (h2load sends one body).
+    H2load,
 }
 
 const TARGET_CHECKS_PER_SEC: f64 = 40_000.0;
@@ -215,18 +235,61 @@ impl Phase {
     }
 }
 
+/// CPU used by this process and, when it runs apart, the server's process.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    client: Option<Duration>,
+    server: Option<Duration>,
+}
+
+impl Cpu {
+    /// The counters now; `server` is the server's process id when it runs apart.
+    fn now(server: Option<u32>) -> Self {
+        Self {
+            client: process_cpu(),
+            server: server.and_then(process_cpu_of),
+        }
+    }
+
+    /// CPU used since `self` was read.
+    fn since(self, server: Option<u32>) -> Self {
+        let now = Self::now(server);
+        let minus = |b: Option<Duration>, a: Option<Duration>| b.zip(a).map(|(b, a)| b - a);
+        Self {
+            client: minus(now.client, self.client),
+            server: minus(now.server, self.server),
+        }
+    }
+
+    /// The result lines: this process, and the server when it runs apart.
+    fn report(self, calls: u64, elapsed: Duration) {
+        line(
+            "CPU of this process",
+            cpu_per_call(self.client, calls, elapsed),
+        );
+        if self.server.is_some() {
+            line(
+                "CPU of the server process",
+                cpu_per_call(self.server, calls, elapsed),
+            );
+        }
+    }
+}
+
 /// Runs `concurrency` loops of `call` until `seconds` pass; returns the merged
-/// results and the elapsed time.
+/// results, the elapsed time and the CPU used (`server`: the server's process id
+/// when it runs apart).
 async fn load<F, Fut>(
     channels: &[Channel],
     seconds: u64,
+    server: Option<u32>,
     call: F,
-) -> anyhow::Result<(Phase, Duration, Option<Duration>)>
+) -> anyhow::Result<(Phase, Duration, Cpu)>
 where
     F: Fn(Client, u64, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = (Client, Duration, Result<(), tonic::Status>)> + Send,
 {
-    let cpu0 = process_cpu();
+    let cpu0 = Cpu::now(server);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(seconds);
     let tasks: Vec<_> = channels
@@ -252,13 +315,12 @@ where
     for t in tasks {
         total.merge(t.await?);
     }
-    let cpu = process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
-    Ok((total, t0.elapsed(), cpu))
+    Ok((total, t0.elapsed(), cpu0.since(server)))
 }
 
 fn report(
     phase: &Phase,
-    (elapsed, cpu): (Duration, Option<Duration>),
+    (elapsed, cpu): (Duration, Cpu),
     unit: &str,
     target_rate: f64,
     target_p99: Duration,
@@ -280,10 +342,7 @@ fn report(
         ),
     );
     line("latency", phase.latencies.summary());
-    line(
-        "CPU of this process",
-        cpu_per_call(cpu, phase.ok + phase.errors, elapsed),
-    );
+    cpu.report(phase.ok + phase.errors, elapsed);
     line(
         "p99 target",
         format!(
@@ -304,16 +363,26 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     if args.ping_bare {
         return ping_bare(args).await;
     }
-    let server = env.start_services(&services).await?;
+    let server = match &args.server_binary {
+        Some(binary) => {
+            let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            env.spawn_binary(binary, &names).await?
+        }
+        None => env.start_services(&services).await?,
+    };
+    let pid = server.pid();
     let ticks0 = machine_ticks();
     if args.ping {
         let channels = channels(&server.endpoint, args).await?;
-        return ping(
+        let result = ping(
             &channels,
             args,
+            pid,
             "grpc.health.v1.Health/Check (stack ceiling)",
         )
         .await;
+        server.stop().await?;
+        return result;
     }
     let mut admin = ConsentServiceClient::new(server.channel().await?);
     let notice = setup(&mut admin).await?;
@@ -354,7 +423,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     let wants = |p| args.phases.contains(&p);
     let writes = if wants(PhaseArg::Record) {
         eprintln!("RecordConsent for {} s ...", args.seconds);
-        Some(load(&channels, args.seconds, record).await?)
+        Some(load(&channels, args.seconds, pid, record).await?)
     } else {
         None
     };
@@ -378,7 +447,28 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     };
     let checks = if wants(PhaseArg::Check) {
         eprintln!("CheckConsent for {} s ...", args.seconds);
-        Some(load(&channels, args.seconds, check).await?)
+        Some(load(&channels, args.seconds, pid, check).await?)
+    } else {
+        None
+    };
+
+    // 2b. CheckConsent from h2load: one recorded subject, checked through our client
+    // first (h2load counts HTTP statuses, not gRPC ones).
+    let h2 = if wants(PhaseArg::H2load) {
+        let request = CheckConsentRequest {
+            subject: Some(subject(0)),
+            purpose: PURPOSE.into(),
+        };
+        let first = admin
+            .check_consent(authed(request.clone(), ADMIN_TOKEN))
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            first.result.is_some_and(|r| r.allowed),
+            "the h2load subject is not allowed: record it first (--phases record,h2load)"
+        );
+        eprintln!("CheckConsent from h2load for {} s ...", args.seconds);
+        Some(h2load(args, &server.endpoint, &request, pid).await?)
     } else {
         None
     };
@@ -391,7 +481,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     };
     eprintln!("BatchCheckConsent x {batch_calls} ...");
     let mut batches = Phase::new();
-    let batch_cpu0 = process_cpu();
+    let batch_cpu0 = Cpu::now(pid);
     let batch_t0 = Instant::now();
     let mut c = admin.clone();
     let mut rng = Rng::new(0xBA7C4);
@@ -410,14 +500,19 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         batches.outcome(t0.elapsed(), r);
     }
     let batch_time = batch_t0.elapsed();
-    let batch_cpu = process_cpu()
-        .zip(batch_cpu0)
-        .map(|(b, a)| b.saturating_sub(a));
+    let batch_cpu = batch_cpu0.since(pid);
 
     server.stop().await?;
 
     header(&format!("consent ({:?})", env.backend));
     line("store", env.describe());
+    line(
+        "server",
+        match (&args.server_binary, pid) {
+            (Some(binary), Some(pid)) => format!("{} (pid {pid})", binary.display()),
+            _ => "in this process".to_string(),
+        },
+    );
     line("steal (whole run)", steal_since(ticks0));
     line(
         "load",
@@ -454,6 +549,10 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
             TARGET_CHECK_P99,
         );
     }
+    if let Some(h2) = &h2 {
+        header("CheckConsent from h2load (one subject)");
+        h2.report(args);
+    }
     if batch_calls == 0 {
         return Ok(());
     }
@@ -466,10 +565,7 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         line("first error", e);
     }
     line("latency", batches.latencies.summary());
-    line(
-        "CPU of this process",
-        cpu_per_call(batch_cpu, batches.ok + batches.errors, batch_time),
-    );
+    batch_cpu.report(batches.ok + batches.errors, batch_time);
     let max = batches.latencies.max();
     line(
         "max target",
@@ -532,10 +628,15 @@ async fn channels(endpoint: &str, args: &Args) -> anyhow::Result<Vec<Channel>> {
 }
 
 /// grpc.health Check at `--concurrency` over `channels` for `--seconds`.
-async fn ping(channels: &[Channel], args: &Args, title: &str) -> anyhow::Result<()> {
+async fn ping(
+    channels: &[Channel],
+    args: &Args,
+    server: Option<u32>,
+    title: &str,
+) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let cpu0 = process_cpu();
+    let cpu0 = Cpu::now(server);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for channel in channels {
@@ -565,10 +666,7 @@ async fn ping(channels: &[Channel], args: &Args, title: &str) -> anyhow::Result<
     ));
     report(
         &total,
-        (
-            t0.elapsed(),
-            process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
-        ),
+        (t0.elapsed(), cpu0.since(server)),
         "calls",
         TARGET_CHECKS_PER_SEC,
         TARGET_CHECK_P99,
@@ -597,9 +695,127 @@ async fn ping_bare(args: &Args) -> anyhow::Result<()> {
     let result = ping(
         &channels,
         args,
+        None,
         "grpc.health.v1.Health/Check on a bare tonic server",
     )
     .await;
     server.abort();
     result
+}
+
+/// What h2load reported, and the CPU both processes used meanwhile.
+struct H2loadRun {
+    /// h2load's summary lines (`finished in`, `requests:`, `time for request:`).
+    summary: Vec<String>,
+    succeeded: u64,
+    failed: u64,
+    elapsed: Duration,
+    cpu: Cpu,
+    h2load_cpu: Option<Duration>,
+}
+
+impl H2loadRun {
+    fn report(&self, args: &Args) {
+        line(
+            "load",
+            format!(
+                "{} streams in flight over {} connections, one h2load thread",
+                args.concurrency,
+                connection_count(args)
+            ),
+        );
+        let rate = self.succeeded as f64 / self.elapsed.as_secs_f64();
+        line(
+            "calls ok (HTTP errors)",
+            format!("{} ({})", self.succeeded, self.failed),
+        );
+        line(
+            "throughput",
+            format!(
+                "{rate:.0} checks/s  [target >= {TARGET_CHECKS_PER_SEC:.0}: {}]",
+                verdict(rate >= TARGET_CHECKS_PER_SEC && self.failed == 0)
+            ),
+        );
+        for s in &self.summary {
+            line("h2load", s);
+        }
+        line(
+            "CPU of h2load",
+            cpu_per_call(self.h2load_cpu, self.succeeded + self.failed, self.elapsed),
+        );
+        self.cpu.report(self.succeeded + self.failed, self.elapsed);
+    }
+}
+
+/// Runs h2load against `endpoint` for `--seconds`, sending `request` to CheckConsent.
+async fn h2load(
+    args: &Args,
+    endpoint: &str,
+    request: &CheckConsentRequest,
+    server: Option<u32>,
+) -> anyhow::Result<H2loadRun> {
+    use prost::Message;
+    // One gRPC message: uncompressed flag, big-endian length, the protobuf.
+    let message = request.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let dir = tempfile::tempdir()?;
+    let body_file = dir.path().join("check.bin");
+    std::fs::write(&body_file, &body)?;
+    let connections = connection_count(args);
+    let streams = args.concurrency.div_ceil(connections);
+    let cpu0 = Cpu::now(server);
+    let children0 = children_cpu();
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new(&args.h2load)
+        .arg(format!("--duration={}", args.seconds))
+        .arg(format!("--clients={connections}"))
+        .arg(format!("--max-concurrent-streams={streams}"))
+        .arg("--threads=1")
+        .args(["--header", "content-type: application/grpc"])
+        .args(["--header", "te: trailers"])
+        .args(["--header", &format!("authorization: Bearer {ADMIN_TOKEN}")])
+        .arg(format!("--data={}", body_file.display()))
+        .arg(format!(
+            "{endpoint}/custodia.consent.v1.ConsentService/CheckConsent"
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.h2load.display()))?;
+    let elapsed = t0.elapsed();
+    let cpu = cpu0.since(server);
+    let h2load_cpu = children_cpu().zip(children0).map(|(b, a)| b - a);
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "h2load failed: {text}");
+    let summary: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("finished in")
+                || l.starts_with("requests:")
+                || l.starts_with("time for request:")
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    // "requests: N total, N started, N done, N succeeded, N failed, ..."
+    let count = |word: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("requests:"))
+            .and_then(|l| {
+                l.split(',')
+                    .find(|part| part.trim().ends_with(word))
+                    .and_then(|part| part.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    Ok(H2loadRun {
+        summary,
+        succeeded: count("succeeded"),
+        failed: count("failed"),
+        elapsed,
+        cpu,
+        h2load_cpu,
+    })
 }

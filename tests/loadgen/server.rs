@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use custodia_core::{
     Config,
+    config::ReadEventSync,
     server::{Application, ServiceDef},
 };
 use custodia_proto::audit::v1::{
@@ -78,6 +79,86 @@ impl BenchEnv {
             startup,
             stop: Some(stop),
             task: Some(task),
+            child: None,
+        })
+    }
+
+    /// Starts `binary` (the `custodia` executable) as a process of its own serving
+    /// `services` (names as `custodia serve` takes them) over this environment's
+    /// data dir or database, so the load generator and the server no longer share
+    /// one process: the figures are the binary's as an operator runs it, and the
+    /// server's CPU is measured apart from the client's. Access events stay queued
+    /// in the outbox unless audit-log is among `services` (the forwarder's endpoint
+    /// is then this server).
+    pub async fn spawn_binary(
+        &self,
+        binary: &std::path::Path,
+        services: &[&str],
+    ) -> anyhow::Result<BenchServer> {
+        // A free port: bound, read, released, then taken by the child.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let c = &self.config;
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.arg("serve")
+            .args(services)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&c.data_dir)
+            .env_remove("CUSTODIA_CONFIG")
+            .env("RUST_LOG", "error")
+            .env("CUSTODIA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env(
+                "CUSTODIA__DATABASE__MAX_CONNECTIONS",
+                c.database.max_connections.to_string(),
+            )
+            .env("CUSTODIA__CONSENT__RECEIPT_SIGNING_KEY", "24".repeat(32))
+            .env("CUSTODIA__AUDIT__SUBJECT_HASH_KEY", SUBJECT_KEY)
+            .env("CUSTODIA__AUDIT__SIGNING_KEY", "42".repeat(32))
+            .env(
+                "CUSTODIA__AUDIT__READ_EVENT_SYNC",
+                match c.audit.read_event_sync {
+                    ReadEventSync::Relaxed => "relaxed",
+                    ReadEventSync::Full => "full",
+                },
+            )
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if !services.contains(&"audit-log") {
+            // Nothing listens on the discard port: deliveries fail at once and back off.
+            cmd.env("CUSTODIA__AUDIT__ENDPOINT", "http://127.0.0.1:9");
+        }
+        if let Some(db) = &self.database {
+            cmd.arg("--database-url").arg(&db.url);
+        }
+        let t0 = Instant::now();
+        let mut child = cmd.spawn()?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{} exited at start: {status}", binary.display());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{} did not listen within 60 s",
+                binary.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(BenchServer {
+            endpoint,
+            startup: t0.elapsed(),
+            stop: None,
+            task: None,
+            child: Some(child),
         })
     }
 
@@ -98,9 +179,16 @@ pub struct BenchServer {
     pub startup: Duration,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The server process, when it runs apart ([`BenchEnv::spawn_binary`]).
+    child: Option<tokio::process::Child>,
 }
 
 impl BenchServer {
+    /// Process id of the server when it runs as a process of its own.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// A new HTTP/2 connection to the server.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
         Ok(Endpoint::from_shared(self.endpoint.clone())?
@@ -124,6 +212,19 @@ impl BenchServer {
         }
         if let Some(task) = self.task.take() {
             task.await??;
+        }
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM, for a graceful stop; SIGKILL if it takes over 30 s.
+            if let Some(pid) = child.id() {
+                tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await?;
+            }
+            match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(status) => anyhow::ensure!(status?.success(), "the server exited with an error"),
+                Err(_) => child.kill().await?,
+            }
         }
         Ok(())
     }

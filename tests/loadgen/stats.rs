@@ -84,11 +84,34 @@ pub fn verdict(ok: bool) -> &'static str {
 /// runs with what its neighbours do (steal time), as long as the phase lasts
 /// seconds.
 pub fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_of("self")
+}
+
+/// Like [`process_cpu`], for the process `pid` (`/proc/<pid>/stat`).
+pub fn process_cpu_of(pid: u32) -> Option<Duration> {
+    cpu_of(&pid.to_string())
+}
+
+/// CPU time of this process's children that have exited and been waited for
+/// (cutime plus cstime), e.g. an h2load run.
+pub fn children_cpu() -> Option<Duration> {
+    stat_ticks("self", 13)
+}
+
+fn cpu_of(proc_dir: &str) -> Option<Duration> {
+    stat_ticks(proc_dir, 11)
+}
+
+/// The sum of two adjacent tick counters of `/proc/<proc_dir>/stat`, the first at
+/// `index` counting from field 3, as a duration.
+fn stat_ticks(proc_dir: &str, index: usize) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{proc_dir}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    // `fields[0]` is field 3; utime and stime are fields 14 and 15.
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // `fields[0]` is field 3: utime and stime are fields 14 and 15 (index 11),
+    // cutime and cstime 16 and 17 (index 13).
+    let ticks =
+        fields.get(index)?.parse::<u64>().ok()? + fields.get(index + 1)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
 }
 
