@@ -39,8 +39,8 @@ use crate::{
     BackendArg,
     server::BenchEnv,
     stats::{
-        Latencies, children_cpu, cpu_per_call, header, line, machine_ticks, process_cpu,
-        process_cpu_of, steal_since, verdict,
+        Latencies, children_cpu, cpu_between, cpu_per_call, header, line, machine_ticks,
+        process_cpu, process_cpu_of, steal_since, verdict,
     },
     workload::{Rng, email},
 };
@@ -254,10 +254,9 @@ impl Cpu {
     /// CPU used since `self` was read.
     fn since(self, server: Option<u32>) -> Self {
         let now = Self::now(server);
-        let minus = |b: Option<Duration>, a: Option<Duration>| b.zip(a).map(|(b, a)| b - a);
         Self {
-            client: minus(now.client, self.client),
-            server: minus(now.server, self.server),
+            client: cpu_between(self.client, now.client),
+            server: cpu_between(self.server, now.server),
         }
     }
 
@@ -786,7 +785,7 @@ async fn h2load(
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.h2load.display()))?;
     let elapsed = t0.elapsed();
     let cpu = cpu0.since(server);
-    let h2load_cpu = children_cpu().zip(children0).map(|(b, a)| b - a);
+    let h2load_cpu = cpu_between(children0, children_cpu());
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(out.status.success(), "h2load failed: {text}");
     let summary: Vec<String> = text

@@ -115,6 +115,11 @@ fn stat_ticks(proc_dir: &str, index: usize) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// CPU used between two readings of a counter (`None` when either is unknown).
+pub fn cpu_between(before: Option<Duration>, after: Option<Duration>) -> Option<Duration> {
+    before.zip(after).map(|(a, b)| b.saturating_sub(a))
+}
+
 /// `cpu` spent on `calls` calls over `elapsed`: "N µs per call (C cores)".
 pub fn cpu_per_call(cpu: Option<Duration>, calls: u64, elapsed: Duration) -> String {
     match cpu {

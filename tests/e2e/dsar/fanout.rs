@@ -332,9 +332,14 @@ async fn failing_connectors(backend: Backend) {
     // The error clears; the retry comes with the backoff, by the clock.
     error.set(Mode::Normal);
     let calls = error.calls("ExportSubject").len();
+    let garbage_attempts = task(&failed, "garbage").attempt_count;
     app.clock.advance(chrono::Duration::seconds(61));
     let retried = wait_for(&c, &r.name, |r| {
         task(r, "error").state() == SourceTaskState::Succeeded
+            // Garbage came due too: its automatic retry (still garbage) is over, so
+            // the retry asked for below finds the task FAILED, not RUNNING.
+            && task(r, "garbage").attempt_count > garbage_attempts
+            && task(r, "garbage").state() == SourceTaskState::Failed
     })
     .await;
     assert!(task(&retried, "error").attempt_count >= 2);
