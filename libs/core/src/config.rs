@@ -268,7 +268,10 @@ pub struct AuditConfig {
     /// loss of the database host in the last moments (SQLite `synchronous=NORMAL` in
     /// WAL mode, PostgreSQL `synchronous_commit=off` for that transaction); `full`
     /// waits for the flush, at several times the cost per read. Events of changes
-    /// are always in the change's own, fully durable transaction.
+    /// are always in the change's own, fully durable transaction. On SQLite,
+    /// relaxed read events are appended to a journal file beside the database
+    /// (`<service>.db-read-events`, one write per call) and moved into the outbox
+    /// table in the background; a journal left by a crash is moved at the next start.
     pub read_event_sync: ReadEventSync,
 }
 

@@ -41,6 +41,8 @@ pub struct Db {
     /// background (see [`Checkpointer`]).
     checkpointer: Option<Arc<Checkpointer>>,
     backend: Backend,
+    /// SQLite only: the database file (none for an in-memory database).
+    sqlite_file: Option<Arc<Path>>,
     /// SQLite has one writer at a time; writers of this process queue here instead
     /// of in SQLite's busy handler, which sleeps for up to 100 ms between tries.
     write_gate: Arc<tokio::sync::Mutex<()>>,
@@ -108,6 +110,11 @@ impl Db {
     /// process but not of the machine). Take [`Db::write_turn`] before writing.
     pub fn relaxed_pool(&self) -> Option<&AnyPool> {
         self.relaxed.as_ref()
+    }
+
+    /// SQLite only: the database file (none for an in-memory database).
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// Which engine this is.
@@ -237,11 +244,12 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10));
     if raw.starts_with("sqlite:") {
-        if let Some(path) = raw
+        let file = raw
             .strip_prefix("sqlite://")
             .and_then(|rest| rest.split('?').next())
             .filter(|p| !p.is_empty() && *p != ":memory:")
-            && let Some(dir) = Path::new(path).parent()
+            .map(Path::new);
+        if let Some(dir) = file.and_then(Path::parent)
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)?;
@@ -265,6 +273,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             relaxed: Some(relaxed),
             checkpointer: Some(checkpointer),
             backend: Backend::Sqlite,
+            sqlite_file: file.map(Arc::from),
             write_gate: Arc::default(),
         })
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
@@ -299,6 +308,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             relaxed: None,
             checkpointer: None,
             backend: Backend::Postgres,
+            sqlite_file: None,
             write_gate: Arc::default(),
         })
     } else {

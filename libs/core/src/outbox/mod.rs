@@ -8,6 +8,7 @@
 
 mod event;
 pub mod forwarder;
+mod journal;
 mod store;
 
 #[cfg(any(test, feature = "conformance"))]

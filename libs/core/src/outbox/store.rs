@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
-use super::{AccessEvent, EventBatch};
+use super::{AccessEvent, EventBatch, journal::Journal};
 use crate::{
     config::ReadEventSync,
     group_commit::GroupCommit,
@@ -159,7 +159,17 @@ fn events_of(payload: &str) -> anyhow::Result<Vec<AccessEvent>> {
 /// Inserts `batches` in one transaction (idempotent by event id); `relaxed` commits
 /// without waiting for the disk flush (see [`ReadEventSync`]).
 async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow::Result<Vec<()>> {
-    let rows = rows_of(batches)?;
+    insert_rows(db, rows_of(batches)?, relaxed).await?;
+    Ok(vec![(); batches.len()])
+}
+
+/// Inserts outbox `rows` in one transaction (idempotent by event id), as
+/// [`insert_group`] says.
+async fn insert_rows(
+    db: &Db,
+    rows: Vec<(String, String, i64)>,
+    relaxed: bool,
+) -> anyhow::Result<()> {
     match (db.backend(), relaxed) {
         (Backend::Sqlite, true) => {
             let _turn = db.write_turn().await;
@@ -212,7 +222,7 @@ async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow:
             tx.commit(script).await?;
         }
     }
-    Ok(vec![(); batches.len()])
+    Ok(())
 }
 
 /// [`OutboxStore`] over a service's [`Db`] (SQLite or Postgres).
@@ -223,6 +233,9 @@ pub struct SqlOutbox {
     /// Events enqueued on their own (reads) are written in groups: a read-heavy
     /// service pays one transaction per group of concurrent calls, not per call.
     alone: Arc<GroupCommit<EventBatch, ()>>,
+    /// SQLite with relaxed reads: events enqueued on their own go to the journal
+    /// instead (see [`Journal`]).
+    journal: Option<Arc<Journal>>,
 }
 
 /// Most calls' events (single events or batches) in one group insert.
@@ -249,11 +262,45 @@ impl SqlOutbox {
             let db = writer.clone();
             async move { insert_group(&db, &batches, relaxed).await }
         });
-        Self {
+        let journal = match (relaxed, db.sqlite_file()) {
+            (true, Some(file)) => match Journal::open(file) {
+                Ok(Some(journal)) => Some(Arc::new(journal)),
+                Ok(None) => {
+                    tracing::debug!(
+                        "read-event journal held by another outbox; writing reads to the table"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the read-event journal; writing reads to the table");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let outbox = Self {
             db,
             notify: Arc::new(Notify::new()),
             alone: Arc::new(alone),
+            journal,
+        };
+        if let Some(journal) = &outbox.journal
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(move_journal_periodically(
+                Arc::downgrade(journal),
+                outbox.db.clone(),
+            ));
         }
+        outbox
+    }
+
+    /// Moves the journal's records (if any) into the outbox table.
+    async fn move_journal(&self) -> anyhow::Result<()> {
+        if let Some(journal) = &self.journal {
+            move_journal(journal, &self.db).await?;
+        }
+        Ok(())
     }
 
     /// Wakes the forwarder after a transaction that called [`enqueue_in`] committed.
@@ -280,20 +327,23 @@ impl SqlOutbox {
 
 impl OutboxStore for SqlOutbox {
     async fn enqueue(&self, event: &AccessEvent) -> anyhow::Result<()> {
-        self.alone
-            .submit(vec![EventBatch::single(event.clone())])
-            .await?;
-        self.wake();
-        Ok(())
+        self.enqueue_batch(EventBatch::single(event.clone())).await
     }
 
     async fn enqueue_batch(&self, batch: EventBatch) -> anyhow::Result<()> {
-        self.alone.submit(vec![batch]).await?;
+        match &self.journal {
+            Some(journal) => journal.append(&rows_of(std::slice::from_ref(&batch))?)?,
+            None => {
+                self.alone.submit(vec![batch]).await?;
+            }
+        }
         self.wake();
         Ok(())
     }
 
     async fn peek(&self, limit: usize) -> anyhow::Result<Vec<(i64, AccessEvent)>> {
+        // Nothing enqueued is invisible here.
+        self.move_journal().await?;
         // Sizes first, so a row of many events is not read only to be left out.
         let sizes =
             sqlx::query("SELECT id, event_count FROM access_event_outbox ORDER BY id LIMIT $1")
@@ -360,6 +410,7 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn pending(&self) -> anyhow::Result<i64> {
+        self.move_journal().await?;
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM(event_count), 0) AS BIGINT) FROM access_event_outbox",
         )
@@ -370,5 +421,35 @@ impl OutboxStore for SqlOutbox {
 
     async fn notified(&self) {
         self.notify.notified().await
+    }
+}
+
+/// Moves `journal`'s records into the outbox table of `db` (relaxed, like the
+/// writes they stand for).
+async fn move_journal(journal: &Journal, db: &Db) -> anyhow::Result<()> {
+    if journal.has_unmoved() {
+        journal
+            .move_to_outbox(|rows| insert_rows(db, rows, true))
+            .await?;
+    }
+    Ok(())
+}
+
+/// How often the journal is moved into the table when nothing reads the outbox
+/// (no forwarder, or audit-log down), so it stays small.
+const JOURNAL_MOVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Moves the journal every [`JOURNAL_MOVE_INTERVAL`] until its outbox is gone.
+async fn move_journal_periodically(journal: std::sync::Weak<Journal>, db: Db) {
+    let mut tick = tokio::time::interval(JOURNAL_MOVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(journal) = journal.upgrade() else {
+            return;
+        };
+        if let Err(e) = move_journal(&journal, &db).await {
+            tracing::debug!(error = %e, "moving the read-event journal failed; retrying");
+        }
     }
 }

@@ -213,3 +213,85 @@ async fn kill_9_during_consent_writes_loses_no_acknowledged_write() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// kill -9 right after CheckConsent answers, while the checks' access events are
+/// still in the read-event journal only (not yet in the outbox table): on restart
+/// every answered check has its event in the outbox, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_checks_loses_no_check_event() {
+    use custodia_core::outbox::{OutboxStore, Outcome, SqlOutbox};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let journal = dir.path().join("consent.db-read-events");
+    let mut child = start_service(dir.path(), port, "consent");
+    let mut c = ConsentServiceClient::new(connect_service(port, ServiceName::Consent).await);
+    c.create_purpose(authed(
+        CreatePurposeRequest {
+            purpose_id: "newsletter".into(),
+            purpose: Some(Purpose {
+                display_name: "Newsletter".into(),
+                lawful_basis: LawfulBasis::Consent as i32,
+                category: PurposeCategory::Communication as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        TOKEN,
+    ))
+    .await
+    .unwrap();
+    // Check until answered checks are seen waiting in the journal (the service
+    // moves it into the table every 200 ms), then kill at once.
+    let mut answered = 0;
+    loop {
+        c.check_consent(authed(
+            CheckConsentRequest {
+                subject: Some(email(answered)),
+                purpose: "purposes/newsletter".into(),
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap();
+        answered += 1;
+        let waiting = std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0);
+        if (waiting && answered >= 20) || answered == 5_000 {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // The restarted service moves what the journal held into the outbox table.
+    let mut child = start_service(dir.path(), port, "consent");
+    connect_service(port, ServiceName::Consent).await;
+    let db = custodia_core::storage::connect(
+        &custodia_core::storage::sqlite_file_url(&dir.path().join("consent.db")).into(),
+        "consent",
+        1,
+    )
+    .await
+    .unwrap();
+    let outbox = SqlOutbox::new(db.clone());
+    let checks = custodia_tests::eventually(|| async {
+        let events = outbox.peek(100_000).await.unwrap();
+        let checks: Vec<_> = events
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.method == "CheckConsent" && e.outcome == Outcome::Ok)
+            .collect();
+        (checks.len() >= answered).then_some(checks)
+    })
+    .await;
+    let ids: std::collections::HashSet<_> = checks.iter().map(|e| e.event_id).collect();
+    assert_eq!(checks.len(), answered, "one event per answered check");
+    assert_eq!(ids.len(), answered, "each stored once");
+    db.close().await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
