@@ -20,7 +20,7 @@ use custodia_proto::{
 };
 use custodia_tests::authed;
 
-use crate::crash::{TOKEN, connect_service, start_service};
+use crate::crash::{TOKEN, connect_service, free_port, start_service};
 
 fn email(i: usize) -> SubjectRef {
     SubjectRef {
@@ -41,17 +41,32 @@ fn evidence(notice: &str) -> Evidence {
     }
 }
 
+/// Creates the consent-based purpose `purposes/newsletter`.
+async fn create_newsletter(c: &mut ConsentServiceClient<tonic::transport::Channel>) {
+    c.create_purpose(authed(
+        CreatePurposeRequest {
+            purpose_id: "newsletter".into(),
+            purpose: Some(Purpose {
+                display_name: "Newsletter".into(),
+                lawful_basis: LawfulBasis::Consent as i32,
+                category: PurposeCategory::Communication as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        TOKEN,
+    ))
+    .await
+    .unwrap();
+}
+
 /// Subject index -> (acknowledged event names, whether the last acknowledged write granted).
 type Acked = HashMap<usize, (Vec<String>, bool)>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_consent_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut notice = String::new();
 
@@ -60,21 +75,7 @@ async fn kill_9_during_consent_writes_loses_no_acknowledged_write() {
         let channel = connect_service(port, ServiceName::Consent).await;
         if round == 0 {
             let mut c = ConsentServiceClient::new(channel.clone());
-            c.create_purpose(authed(
-                CreatePurposeRequest {
-                    purpose_id: "newsletter".into(),
-                    purpose: Some(Purpose {
-                        display_name: "Newsletter".into(),
-                        lawful_basis: LawfulBasis::Consent as i32,
-                        category: PurposeCategory::Communication as i32,
-                        ..Default::default()
-                    }),
-                    request_id: String::new(),
-                },
-                TOKEN,
-            ))
-            .await
-            .unwrap();
+            create_newsletter(&mut c).await;
             notice = c
                 .publish_notice(authed(
                     PublishNoticeRequest {
@@ -222,29 +223,11 @@ async fn kill_9_after_checks_loses_no_check_event() {
     use custodia_core::outbox::{OutboxStore, Outcome, SqlOutbox};
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let journal = dir.path().join("consent.db-read-events");
     let mut child = start_service(dir.path(), port, "consent");
     let mut c = ConsentServiceClient::new(connect_service(port, ServiceName::Consent).await);
-    c.create_purpose(authed(
-        CreatePurposeRequest {
-            purpose_id: "newsletter".into(),
-            purpose: Some(Purpose {
-                display_name: "Newsletter".into(),
-                lawful_basis: LawfulBasis::Consent as i32,
-                category: PurposeCategory::Communication as i32,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        },
-        TOKEN,
-    ))
-    .await
-    .unwrap();
+    create_newsletter(&mut c).await;
     // Check until answered checks are seen waiting in the journal (the service
     // moves it into the table every 200 ms), then kill at once.
     let mut answered = 0;

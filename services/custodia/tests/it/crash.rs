@@ -43,6 +43,15 @@ pub fn start_service(data_dir: &Path, port: u16, service: &str) -> Child {
         .expect("custodia starts")
 }
 
+/// A port free on 127.0.0.1 for the binary to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Connects once audit-log reports SERVING (bounded: 30 s).
 async fn connect(port: u16) -> Channel {
     connect_service(port, ServiceName::AuditLog).await
@@ -92,11 +101,7 @@ fn event(id: String) -> AccessEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_appends_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // event id -> acknowledged sequence number
     let acked: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
 

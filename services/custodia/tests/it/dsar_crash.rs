@@ -39,7 +39,7 @@ use custodia_proto::{
 use custodia_tests::authed;
 use tonic::{Request, Response, Status, transport::Channel};
 
-use crate::crash::{TOKEN, connect_service};
+use crate::crash::{TOKEN, connect_service, free_port};
 
 /// Environment variable holding the connectors' token (`credentials_ref = "env:..."`).
 const TOKEN_VAR: &str = "DSAR_CRASH_CONNECTOR_TOKEN";
@@ -242,11 +242,7 @@ async fn kill_9_during_erasure_fan_out_resumes_without_double_count_or_skip() {
     let moodle_endpoint = serve(moodle_proxy.clone()).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = start(dir.path(), port);
     let mut c = DsarServiceClient::new(connect_service(port, ServiceName::Dsar).await);
     register(&mut c, "crm", &crm_endpoint).await;
