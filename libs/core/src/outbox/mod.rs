@@ -2,7 +2,9 @@
 //!
 //! A service writes each access event into the `access_event_outbox` table of its
 //! own database, in the same transaction as the data change (for reads: before the
-//! response is sent). The [`forwarder::Forwarder`] ships batches to audit-log's
+//! response is sent; on SQLite with relaxed read sync, into the read-event journal
+//! beside the database, which is moved into the table in the background: see
+//! `journal.rs`). The [`forwarder::Forwarder`] ships batches to audit-log's
 //! `AppendEvents`, which is idempotent by event id; audit-log being down only
 //! delays delivery and never fails the caller.
 
