@@ -26,13 +26,12 @@ use std::time::{Duration, Instant};
 use custodia_proto::{
     common::v1::SubjectRef,
     consent::v1::{
-        BatchCheckConsentRequest, CheckConsentRequest, ConsentChannel, CreatePurposeRequest,
-        Decision, Evidence, LawfulBasis, Notice, PublishNoticeRequest, Purpose, PurposeCategory,
-        PurposeDecision, RecordConsentRequest, consent_service_client::ConsentServiceClient,
-        notice::Content,
+        BatchCheckConsentRequest, CheckConsentRequest, ConsentChannel, Decision, Evidence, Notice,
+        PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
+        consent_service_client::ConsentServiceClient, notice::Content,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, authed};
+use custodia_tests::{ADMIN_TOKEN, authed, newsletter_purpose};
 use tonic::transport::Channel;
 
 use crate::{
@@ -144,21 +143,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn setup(c: &mut Client) -> anyhow::Result<String> {
-    c.create_purpose(authed(
-        CreatePurposeRequest {
-            purpose_id: "newsletter".into(),
-            purpose: Some(Purpose {
-                display_name: "Newsletter".into(),
-                lawful_basis: LawfulBasis::Consent as i32,
-                category: PurposeCategory::Communication as i32,
-                reconsent_interval: "P1Y".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
-    .await?;
+    let mut newsletter = newsletter_purpose();
+    if let Some(p) = newsletter.purpose.as_mut() {
+        p.reconsent_interval = "P1Y".into();
+    }
+    c.create_purpose(authed(newsletter, ADMIN_TOKEN)).await?;
     let notice = c
         .publish_notice(authed(
             PublishNoticeRequest {

@@ -253,3 +253,21 @@ pub fn init_tracing() {
         }
     });
 }
+
+/// CreatePurpose of `purposes/newsletter`: a communication purpose whose lawful
+/// basis is consent, as the consent tests and the load generator use it.
+pub fn newsletter_purpose() -> custodia_proto::consent::v1::CreatePurposeRequest {
+    use custodia_proto::consent::v1::{
+        CreatePurposeRequest, LawfulBasis, Purpose, PurposeCategory,
+    };
+    CreatePurposeRequest {
+        purpose_id: "newsletter".into(),
+        purpose: Some(Purpose {
+            display_name: "Newsletter".into(),
+            lawful_basis: LawfulBasis::Consent as i32,
+            category: PurposeCategory::Communication as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}

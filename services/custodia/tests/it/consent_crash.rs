@@ -12,13 +12,12 @@ use custodia_core::ServiceName;
 use custodia_proto::{
     common::v1::SubjectRef,
     consent::v1::{
-        CheckConsentRequest, ConsentChannel, CreatePurposeRequest, Decision, Evidence, LawfulBasis,
-        ListConsentEventsRequest, Notice, PublishNoticeRequest, Purpose, PurposeCategory,
-        PurposeDecision, RecordConsentRequest, WithdrawConsentRequest,
+        CheckConsentRequest, ConsentChannel, Decision, Evidence, ListConsentEventsRequest, Notice,
+        PublishNoticeRequest, PurposeDecision, RecordConsentRequest, WithdrawConsentRequest,
         consent_service_client::ConsentServiceClient, notice::Content,
     },
 };
-use custodia_tests::authed;
+use custodia_tests::{authed, newsletter_purpose};
 
 use crate::crash::{TOKEN, connect_service, free_port, start_service};
 
@@ -43,21 +42,9 @@ fn evidence(notice: &str) -> Evidence {
 
 /// Creates the consent-based purpose `purposes/newsletter`.
 async fn create_newsletter(c: &mut ConsentServiceClient<tonic::transport::Channel>) {
-    c.create_purpose(authed(
-        CreatePurposeRequest {
-            purpose_id: "newsletter".into(),
-            purpose: Some(Purpose {
-                display_name: "Newsletter".into(),
-                lawful_basis: LawfulBasis::Consent as i32,
-                category: PurposeCategory::Communication as i32,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        },
-        TOKEN,
-    ))
-    .await
-    .unwrap();
+    c.create_purpose(authed(newsletter_purpose(), TOKEN))
+        .await
+        .unwrap();
 }
 
 /// Subject index -> (acknowledged event names, whether the last acknowledged write granted).
