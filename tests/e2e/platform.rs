@@ -154,21 +154,19 @@ async fn auth_contract(backend: Backend) {
         .await
         .unwrap();
     let outbox = SqlOutbox::new(db.clone());
-    let queued = eventually(|| async {
-        let queued = outbox.peek(100).await.unwrap();
-        let denied = queued
-            .iter()
-            .filter(|(_, e)| e.outcome == Outcome::Denied)
-            .count();
-        (denied >= 3).then_some(queued)
+    let denied = eventually(|| async {
+        let denied: Vec<_> = outbox
+            .peek(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.outcome == Outcome::Denied)
+            .collect();
+        (denied.len() >= 3).then_some(denied)
     })
     .await;
-    let denied: Vec<_> = queued
-        .iter()
-        .map(|(_, e)| e)
-        .filter(|e| e.outcome == Outcome::Denied)
-        .collect();
-    assert_eq!(denied.len(), 3, "{queued:?}");
+    assert_eq!(denied.len(), 3, "{denied:?}");
     assert_eq!(denied[0].actor, "anonymous");
     assert_eq!(denied[0].method, "ListPurposes");
     assert_eq!(denied[0].service, "custodia.consent.v1.ConsentService");
