@@ -16,12 +16,20 @@
 //! One process at a time uses a journal: it holds an advisory lock on the file. An
 //! outbox that cannot take the lock writes its read events to the table directly.
 //!
+//! Memory and disk stay bounded when the table cannot take the records for a while
+//! (the database is locked, the disk is full): a move reads at most
+//! [`MOVE_CHUNK_BYTES`] at a time and keeps what it moved before a failure, opening
+//! scans the file record by record, and once [`MAX_BACKLOG_BYTES`] wait to be
+//! moved, [`Journal::append`] refuses ([`Backlog`]) so that the caller writes to the
+//! table itself (and fails the call if that fails too) instead of growing the file
+//! without limit.
+//!
 //! Record: `u32` length of the body (little endian), `u32` CRC-32 of the body, the
 //! body: `<event id>\n<event count>\n<payload>` (an outbox row).
 
 use std::{
     fs::File,
-    io::{Read, Seek, SeekFrom, Write},
+    io::{BufReader, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -36,7 +44,23 @@ pub(super) struct Journal {
     state: Mutex<State>,
     /// One move at a time.
     moving: tokio::sync::Mutex<()>,
+    /// Most bytes read (whole records) per insert of a move.
+    chunk_bytes: u64,
+    /// Most bytes waiting to be moved before appends are refused.
+    max_backlog: u64,
 }
+
+/// Most bytes of records a move reads and inserts at a time (a single larger
+/// record is read whole).
+pub(super) const MOVE_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Most bytes waiting to be moved before [`Journal::append`] refuses more.
+pub(super) const MAX_BACKLOG_BYTES: u64 = 256 << 20;
+
+/// [`Journal::append`] refused: too many records wait to be moved into the table.
+#[derive(Debug, thiserror::Error)]
+#[error("the read-event journal holds {0} bytes not yet moved into the outbox table")]
+pub(super) struct Backlog(pub u64);
 
 #[derive(Debug)]
 struct State {
@@ -67,35 +91,49 @@ impl Journal {
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        let mut bytes = Vec::new();
         file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut bytes)?;
-        let (_, valid) = parse(&bytes);
-        if valid < bytes.len() {
+        let total = file.metadata()?.len();
+        let valid = scan(&mut BufReader::new(&file))?;
+        if valid < total {
             tracing::warn!(
-                torn_bytes = bytes.len() - valid,
+                torn_bytes = total - valid,
                 "read-event journal ends with a torn record (a crash while writing it); cut off"
             );
-            file.set_len(valid as u64)?;
+            file.set_len(valid)?;
         }
         Ok(Some(Self {
             path,
             state: Mutex::new(State {
                 file,
-                len: valid as u64,
+                len: valid,
                 moved: 0,
             }),
             moving: tokio::sync::Mutex::new(()),
+            chunk_bytes: MOVE_CHUNK_BYTES,
+            max_backlog: MAX_BACKLOG_BYTES,
         }))
     }
 
-    /// Appends `rows` in one write. On error nothing of them stays in the file.
+    /// Sets the chunk and backlog limits (tests use small ones).
+    #[cfg(test)]
+    fn with_limits(mut self, chunk_bytes: u64, max_backlog: u64) -> Self {
+        self.chunk_bytes = chunk_bytes;
+        self.max_backlog = max_backlog;
+        self
+    }
+
+    /// Appends `rows` in one write. On error nothing of them stays in the file; with
+    /// [`Backlog`] when too much waits to be moved (nothing written).
     pub(super) fn append(&self, rows: &[Row]) -> anyhow::Result<()> {
         let mut buf = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 64).sum());
         for row in rows {
             encode(row, &mut buf);
         }
         let mut state = self.state.lock().expect("journal state");
+        let waiting = state.len - state.moved;
+        if waiting >= self.max_backlog {
+            return Err(Backlog(waiting).into());
+        }
         if let Err(e) = state.file.write_all(&buf) {
             // A partial record would hide every record after it.
             let len = state.len;
@@ -107,11 +145,13 @@ impl Journal {
     }
 
     /// Moves every record written so far into the outbox through `insert` (which
-    /// must be idempotent by event id), then empties the file when nothing was
-    /// written meanwhile. Returns the number of rows moved.
-    pub(super) async fn move_to_outbox<F, Fut>(&self, insert: F) -> anyhow::Result<usize>
+    /// must be idempotent by event id), at most [`MOVE_CHUNK_BYTES`] of records per
+    /// call of `insert`, then empties the file when nothing was written meanwhile.
+    /// When an insert fails, the chunks moved before it stay moved. Returns the
+    /// number of rows moved.
+    pub(super) async fn move_to_outbox<F, Fut>(&self, mut insert: F) -> anyhow::Result<usize>
     where
-        F: FnOnce(Vec<Row>) -> Fut,
+        F: FnMut(Vec<Row>) -> Fut,
         Fut: Future<Output = anyhow::Result<()>>,
     {
         let _moving = self.moving.lock().await;
@@ -122,23 +162,23 @@ impl Journal {
         if from == to {
             return Ok(0);
         }
-        let mut bytes = vec![0; (to - from) as usize];
-        {
-            let mut reader = File::open(&self.path)?;
-            reader.seek(SeekFrom::Start(from))?;
-            reader.read_exact(&mut bytes)?;
+        let mut reader = BufReader::new(File::open(&self.path)?);
+        reader.seek(SeekFrom::Start(from))?;
+        let mut at = from;
+        let mut count = 0;
+        while at < to {
+            let (rows, bytes) = read_records(&mut reader, to - at, self.chunk_bytes)?;
+            anyhow::ensure!(
+                bytes > 0,
+                "read-event journal {} is damaged at byte {at}",
+                self.path.display(),
+            );
+            count += rows.len();
+            insert(rows).await?;
+            at += bytes;
+            self.state.lock().expect("journal state").moved = at;
         }
-        let (rows, valid) = parse(&bytes);
-        anyhow::ensure!(
-            valid == bytes.len(),
-            "read-event journal {} is damaged at byte {}",
-            self.path.display(),
-            from + valid as u64
-        );
-        let count = rows.len();
-        insert(rows).await?;
         let mut state = self.state.lock().expect("journal state");
-        state.moved = to;
         if state.len == to {
             state.file.set_len(0)?;
             state.len = 0;
@@ -171,27 +211,76 @@ fn encode((id, payload, count): &Row, buf: &mut Vec<u8>) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The whole records at the start of `bytes`, and how many bytes they take: parsing
-/// stops at the first record that is incomplete or fails its checksum.
-fn parse(bytes: &[u8]) -> (Vec<Row>, usize) {
-    let mut rows = Vec::new();
-    let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER) {
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
+/// One whole, intact record from `reader` (at most `limit` bytes of it): its body
+/// and length, or `None` at the end or where the data is torn or altered.
+fn next_record(reader: &mut impl Read, limit: u64) -> std::io::Result<Option<(Vec<u8>, u64)>> {
+    let mut header = [0; HEADER];
+    if limit < HEADER as u64 || !read_full(reader, &mut header)? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let size = HEADER as u64 + u64::from(len);
+    if size > limit {
+        return Ok(None);
+    }
+    let mut body = vec![0; len as usize];
+    if !read_full(reader, &mut body)? || crc32fast::hash(&body) != crc {
+        return Ok(None);
+    }
+    Ok(Some((body, size)))
+}
+
+/// Fills `buf`; `false` when the data ends first.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How many bytes at the start of `reader` are whole, intact records.
+fn scan(reader: &mut impl Read) -> std::io::Result<u64> {
+    let mut valid = 0;
+    while let Some((body, size)) = next_record(reader, u64::MAX)? {
+        if decode(&body).is_none() {
             break;
         }
-        let Some(row) = decode(body) else {
+        valid += size;
+    }
+    Ok(valid)
+}
+
+/// Rows from `reader` until `chunk` bytes are read (at least one record, if any),
+/// within the next `limit` bytes; with the bytes they took. Stops early at a record
+/// that is torn or altered.
+fn read_records(
+    reader: &mut impl Read,
+    limit: u64,
+    chunk: u64,
+) -> std::io::Result<(Vec<Row>, u64)> {
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < limit && (at == 0 || at < chunk) {
+        let Some((body, size)) = next_record(reader, limit - at)? else {
+            break;
+        };
+        let Some(row) = decode(&body) else {
             break;
         };
         rows.push(row);
-        at += HEADER + len;
+        at += size;
     }
-    (rows, at)
+    Ok((rows, at))
+}
+
+/// The whole records at the start of `bytes`, and how many bytes they take.
+#[cfg(test)]
+fn parse(bytes: &[u8]) -> (Vec<Row>, usize) {
+    let (rows, at) =
+        read_records(&mut &bytes[..], bytes.len() as u64, u64::MAX).expect("reading a slice");
+    (rows, at as usize)
 }
 
 fn decode(body: &[u8]) -> Option<Row> {
@@ -289,5 +378,80 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(*moved.lock().unwrap(), vec![row(1), row(2)]);
+    }
+
+    #[tokio::test]
+    async fn a_move_goes_in_bounded_chunks_and_keeps_what_it_moved_before_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = {
+            let mut buf = Vec::new();
+            encode(&row(0), &mut buf);
+            buf.len() as u64
+        };
+        // Three records per chunk.
+        let journal = Journal::open(&dir.path().join("x.db"))
+            .unwrap()
+            .unwrap()
+            .with_limits(3 * record, u64::MAX);
+        journal
+            .append(&(0..10).map(row).collect::<Vec<_>>())
+            .unwrap();
+        // The second insert fails: the first chunk stays moved.
+        let calls = std::sync::Mutex::new(Vec::new());
+        let err = journal
+            .move_to_outbox(|rows| {
+                let mut calls = calls.lock().unwrap();
+                calls.push(rows);
+                let fail = calls.len() == 2;
+                async move {
+                    anyhow::ensure!(!fail, "database is locked");
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(err.is_err());
+        assert_eq!(
+            calls.lock().unwrap()[0],
+            (0..3).map(row).collect::<Vec<_>>()
+        );
+        let moved = std::sync::Mutex::new(Vec::new());
+        let n = journal
+            .move_to_outbox(|rows| {
+                let mut moved = moved.lock().unwrap();
+                assert!(rows.len() <= 3, "a chunk of {} rows", rows.len());
+                moved.extend(rows);
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(*moved.lock().unwrap(), (3..10).map(row).collect::<Vec<_>>());
+        assert!(!journal.has_unmoved());
+    }
+
+    #[tokio::test]
+    async fn appends_are_refused_past_the_backlog_until_a_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("x.db"))
+            .unwrap()
+            .unwrap()
+            .with_limits(u64::MAX, 1);
+        journal.append(&[row(1)]).unwrap();
+        let err = journal.append(&[row(2)]).unwrap_err();
+        assert!(err.is::<Backlog>(), "{err}");
+        let moved = std::sync::Mutex::new(Vec::new());
+        journal
+            .move_to_outbox(|rows| {
+                moved.lock().unwrap().extend(rows);
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            *moved.lock().unwrap(),
+            vec![row(1)],
+            "the refused row was never written"
+        );
+        journal.append(&[row(3)]).unwrap();
     }
 }

@@ -331,11 +331,20 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn enqueue_batch(&self, batch: EventBatch) -> anyhow::Result<()> {
-        match &self.journal {
-            Some(journal) => journal.append(&rows_of(std::slice::from_ref(&batch))?)?,
-            None => {
-                self.alone.submit(vec![batch]).await?;
-            }
+        let journaled = match &self.journal {
+            Some(journal) => match journal.append(&rows_of(std::slice::from_ref(&batch))?) {
+                Ok(()) => true,
+                Err(e) => {
+                    // The table is the reference path: the events are stored there
+                    // (or the call fails), never dropped.
+                    tracing::warn!(error = %e, "read-event journal refused a write; writing to the outbox table");
+                    false
+                }
+            },
+            None => false,
+        };
+        if !journaled {
+            self.alone.submit(vec![batch]).await?;
         }
         self.wake();
         Ok(())
@@ -443,13 +452,25 @@ const JOURNAL_MOVE_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 async fn move_journal_periodically(journal: std::sync::Weak<Journal>, db: Db) {
     let mut tick = tokio::time::interval(JOURNAL_MOVE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: u64 = 0;
     loop {
         tick.tick().await;
         let Some(journal) = journal.upgrade() else {
             return;
         };
-        if let Err(e) = move_journal(&journal, &db).await {
-            tracing::debug!(error = %e, "moving the read-event journal failed; retrying");
+        match move_journal(&journal, &db).await {
+            Ok(()) if failures > 0 => {
+                tracing::info!(failures, "read-event journal moved again");
+                failures = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Loud, but once every ~10 s rather than every tick.
+                if failures.is_multiple_of(50) {
+                    tracing::warn!(error = %e, failures, "moving the read-event journal into the outbox table failed; retrying");
+                }
+                failures += 1;
+            }
         }
     }
 }
