@@ -321,6 +321,10 @@ impl LogStore {
 
     /// Records a signed head (a head for an existing size is kept as it was).
     pub async fn insert_head(&self, head: &StoredHead) -> anyhow::Result<()> {
+        // In line with the appends (SQLite): without the turn, the insert waits in
+        // SQLite's busy handler, which sleeps up to 100 ms between tries and can
+        // miss every gap between back-to-back append groups (heads seconds late).
+        let _turn = self.db.write_turn().await;
         sqlx::query(
             "INSERT INTO audit_tree_heads (tree_size, root_hash, timestamp_us, key_id, signature) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tree_size) DO NOTHING",

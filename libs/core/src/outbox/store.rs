@@ -389,6 +389,8 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn ack(&self, ids: &[i64]) -> anyhow::Result<()> {
+        // Waits its turn behind the service's writes instead of in SQLite's busy handler.
+        let _turn = self.db.write_turn().await;
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "DELETE FROM access_event_outbox WHERE id IN ({})",
@@ -404,6 +406,8 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn record_attempt(&self, ids: &[i64]) -> anyhow::Result<()> {
+        // Waits its turn behind the service's writes instead of in SQLite's busy handler.
+        let _turn = self.db.write_turn().await;
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "UPDATE access_event_outbox SET attempts = attempts + 1 WHERE id IN ({})",
