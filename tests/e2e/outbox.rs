@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use custodia_core::{
+    config::ReadEventSync,
     outbox::{
         AccessEvent, EventBatch, OutboxStore, Outcome, SqlOutbox,
         forwarder::{EventSink, Forwarder},
@@ -119,4 +120,53 @@ async fn a_batch_of_events_stored_together_is_delivered_in_batches() {
         calls.iter().all(|&n| n <= 300),
         "no call over the batch size: {calls:?}"
     );
+}
+
+#[tokio::test]
+async fn reads_refused_by_a_full_journal_go_to_the_table_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = storage::sqlite_file_url(&dir.path().join("consent.db"));
+    let db = storage::connect(&url.into(), "consent", 2).await.unwrap();
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    // No backlog allowed: the journal refuses every read, which goes to the table.
+    let outbox = SqlOutbox::with_read_sync(db, ReadEventSync::Relaxed).with_journal_backlog(0);
+    let events: Vec<AccessEvent> = (0..3)
+        .map(|_| {
+            AccessEvent::new(
+                chrono::Utc::now(),
+                "newsletter",
+                "consent",
+                "CheckConsent",
+                Outcome::Ok,
+            )
+        })
+        .collect();
+    for event in &events {
+        outbox.enqueue(event).await.unwrap();
+    }
+    assert_eq!(
+        dir.path()
+            .join("consent.db-read-events")
+            .metadata()
+            .unwrap()
+            .len(),
+        0,
+        "nothing written to the journal"
+    );
+    assert_eq!(outbox.pending().await.unwrap(), 3, "all in the table");
+
+    let sink = FlakySink::default();
+    let forwarder = Forwarder::new(outbox.clone(), sink.clone(), 100);
+    assert_eq!(forwarder.drain().await.unwrap(), 3);
+    let mut ids: Vec<_> = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    let mut sent: Vec<_> = events.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    sent.sort();
+    assert_eq!(ids, sent, "each event once");
 }

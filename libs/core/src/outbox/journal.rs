@@ -31,7 +31,10 @@ use std::{
     fs::File,
     io::{BufReader, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 /// An outbox row: first event id, payload, number of events.
@@ -47,7 +50,7 @@ pub(super) struct Journal {
     /// Most bytes read (whole records) per insert of a move.
     chunk_bytes: u64,
     /// Most bytes waiting to be moved before appends are refused.
-    max_backlog: u64,
+    max_backlog: AtomicU64,
 }
 
 /// Most bytes of records a move reads and inserts at a time (a single larger
@@ -110,15 +113,20 @@ impl Journal {
             }),
             moving: tokio::sync::Mutex::new(()),
             chunk_bytes: MOVE_CHUNK_BYTES,
-            max_backlog: MAX_BACKLOG_BYTES,
+            max_backlog: AtomicU64::new(MAX_BACKLOG_BYTES),
         }))
+    }
+
+    /// Sets how many bytes may wait to be moved before appends are refused.
+    pub(super) fn set_max_backlog(&self, bytes: u64) {
+        self.max_backlog.store(bytes, Ordering::Relaxed);
     }
 
     /// Sets the chunk and backlog limits (tests use small ones).
     #[cfg(test)]
     fn with_limits(mut self, chunk_bytes: u64, max_backlog: u64) -> Self {
         self.chunk_bytes = chunk_bytes;
-        self.max_backlog = max_backlog;
+        self.set_max_backlog(max_backlog);
         self
     }
 
@@ -131,7 +139,7 @@ impl Journal {
         }
         let mut state = self.state.lock().expect("journal state");
         let waiting = state.len - state.moved;
-        if waiting >= self.max_backlog {
+        if waiting >= self.max_backlog.load(Ordering::Relaxed) {
             return Err(Backlog(waiting).into());
         }
         if let Err(e) = state.file.write_all(&buf) {

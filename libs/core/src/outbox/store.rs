@@ -295,6 +295,16 @@ impl SqlOutbox {
         outbox
     }
 
+    /// Sets how many bytes of read events the journal may hold, not yet moved into
+    /// the table, before further reads are written to the table directly (default
+    /// 256 MiB; no effect without a journal).
+    pub fn with_journal_backlog(self, bytes: u64) -> Self {
+        if let Some(journal) = &self.journal {
+            journal.set_max_backlog(bytes);
+        }
+        self
+    }
+
     /// Moves the journal's records (if any) into the outbox table.
     async fn move_journal(&self) -> anyhow::Result<()> {
         if let Some(journal) = &self.journal {
