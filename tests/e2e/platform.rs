@@ -270,3 +270,47 @@ async fn invalid_utf8_is_invalid_argument_naming_the_field() {
     assert!(err.message().contains("event_id"), "{}", err.message());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn io_threads_serve_every_connection_over_one_state_and_stop_cleanly() {
+    use custodia_proto::consent::v1::GetPurposeRequest;
+    let app = TestApp::spawn_with(Backend::Sqlite, &all_services(), |c| {
+        c.server.io_threads = 2;
+    })
+    .await;
+    // Connections are dealt out to the threads in turn: a purpose created over the
+    // first is read over the next three (both threads), and health answers on each.
+    let mut first = ConsentServiceClient::new(app.channel().await);
+    first
+        .create_purpose(authed(custodia_tests::newsletter_purpose(), ADMIN_TOKEN))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let channel = app.channel().await;
+        let got = ConsentServiceClient::new(channel.clone())
+            .get_purpose(authed(
+                GetPurposeRequest {
+                    name: "purposes/newsletter".into(),
+                },
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.purpose.unwrap().name, "purposes/newsletter");
+        let health = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.status, ServingStatus::Serving as i32);
+    }
+    // A refused call is still refused (the layers run on every thread).
+    let err = first
+        .list_purposes(authed(ListPurposesRequest::default(), "not-a-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Stops within the test's runtime: `stop` asserts a clean end.
+    app.stop().await;
+}

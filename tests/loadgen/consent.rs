@@ -72,6 +72,10 @@ pub struct Args {
     /// Database pool size of the server (production default: 16).
     #[arg(long, default_value_t = 16)]
     db_connections: u32,
+    /// The server's `server.io_threads`: threads with a scheduler each, serving the
+    /// connections dealt out to them (0, the default: the shared runtime).
+    #[arg(long, default_value_t = 0)]
+    io_threads: usize,
     /// Only measure grpc.health.v1.Health/Check (no auth, no database) at the same
     /// concurrency: the ceiling of the gRPC stack on this machine.
     #[arg(long)]
@@ -137,6 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.full_sync_reads {
         env.config.audit.read_event_sync = custodia_core::config::ReadEventSync::Full;
     }
+    env.config.server.io_threads = args.io_threads;
     let result = run_on(&env, &args).await;
     env.cleanup().await;
     result
@@ -700,6 +705,8 @@ struct H2loadRun {
     elapsed: Duration,
     cpu: Cpu,
     h2load_cpu: Option<Duration>,
+    /// Per-request times from h2load's log (`--log-file`).
+    latencies: Latencies,
 }
 
 impl H2loadRun {
@@ -727,6 +734,17 @@ impl H2loadRun {
         for s in &self.summary {
             line("h2load", s);
         }
+        line("latency", self.latencies.summary());
+        let p99 = self.latencies.quantile(0.99);
+        line(
+            "p99 target",
+            format!(
+                "{:.2} ms [target <= {} ms: {}]",
+                p99.as_secs_f64() * 1000.0,
+                TARGET_CHECK_P99.as_millis(),
+                verdict(p99 <= TARGET_CHECK_P99)
+            ),
+        );
         line(
             "CPU of h2load",
             cpu_per_call(self.h2load_cpu, self.succeeded + self.failed, self.elapsed),
@@ -751,6 +769,7 @@ async fn h2load(
     let dir = tempfile::tempdir()?;
     let body_file = dir.path().join("check.bin");
     std::fs::write(&body_file, &body)?;
+    let log_file = dir.path().join("requests.tsv");
     let connections = connection_count(args);
     let streams = args.concurrency.div_ceil(connections);
     let cpu0 = Cpu::now(server);
@@ -765,6 +784,7 @@ async fn h2load(
         .args(["--header", "te: trailers"])
         .args(["--header", &format!("authorization: Bearer {ADMIN_TOKEN}")])
         .arg(format!("--data={}", body_file.display()))
+        .arg(format!("--log-file={}", log_file.display()))
         .arg(format!(
             "{endpoint}/custodia.consent.v1.ConsentService/CheckConsent"
         ))
@@ -798,6 +818,18 @@ async fn h2load(
             })
             .unwrap_or(0)
     };
+    // One line per request: start (µs since the epoch), HTTP status, µs to the end
+    // of the response.
+    let mut latencies = Latencies::new();
+    for l in std::fs::read_to_string(&log_file)?.lines() {
+        if let Some(us) = l
+            .split('\t')
+            .nth(2)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            latencies.record(Duration::from_micros(us));
+        }
+    }
     Ok(H2loadRun {
         summary,
         succeeded: count("succeeded"),
@@ -805,5 +837,6 @@ async fn h2load(
         elapsed,
         cpu,
         h2load_cpu,
+        latencies,
     })
 }

@@ -114,6 +114,10 @@ impl BenchEnv {
                 "CUSTODIA__DATABASE__MAX_CONNECTIONS",
                 c.database.max_connections.to_string(),
             )
+            .env(
+                "CUSTODIA__SERVER__IO_THREADS",
+                c.server.io_threads.to_string(),
+            )
             .env("CUSTODIA__CONSENT__RECEIPT_SIGNING_KEY", "24".repeat(32))
             .env("CUSTODIA__AUDIT__SUBJECT_HASH_KEY", SUBJECT_KEY)
             .env("CUSTODIA__AUDIT__SIGNING_KEY", "42".repeat(32))

@@ -9,7 +9,10 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use secrecy::SecretString;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tonic::{service::RoutesBuilder, transport::server::TcpIncoming};
+use tonic::{
+    service::RoutesBuilder,
+    transport::server::{Router, TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -157,7 +160,9 @@ type Layers = tower::layer::util::Stack<
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    router: tonic::transport::server::Router<Layers>,
+    router: Router<Layers>,
+    /// See [`crate::config::ServerConfig::io_threads`].
+    io_threads: usize,
     tasks: Vec<BoxFuture<'static, ()>>,
     dbs: Vec<Db>,
     grace: Duration,
@@ -284,6 +289,7 @@ impl Application {
             tasks,
             dbs,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            io_threads: config.server.io_threads,
             shutdown: shutdown_tx,
         })
     }
@@ -312,28 +318,45 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.grace;
         let streams = self.shutdown;
-        // TCP_NODELAY: without it a response written as two segments waits for the
-        // client's delayed ACK (~40 ms) — every unary call with a larger answer.
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let server = self
-            .router
-            .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.await;
-                tracing::info!("shutting down; finishing in-flight calls");
-                let _ = streams.send(true);
-                let _ = stop_tx.send(());
-            });
-        tokio::pin!(server);
+        let stopping = async move {
+            shutdown.await;
+            tracing::info!("shutting down; finishing in-flight calls");
+            let _ = streams.send(true);
+            let _ = stop_tx.send(());
+        };
+        let mut server: BoxFuture<'static, anyhow::Result<()>> = if self.io_threads == 0 {
+            // TCP_NODELAY: without it a response written as two segments waits for
+            // the client's delayed ACK (~40 ms) — every unary call with a larger answer.
+            let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+            let router = self.router;
+            Box::pin(async move {
+                Ok(router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await?)
+            })
+        } else {
+            Box::pin(serve_on_threads(
+                self.router,
+                self.listener,
+                self.io_threads,
+                stopping,
+            ))
+        };
         let result = tokio::select! {
             r = &mut server => r,
             _ = async {
-                let _ = stop_rx.await;
+                if stop_rx.await.is_err() {
+                    // The server ended before shutdown began.
+                    std::future::pending::<()>().await;
+                }
                 tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!("grace period over; closing remaining calls");
                 Ok(())
             }
         };
+        // Stops I/O threads still serving (see `serve_on_threads`) before the pools close.
+        drop(server);
         for task in background {
             task.abort();
         }
@@ -342,6 +365,95 @@ impl Application {
         }
         result.context("gRPC server failed")
     }
+}
+
+/// Serves `router` on `threads` threads, each running a single-threaded runtime of
+/// its own, until `shutdown` resolves; then lets the threads finish their calls.
+/// Connections from `listener` are dealt out in turn. Dropping the future stops
+/// the threads at once (after the grace period).
+async fn serve_on_threads(
+    router: Router<Layers>,
+    listener: TcpListener,
+    threads: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // `halt`: stop accepting, finish calls; `_force`, dropped with this future: stop now.
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (_force, force_rx) = tokio::sync::watch::channel(());
+    let mut senders = Vec::with_capacity(threads);
+    let mut done = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let router = router.clone();
+        let mut halt = halt_rx.clone();
+        let mut force = force_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("custodia-io-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let incoming = futures::stream::unfold(rx, |mut rx| async move {
+                                let stream = rx.recv().await?;
+                                Some((tokio::net::TcpStream::from_std(stream), rx))
+                            });
+                            let halted = async move {
+                                let _ = halt.wait_for(|h| *h).await;
+                            };
+                            tokio::select! {
+                                r = router.serve_with_incoming_shutdown(incoming, halted) => {
+                                    r.map_err(anyhow::Error::from)
+                                }
+                                _ = force.changed() => Ok(()),
+                            }
+                        })
+                    });
+                let _ = done_tx.send(served);
+            })
+            .context("starting an I/O thread")?;
+        senders.push(tx);
+        done.push(done_rx);
+    }
+    let accept = async {
+        for next in (0..threads).cycle() {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    // TCP_NODELAY, as on the shared runtime (see `run_until`).
+                    let _ = stream.set_nodelay(true);
+                    let stream = stream.into_std()?;
+                    if senders[next].send(stream).is_err() {
+                        anyhow::bail!("I/O thread {next} stopped");
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Ok(())
+    };
+    let accepted = tokio::select! {
+        r = accept => r,
+        _ = shutdown => Ok(()),
+    };
+    let _ = halt_tx.send(true);
+    drop(senders);
+    let mut first_error = accepted.err();
+    for thread in done {
+        let served = thread
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("an I/O thread panicked")));
+        if let Err(e) = served {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// A wildcard bind address is not connectable; loop back to it instead.
