@@ -308,6 +308,22 @@ mod tests {
         (format!("id-{i}"), format!("{{\"n\":{i}}}\nx"), i64::from(i))
     }
 
+    /// Moves everything through an insert that keeps the rows; returns them (and
+    /// checks that the move counts them all).
+    async fn move_all(journal: &Journal) -> Vec<Row> {
+        let moved = std::sync::Mutex::new(Vec::new());
+        let n = journal
+            .move_to_outbox(|rows| {
+                moved.lock().unwrap().extend(rows);
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        let moved = moved.into_inner().unwrap();
+        assert_eq!(n, moved.len(), "rows counted by the move");
+        moved
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_or_altered_tail_is_not_read() {
         let mut buf = Vec::new();
@@ -347,16 +363,8 @@ mod tests {
 
         let journal = Journal::open(&db).unwrap().unwrap();
         journal.append(&[row(4)]).unwrap();
-        let moved = std::sync::Mutex::new(Vec::new());
-        let n = journal
-            .move_to_outbox(|rows| {
-                moved.lock().unwrap().extend(rows);
-                async { Ok(()) }
-            })
-            .await
-            .unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(*moved.lock().unwrap(), vec![row(1), row(2), row(4)]);
+        let moved = move_all(&journal).await;
+        assert_eq!(moved, vec![row(1), row(2), row(4)]);
         assert!(!journal.has_unmoved());
         assert_eq!(
             std::fs::metadata(dir.path().join("x.db-read-events"))
@@ -377,15 +385,8 @@ mod tests {
             .await;
         assert!(err.is_err());
         journal.append(&[row(2)]).unwrap();
-        let moved = std::sync::Mutex::new(Vec::new());
-        journal
-            .move_to_outbox(|rows| {
-                moved.lock().unwrap().extend(rows);
-                async { Ok(()) }
-            })
-            .await
-            .unwrap();
-        assert_eq!(*moved.lock().unwrap(), vec![row(1), row(2)]);
+        let moved = move_all(&journal).await;
+        assert_eq!(moved, vec![row(1), row(2)]);
     }
 
     #[tokio::test]
@@ -433,7 +434,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 7);
-        assert_eq!(*moved.lock().unwrap(), (3..10).map(row).collect::<Vec<_>>());
+        assert_eq!(
+            moved.into_inner().unwrap(),
+            (3..10).map(row).collect::<Vec<_>>()
+        );
         assert!(!journal.has_unmoved());
     }
 
@@ -447,19 +451,8 @@ mod tests {
         journal.append(&[row(1)]).unwrap();
         let err = journal.append(&[row(2)]).unwrap_err();
         assert!(err.is::<Backlog>(), "{err}");
-        let moved = std::sync::Mutex::new(Vec::new());
-        journal
-            .move_to_outbox(|rows| {
-                moved.lock().unwrap().extend(rows);
-                async { Ok(()) }
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            *moved.lock().unwrap(),
-            vec![row(1)],
-            "the refused row was never written"
-        );
+        let moved = move_all(&journal).await;
+        assert_eq!(moved, vec![row(1)], "the refused row was never written");
         journal.append(&[row(3)]).unwrap();
     }
 }

@@ -1,4 +1,7 @@
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
@@ -236,6 +239,8 @@ pub struct SqlOutbox {
     /// SQLite with relaxed reads: events enqueued on their own go to the journal
     /// instead (see [`Journal`]).
     journal: Option<Arc<Journal>>,
+    /// Writes the journal refused so far (see [`OutboxStore::enqueue_batch`]).
+    journal_refusals: Arc<AtomicU64>,
 }
 
 /// Most calls' events (single events or batches) in one group insert.
@@ -283,6 +288,7 @@ impl SqlOutbox {
             notify: Arc::new(Notify::new()),
             alone: Arc::new(alone),
             journal,
+            journal_refusals: Arc::new(AtomicU64::new(0)),
         };
         if let Some(journal) = &outbox.journal
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -346,8 +352,12 @@ impl OutboxStore for SqlOutbox {
                 Ok(()) => true,
                 Err(e) => {
                     // The table is the reference path: the events are stored there
-                    // (or the call fails), never dropped.
-                    tracing::warn!(error = %e, "read-event journal refused a write; writing to the outbox table");
+                    // (or the call fails), never dropped. Logged on the 1st, 2nd,
+                    // 4th, 8th... refusal: at thousands of reads a second, not each.
+                    let refusals = self.journal_refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                    if refusals.is_power_of_two() {
+                        tracing::warn!(error = %e, refusals, "read-event journal refused a write; writing to the outbox table");
+                    }
                     false
                 }
             },
