@@ -336,13 +336,18 @@ fn report(
     );
     line("latency", phase.latencies.summary());
     cpu.report(phase.ok + phase.errors, elapsed);
+    p99_line(p99, target_p99);
+}
+
+/// The "p99 target" line of a report.
+fn p99_line(p99: Duration, target: Duration) {
     line(
         "p99 target",
         format!(
             "{:.2} ms [target <= {} ms: {}]",
             p99.as_secs_f64() * 1000.0,
-            target_p99.as_millis(),
-            verdict(p99 <= target_p99)
+            target.as_millis(),
+            verdict(p99 <= target)
         ),
     );
 }
@@ -735,16 +740,7 @@ impl H2loadRun {
             line("h2load", s);
         }
         line("latency", self.latencies.summary());
-        let p99 = self.latencies.quantile(0.99);
-        line(
-            "p99 target",
-            format!(
-                "{:.2} ms [target <= {} ms: {}]",
-                p99.as_secs_f64() * 1000.0,
-                TARGET_CHECK_P99.as_millis(),
-                verdict(p99 <= TARGET_CHECK_P99)
-            ),
-        );
+        p99_line(self.latencies.quantile(0.99), TARGET_CHECK_P99);
         line(
             "CPU of h2load",
             cpu_per_call(self.h2load_cpu, self.succeeded + self.failed, self.elapsed),
