@@ -3,13 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::storage::sqlite_db;
 use custodia_core::{
     config::ReadEventSync,
     outbox::{
         AccessEvent, EventBatch, OutboxStore, Outcome, SqlOutbox,
         forwarder::{EventSink, Forwarder},
     },
-    storage,
 };
 
 /// A sink standing in for audit-log that refuses its first `failures` calls.
@@ -34,8 +34,7 @@ impl EventSink for FlakySink {
 #[tokio::test]
 async fn delivers_each_event_once_in_order_after_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let url = storage::sqlite_file_url(&dir.path().join("breach.db"));
-    let db = storage::connect(&url.into(), "breach", 2).await.unwrap();
+    let db = sqlite_db(&dir, "breach").await;
     db.migrate(&custodia_breach::MIGRATIONS).await.unwrap();
     let outbox = SqlOutbox::new(db);
     let events: Vec<_> = (0..7)
@@ -72,8 +71,7 @@ async fn delivers_each_event_once_in_order_after_failures() {
 #[tokio::test]
 async fn a_batch_of_events_stored_together_is_delivered_in_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let url = storage::sqlite_file_url(&dir.path().join("consent.db"));
-    let db = storage::connect(&url.into(), "consent", 2).await.unwrap();
+    let db = sqlite_db(&dir, "consent").await;
     db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
     let outbox = SqlOutbox::new(db);
     let mut batch = EventBatch::new(AccessEvent::new(
@@ -125,8 +123,7 @@ async fn a_batch_of_events_stored_together_is_delivered_in_batches() {
 #[tokio::test]
 async fn reads_refused_by_a_full_journal_go_to_the_table_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let url = storage::sqlite_file_url(&dir.path().join("consent.db"));
-    let db = storage::connect(&url.into(), "consent", 2).await.unwrap();
+    let db = sqlite_db(&dir, "consent").await;
     db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
     // No backlog allowed: the journal refuses every read, which goes to the table.
     let outbox = SqlOutbox::with_read_sync(db, ReadEventSync::Relaxed).with_journal_backlog(0);

@@ -14,7 +14,8 @@ fn secret(s: &str) -> secrecy::SecretString {
     s.to_string().into()
 }
 
-async fn sqlite_db(dir: &tempfile::TempDir, name: &str) -> Db {
+/// A fresh SQLite database `<name>.db` in `dir` (not migrated).
+pub(crate) async fn sqlite_db(dir: &tempfile::TempDir, name: &str) -> Db {
     let url = storage::sqlite_file_url(&dir.path().join(format!("{name}.db")));
     let db = storage::connect(&secret(&url), name, 4)
         .await
