@@ -88,7 +88,8 @@ async fn client_loop(
         let now = chrono::Utc::now();
         let mut events = template.clone();
         for e in &mut events {
-            e.event_id = rng.uuid();
+            // Fresh and time-ordered, as the template's (see `workload::shape`).
+            e.event_id = uuid::Uuid::now_v7().hyphenated().to_string();
             e.event_time = Some(prost_types::Timestamp {
                 seconds: now.timestamp(),
                 nanos: now.timestamp_subsec_nanos() as i32,
