@@ -371,6 +371,13 @@ impl Application {
 /// its own, until `shutdown` resolves; then lets the threads finish their calls.
 /// Connections from `listener` are dealt out in turn. Dropping the future stops
 /// the threads at once (after the grace period).
+///
+/// A call served on one thread can depend on another thread's runtime: a
+/// group-commit writer task spawned there by an earlier caller, a PostgreSQL
+/// connection of the shared pool opened there (its socket is driven by that
+/// runtime). So no thread drops its runtime before every thread has finished its
+/// calls: a thread done early keeps running its runtime's tasks and I/O until
+/// the last one is done (or the threads are stopped).
 async fn serve_on_threads(
     router: Router<Layers>,
     listener: TcpListener,
@@ -380,6 +387,9 @@ async fn serve_on_threads(
     // `halt`: stop accepting, finish calls; `_force`, dropped with this future: stop now.
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
     let (_force, force_rx) = tokio::sync::watch::channel(());
+    // Threads done serving (or failed to start): each waits for all before it
+    // drops its runtime.
+    let (finished_tx, finished_rx) = tokio::sync::watch::channel(0usize);
     let mut senders = Vec::with_capacity(threads);
     let mut done = Vec::with_capacity(threads);
     for i in 0..threads {
@@ -388,30 +398,42 @@ async fn serve_on_threads(
         let router = router.clone();
         let mut halt = halt_rx.clone();
         let mut force = force_rx.clone();
+        let finished = finished_tx.clone();
+        let mut all_finished = finished_rx.clone();
         std::thread::Builder::new()
             .name(format!("custodia-io-{i}"))
             .spawn(move || {
-                let served = tokio::runtime::Builder::new_current_thread()
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let incoming = futures::stream::unfold(rx, |mut rx| async move {
-                                let stream = rx.recv().await?;
-                                Some((tokio::net::TcpStream::from_std(stream), rx))
-                            });
-                            let halted = async move {
-                                let _ = halt.wait_for(|h| *h).await;
-                            };
-                            tokio::select! {
-                                r = router.serve_with_incoming_shutdown(incoming, halted) => {
-                                    r.map_err(anyhow::Error::from)
+                    .build();
+                let served = match runtime {
+                    Err(e) => {
+                        // Counted too, so the others do not wait for this one.
+                        finished.send_modify(|n| *n += 1);
+                        Err(anyhow::Error::from(e))
+                    }
+                    Ok(runtime) => runtime.block_on(async {
+                        let incoming = futures::stream::unfold(rx, |mut rx| async move {
+                            let stream = rx.recv().await?;
+                            Some((tokio::net::TcpStream::from_std(stream), rx))
+                        });
+                        let halted = async move {
+                            let _ = halt.wait_for(|h| *h).await;
+                        };
+                        tokio::select! {
+                            r = router.serve_with_incoming_shutdown(incoming, halted) => {
+                                let served = r.map_err(anyhow::Error::from);
+                                finished.send_modify(|n| *n += 1);
+                                tokio::select! {
+                                    _ = all_finished.wait_for(|n| *n >= threads) => {}
+                                    _ = force.changed() => {}
                                 }
-                                _ = force.changed() => Ok(()),
+                                served
                             }
-                        })
-                    });
+                            _ = force.changed() => Ok(()),
+                        }
+                    }),
+                };
                 let _ = done_tx.send(served);
             })
             .context("starting an I/O thread")?;
