@@ -14,7 +14,12 @@ use std::{
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{AnyPool, AssertSqlSafe, Executor, any::AnyPoolOptions, migrate::Migrator};
+use sqlx::{
+    AnyPool, AssertSqlSafe, Executor,
+    any::AnyPoolOptions,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::{Config, ServiceName};
 
@@ -43,6 +48,10 @@ pub struct Db {
     backend: Backend,
     /// SQLite only: the database file (none for an in-memory database).
     sqlite_file: Option<Arc<Path>>,
+    /// PostgreSQL only: a small pool of native connections (same database and
+    /// schema, opened on first use) for bulk writes that bind arrays, which
+    /// `sqlx::Any` cannot (see [`Db::native_postgres`]).
+    native_pg: Option<sqlx::PgPool>,
     /// SQLite has one writer at a time; writers of this process queue here instead
     /// of in SQLite's busy handler, which sleeps for up to 100 ms between tries.
     write_gate: Arc<tokio::sync::Mutex<()>>,
@@ -110,6 +119,14 @@ impl Db {
     /// process but not of the machine). Take [`Db::write_turn`] before writing.
     pub fn relaxed_pool(&self) -> Option<&AnyPool> {
         self.relaxed.as_ref()
+    }
+
+    /// PostgreSQL only: native connections to the same database and schema, for
+    /// statements `sqlx::Any` cannot express (array parameters: one `UNNEST`
+    /// insert of thousands of rows binds one array per column instead of one
+    /// parameter per value). At most [`NATIVE_PG_CONNECTIONS`] at once.
+    pub fn native_postgres(&self) -> Option<&sqlx::PgPool> {
+        self.native_pg.as_ref()
     }
 
     /// SQLite only: the database file (none for an in-memory database).
@@ -201,6 +218,9 @@ impl Db {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.pool.close().await;
         }
+        if let Some(native) = &self.native_pg {
+            native.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -274,6 +294,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             checkpointer: Some(checkpointer),
             backend: Backend::Sqlite,
             sqlite_file: file.map(Arc::from),
+            native_pg: None,
             write_gate: Arc::default(),
         })
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
@@ -291,6 +312,14 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
                 .await?;
             bootstrap.close().await;
         }
+        let native_pg = PgPoolOptions::new()
+            .max_connections(NATIVE_PG_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(
+                raw.parse::<PgConnectOptions>()
+                    .map_err(|_| anyhow::anyhow!("invalid database URL"))?
+                    .options([("search_path", format!("\"{schema}\""))]),
+            );
         let set_path = format!("SET search_path TO \"{schema}\"");
         let pool = options
             .after_connect(move |conn, _| {
@@ -309,6 +338,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             checkpointer: None,
             backend: Backend::Postgres,
             sqlite_file: None,
+            native_pg: Some(native_pg),
             write_gate: Arc::default(),
         })
     } else {
@@ -337,6 +367,9 @@ fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPool
             })
         })
 }
+
+/// Most native PostgreSQL connections of one [`Db`] (see [`Db::native_postgres`]).
+pub const NATIVE_PG_CONNECTIONS: u32 = 2;
 
 /// How often the [`Checkpointer`] looks at the write-ahead log.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
