@@ -10,7 +10,7 @@ use custodia_audit_log::{
     log::AuditLog,
     merkle::{leaf_hash, verify_consistency, verify_inclusion},
     signer::HeadSigner,
-    store::{EventFilter, LogStore, NewEvent, StoredHead},
+    store::{EventFilter, LogStore, NewEvent, StoredEntry, StoredHead},
     verify::{verify, verify_url},
 };
 use custodia_core::{
@@ -85,6 +85,15 @@ async fn fixture(postgres: bool) -> Fixture {
     }
 }
 
+/// The first 100 entries (found by `subject_hash`, if given).
+async fn entries(f: &Fixture, subject_hash: Option<&str>) -> Vec<StoredEntry> {
+    let filter = EventFilter {
+        subject_hash: subject_hash.map(str::to_string),
+        ..Default::default()
+    };
+    f.log.store().list(&filter, None, 100).await.unwrap()
+}
+
 impl Fixture {
     async fn done(self) {
         self.db.close().await;
@@ -133,19 +142,7 @@ async fn appends_proofs_and_shredding(postgres: bool) {
     verify_consistency(11, 12, &head.root, &head2.root, &proof).unwrap();
 
     // Search by subject, actor and time.
-    let by_alice = f
-        .log
-        .store()
-        .list(
-            &EventFilter {
-                subject_hash: Some(alice.clone()),
-                ..Default::default()
-            },
-            None,
-            100,
-        )
-        .await
-        .unwrap();
+    let by_alice = entries(&f, Some(&alice)).await;
     assert_eq!(
         by_alice.iter().map(|e| e.entry.seq).collect::<Vec<_>>(),
         vec![0, 2, 4, 6, 8, 11]
@@ -175,27 +172,8 @@ async fn appends_proofs_and_shredding(postgres: bool) {
 
     // Shredding: the subject can no longer be read or found; the log still verifies.
     assert_eq!(f.log.store().shred(&alice, 0).await.unwrap(), 6);
-    assert!(
-        f.log
-            .store()
-            .list(
-                &EventFilter {
-                    subject_hash: Some(alice.clone()),
-                    ..Default::default()
-                },
-                None,
-                100
-            )
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let all = f
-        .log
-        .store()
-        .list(&EventFilter::default(), None, 100)
-        .await
-        .unwrap();
+    assert!(entries(&f, Some(&alice)).await.is_empty());
+    let all = entries(&f, None).await;
     let shredded: Vec<_> = all
         .iter()
         .filter(|e| e.shredded)
@@ -210,6 +188,18 @@ async fn appends_proofs_and_shredding(postgres: bool) {
     let report = verify(f.log.store(), &f.keys).await.unwrap();
     assert!(report.is_ok(), "{report}");
     assert_eq!((report.entries, report.heads), (12, 2));
+
+    // A subject seen again after a shred gets a new key: the new entry is
+    // readable and found by subject, the shredded ones stay unreadable.
+    let seqs = f.log.append(&[event(12, Some(&alice))]).await.unwrap();
+    assert_eq!(seqs, vec![(12, false)]);
+    let again = entries(&f, Some(&alice)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].entry.seq, 12);
+    assert!(!again[0].shredded);
+    assert_eq!(again[0].subject.as_ref().unwrap().subject_hash, alice);
+    let all = entries(&f, None).await;
+    assert_eq!(all.iter().filter(|e| e.shredded).count(), 6);
 
     // Append-only in the database itself.
     for sql in [

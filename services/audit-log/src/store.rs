@@ -145,7 +145,10 @@ impl LogStore {
         &self,
         events: &[NewEvent],
         now_us: i64,
-    ) -> anyhow::Result<(Vec<(u64, bool)>, Vec<(u64, Hash)>)> {
+    ) -> anyhow::Result<Appended> {
+        if let Some(native) = self.db.native_postgres() {
+            return append_postgres(native, events, now_us).await;
+        }
         let mut tx = self.db.begin_write().await?;
         let backend = self.db.backend();
         if backend == Backend::Sqlite {
@@ -158,73 +161,15 @@ impl LogStore {
         }
         // Taking the row lock first serialises appenders (across replicas too), so
         // sequence numbers are gap-free and in commit order.
-        let next: i64 = sqlx::query(
-            "UPDATE audit_log_state SET next_seq = next_seq WHERE id = 1 RETURNING next_seq",
-        )
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        let mut next = next as u64;
+        let next: i64 = sqlx::query(LOCK_NEXT_SEQ_SQL)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
 
         let existing = existing_seqs(&mut tx, backend, events).await?;
         let keys = subject_keys(&mut tx, backend, events, now_us).await?;
+        let built = build_entries(events, next as u64, &existing, &keys);
 
-        let mut seqs = Vec::with_capacity(events.len());
-        let mut fresh: Vec<(u64, &NewEvent, Vec<u8>)> = Vec::new();
-        let mut in_batch: HashMap<&str, u64> = HashMap::new();
-        for event in events {
-            if let Some(seq) = existing.get(&event.event_id) {
-                seqs.push((*seq, true));
-                continue;
-            }
-            if let Some(seq) = in_batch.get(event.event_id.as_str()) {
-                seqs.push((*seq, true));
-                continue;
-            }
-            let seq = next;
-            next += 1;
-            let sealed = event.subject.as_ref().map(|s| {
-                let (key_id, key) = &keys[&s.subject_hash];
-                let fields = SubjectFields {
-                    detail: event.detail.clone(),
-                    ..s.clone()
-                };
-                entry::seal(key, key_id, &event.event_id, &fields)
-            });
-            let clear_detail = if event.subject.is_some() {
-                String::new()
-            } else {
-                event.detail.clone()
-            };
-            let entry = Entry {
-                v: ENTRY_VERSION,
-                seq,
-                event_id: event.event_id.clone(),
-                time_us: event.time_us,
-                actor: event.actor.clone(),
-                service: event.service.clone(),
-                method: event.method.clone(),
-                action: event.action.clone(),
-                resource: event.resource.clone(),
-                purpose: event.purpose.clone(),
-                outcome: event.outcome.clone(),
-                status_code: event.status_code,
-                trace_id: event.trace_id.clone(),
-                detail: clear_detail,
-                sealed,
-            };
-            in_batch.insert(&event.event_id, seq);
-            seqs.push((seq, false));
-            fresh.push((seq, event, entry.to_bytes()));
-        }
-
-        let fresh: Vec<(u64, &NewEvent, Vec<u8>, Hash)> = fresh
-            .into_iter()
-            .map(|(seq, e, bytes)| {
-                let leaf = leaf_hash(&bytes);
-                (seq, e, bytes, leaf)
-            })
-            .collect();
         let mut script = Script::new(backend);
         script.insert_rows(
             (
@@ -234,7 +179,7 @@ impl LogStore {
             ),
             13,
             INSERT_CHUNK,
-            &fresh,
+            &built.fresh,
             |b, (seq, e, bytes, leaf)| {
                 b.bind(*seq as i64)
                     .bind(e.event_id.clone())
@@ -251,12 +196,7 @@ impl LogStore {
                     .bind(now_us);
             },
         );
-        let indexed: Vec<(u64, &str)> = fresh
-            .iter()
-            .filter_map(|(seq, e, _, _)| {
-                e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str()))
-            })
-            .collect();
+        let indexed = built.indexed();
         script.insert_rows(
             ("INSERT INTO audit_subject_index (subject_hash, seq)", ""),
             2,
@@ -268,16 +208,12 @@ impl LogStore {
         );
         // One message to SQLite's worker thread for all the rows.
         script.execute(&mut tx).await?;
-        sqlx::query("UPDATE audit_log_state SET next_seq = $1 WHERE id = 1")
-            .bind(next as i64)
+        sqlx::query(SET_NEXT_SEQ_SQL)
+            .bind(built.next as i64)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let leaves = fresh
-            .iter()
-            .map(|(seq, _, _, leaf)| (*seq, *leaf))
-            .collect();
-        Ok((seqs, leaves))
+        Ok(built.into_result())
     }
 
     /// Number of entries in the log.
@@ -622,6 +558,298 @@ fn head_from_row(r: &AnyRow) -> anyhow::Result<StoredHead> {
     })
 }
 
+/// What an append returns: each event's sequence number and whether it was a
+/// duplicate, then the leaf hash of every new entry by sequence number.
+pub type Appended = (Vec<(u64, bool)>, Vec<(u64, Hash)>);
+
+/// Takes the log's sequence row lock; returns the next sequence number.
+const LOCK_NEXT_SEQ_SQL: &str =
+    "UPDATE audit_log_state SET next_seq = next_seq WHERE id = 1 RETURNING next_seq";
+/// Moves the next sequence number past an append.
+const SET_NEXT_SEQ_SQL: &str = "UPDATE audit_log_state SET next_seq = $1 WHERE id = 1";
+
+/// The entries an append writes, built in memory once the sequence row is locked.
+struct Built<'a> {
+    /// Per event: its sequence number and whether it was a duplicate.
+    seqs: Vec<(u64, bool)>,
+    /// New entries: sequence, event, entry bytes, leaf hash.
+    fresh: Vec<(u64, &'a NewEvent, Vec<u8>, Hash)>,
+    /// The next sequence number after them.
+    next: u64,
+}
+
+impl Built<'_> {
+    /// `(seq, subject hash)` of the new entries that have a subject.
+    fn indexed(&self) -> Vec<(u64, &str)> {
+        self.fresh
+            .iter()
+            .filter_map(|(seq, e, _, _)| {
+                e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str()))
+            })
+            .collect()
+    }
+
+    /// What [`LogStore::append_with_leaves`] returns: the sequence numbers, and the
+    /// leaf hash of every new entry by sequence number.
+    fn into_result(self) -> Appended {
+        let leaves = self
+            .fresh
+            .iter()
+            .map(|(seq, _, _, leaf)| (*seq, *leaf))
+            .collect();
+        (self.seqs, leaves)
+    }
+}
+
+/// Numbers `events` from `next` (skipping ids in `existing` or repeated in the
+/// batch), seals each one's subject fields with its subject's key from `keys`, and
+/// encodes and hashes the entries.
+fn build_entries<'a>(
+    events: &'a [NewEvent],
+    mut next: u64,
+    existing: &HashMap<String, u64>,
+    keys: &HashMap<String, (String, [u8; 32])>,
+) -> Built<'a> {
+    let mut seqs = Vec::with_capacity(events.len());
+    let mut fresh = Vec::new();
+    let mut in_batch: HashMap<&str, u64> = HashMap::new();
+    for event in events {
+        if let Some(seq) = existing.get(&event.event_id) {
+            seqs.push((*seq, true));
+            continue;
+        }
+        if let Some(seq) = in_batch.get(event.event_id.as_str()) {
+            seqs.push((*seq, true));
+            continue;
+        }
+        let seq = next;
+        next += 1;
+        let sealed = event.subject.as_ref().map(|s| {
+            let (key_id, key) = &keys[&s.subject_hash];
+            let fields = SubjectFields {
+                detail: event.detail.clone(),
+                ..s.clone()
+            };
+            entry::seal(key, key_id, &event.event_id, &fields)
+        });
+        let clear_detail = if event.subject.is_some() {
+            String::new()
+        } else {
+            event.detail.clone()
+        };
+        let entry = Entry {
+            v: ENTRY_VERSION,
+            seq,
+            event_id: event.event_id.clone(),
+            time_us: event.time_us,
+            actor: event.actor.clone(),
+            service: event.service.clone(),
+            method: event.method.clone(),
+            action: event.action.clone(),
+            resource: event.resource.clone(),
+            purpose: event.purpose.clone(),
+            outcome: event.outcome.clone(),
+            status_code: event.status_code,
+            trace_id: event.trace_id.clone(),
+            detail: clear_detail,
+            sealed,
+        };
+        in_batch.insert(&event.event_id, seq);
+        seqs.push((seq, false));
+        let bytes = entry.to_bytes();
+        let leaf = leaf_hash(&bytes);
+        fresh.push((seq, event, bytes, leaf));
+    }
+    Built { seqs, fresh, next }
+}
+
+/// [`LogStore::append_with_leaves`] on PostgreSQL, through a native connection:
+/// the same transaction and statements in effect, but each lookup and insert is
+/// one statement binding one array per column (`= ANY($1)`, `UNNEST`) instead of
+/// one parameter per value in chunks, which cost PostgreSQL more to parse and
+/// plan than the rows cost to insert.
+async fn append_postgres(
+    pool: &sqlx::PgPool,
+    events: &[NewEvent],
+    now_us: i64,
+) -> anyhow::Result<Appended> {
+    let mut tx = pool.begin().await?;
+    let next: i64 = sqlx::query_scalar(LOCK_NEXT_SEQ_SQL)
+        .fetch_one(&mut *tx)
+        .await?;
+
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let existing: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT event_id, seq FROM audit_entries WHERE event_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id, seq)| (id, seq as u64))
+    .collect();
+
+    let hashes = subject_hashes(events);
+    let mut keys: HashMap<String, (String, [u8; 32])> = HashMap::new();
+    let stored = sqlx::query_as::<_, (String, String, Vec<u8>)>(
+        "SELECT subject_hash, key_id, key FROM audit_subject_keys WHERE subject_hash = ANY($1)",
+    )
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (hash, key_id, key) in stored {
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))?;
+        keys.insert(hash, (key_id, key));
+    }
+    let created = new_keys(hashes.into_iter().filter(|h| !keys.contains_key(*h)));
+    if !created.is_empty() {
+        let (mut key_ids, mut subject_hashes, mut key_bytes) = (vec![], vec![], vec![]);
+        for (hash, (key_id, key)) in &created {
+            key_ids.push(key_id.as_str());
+            subject_hashes.push(hash.as_str());
+            key_bytes.push(key.to_vec());
+        }
+        sqlx::query(
+            "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us) \
+             SELECT k, h, b, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t (k, h, b)",
+        )
+        .bind(&key_ids)
+        .bind(&subject_hashes)
+        .bind(&key_bytes)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?;
+    }
+    keys.extend(created);
+
+    let built = build_entries(events, next as u64, &existing, &keys);
+    if !built.fresh.is_empty() {
+        let n = built.fresh.len();
+        let mut cols = EntryColumnsOf::with_capacity(n);
+        for (seq, e, bytes, leaf) in &built.fresh {
+            cols.push(*seq, e, bytes, leaf);
+        }
+        sqlx::query(
+            "INSERT INTO audit_entries (seq, event_id, entry, leaf_hash, time_us, actor, \
+             service, method, action, resource, purpose, outcome, appended_us) \
+             SELECT *, $13 FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], \
+             $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+             $11::text[], $12::text[])",
+        )
+        .bind(&cols.seq)
+        .bind(&cols.event_id)
+        .bind(&cols.entry)
+        .bind(&cols.leaf)
+        .bind(&cols.time_us)
+        .bind(&cols.actor)
+        .bind(&cols.service)
+        .bind(&cols.method)
+        .bind(&cols.action)
+        .bind(&cols.resource)
+        .bind(&cols.purpose)
+        .bind(&cols.outcome)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?;
+        let (seqs, subjects): (Vec<i64>, Vec<&str>) = built
+            .indexed()
+            .into_iter()
+            .map(|(seq, hash)| (seq as i64, hash))
+            .unzip();
+        if !seqs.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit_subject_index (subject_hash, seq) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[])",
+            )
+            .bind(&subjects)
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    sqlx::query(SET_NEXT_SEQ_SQL)
+        .bind(built.next as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(built.into_result())
+}
+
+/// The columns of new entries, one array each, for an `UNNEST` insert.
+struct EntryColumnsOf<'a> {
+    seq: Vec<i64>,
+    event_id: Vec<&'a str>,
+    entry: Vec<&'a [u8]>,
+    leaf: Vec<&'a [u8]>,
+    time_us: Vec<i64>,
+    actor: Vec<&'a str>,
+    service: Vec<&'a str>,
+    method: Vec<&'a str>,
+    action: Vec<&'a str>,
+    resource: Vec<&'a str>,
+    purpose: Vec<&'a str>,
+    outcome: Vec<&'a str>,
+}
+
+impl<'a> EntryColumnsOf<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            seq: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            entry: Vec::with_capacity(n),
+            leaf: Vec::with_capacity(n),
+            time_us: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            service: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            resource: Vec::with_capacity(n),
+            purpose: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, seq: u64, e: &'a NewEvent, bytes: &'a [u8], leaf: &'a Hash) {
+        self.seq.push(seq as i64);
+        self.event_id.push(&e.event_id);
+        self.entry.push(bytes);
+        self.leaf.push(leaf);
+        self.time_us.push(e.time_us);
+        self.actor.push(&e.actor);
+        self.service.push(&e.service);
+        self.method.push(&e.method);
+        self.action.push(&e.action);
+        self.resource.push(&e.resource);
+        self.purpose.push(&e.purpose);
+        self.outcome.push(&e.outcome);
+    }
+}
+
+/// The distinct subject hashes of `events`, sorted.
+fn subject_hashes(events: &[NewEvent]) -> Vec<&str> {
+    let mut hashes: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.subject.as_ref().map(|s| s.subject_hash.as_str()))
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+/// A fresh key (and time-ordered key id) for each of `hashes`.
+fn new_keys<'h>(hashes: impl Iterator<Item = &'h str>) -> Vec<(String, (String, [u8; 32]))> {
+    hashes
+        .map(|hash| {
+            // Time-ordered, so the key-id index grows at its end instead of taking a
+            // write at a random page per new subject.
+            let key_id = uuid::Uuid::now_v7().simple().to_string();
+            (hash.to_string(), (key_id, entry::new_key()))
+        })
+        .collect()
+}
+
 async fn existing_seqs(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -652,12 +880,7 @@ async fn subject_keys(
     events: &[NewEvent],
     now_us: i64,
 ) -> anyhow::Result<HashMap<String, (String, [u8; 32])>> {
-    let mut hashes: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e.subject.as_ref().map(|s| s.subject_hash.as_str()))
-        .collect();
-    hashes.sort_unstable();
-    hashes.dedup();
+    let hashes = subject_hashes(events);
     let mut keys = HashMap::new();
     for chunk in hashes.chunks(500) {
         let sql = format!(
@@ -685,15 +908,7 @@ async fn subject_keys(
         .into_iter()
         .filter(|h| !keys.contains_key(*h))
         .collect();
-    let created: Vec<(String, (String, [u8; 32]))> = missing
-        .into_iter()
-        .map(|hash| {
-            // Time-ordered, so the key-id index grows at its end instead of taking a
-            // write at a random page per new subject.
-            let key_id = uuid::Uuid::now_v7().simple().to_string();
-            (hash.to_string(), (key_id, entry::new_key()))
-        })
-        .collect();
+    let created = new_keys(missing.into_iter());
     let mut script = Script::new(backend);
     script.insert_rows(
         (
