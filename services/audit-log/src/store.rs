@@ -666,8 +666,9 @@ fn build_entries<'a>(
 /// [`LogStore::append_with_leaves`] on PostgreSQL, through a native connection:
 /// the same transaction and statements in effect, but each lookup and insert is
 /// one statement binding one array per column (`= ANY($1)`, `UNNEST`) instead of
-/// one parameter per value in chunks, which cost PostgreSQL more to parse and
-/// plan than the rows cost to insert.
+/// one parameter per value, in chunks, through `sqlx::Any` (that took most of an
+/// append group's time under the lock; +40-50% appends/s in paired runs, see
+/// BENCHMARKS.md).
 async fn append_postgres(
     pool: &sqlx::PgPool,
     events: &[NewEvent],
