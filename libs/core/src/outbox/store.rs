@@ -159,6 +159,17 @@ fn events_of(payload: &str) -> anyhow::Result<Vec<AccessEvent>> {
     }
 }
 
+/// Outbox rows from arrays of ids, payloads and event counts ($1, $2, $4), all
+/// enqueued at $3 (PostgreSQL, native connection).
+const PG_INSERT: &str = "INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count) \
+     SELECT t.i, t.p, $3, t.c FROM UNNEST($1::text[], $2::text[], $4::bigint[]) AS t (i, p, c) \
+     ON CONFLICT (event_id) DO NOTHING";
+/// [`PG_INSERT`] in a transaction that commits without waiting for the WAL flush.
+const PG_INSERT_RELAXED: &str = "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) \
+     INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count) \
+     SELECT t.i, t.p, $3, t.c FROM relaxed, UNNEST($1::text[], $2::text[], $4::bigint[]) AS t (i, p, c) \
+     ON CONFLICT (event_id) DO NOTHING";
+
 /// Inserts `batches` in one transaction (idempotent by event id); `relaxed` commits
 /// without waiting for the disk flush (see [`ReadEventSync`]).
 async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow::Result<Vec<()>> {
@@ -198,22 +209,29 @@ async fn insert_rows(
             }
             written?;
         }
-        (Backend::Postgres, relaxed) if rows.len() * 4 <= MAX_STATEMENT_PARAMS => {
-            // One statement, so one round trip in a transaction of its own (instead
-            // of BEGIN, SET, INSERT and COMMIT); `set_config(.., true)` holds for that
+        (Backend::Postgres, relaxed) if db.native_postgres().is_some() => {
+            // One statement of constant text, one array per column: one round trip
+            // in a transaction of its own, prepared and planned once per connection
+            // whatever the group's size. `set_config(.., true)` holds for that
             // transaction, whose commit then does not wait for the WAL flush.
-            let mut script = Script::one_statement(Backend::Postgres);
-            if relaxed {
-                script
-                    .push_named(
-                        "relaxed",
-                        "SELECT set_config('synchronous_commit', 'off', true)",
-                        |_| (),
-                    )
-                    .primary("SELECT 1 FROM relaxed");
+            let pool = db.native_postgres().expect("checked above");
+            let (mut ids, mut payloads, mut counts) = (vec![], vec![], vec![]);
+            for (id, payload, count) in &rows {
+                ids.push(id.as_str());
+                payloads.push(payload.as_str());
+                counts.push(*count);
             }
-            push_outbox_rows(&mut script, &rows);
-            script.execute(&mut *db.pool().acquire().await?).await?;
+            sqlx::query(if relaxed {
+                PG_INSERT_RELAXED
+            } else {
+                PG_INSERT
+            })
+            .bind(&ids)
+            .bind(&payloads)
+            .bind(to_micros(chrono::Utc::now()))
+            .bind(&counts)
+            .execute(pool)
+            .await?;
         }
         (backend, relaxed) => {
             let tx = db.begin_script().await?;
@@ -245,9 +263,6 @@ pub struct SqlOutbox {
 
 /// Most calls' events (single events or batches) in one group insert.
 const MAX_GROUP: usize = 2_000;
-/// Most parameters of a group inserted as one PostgreSQL statement (its limit is
-/// 65,535).
-const MAX_STATEMENT_PARAMS: usize = 30_000;
 /// Rows per multi-row INSERT (4 parameters each).
 const INSERT_CHUNK: usize = 300;
 
