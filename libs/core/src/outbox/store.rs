@@ -184,6 +184,9 @@ async fn insert_rows(
     rows: Vec<(String, String, i64)>,
     relaxed: bool,
 ) -> anyhow::Result<()> {
+    if let Some(pool) = db.native_postgres() {
+        return insert_rows_postgres(pool, &rows, relaxed).await;
+    }
     match (db.backend(), relaxed) {
         (Backend::Sqlite, true) => {
             let _turn = db.write_turn().await;
@@ -209,30 +212,6 @@ async fn insert_rows(
             }
             written?;
         }
-        (Backend::Postgres, relaxed) if db.native_postgres().is_some() => {
-            // One statement of constant text, one array per column: one round trip
-            // in a transaction of its own, prepared and planned once per connection
-            // whatever the group's size. `set_config(.., true)` holds for that
-            // transaction, whose commit then does not wait for the WAL flush.
-            let pool = db.native_postgres().expect("checked above");
-            let (mut ids, mut payloads, mut counts) = (vec![], vec![], vec![]);
-            for (id, payload, count) in &rows {
-                ids.push(id.as_str());
-                payloads.push(payload.as_str());
-                counts.push(*count);
-            }
-            sqlx::query(if relaxed {
-                PG_INSERT_RELAXED
-            } else {
-                PG_INSERT
-            })
-            .bind(&ids)
-            .bind(&payloads)
-            .bind(to_micros(chrono::Utc::now()))
-            .bind(&counts)
-            .execute(pool)
-            .await?;
-        }
         (backend, relaxed) => {
             let tx = db.begin_script().await?;
             let mut script = Script::new(backend);
@@ -243,6 +222,35 @@ async fn insert_rows(
             tx.commit(script).await?;
         }
     }
+    Ok(())
+}
+
+/// [`insert_rows`] on PostgreSQL: one statement of constant text, one array per
+/// column, so one round trip in a transaction of its own, prepared and planned once
+/// per connection whatever the group's size. `set_config(.., true)` holds for that
+/// transaction, whose commit then does not wait for the WAL flush.
+async fn insert_rows_postgres(
+    pool: &sqlx::PgPool,
+    rows: &[(String, String, i64)],
+    relaxed: bool,
+) -> anyhow::Result<()> {
+    let (mut ids, mut payloads, mut counts) = (vec![], vec![], vec![]);
+    for (id, payload, count) in rows {
+        ids.push(id.as_str());
+        payloads.push(payload.as_str());
+        counts.push(*count);
+    }
+    sqlx::query(if relaxed {
+        PG_INSERT_RELAXED
+    } else {
+        PG_INSERT
+    })
+    .bind(&ids)
+    .bind(&payloads)
+    .bind(to_micros(chrono::Utc::now()))
+    .bind(&counts)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
