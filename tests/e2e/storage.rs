@@ -86,6 +86,95 @@ async fn outbox_conformance_postgres() {
     .await;
 }
 
+/// PostgreSQL with a read-event journal (`audit.read_event_journal_dir`): reads'
+/// events go to the file first and the outbox behaves the same.
+#[tokio::test]
+async fn journal_outbox_conformance_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory not there yet: the outbox creates it.
+    let path = dir.path().join("journals").join("consent-read-events");
+    on_postgres(4, |db| async move {
+        db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+        let outbox = SqlOutbox::with_journal(db, ReadEventSync::Relaxed, Some(&path));
+        assert!(outbox.has_journal());
+        conformance::run(&outbox).await;
+    })
+    .await;
+}
+
+/// Events in the outbox table, read directly (`pending` would move the journal first).
+async fn table_events(db: &Db) -> i64 {
+    sqlx::Row::get(
+        &sqlx::query(
+            "SELECT CAST(COALESCE(SUM(event_count), 0) AS BIGINT) FROM access_event_outbox",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap(),
+        0,
+    )
+}
+
+/// A PostgreSQL service's journal left behind by a process that stopped without
+/// moving it (kill -9): the next outbox over the same file moves every record into
+/// the table, once; `move_journal`, which a graceful stop calls before the
+/// database closes, empties the file at once.
+#[test]
+fn postgres_journal_left_behind_is_moved_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("consent-read-events");
+    let pg = rt.block_on(TestDatabase::create());
+    let db = rt.block_on(async {
+        let db = storage::connect(&secret(&pg.url), "consent", 2)
+            .await
+            .unwrap();
+        db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+        db
+    });
+    let journal_len = || std::fs::metadata(&path).unwrap().len();
+
+    // Built outside the runtime, an outbox has no background move: what it journals
+    // stays in the file, as after a kill -9.
+    let first = SqlOutbox::with_journal(db.clone(), ReadEventSync::Relaxed, Some(&path));
+    let sent: Vec<AccessEvent> = (0..50).map(|_| event()).collect();
+    rt.block_on(async {
+        for e in &sent {
+            first.enqueue(e).await.unwrap();
+        }
+    });
+    assert!(journal_len() > 0, "the events are in the journal");
+    assert_eq!(
+        rt.block_on(table_events(&db)),
+        0,
+        "and not yet in the table"
+    );
+    drop(first);
+
+    let second = rt.block_on(async {
+        SqlOutbox::with_journal(db.clone(), ReadEventSync::Relaxed, Some(&path))
+    });
+    let stored = rt.block_on(second.peek(1_000)).unwrap();
+    let ids: std::collections::HashSet<_> = stored.iter().map(|(_, e)| e.event_id).collect();
+    let want: std::collections::HashSet<_> = sent.iter().map(|e| e.event_id).collect();
+    assert_eq!(stored.len(), sent.len(), "each event once");
+    assert_eq!(ids, want, "every journaled event");
+    assert_eq!(journal_len(), 0, "the journal is emptied once moved");
+    drop(second);
+
+    // What a graceful stop does.
+    let third = SqlOutbox::with_journal(db.clone(), ReadEventSync::Relaxed, Some(&path));
+    rt.block_on(third.enqueue(&event())).unwrap();
+    assert!(journal_len() > 0);
+    rt.block_on(third.move_journal()).unwrap();
+    assert_eq!(journal_len(), 0);
+    assert_eq!(rt.block_on(table_events(&db)), 51);
+    rt.block_on(async {
+        db.close().await;
+        pg.drop_now().await;
+    });
+}
+
 fn event() -> AccessEvent {
     AccessEvent::new(
         chrono::Utc::now(),

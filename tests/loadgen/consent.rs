@@ -89,6 +89,11 @@ pub struct Args {
     /// (`audit.read_event_sync = "full"`) instead of the default `relaxed`.
     #[arg(long)]
     full_sync_reads: bool,
+    /// PostgreSQL: journal the access events of relaxed reads in the data dir
+    /// (`audit.read_event_journal_dir`) instead of inserting them before the answer
+    /// (SQLite always journals).
+    #[arg(long)]
+    read_journal: bool,
     /// Which phases to run, in this order (e.g. `record,batch` to profile the batch
     /// phase alone); the record phase provides the subjects the others check.
     #[arg(
@@ -140,6 +145,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.full_sync_reads {
         env.config.audit.read_event_sync = custodia_core::config::ReadEventSync::Full;
+    }
+    if args.read_journal {
+        env.config.audit.read_event_journal_dir = Some(env.config.data_dir.join("journals"));
     }
     env.config.server.io_threads = args.io_threads;
     let result = run_on(&env, &args).await;
@@ -515,11 +523,16 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     line(
         "load",
         format!(
-            "{} calls in flight over {} connections, {} s per phase, auth on, read events {:?}, access events {}",
+            "{} calls in flight over {} connections, {} s per phase, auth on, read events {:?}{}, access events {}",
             args.concurrency,
             connection_count(args),
             args.seconds,
             env.config.audit.read_event_sync,
+            if env.config.audit.read_event_journal_dir.is_some() {
+                " (journal in the data dir)"
+            } else {
+                ""
+            },
             if args.with_audit {
                 "forwarded to audit-log in process"
             } else {

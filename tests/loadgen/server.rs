@@ -134,6 +134,9 @@ impl BenchEnv {
             // Nothing listens on the discard port: deliveries fail at once and back off.
             cmd.env("CUSTODIA__AUDIT__ENDPOINT", "http://127.0.0.1:9");
         }
+        if let Some(dir) = &c.audit.read_event_journal_dir {
+            cmd.env("CUSTODIA__AUDIT__READ_EVENT_JOURNAL_DIR", dir);
+        }
         if let Some(db) = &self.database {
             cmd.arg("--database-url").arg(&db.url);
         }

@@ -283,6 +283,17 @@ pub struct AuditConfig {
     /// (`<service>.db-read-events`, one write per call) and moved into the outbox
     /// table in the background; a journal left by a crash is moved at the next start.
     pub read_event_sync: ReadEventSync,
+    /// PostgreSQL with relaxed reads: a directory for read-event journals like
+    /// SQLite's (`<dir>/<service>-read-events`, created if missing), so that a read
+    /// costs a file write instead of an INSERT waited for. The directory must
+    /// outlive the process: a restart moves what it holds into the outbox table, a
+    /// graceful stop moves everything before it exits, and what is lost with the
+    /// directory (a pod's emptyDir when its node dies) is what was not moved yet,
+    /// normally the last ~200 ms of reads (at most 32 MiB of events while
+    /// PostgreSQL is unreachable; beyond that, reads go to the table, and fail).
+    /// Unset (default): relaxed reads are inserted into the outbox table before the
+    /// answer. Ignored on SQLite, whose journal always lies beside the database.
+    pub read_event_journal_dir: Option<PathBuf>,
 }
 
 /// See [`AuditConfig::read_event_sync`].
@@ -305,6 +316,7 @@ impl Default for AuditConfig {
             subject_hash_key: None,
             signing_key: None,
             read_event_sync: ReadEventSync::Relaxed,
+            read_event_journal_dir: None,
         }
     }
 }

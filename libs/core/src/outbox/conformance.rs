@@ -26,15 +26,18 @@ pub async fn run<S: OutboxStore>(store: &S) {
     assert_eq!(store.pending().await.unwrap(), 0, "starts empty");
     assert!(store.peek(10).await.unwrap().is_empty());
 
-    // FIFO, full round trip of every field.
+    // FIFO, full round trip of every field. A row is never split, so `peek` may
+    // return more than asked when events share a row (a read-event journal's rows
+    // are merged when moved into the table), never fewer while any wait.
     let events: Vec<_> = (0..5).map(event).collect();
     for e in &events {
         store.enqueue(e).await.unwrap();
     }
     let peeked = store.peek(3).await.unwrap();
+    assert!(peeked.len() >= 3, "{} events peeked", peeked.len());
     assert_eq!(
         peeked.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-        events[..3].to_vec(),
+        events[..peeked.len()].to_vec(),
         "oldest first, every field kept"
     );
 
@@ -42,15 +45,19 @@ pub async fn run<S: OutboxStore>(store: &S) {
     store.enqueue(&events[0]).await.unwrap();
     assert_eq!(store.pending().await.unwrap(), 5);
 
-    // A failed attempt keeps the events; an ack removes exactly the acked ones.
+    // A failed attempt keeps the events; an ack removes exactly the acked rows.
     let ids: Vec<i64> = peeked.iter().map(|(id, _)| *id).collect();
     store.record_attempt(&ids).await.unwrap();
     assert_eq!(store.pending().await.unwrap(), 5);
-    store.ack(&ids[..2]).await.unwrap();
+    let first_row = ids.iter().take_while(|id| **id == ids[0]).count();
+    store.ack(&ids[..1]).await.unwrap();
     let rest = store.peek(10).await.unwrap();
     assert_eq!(
         rest.iter().map(|(_, e)| e.event_id).collect::<Vec<_>>(),
-        events[2..].iter().map(|e| e.event_id).collect::<Vec<_>>()
+        events[first_row..]
+            .iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>()
     );
     let all: Vec<i64> = rest.iter().map(|(id, _)| *id).collect();
     store.ack(&all).await.unwrap();

@@ -1,33 +1,45 @@
-//! The read-event journal: where an SQLite service puts the access events of reads
-//! under `audit.read_event_sync = "relaxed"` before it answers.
+//! The read-event journal: where a service puts the access events of reads under
+//! `audit.read_event_sync = "relaxed"` before it answers: on SQLite always, in a
+//! file beside the database (`<database>-read-events`); on PostgreSQL when
+//! `audit.read_event_journal_dir` names a directory (`<dir>/<service>-read-events`).
 //!
-//! A group of events is one `write()` to an append-only file beside the database
-//! (`<database>-read-events`), instead of an INSERT sent to SQLite's worker thread
-//! and waited for: the promise is the same as a relaxed commit's (the events are
-//! in the operating system's hands, so they survive a crash or `kill -9` of
-//! custodia, not a power loss of the machine), at a fraction of the cost per check.
+//! A group of events is one `write()` to an append-only file, instead of an INSERT
+//! sent to the database and waited for: the promise is the same as a relaxed
+//! commit's (the events are in the operating system's hands, so they survive a
+//! crash or `kill -9` of custodia, not a power loss of the machine), at a fraction
+//! of the cost per check. On PostgreSQL the file must also outlive what runs
+//! custodia (the pod): a graceful stop moves it into the table before the pools
+//! close; what a lost machine loses is what was not moved yet (normally the last
+//! ~200 ms of reads; more while the database was unreachable).
 //! [`Journal::move_to_outbox`] moves the records into the outbox table, from the
 //! forwarder's `peek` (so nothing enqueued is ever invisible to it) and from a
-//! background task, then empties the file. The outbox's INSERT is idempotent by
-//! event id, so a record moved twice (a crash between the INSERT and emptying the
-//! file) is stored once. A file left by a crashed process is moved by the next one;
-//! a record torn by the crash (the tail of the file) is cut off when it is opened.
+//! background task. A move first seals the file appended to (renames it to
+//! `<journal>.<n>`; appends go on in a new file), then moves each sealed segment
+//! and removes it: the files hold only what waits to be moved, however busy the
+//! service (a single file emptied "when nothing was appended during the move"
+//! was, under steady load, never emptied). The outbox's INSERT is idempotent by
+//! event id, so a record moved twice (a crash between the INSERT and removing its
+//! segment) is stored once. Files left by a crashed process are moved by the next
+//! one; a record torn by the crash (the tail of a file) is cut off when it is opened.
 //!
-//! One process at a time uses a journal: it holds an advisory lock on the file. An
-//! outbox that cannot take the lock writes its read events to the table directly.
+//! One process at a time uses a journal: it holds an advisory lock on
+//! `<journal>.lock`. An outbox that cannot take the lock writes its read events to
+//! the table directly.
 //!
 //! Memory and disk stay bounded when the table cannot take the records for a while
 //! (the database is locked, the disk is full): a move reads at most
 //! [`MOVE_CHUNK_BYTES`] at a time and keeps what it moved before a failure, opening
-//! scans the file record by record, and once [`MAX_BACKLOG_BYTES`] wait to be
-//! moved, [`Journal::append`] refuses ([`Backlog`]) so that the caller writes to the
-//! table itself (and fails the call if that fails too) instead of growing the file
+//! scans the files record by record, a failed move seals nothing new until the
+//! sealed segments are moved, and once [`MAX_BACKLOG_BYTES`] wait to be moved,
+//! [`Journal::append`] refuses ([`Backlog`]) so that the caller writes to the
+//! table itself (and fails the call if that fails too) instead of growing the files
 //! without limit.
 //!
 //! Record: `u32` length of the body (little endian), `u32` CRC-32 of the body, the
 //! body: `<event id>\n<event count>\n<payload>` (an outbox row).
 
 use std::{
+    collections::VecDeque,
     fs::File,
     io::{BufReader, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
@@ -43,6 +55,7 @@ pub(super) type Row = (String, String, i64);
 /// The read-event journal of one database.
 #[derive(Debug)]
 pub(super) struct Journal {
+    /// The segment appended to; sealed segments are `<path>.<n>`.
     path: PathBuf,
     state: Mutex<State>,
     /// One move at a time.
@@ -67,49 +80,90 @@ pub(super) struct Backlog(pub u64);
 
 #[derive(Debug)]
 struct State {
-    /// Opened for appending, with this process's lock on it.
-    file: File,
-    /// Bytes written.
+    /// `<path>.lock`, locked while this journal is open.
+    _lock: File,
+    /// `<path>`, opened for appending.
+    active: File,
+    /// Bytes in `active`.
+    active_len: u64,
+    /// Sealed segments not yet moved (wholly), oldest first.
+    sealed: VecDeque<Sealed>,
+    /// Bytes of `sealed` not yet moved.
+    sealed_waiting: u64,
+    /// Number of the next sealed segment.
+    next_number: u64,
+}
+
+/// A segment no longer appended to, waiting to be moved and removed.
+#[derive(Debug)]
+struct Sealed {
+    path: PathBuf,
     len: u64,
-    /// Bytes already moved into the outbox table.
+    /// Bytes already moved: where a move that failed part-way resumes.
     moved: u64,
 }
 
 const HEADER: usize = 8;
 
 impl Journal {
-    /// Opens (creates) the journal of the SQLite database `database`, cutting off
-    /// a torn last record; `None` when another outbox holds it.
-    pub(super) fn open(database: &Path) -> anyhow::Result<Option<Self>> {
+    /// The journal file of the SQLite database `database`: beside it, so that the
+    /// two share a disk and a fate.
+    pub(super) fn beside(database: &Path) -> PathBuf {
         let mut name = database.as_os_str().to_owned();
         name.push("-read-events");
-        let path = PathBuf::from(name);
-        let mut file = File::options()
-            .read(true)
-            .append(true)
+        PathBuf::from(name)
+    }
+
+    /// Opens (creates, with its directory) the journal `path`: the records left in
+    /// it and in sealed segments beside it by an earlier process wait to be moved,
+    /// each file's torn last record cut off. `None` when another outbox holds it.
+    pub(super) fn open(path: &Path) -> anyhow::Result<Option<Self>> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let path = path.to_path_buf();
+        let lock = File::options()
+            .write(true)
             .create(true)
-            .open(&path)?;
-        match file.try_lock() {
+            .truncate(false)
+            .open(suffixed(&path, "lock"))?;
+        match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        file.seek(SeekFrom::Start(0))?;
-        let total = file.metadata()?.len();
-        let valid = scan(&mut BufReader::new(&file))?;
-        if valid < total {
-            tracing::warn!(
-                torn_bytes = total - valid,
-                "read-event journal ends with a torn record (a crash while writing it); cut off"
-            );
-            file.set_len(valid)?;
+        let mut sealed = VecDeque::new();
+        let numbers = sealed_numbers(&path)?;
+        for &n in &numbers {
+            let segment = suffixed(&path, &n.to_string());
+            let len = cut_torn_tail(&File::options().read(true).write(true).open(&segment)?)?;
+            if len == 0 {
+                std::fs::remove_file(&segment)?;
+            } else {
+                sealed.push_back(Sealed {
+                    path: segment,
+                    len,
+                    moved: 0,
+                });
+            }
         }
+        let active = File::options()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let active_len = cut_torn_tail(&active)?;
         Ok(Some(Self {
             path,
             state: Mutex::new(State {
-                file,
-                len: valid,
-                moved: 0,
+                _lock: lock,
+                active,
+                active_len,
+                sealed_waiting: sealed.iter().map(|s| s.len).sum(),
+                sealed,
+                next_number: numbers.last().map_or(0, |n| n + 1),
             }),
             moving: tokio::sync::Mutex::new(()),
             chunk_bytes: MOVE_CHUNK_BYTES,
@@ -138,68 +192,154 @@ impl Journal {
             encode(row, &mut buf);
         }
         let mut state = self.state.lock().expect("journal state");
-        let waiting = state.len - state.moved;
+        let waiting = state.sealed_waiting + state.active_len;
         if waiting >= self.max_backlog.load(Ordering::Relaxed) {
             return Err(Backlog(waiting).into());
         }
-        if let Err(e) = state.file.write_all(&buf) {
+        if let Err(e) = state.active.write_all(&buf) {
             // A partial record would hide every record after it.
-            let len = state.len;
-            state.file.set_len(len)?;
+            let len = state.active_len;
+            state.active.set_len(len)?;
             return Err(e.into());
         }
-        state.len += buf.len() as u64;
+        state.active_len += buf.len() as u64;
         Ok(())
     }
 
-    /// Moves every record written so far into the outbox through `insert` (which
+    /// Moves the records written so far into the outbox through `insert` (which
     /// must be idempotent by event id), at most [`MOVE_CHUNK_BYTES`] of records per
-    /// call of `insert`, then empties the file when nothing was written meanwhile.
-    /// When an insert fails, the chunks moved before it stay moved. Returns the
-    /// number of rows moved.
+    /// call of `insert`. The segment appended to is sealed first (renamed to
+    /// `<path>.<n>`, appends going on in a new `<path>`), and each sealed segment
+    /// is removed once moved, so the files hold only what waits to be moved however
+    /// busy the service is. When an insert fails, the chunks moved before it stay
+    /// moved. Returns the number of rows moved.
+    ///
+    /// The rows an insert gets depend on the segment alone: chunks are cut from
+    /// the segment's start, and a move that failed part-way resumes at a chunk's
+    /// end. So a segment moved again (a crash before its removal) hands `insert`
+    /// the same chunks, and `insert` may merge a chunk's rows into fewer rows
+    /// (known by their first row's id) and stay idempotent.
     pub(super) async fn move_to_outbox<F, Fut>(&self, mut insert: F) -> anyhow::Result<usize>
     where
         F: FnMut(Vec<Row>) -> Fut,
         Fut: Future<Output = anyhow::Result<()>>,
     {
         let _moving = self.moving.lock().await;
-        let (from, to) = {
-            let state = self.state.lock().expect("journal state");
-            (state.moved, state.len)
-        };
-        if from == to {
-            return Ok(0);
-        }
-        let mut reader = BufReader::new(File::open(&self.path)?);
-        reader.seek(SeekFrom::Start(from))?;
-        let mut at = from;
         let mut count = 0;
-        while at < to {
-            let (rows, bytes) = read_records(&mut reader, to - at, self.chunk_bytes)?;
-            anyhow::ensure!(
-                bytes > 0,
-                "read-event journal {} is damaged at byte {at}",
-                self.path.display(),
-            );
-            count += rows.len();
-            insert(rows).await?;
-            at += bytes;
-            self.state.lock().expect("journal state").moved = at;
+        // Records appended during this move wait for the next one: a move is bounded.
+        let mut sealed_here = false;
+        loop {
+            let (segment, from, to) = {
+                let mut state = self.state.lock().expect("journal state");
+                if state.sealed.is_empty() {
+                    if sealed_here || state.active_len == 0 {
+                        return Ok(count);
+                    }
+                    self.seal(&mut state)?;
+                    sealed_here = true;
+                }
+                let oldest = state.sealed.front().expect("a sealed segment");
+                (oldest.path.clone(), oldest.moved, oldest.len)
+            };
+            let mut reader = BufReader::new(File::open(&segment)?);
+            reader.seek(SeekFrom::Start(from))?;
+            let mut at = from;
+            while at < to {
+                let (rows, bytes) = read_records(&mut reader, to - at, self.chunk_bytes)?;
+                anyhow::ensure!(
+                    bytes > 0,
+                    "read-event journal {} is damaged at byte {at}",
+                    segment.display(),
+                );
+                count += rows.len();
+                insert(rows).await?;
+                at += bytes;
+                let mut state = self.state.lock().expect("journal state");
+                state.sealed.front_mut().expect("a sealed segment").moved = at;
+                state.sealed_waiting -= bytes;
+            }
+            std::fs::remove_file(&segment)?;
+            self.state.lock().expect("journal state").sealed.pop_front();
         }
-        let mut state = self.state.lock().expect("journal state");
-        if state.len == to {
-            state.file.set_len(0)?;
-            state.len = 0;
-            state.moved = 0;
-        }
-        Ok(count)
+    }
+
+    /// Renames the active segment to the next sealed one and opens a new active
+    /// segment.
+    fn seal(&self, state: &mut State) -> anyhow::Result<()> {
+        let segment = suffixed(&self.path, &state.next_number.to_string());
+        std::fs::rename(&self.path, &segment)?;
+        state.next_number += 1;
+        let len = std::mem::take(&mut state.active_len);
+        state.sealed.push_back(Sealed {
+            path: segment,
+            len,
+            moved: 0,
+        });
+        state.sealed_waiting += len;
+        state.active = File::options()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)?;
+        Ok(())
     }
 
     /// Whether records wait to be moved.
     pub(super) fn has_unmoved(&self) -> bool {
         let state = self.state.lock().expect("journal state");
-        state.len > state.moved
+        state.active_len > 0 || !state.sealed.is_empty()
     }
+}
+
+/// `<path>.<suffix>`.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The numbers of the sealed segments `<path>.<n>` there are, in order.
+fn sealed_numbers(path: &Path) -> std::io::Result<Vec<u64>> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.");
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Cuts `file` after its last whole, intact record (a crash while writing leaves
+/// a torn one); returns the length kept.
+fn cut_torn_tail(mut file: &File) -> anyhow::Result<u64> {
+    file.seek(SeekFrom::Start(0))?;
+    let total = file.metadata()?.len();
+    let valid = scan(&mut BufReader::new(file))?;
+    if valid < total {
+        tracing::warn!(
+            torn_bytes = total - valid,
+            "read-event journal ends with a torn record (a crash while writing it); cut off"
+        );
+        file.set_len(valid)?;
+    }
+    Ok(valid)
 }
 
 fn encode((id, payload, count): &Row, buf: &mut Vec<u8>) {
@@ -324,6 +464,107 @@ mod tests {
         moved
     }
 
+    /// Bytes in the journal files of `x.db` in `dir` (the lock file aside), and how
+    /// many files there are.
+    fn on_disk(dir: &Path) -> (u64, usize) {
+        let (mut bytes, mut files) = (0, 0);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if name.starts_with("x.db-read-events") && !name.ends_with(".lock") {
+                bytes += entry.metadata().unwrap().len();
+                files += 1;
+            }
+        }
+        (bytes, files)
+    }
+
+    /// Bytes `rows` take in the journal.
+    fn encoded_len(rows: &[Row]) -> u64 {
+        let mut buf = Vec::new();
+        for row in rows {
+            encode(row, &mut buf);
+        }
+        buf.len() as u64
+    }
+
+    /// Appends keep coming while every move runs (a busy service): each move still
+    /// frees what it moved, so the files hold only what waits.
+    #[tokio::test]
+    async fn a_busy_journal_holds_only_what_waits_to_be_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&Journal::beside(&dir.path().join("x.db")))
+            .unwrap()
+            .unwrap();
+        let mut next = 0;
+        for round in 0..5 {
+            let before: Vec<Row> = (next..next + 10).map(row).collect();
+            next += 10;
+            journal.append(&before).unwrap();
+            let during: Vec<Row> = (next..next + 3).map(row).collect();
+            next += 3;
+            let moved = std::sync::Mutex::new(Vec::new());
+            journal
+                .move_to_outbox(|rows| {
+                    moved.lock().unwrap().extend(rows);
+                    // Each check answered meanwhile appends its event.
+                    journal.append(&during).unwrap();
+                    async { Ok(()) }
+                })
+                .await
+                .unwrap();
+            let mut want = if round == 0 {
+                Vec::new()
+            } else {
+                // What the previous round appended during its move.
+                (next - 16..next - 13).map(row).collect()
+            };
+            want.extend(before);
+            assert_eq!(moved.into_inner().unwrap(), want, "round {round}");
+            assert_eq!(
+                on_disk(dir.path()),
+                (encoded_len(&during), 1),
+                "round {round}: only the records appended during the move"
+            );
+        }
+        move_all(&journal).await;
+        assert_eq!(on_disk(dir.path()), (0, 1));
+        assert!(!journal.has_unmoved());
+    }
+
+    /// A process that stopped with sealed segments not yet moved (its move failed,
+    /// then it crashed): the next one moves them first, then what was appended.
+    #[tokio::test]
+    async fn sealed_segments_left_behind_are_moved_in_order_by_the_next_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::beside(&dir.path().join("x.db"));
+        let journal = Journal::open(&path).unwrap().unwrap();
+        journal.append(&[row(1), row(2)]).unwrap();
+        let err = journal
+            .move_to_outbox(|_| async { anyhow::bail!("database is locked") })
+            .await;
+        assert!(err.is_err());
+        journal.append(&[row(3)]).unwrap();
+        assert_eq!(
+            on_disk(dir.path()).1,
+            2,
+            "one sealed segment and the active"
+        );
+        drop(journal);
+
+        let journal = Journal::open(&path).unwrap().unwrap();
+        assert!(journal.has_unmoved());
+        journal.append(&[row(4)]).unwrap();
+        assert_eq!(
+            move_all(&journal).await,
+            vec![row(1), row(2), row(3), row(4)]
+        );
+        assert_eq!(on_disk(dir.path()), (0, 1));
+        // Numbering goes on after the segments found.
+        journal.append(&[row(5)]).unwrap();
+        assert_eq!(move_all(&journal).await, vec![row(5)]);
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_or_altered_tail_is_not_read() {
         let mut buf = Vec::new();
@@ -347,8 +588,11 @@ mod tests {
     async fn a_second_opener_is_refused_and_a_torn_tail_is_cut_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
-        let journal = Journal::open(&db).unwrap().unwrap();
-        assert!(Journal::open(&db).unwrap().is_none(), "locked by the first");
+        let journal = Journal::open(&Journal::beside(&db)).unwrap().unwrap();
+        assert!(
+            Journal::open(&Journal::beside(&db)).unwrap().is_none(),
+            "locked by the first"
+        );
         journal.append(&[row(1), row(2)]).unwrap();
         drop(journal);
         // A crash in the middle of a write: half a record at the end.
@@ -361,24 +605,20 @@ mod tests {
         file.write_all(&torn[..torn.len() / 2]).unwrap();
         drop(file);
 
-        let journal = Journal::open(&db).unwrap().unwrap();
+        let journal = Journal::open(&Journal::beside(&db)).unwrap().unwrap();
         journal.append(&[row(4)]).unwrap();
         let moved = move_all(&journal).await;
         assert_eq!(moved, vec![row(1), row(2), row(4)]);
         assert!(!journal.has_unmoved());
-        assert_eq!(
-            std::fs::metadata(dir.path().join("x.db-read-events"))
-                .unwrap()
-                .len(),
-            0,
-            "emptied once moved"
-        );
+        assert_eq!(on_disk(dir.path()), (0, 1), "emptied once moved");
     }
 
     #[tokio::test]
     async fn a_failed_move_keeps_the_records_for_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&dir.path().join("x.db")).unwrap().unwrap();
+        let journal = Journal::open(&Journal::beside(&dir.path().join("x.db")))
+            .unwrap()
+            .unwrap();
         journal.append(&[row(1)]).unwrap();
         let err = journal
             .move_to_outbox(|_| async { anyhow::bail!("database is locked") })
@@ -398,7 +638,7 @@ mod tests {
             buf.len() as u64
         };
         // Three records per chunk.
-        let journal = Journal::open(&dir.path().join("x.db"))
+        let journal = Journal::open(&Journal::beside(&dir.path().join("x.db")))
             .unwrap()
             .unwrap()
             .with_limits(3 * record, u64::MAX);
@@ -444,7 +684,7 @@ mod tests {
     #[tokio::test]
     async fn appends_are_refused_past_the_backlog_until_a_move() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&dir.path().join("x.db"))
+        let journal = Journal::open(&Journal::beside(&dir.path().join("x.db")))
             .unwrap()
             .unwrap()
             .with_limits(u64::MAX, 1);

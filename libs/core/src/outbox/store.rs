@@ -1,6 +1,9 @@
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use serde::{Deserialize, Serialize};
@@ -123,6 +126,63 @@ struct Bundled {
     bundle: EventBatch,
 }
 
+/// Most events in a row merged from journal records (see [`merge_rows`]): five
+/// rows make a forwarder batch of the default 500.
+const MAX_MERGED: i64 = 100;
+/// How a merged row's payload starts.
+const MERGED_PREFIX: &str = "{\"rows\":[";
+
+/// The payload of a row merged from several rows' payloads, kept as they were.
+#[derive(Deserialize)]
+struct Merged<'a> {
+    #[serde(borrow)]
+    rows: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// `rows` (moved from the read-event journal) as fewer outbox rows: runs of
+/// consecutive rows of at most [`MAX_MERGED`] events in all become one row, known
+/// by its first row's id, its payload `{"rows":[<payload>,...]}`. A row that
+/// merges with none stays as it was. The result depends on `rows` alone, so rows
+/// moved again (a crash before their journal segment was removed) merge the same
+/// way and the insert, idempotent by id, stores them once.
+fn merge_rows(rows: Vec<(String, String, i64)>) -> Vec<(String, String, i64)> {
+    let mut out = Vec::new();
+    let mut run = Vec::new();
+    let mut run_events = 0;
+    for row in rows {
+        if !run.is_empty() && run_events + row.2 > MAX_MERGED {
+            out.push(merged(std::mem::take(&mut run)));
+            run_events = 0;
+        }
+        run_events += row.2;
+        run.push(row);
+    }
+    if !run.is_empty() {
+        out.push(merged(run));
+    }
+    out
+}
+
+/// One row standing for `run` (not empty); see [`merge_rows`].
+fn merged(mut run: Vec<(String, String, i64)>) -> (String, String, i64) {
+    if run.len() == 1 {
+        return run.remove(0);
+    }
+    let mut payload = String::with_capacity(
+        MERGED_PREFIX.len() + run.iter().map(|r| r.1.len() + 1).sum::<usize>() + 2,
+    );
+    payload.push_str(MERGED_PREFIX);
+    for (i, (_, p, _)) in run.iter().enumerate() {
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(p);
+    }
+    payload.push_str("]}");
+    let count = run.iter().map(|r| r.2).sum();
+    (std::mem::take(&mut run[0].0), payload, count)
+}
+
 /// Outbox rows `(event_id, payload, event_count)` for `batches`, in order. A row is
 /// known by its first event's id: enqueueing it again is a no-op.
 fn rows_of(batches: &[EventBatch]) -> anyhow::Result<Vec<(String, String, i64)>> {
@@ -151,7 +211,14 @@ fn rows_of(batches: &[EventBatch]) -> anyhow::Result<Vec<(String, String, i64)>>
 
 /// The events of one outbox row.
 fn events_of(payload: &str) -> anyhow::Result<Vec<AccessEvent>> {
-    if payload.starts_with(BUNDLE_PREFIX) {
+    if payload.starts_with(MERGED_PREFIX) {
+        let Merged { rows } = serde_json::from_str(payload)?;
+        let mut events = Vec::new();
+        for row in rows {
+            events.extend(events_of(row.get())?);
+        }
+        Ok(events)
+    } else if payload.starts_with(BUNDLE_PREFIX) {
         let Bundled { bundle } = serde_json::from_str(payload)?;
         Ok(bundle.into_events())
     } else {
@@ -262,8 +329,9 @@ pub struct SqlOutbox {
     /// Events enqueued on their own (reads) are written in groups: a read-heavy
     /// service pays one transaction per group of concurrent calls, not per call.
     alone: Arc<GroupCommit<EventBatch, ()>>,
-    /// SQLite with relaxed reads: events enqueued on their own go to the journal
-    /// instead (see [`Journal`]).
+    /// Relaxed reads with a journal (always on SQLite, on PostgreSQL when
+    /// configured): events enqueued on their own go to the journal instead (see
+    /// [`Journal`]).
     journal: Option<Arc<Journal>>,
     /// Writes the journal refused so far (see [`OutboxStore::enqueue_batch`]).
     journal_refusals: Arc<AtomicU64>,
@@ -282,29 +350,35 @@ impl SqlOutbox {
     }
 
     /// Like [`Self::new`], committing events enqueued on their own (reads) as `sync`
-    /// says.
+    /// says; relaxed reads on SQLite go to the journal beside the database.
     pub fn with_read_sync(db: Db, sync: ReadEventSync) -> Self {
+        let journal = db.sqlite_file().map(Journal::beside);
+        Self::with_journal(db, sync, journal.as_deref())
+    }
+
+    /// Like [`Self::with_read_sync`], relaxed reads going to the journal file
+    /// `journal` (when given; `None`: to the table). On PostgreSQL the file must be
+    /// on a disk that outlives the process; see the journal's documentation.
+    pub fn with_journal(db: Db, sync: ReadEventSync, journal: Option<&Path>) -> Self {
         let writer = db.clone();
         let relaxed = sync == ReadEventSync::Relaxed;
         let alone = GroupCommit::new(MAX_GROUP, move |batches: Vec<EventBatch>| {
             let db = writer.clone();
             async move { insert_group(&db, &batches, relaxed).await }
         });
-        let journal = match (relaxed, db.sqlite_file()) {
-            (true, Some(file)) => match Journal::open(file) {
-                Ok(Some(journal)) => Some(Arc::new(journal)),
-                Ok(None) => {
-                    tracing::debug!(
-                        "read-event journal held by another outbox; writing reads to the table"
-                    );
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot open the read-event journal; writing reads to the table");
-                    None
-                }
-            },
-            _ => None,
+        let journal = match journal.filter(|_| relaxed).map(Journal::open) {
+            None => None,
+            Some(Ok(Some(journal))) => Some(Arc::new(journal)),
+            Some(Ok(None)) => {
+                tracing::debug!(
+                    "read-event journal held by another outbox; writing reads to the table"
+                );
+                None
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot open the read-event journal; writing reads to the table");
+                None
+            }
         };
         let outbox = Self {
             db,
@@ -334,8 +408,15 @@ impl SqlOutbox {
         self
     }
 
-    /// Moves the journal's records (if any) into the outbox table.
-    async fn move_journal(&self) -> anyhow::Result<()> {
+    /// Whether relaxed reads go to a journal file (see [`Self::with_journal`]).
+    pub fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Moves the journal's records (if any) into the outbox table: before the
+    /// database closes at a graceful stop, so that a journal on a disk that does
+    /// not outlive the process (a pod's emptyDir) leaves nothing behind.
+    pub async fn move_journal(&self) -> anyhow::Result<()> {
         if let Some(journal) = &self.journal {
             move_journal(journal, &self.db).await?;
         }
@@ -485,7 +566,7 @@ impl OutboxStore for SqlOutbox {
 async fn move_journal(journal: &Journal, db: &Db) -> anyhow::Result<()> {
     if journal.has_unmoved() {
         journal
-            .move_to_outbox(|rows| insert_rows(db, rows, true))
+            .move_to_outbox(|rows| insert_rows(db, merge_rows(rows), true))
             .await?;
     }
     Ok(())
@@ -519,5 +600,66 @@ async fn move_journal_periodically(journal: std::sync::Weak<Journal>, db: Db) {
                 failures += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outcome;
+
+    fn event(method: &str) -> AccessEvent {
+        AccessEvent::new(chrono::Utc::now(), "crm", "consent", method, Outcome::Ok)
+    }
+
+    fn bundle(n: usize) -> EventBatch {
+        let mut bundle = EventBatch::new(event("BatchCheckConsent"));
+        for i in 0..n {
+            bundle.push("email", &format!("hash-{i}"));
+        }
+        bundle
+    }
+
+    /// Journal rows merge into runs of at most MAX_MERGED events, each known by its
+    /// first row's id, and read back as the same events in the same order; a row
+    /// too big to merge stays as it was; merging the same rows again gives the same
+    /// rows (what makes a second move of them a no-op).
+    #[test]
+    fn merged_rows_hold_the_same_events_and_merge_the_same_way_again() {
+        let mut batches: Vec<EventBatch> = (0..150)
+            .map(|i| {
+                EventBatch::single(event(if i % 2 == 0 {
+                    "CheckConsent"
+                } else {
+                    "GetPurpose"
+                }))
+            })
+            .collect();
+        batches.insert(120, bundle(30));
+        batches.push(bundle(150));
+        let rows = rows_of(&batches).unwrap();
+        assert_eq!(rows.len(), 152);
+        let want: Vec<AccessEvent> = batches.into_iter().flat_map(|b| b.into_events()).collect();
+
+        let merged = merge_rows(rows.clone());
+        let counts: Vec<i64> = merged.iter().map(|r| r.2).collect();
+        // 100 singles; 20 singles, the bundle of 30, 30 singles; the big bundle alone.
+        assert_eq!(counts, vec![100, 80, 150]);
+        assert_eq!(merged[0].0, rows[0].0, "known by the first row's id");
+        assert_eq!(merged[1].0, rows[100].0);
+        assert_eq!(
+            merged[2], rows[151],
+            "a row merged with none stays as it was"
+        );
+        assert!(merged[0].1.starts_with(MERGED_PREFIX));
+        let events: Vec<AccessEvent> = merged
+            .iter()
+            .flat_map(|r| events_of(&r.1).unwrap())
+            .collect();
+        assert_eq!(
+            serde_json::to_value(&events).unwrap(),
+            serde_json::to_value(&want).unwrap()
+        );
+        assert_eq!(merge_rows(rows), merged);
     }
 }
