@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use custodia_core::{
     ApiError,
     group_commit::GroupCommit,
-    outbox::{AccessEvent, enqueue_all_script},
+    outbox::{AccessEvent, enqueue_all_script, outbox_rows},
     storage::{Backend, Db, Params, Script, ScriptTx, placeholders},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
@@ -759,12 +759,18 @@ fn event_id(event: &ConsentEvent) -> &str {
 /// `look_up`: first look up which request ids earlier calls claimed (replays);
 /// without, a claimed id makes the write fail on the key's uniqueness. Without
 /// the lookup a group is one message to SQLite's worker thread (`BEGIN`, every
-/// write, `COMMIT`) and one statement on PostgreSQL; with it, one more.
+/// write, `COMMIT`) and one statement of constant text on PostgreSQL's native
+/// connection (see [`write_postgres`]); with it, a transaction of two.
 async fn write_jobs(
     db: &Db,
     jobs: &[WriteJob],
     look_up: bool,
 ) -> Result<Vec<WriteResult>, ApiError> {
+    if !look_up && let Some(pool) = db.native_postgres() {
+        let plans = plan(jobs, &HashMap::new());
+        write_postgres(pool, &writing(jobs, &plans)).await?;
+        return Ok(results(jobs, &plans, &HashMap::new()));
+    }
     let backend = db.backend();
     let mut tx = db.begin_script().await?;
     let earlier = if look_up {
@@ -772,9 +778,34 @@ async fn write_jobs(
     } else {
         HashMap::new()
     };
-    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
-    let plans: Vec<Plan> = jobs
+    let plans = plan(jobs, &earlier);
+    let replay_ids: Vec<&str> = plans
         .iter()
+        .flat_map(|p| match p {
+            Plan::Replay(ids) => ids.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let stored = if replay_ids.is_empty() {
+        HashMap::new()
+    } else {
+        events_by_id(tx.conn().await?, backend, &replay_ids).await?
+    };
+    let writing = writing(jobs, &plans);
+    if writing.is_empty() {
+        // Only replays: end the transaction now, while this writer holds the turn.
+        tx.rollback().await?;
+    } else {
+        tx.commit(write_script(backend, &writing)?).await?;
+    }
+    Ok(results(jobs, &plans, &stored))
+}
+
+/// What each job does, given the resources of `earlier` calls by (method, request
+/// id): the first job of a request id writes, later ones of the group repeat it.
+fn plan(jobs: &[WriteJob], earlier: &HashMap<(String, String), String>) -> Vec<Plan> {
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+    jobs.iter()
         .enumerate()
         .map(|(i, job)| {
             if job.request_id.is_empty() {
@@ -797,35 +828,28 @@ async fn write_jobs(
                 }
             }
         })
-        .collect();
-    let replay_ids: Vec<&str> = plans
-        .iter()
-        .flat_map(|p| match p {
-            Plan::Replay(ids) => ids.iter().map(String::as_str).collect(),
-            _ => Vec::new(),
-        })
-        .collect();
-    let stored = if replay_ids.is_empty() {
-        HashMap::new()
-    } else {
-        events_by_id(tx.conn().await?, backend, &replay_ids).await?
-    };
-    let writing: Vec<&WriteJob> = jobs
-        .iter()
-        .zip(&plans)
+        .collect()
+}
+
+/// The jobs that write.
+fn writing<'a>(jobs: &'a [WriteJob], plans: &[Plan]) -> Vec<&'a WriteJob> {
+    jobs.iter()
+        .zip(plans)
         .filter(|(_, p)| matches!(p, Plan::Write))
         .map(|(j, _)| j)
-        .collect();
-    if writing.is_empty() {
-        // Only replays: end the transaction now, while this writer holds the turn.
-        tx.rollback().await?;
-    } else {
-        tx.commit(write_script(backend, &writing)?).await?;
-    }
+        .collect()
+}
+
+/// Each job's result: its events, those of the job it repeats, or the `stored`
+/// events of the earlier call it replays.
+fn results(
+    jobs: &[WriteJob],
+    plans: &[Plan],
+    stored: &HashMap<String, ConsentEvent>,
+) -> Vec<WriteResult> {
     let events_of = |job: &WriteJob| job.records.iter().map(|r| r.event.clone()).collect();
-    Ok(jobs
-        .iter()
-        .zip(&plans)
+    jobs.iter()
+        .zip(plans)
         .map(|(job, plan)| {
             Ok(match plan {
                 Plan::Write => events_of(job),
@@ -837,7 +861,7 @@ async fn write_jobs(
                     .collect(),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Resources of earlier calls with the request ids of `jobs`, by (method, request id).
@@ -909,6 +933,179 @@ async fn events_by_id(
     Ok(out)
 }
 
+/// A record of a group: (index in the group, record, encoded event, record time).
+type Numbered<'a> = (i64, &'a NewRecord, Vec<u8>, i64);
+
+/// The records of `jobs`, in order. Event `i` takes change number `first + i`.
+fn numbered<'a>(jobs: &[&'a WriteJob]) -> Vec<Numbered<'a>> {
+    jobs.iter()
+        .flat_map(|j| j.records.iter().map(move |r| (r, j.now_us)))
+        .enumerate()
+        .map(|(i, (r, now_us))| (i as i64, r, r.event.encode_to_vec(), now_us))
+        .collect()
+}
+
+/// The state each (subject, purpose) is left in: the index of its last event, in
+/// order. One row per key, as PostgreSQL refuses to update a row twice in one
+/// statement.
+fn last_of_each(events: &[Numbered]) -> Vec<usize> {
+    let mut last: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, (_, r, _, _)) in events.iter().enumerate() {
+        last.insert((&r.subject_hash, &r.purpose_id), i);
+    }
+    let mut states: Vec<usize> = last.into_values().collect();
+    states.sort_unstable();
+    states
+}
+
+/// [`write_script`] as one statement of constant text binding one array per column
+/// (see [`write_postgres`]).
+const PG_WRITE: &str = "WITH seq AS (\
+         UPDATE consent_change_seq SET next = next + $1::bigint WHERE id = 1 \
+         RETURNING next - $1::bigint AS first), \
+     ev AS (INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, body, \
+         decision_us, record_us) \
+         SELECT seq.first + t.i, t.e, t.s, t.p, t.st, t.b, t.d, t.r FROM seq, \
+         UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
+         $8::bigint[], $9::bigint[]) AS t (i, e, s, p, st, b, d, r)), \
+     st AS (INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, \
+         expire_us, event_id, body) \
+         SELECT * FROM UNNEST($10::text[], $11::text[], $12::bigint[], $13::bigint[], \
+         $14::bigint[], $15::text[], $16::bytea[]) \
+         ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
+         decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
+         event_id = excluded.event_id, body = excluded.body), \
+     rc AS (INSERT INTO receipts (id, subject_hash, body) \
+         SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[])), \
+     ik AS (INSERT INTO idempotency_keys (method, request_id, resource, create_us) \
+         SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bigint[])), \
+     ob AS (INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count) \
+         SELECT t.i, t.p, $24::bigint, t.c FROM UNNEST($25::text[], $26::text[], $27::bigint[]) \
+         AS t (i, p, c) ON CONFLICT (event_id) DO NOTHING) \
+     SELECT 1";
+
+/// Writes `jobs` (none of them a replay) as [`write_script`] does, on PostgreSQL's
+/// native connection: one statement of constant text (prepared and planned once
+/// per connection, not once per group size) in a transaction of its own (no
+/// `BEGIN` or `COMMIT` round trip). The counter's row lock, which orders the
+/// groups, is held from the statement's start to its commit only.
+async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), ApiError> {
+    let events = numbered(jobs);
+    let states = last_of_each(&events);
+    let receipts: Vec<&Receipt> = jobs.iter().filter_map(|j| j.receipt.as_ref()).collect();
+    let keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
+    let access: Vec<AccessEvent> = jobs.iter().map(|j| j.access.clone()).collect();
+    let outbox = outbox_rows(&access).map_err(ApiError::internal)?;
+    let state_of = |i: &usize| &events[*i];
+    sqlx::query(PG_WRITE)
+        .bind(events.len() as i64)
+        .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| event_id(&e.1.event))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.1.subject_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.1.purpose_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| i64::from(e.1.event.state))
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.2.as_slice()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.1.decision_us).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.3).collect::<Vec<_>>())
+        .bind(
+            states
+                .iter()
+                .map(|i| state_of(i).1.subject_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            states
+                .iter()
+                .map(|i| state_of(i).1.purpose_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            states
+                .iter()
+                .map(|i| i64::from(state_of(i).1.event.state))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            states
+                .iter()
+                .map(|i| state_of(i).1.decision_us)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            states
+                .iter()
+                .map(|i| state_of(i).1.expire_us)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            states
+                .iter()
+                .map(|i| event_id(&state_of(i).1.event))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            states
+                .iter()
+                .map(|i| state_of(i).2.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(receipts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(
+            receipts
+                .iter()
+                .map(|r| r.subject_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            receipts
+                .iter()
+                .map(|r| r.body.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|j| j.method.as_str()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|j| j.request_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|j| {
+                    let ids: Vec<&str> = j.records.iter().map(|r| event_id(&r.event)).collect();
+                    ids.join(",")
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|j| j.now_us).collect::<Vec<_>>())
+        .bind(custodia_core::storage::to_micros(chrono::Utc::now()))
+        .bind(outbox.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// The statements writing the records, receipts, idempotency keys and access events
 /// of `jobs` (none of them a replay): a fixed number per group.
 fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError> {
@@ -920,12 +1117,7 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
         Script::new(backend)
     };
     if total > 0 {
-        let events: Vec<(i64, &NewRecord, Vec<u8>, i64)> = jobs
-            .iter()
-            .flat_map(|j| j.records.iter().map(move |r| (r, j.now_us)))
-            .enumerate()
-            .map(|(i, (r, now_us))| (i as i64, r, r.event.encode_to_vec(), now_us))
-            .collect();
+        let events = numbered(jobs);
         // Gap-free, commit-ordered change numbers (see the migration), in job order:
         // the counter moves first (taking its row lock on PostgreSQL) and event `i`
         // takes the number it moved from plus `i`. As one PostgreSQL statement, the
@@ -976,15 +1168,10 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
                     .bind(*now_us);
             },
         );
-        // The state each (subject, purpose) is left in: its last event. One row per
-        // key, as PostgreSQL refuses to update a row twice in one statement.
-        let mut last: HashMap<(&str, &str), usize> = HashMap::new();
-        for (i, (_, r, _, _)) in events.iter().enumerate() {
-            last.insert((&r.subject_hash, &r.purpose_id), i);
-        }
-        let mut states: Vec<usize> = last.into_values().collect();
-        states.sort_unstable();
-        let states: Vec<_> = states.into_iter().map(|i| &events[i]).collect();
+        let states: Vec<_> = last_of_each(&events)
+            .into_iter()
+            .map(|i| &events[i])
+            .collect();
         script.insert_rows(
             (
                 "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body)",

@@ -19,4 +19,6 @@ pub mod conformance;
 pub mod grpc_sink;
 
 pub use event::{AccessEvent, EventBatch, Outcome, action_of};
-pub use store::{OutboxStore, SqlOutbox, enqueue_all_in, enqueue_all_script, enqueue_in};
+pub use store::{
+    OutboxStore, SqlOutbox, enqueue_all_in, enqueue_all_script, enqueue_in, outbox_rows,
+};

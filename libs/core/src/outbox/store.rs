@@ -91,8 +91,15 @@ async fn insert_outbox_rows(
 /// Appends the INSERTs of `events` to `script` (run inside the caller's
 /// transaction, like [`enqueue_all_in`]).
 pub fn enqueue_all_script(script: &mut Script, events: &[AccessEvent]) -> anyhow::Result<()> {
-    push_outbox_rows(script, &rows_of(&EventBatch::runs(events))?);
+    push_outbox_rows(script, &outbox_rows(events)?);
     Ok(())
+}
+
+/// The outbox rows `(event_id, payload, event_count)` that [`enqueue_all_script`]
+/// writes for `events`, for a caller that inserts them itself (one PostgreSQL
+/// statement of its own, say); insert them idempotently by event id.
+pub fn outbox_rows(events: &[AccessEvent]) -> anyhow::Result<Vec<(String, String, i64)>> {
+    rows_of(&EventBatch::runs(events))
 }
 
 fn push_outbox_rows(script: &mut Script, rows: &[(String, String, i64)]) {
