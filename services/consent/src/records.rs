@@ -6,7 +6,7 @@ use custodia_core::{
     ApiError,
     group_commit::GroupCommit,
     outbox::{AccessEvent, enqueue_all_script, outbox_rows},
-    storage::{Backend, Db, Params, Script, ScriptTx, placeholders},
+    storage::{Backend, Db, NATIVE_PG_CONNECTIONS, Params, Script, ScriptTx, placeholders},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
 use prost::Message;
@@ -620,8 +620,17 @@ async fn states_in(
     // cold batch run on every core instead of one.
     // (Owned chunks: a stream of futures borrowing the caller's slices is not
     // `Send` for every lifetime, which the group-commit queue needs.)
+    // PostgreSQL binds a chunk as one array: bigger chunks, one per native connection.
+    let chunk = if db.native_postgres().is_some() {
+        subject_hashes
+            .len()
+            .div_ceil(NATIVE_PG_CONNECTIONS as usize)
+            .clamp(STATE_READ_CHUNK, 5 * STATE_READ_CHUNK)
+    } else {
+        STATE_READ_CHUNK
+    };
     let chunks: Vec<Vec<String>> = subject_hashes
-        .chunks(STATE_READ_CHUNK)
+        .chunks(chunk)
         .map(|c| c.iter().map(|h| h.to_string()).collect())
         .collect();
     let mut chunks = futures::stream::iter(chunks)
@@ -659,6 +668,21 @@ async fn state_rows(
     chunk: Vec<String>,
     purpose_id: String,
 ) -> anyhow::Result<Vec<StateRowOf>> {
+    if let Some(pool) = db.native_postgres() {
+        // One statement of constant text for any chunk size (prepared once per
+        // connection), the subjects bound as one array.
+        return sqlx::query(
+            "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
+             WHERE purpose_id = ANY($1::text[]) AND subject_hash = ANY($2::text[])",
+        )
+        .bind([purpose_id.as_str(), DIRECT_MARKETING])
+        .bind(&chunk)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(state_row_of)
+        .collect();
+    }
     let backend = db.backend();
     let sql = format!(
         "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
@@ -674,18 +698,27 @@ async fn state_rows(
     }
     q.fetch_all(db.pool())
         .await?
-        .into_iter()
-        .map(|r| {
-            let state = ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
-            Ok((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                state,
-                r.try_get(3)?,
-                r.try_get(4)?,
-            ))
-        })
+        .iter()
+        .map(state_row_of)
         .collect()
+}
+
+/// A row of the query of [`state_rows`], from either driver.
+fn state_row_of<'r, R>(r: &'r R) -> anyhow::Result<StateRowOf>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let state = ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
+    Ok((
+        r.try_get(0)?,
+        r.try_get(1)?,
+        state,
+        r.try_get(3)?,
+        r.try_get(4)?,
+    ))
 }
 
 /// The queue of state reads of `db`: one [`ConsentStore::states`] query per
