@@ -268,6 +268,21 @@ impl Journal {
     fn seal(&self, state: &mut State) -> anyhow::Result<()> {
         let segment = suffixed(&self.path, &state.next_number.to_string());
         std::fs::rename(&self.path, &segment)?;
+        let active = match File::options()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+        {
+            Ok(active) => active,
+            Err(e) => {
+                // Appends must not go on into a segment being moved and removed:
+                // the file takes its name back (if even that fails, appends go on in
+                // the renamed file, which the next start moves).
+                let _ = std::fs::rename(&segment, &self.path);
+                return Err(e.into());
+            }
+        };
         state.next_number += 1;
         let len = std::mem::take(&mut state.active_len);
         state.sealed.push_back(Sealed {
@@ -276,11 +291,7 @@ impl Journal {
             moved: 0,
         });
         state.sealed_waiting += len;
-        state.active = File::options()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)?;
+        state.active = active;
         Ok(())
     }
 
