@@ -224,6 +224,51 @@ async fn appends_proofs_and_shredding_postgres() {
     appends_proofs_and_shredding(true).await;
 }
 
+/// Appenders that meet the same new subjects at once (the group writers of a
+/// PostgreSQL replica create subject keys before taking the sequence lock, and so
+/// do other replicas) agree on one key per subject: every entry stays readable.
+#[tokio::test]
+async fn concurrent_appends_agree_on_new_subject_keys_postgres() {
+    let f = fixture(true).await;
+    let subjects: Vec<String> = (0..40).map(|i| format!("{i:064x}")).collect();
+    // Two replicas' stores over one database, appending in parallel.
+    let stores = [LogStore::new(f.db.clone()), LogStore::new(f.db.clone())];
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = stores[t % 2].clone();
+            let batch: Vec<NewEvent> = subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| event(t * 1_000 + i, Some(s)))
+                .collect();
+            tokio::spawn(async move { store.append(&batch, 1_700_000_000_000_000).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let keys: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) FROM audit_subject_keys")
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(keys, 40, "one key per subject");
+    assert_eq!(f.log.store().size().await.unwrap(), 320);
+    for s in &subjects {
+        let found = entries(&f, Some(s)).await;
+        assert_eq!(found.len(), 8, "every append of {s}");
+        assert!(
+            found
+                .iter()
+                .all(|e| !e.shredded && e.subject.as_ref().is_some_and(|x| &x.subject_hash == s)),
+            "readable with the subject's one key"
+        );
+    }
+    f.done().await;
+}
+
 /// Builds a 20-entry log with heads at sizes 0, 8 and 20, then lets `tamper`
 /// change the database behind custodia's back (triggers dropped, as an
 /// administrator could) and returns the first bad sequence number reported.

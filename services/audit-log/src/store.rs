@@ -7,7 +7,7 @@ use custodia_core::storage::{Backend, Db, Params, Script, placeholders};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
-    entry::{self, ENTRY_VERSION, Entry, EntryColumns, SubjectFields},
+    entry::{self, ENTRY_VERSION, Entry, EntryColumns, Sealed, SubjectFields},
     merkle::{Hash, leaf_hash},
 };
 
@@ -168,7 +168,7 @@ impl LogStore {
 
         let existing = existing_seqs(&mut tx, backend, events).await?;
         let keys = subject_keys(&mut tx, backend, events, now_us).await?;
-        let built = build_entries(events, next as u64, &existing, &keys);
+        let built = build_entries(events, next as u64, &existing, seal_all(events, &keys));
 
         let mut script = Script::new(backend);
         script.insert_rows(
@@ -601,19 +601,41 @@ impl Built<'_> {
     }
 }
 
+/// Each event's subject fields sealed with its subject's key from `keys` (none
+/// for an event without a subject). The seal does not depend on the sequence
+/// number, so it can be made before the sequence row is locked.
+fn seal_all(
+    events: &[NewEvent],
+    keys: &HashMap<String, (String, [u8; 32])>,
+) -> Vec<Option<Sealed>> {
+    events
+        .iter()
+        .map(|event| {
+            event.subject.as_ref().map(|s| {
+                let (key_id, key) = &keys[&s.subject_hash];
+                let fields = SubjectFields {
+                    detail: event.detail.clone(),
+                    ..s.clone()
+                };
+                entry::seal(key, key_id, &event.event_id, &fields)
+            })
+        })
+        .collect()
+}
+
 /// Numbers `events` from `next` (skipping ids in `existing` or repeated in the
-/// batch), seals each one's subject fields with its subject's key from `keys`, and
-/// encodes and hashes the entries.
+/// batch), and encodes and hashes the entries, each with its subject fields as
+/// `sealed` (from [`seal_all`], in the order of `events`).
 fn build_entries<'a>(
     events: &'a [NewEvent],
     mut next: u64,
     existing: &HashMap<String, u64>,
-    keys: &HashMap<String, (String, [u8; 32])>,
+    sealed: Vec<Option<Sealed>>,
 ) -> Built<'a> {
     let mut seqs = Vec::with_capacity(events.len());
     let mut fresh = Vec::new();
     let mut in_batch: HashMap<&str, u64> = HashMap::new();
-    for event in events {
+    for (event, sealed) in events.iter().zip(sealed) {
         if let Some(seq) = existing.get(&event.event_id) {
             seqs.push((*seq, true));
             continue;
@@ -624,14 +646,6 @@ fn build_entries<'a>(
         }
         let seq = next;
         next += 1;
-        let sealed = event.subject.as_ref().map(|s| {
-            let (key_id, key) = &keys[&s.subject_hash];
-            let fields = SubjectFields {
-                detail: event.detail.clone(),
-                ..s.clone()
-            };
-            entry::seal(key, key_id, &event.event_id, &fields)
-        });
         let clear_detail = if event.subject.is_some() {
             String::new()
         } else {
@@ -664,16 +678,24 @@ fn build_entries<'a>(
 }
 
 /// [`LogStore::append_with_leaves`] on PostgreSQL, through a native connection:
-/// the same transaction and statements in effect, but each lookup and insert is
-/// one statement binding one array per column (`= ANY($1)`, `UNNEST`) instead of
-/// one parameter per value, in chunks, through `sqlx::Any` (that took most of an
-/// append group's time under the lock; +40-50% appends/s in paired runs, see
-/// BENCHMARKS.md).
+/// the same statements in effect, but each lookup and insert is one statement
+/// binding one array per column (`= ANY($1)`, `UNNEST`) instead of one parameter
+/// per value, in chunks, through `sqlx::Any` (that took most of an append group's
+/// time under the lock; +40-50% appends/s in paired runs, see BENCHMARKS.md).
+///
+/// The subjects' keys are looked up and created, and the subject fields sealed,
+/// before the sequence row is locked: another group's locked insert (see
+/// `AuditLog`'s writers) runs meanwhile. As before, an append that runs while the
+/// same subject is shredded may seal its events with the key being destroyed:
+/// they are then as unreadable as the subject's earlier entries.
 async fn append_postgres(
     pool: &sqlx::PgPool,
     events: &[NewEvent],
     now_us: i64,
 ) -> anyhow::Result<Appended> {
+    let keys = subject_keys_postgres(pool, events, now_us).await?;
+    let sealed = seal_all(events, &keys);
+
     let mut tx = pool.begin().await?;
     let next: i64 = sqlx::query_scalar(LOCK_NEXT_SEQ_SQL)
         .fetch_one(&mut *tx)
@@ -690,42 +712,7 @@ async fn append_postgres(
     .map(|(id, seq)| (id, seq as u64))
     .collect();
 
-    let hashes = subject_hashes(events);
-    let mut keys: HashMap<String, (String, [u8; 32])> = HashMap::new();
-    let stored = sqlx::query_as::<_, (String, String, Vec<u8>)>(
-        "SELECT subject_hash, key_id, key FROM audit_subject_keys WHERE subject_hash = ANY($1)",
-    )
-    .bind(&hashes)
-    .fetch_all(&mut *tx)
-    .await?;
-    for (hash, key_id, key) in stored {
-        let key: [u8; 32] = key
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))?;
-        keys.insert(hash, (key_id, key));
-    }
-    let created = new_keys(hashes.into_iter().filter(|h| !keys.contains_key(*h)));
-    if !created.is_empty() {
-        let (mut key_ids, mut subject_hashes, mut key_bytes) = (vec![], vec![], vec![]);
-        for (hash, (key_id, key)) in &created {
-            key_ids.push(key_id.as_str());
-            subject_hashes.push(hash.as_str());
-            key_bytes.push(key.to_vec());
-        }
-        sqlx::query(
-            "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us) \
-             SELECT k, h, b, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t (k, h, b)",
-        )
-        .bind(&key_ids)
-        .bind(&subject_hashes)
-        .bind(&key_bytes)
-        .bind(now_us)
-        .execute(&mut *tx)
-        .await?;
-    }
-    keys.extend(created);
-
-    let built = build_entries(events, next as u64, &existing, &keys);
+    let built = build_entries(events, next as u64, &existing, sealed);
     if !built.fresh.is_empty() {
         let n = built.fresh.len();
         let mut cols = EntryColumnsOf::with_capacity(n);
@@ -837,6 +824,83 @@ fn subject_hashes(events: &[NewEvent]) -> Vec<&str> {
     hashes.sort_unstable();
     hashes.dedup();
     hashes
+}
+
+/// The key of every subject in `events`, created when missing, each statement in
+/// a transaction of its own (PostgreSQL, native connection). A key another
+/// appender created meanwhile wins (the subject hash is unique) and is read back.
+async fn subject_keys_postgres(
+    pool: &sqlx::PgPool,
+    events: &[NewEvent],
+    now_us: i64,
+) -> anyhow::Result<HashMap<String, (String, [u8; 32])>> {
+    let hashes = subject_hashes(events);
+    let mut keys = stored_keys_postgres(pool, &hashes).await?;
+    let created = new_keys(hashes.into_iter().filter(|h| !keys.contains_key(*h)));
+    if created.is_empty() {
+        return Ok(keys);
+    }
+    let (mut key_ids, mut subject_hashes, mut key_bytes) = (vec![], vec![], vec![]);
+    for (hash, (key_id, key)) in &created {
+        key_ids.push(key_id.as_str());
+        subject_hashes.push(hash.as_str());
+        key_bytes.push(key.as_slice());
+    }
+    let inserted: std::collections::HashSet<String> = sqlx::query_scalar(
+        "INSERT INTO audit_subject_keys (key_id, subject_hash, key, created_us) \
+         SELECT k, h, b, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t (k, h, b) \
+         ON CONFLICT (subject_hash) DO NOTHING RETURNING subject_hash",
+    )
+    .bind(&key_ids)
+    .bind(&subject_hashes)
+    .bind(&key_bytes)
+    .bind(now_us)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let lost: Vec<&str> = subject_hashes
+        .iter()
+        .copied()
+        .filter(|h| !inserted.contains(*h))
+        .collect();
+    let theirs = if lost.is_empty() {
+        HashMap::new()
+    } else {
+        stored_keys_postgres(pool, &lost).await?
+    };
+    anyhow::ensure!(
+        theirs.len() == lost.len(),
+        "a subject key was neither created nor found"
+    );
+    keys.extend(
+        created
+            .into_iter()
+            .filter(|(hash, _)| inserted.contains(hash)),
+    );
+    keys.extend(theirs);
+    Ok(keys)
+}
+
+/// The stored keys of `hashes` (PostgreSQL, native connection).
+async fn stored_keys_postgres(
+    pool: &sqlx::PgPool,
+    hashes: &[&str],
+) -> anyhow::Result<HashMap<String, (String, [u8; 32])>> {
+    let mut keys = HashMap::new();
+    let stored = sqlx::query_as::<_, (String, String, Vec<u8>)>(
+        "SELECT subject_hash, key_id, key FROM audit_subject_keys WHERE subject_hash = ANY($1)",
+    )
+    .bind(hashes)
+    .fetch_all(pool)
+    .await?;
+    for (hash, key_id, key) in stored {
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))?;
+        keys.insert(hash, (key_id, key));
+    }
+    Ok(keys)
 }
 
 /// A fresh key (and time-ordered key id) for each of `hashes`.
