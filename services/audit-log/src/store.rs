@@ -409,6 +409,10 @@ impl LogStore {
     /// entries became unreadable. Idempotent.
     pub async fn shred(&self, subject_hash: &str, now_us: i64) -> anyhow::Result<u64> {
         let mut tx = self.db.begin_write().await?;
+        // The appenders' lock: an append that took it first commits before the key
+        // and the index go (and is shredded with them); one that takes it after
+        // sees the key destroyed (see `append_postgres`).
+        sqlx::query(LOCK_NEXT_SEQ_SQL).execute(&mut *tx).await?;
         let removed = sqlx::query("DELETE FROM audit_subject_index WHERE subject_hash = $1")
             .bind(subject_hash.to_string())
             .execute(&mut *tx)
@@ -685,9 +689,8 @@ fn build_entries<'a>(
 ///
 /// The subjects' keys are looked up and created, and the subject fields sealed,
 /// before the sequence row is locked: another group's locked insert (see
-/// `AuditLog`'s writers) runs meanwhile. As before, an append that runs while the
-/// same subject is shredded may seal its events with the key being destroyed:
-/// they are then as unreadable as the subject's earlier entries.
+/// `AuditLog`'s writers) runs meanwhile. Shredding takes the sequence lock too,
+/// and under it the append checks that none of its keys was destroyed since.
 async fn append_postgres(
     pool: &sqlx::PgPool,
     events: &[NewEvent],
@@ -700,6 +703,21 @@ async fn append_postgres(
     let next: i64 = sqlx::query_scalar(LOCK_NEXT_SEQ_SQL)
         .fetch_one(&mut *tx)
         .await?;
+    // A shred that committed since the keys were read destroyed one of them: the
+    // events must not be sealed with it, nor their subject indexed again. The
+    // group fails and is retried (batches alone, then by their senders), with
+    // fresh keys.
+    let used: Vec<&str> = keys.values().map(|(key_id, _)| key_id.as_str()).collect();
+    let destroyed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_subject_keys WHERE key_id = ANY($1) AND key IS NULL",
+    )
+    .bind(&used)
+    .fetch_one(&mut *tx)
+    .await?;
+    anyhow::ensure!(
+        destroyed == 0,
+        "a subject of the append was shredded while it was prepared; retry"
+    );
 
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let existing: HashMap<String, u64> = sqlx::query_as::<_, (String, i64)>(

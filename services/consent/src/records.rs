@@ -1021,7 +1021,12 @@ const PG_WRITE: &str = "WITH seq AS (\
 /// native connection: one statement of constant text (prepared and planned once
 /// per connection, not once per group size) in a transaction of its own (no
 /// `BEGIN` or `COMMIT` round trip). The counter's row lock, which orders the
-/// groups, is held from the statement's start to its commit only.
+/// groups, is held from the moment the statement takes it to its commit only
+/// (PostgreSQL runs the unreferenced data-modifying `WITH` queries too, in an
+/// order of its own; the row locks of the states written are held to the commit,
+/// so change numbers stay in step with the states). Groups of two replicas that
+/// write the same (subject, purpose) keys in a different order can deadlock:
+/// PostgreSQL then aborts one, and its jobs are retried alone.
 async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), ApiError> {
     let events = numbered(jobs);
     let states = last_of_each(&events);

@@ -19,7 +19,9 @@
 //! service (a single file emptied "when nothing was appended during the move"
 //! was, under steady load, never emptied). The outbox's INSERT is idempotent by
 //! event id, so a record moved twice (a crash between the INSERT and removing its
-//! segment) is stored once. Files left by a crashed process are moved by the next
+//! segment) is stored once, unless the forwarder delivered and deleted it in
+//! between: then it is delivered again, and audit-log, idempotent by event id,
+//! keeps one. Files left by a crashed process are moved by the next
 //! one; a record torn by the crash (the tail of a file) is cut off when it is opened.
 //!
 //! One process at a time uses a journal: it holds an advisory lock on
@@ -75,7 +77,9 @@ pub(super) const MAX_BACKLOG_BYTES: u64 = 256 << 20;
 
 /// [`Journal::append`] refused: too many records wait to be moved into the table.
 #[derive(Debug, thiserror::Error)]
-#[error("the read-event journal holds {0} bytes not yet moved into the outbox table")]
+#[error(
+    "the read-event journal's files hold {0} bytes not yet moved into the outbox table and removed"
+)]
 pub(super) struct Backlog(pub u64);
 
 #[derive(Debug)]
@@ -88,7 +92,7 @@ struct State {
     active_len: u64,
     /// Sealed segments not yet moved (wholly), oldest first.
     sealed: VecDeque<Sealed>,
-    /// Bytes of `sealed` not yet moved.
+    /// Bytes of `sealed` on disk (counted until a segment is removed, moved or not).
     sealed_waiting: u64,
     /// Number of the next sealed segment.
     next_number: u64,
@@ -101,6 +105,9 @@ struct Sealed {
     len: u64,
     /// Bytes already moved: where a move that failed part-way resumes.
     moved: u64,
+    /// Whether its rows may be merged (see [`Journal::move_to_outbox`]): sealed by
+    /// this version from a file it wrote, `<path>.<n>`; not for `<path>.<n>.single`.
+    merge: bool,
 }
 
 const HEADER: usize = 8;
@@ -135,9 +142,11 @@ impl Journal {
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         let mut sealed = VecDeque::new();
-        let numbers = sealed_numbers(&path)?;
-        for &n in &numbers {
-            let segment = suffixed(&path, &n.to_string());
+        let found = sealed_segments(&path)?;
+        for (segment, merge) in found
+            .iter()
+            .map(|(n, merge)| (segment_path(&path, *n, *merge), *merge))
+        {
             let len = cut_torn_tail(&File::options().read(true).write(true).open(&segment)?)?;
             if len == 0 {
                 std::fs::remove_file(&segment)?;
@@ -146,6 +155,7 @@ impl Journal {
                     path: segment,
                     len,
                     moved: 0,
+                    merge,
                 });
             }
         }
@@ -155,7 +165,7 @@ impl Journal {
             .create(true)
             .open(&path)?;
         let active_len = cut_torn_tail(&active)?;
-        Ok(Some(Self {
+        let journal = Self {
             path,
             state: Mutex::new(State {
                 _lock: lock,
@@ -163,12 +173,23 @@ impl Journal {
                 active_len,
                 sealed_waiting: sealed.iter().map(|s| s.len).sum(),
                 sealed,
-                next_number: numbers.last().map_or(0, |n| n + 1),
+                next_number: found.last().map_or(0, |(n, _)| n + 1),
             }),
             moving: tokio::sync::Mutex::new(()),
             chunk_bytes: MOVE_CHUNK_BYTES,
             max_backlog: AtomicU64::new(MAX_BACKLOG_BYTES),
-        }))
+        };
+        // Records left in the active file: never moved by this version, but an
+        // older one moved such a file in part, row by row, so they are sealed apart
+        // and moved without merging (a merged row known by an id already stored
+        // would be skipped whole).
+        {
+            let mut state = journal.state.lock().expect("journal state");
+            if state.active_len > 0 {
+                journal.seal(&mut state, false)?;
+            }
+        }
+        Ok(Some(journal))
     }
 
     /// Sets how many bytes may wait to be moved before appends are refused.
@@ -218,10 +239,13 @@ impl Journal {
     /// the segment's start, and a move that failed part-way resumes at a chunk's
     /// end. So a segment moved again (a crash before its removal) hands `insert`
     /// the same chunks, and `insert` may merge a chunk's rows into fewer rows
-    /// (known by their first row's id) and stay idempotent.
+    /// (known by their first row's id) and stay idempotent: `insert`'s second
+    /// argument says so. It is false for records found in the active file at open
+    /// (sealed as `<path>.<n>.single`): an older version moved such a file in part,
+    /// row by row.
     pub(super) async fn move_to_outbox<F, Fut>(&self, mut insert: F) -> anyhow::Result<usize>
     where
-        F: FnMut(Vec<Row>) -> Fut,
+        F: FnMut(Vec<Row>, bool) -> Fut,
         Fut: Future<Output = anyhow::Result<()>>,
     {
         let _moving = self.moving.lock().await;
@@ -229,17 +253,17 @@ impl Journal {
         // Records appended during this move wait for the next one: a move is bounded.
         let mut sealed_here = false;
         loop {
-            let (segment, from, to) = {
+            let (segment, from, to, merge) = {
                 let mut state = self.state.lock().expect("journal state");
                 if state.sealed.is_empty() {
                     if sealed_here || state.active_len == 0 {
                         return Ok(count);
                     }
-                    self.seal(&mut state)?;
+                    self.seal(&mut state, true)?;
                     sealed_here = true;
                 }
                 let oldest = state.sealed.front().expect("a sealed segment");
-                (oldest.path.clone(), oldest.moved, oldest.len)
+                (oldest.path.clone(), oldest.moved, oldest.len, oldest.merge)
             };
             let mut reader = BufReader::new(File::open(&segment)?);
             reader.seek(SeekFrom::Start(from))?;
@@ -252,21 +276,23 @@ impl Journal {
                     segment.display(),
                 );
                 count += rows.len();
-                insert(rows).await?;
+                insert(rows, merge).await?;
                 at += bytes;
                 let mut state = self.state.lock().expect("journal state");
                 state.sealed.front_mut().expect("a sealed segment").moved = at;
-                state.sealed_waiting -= bytes;
             }
             std::fs::remove_file(&segment)?;
-            self.state.lock().expect("journal state").sealed.pop_front();
+            let mut state = self.state.lock().expect("journal state");
+            if let Some(removed) = state.sealed.pop_front() {
+                state.sealed_waiting -= removed.len;
+            }
         }
     }
 
-    /// Renames the active segment to the next sealed one and opens a new active
-    /// segment.
-    fn seal(&self, state: &mut State) -> anyhow::Result<()> {
-        let segment = suffixed(&self.path, &state.next_number.to_string());
+    /// Renames the active segment to the next sealed one (whose rows may be
+    /// merged, or not) and opens a new active segment.
+    fn seal(&self, state: &mut State, merge: bool) -> anyhow::Result<()> {
+        let segment = segment_path(&self.path, state.next_number, merge);
         std::fs::rename(&self.path, &segment)?;
         let active = match File::options()
             .read(true)
@@ -289,6 +315,7 @@ impl Journal {
             path: segment,
             len,
             moved: 0,
+            merge,
         });
         state.sealed_waiting += len;
         state.active = active;
@@ -310,8 +337,19 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The numbers of the sealed segments `<path>.<n>` there are, in order.
-fn sealed_numbers(path: &Path) -> std::io::Result<Vec<u64>> {
+/// Sealed segment `n` of the journal `path`: `<path>.<n>`, or `<path>.<n>.single`
+/// when its rows must not be merged.
+fn segment_path(path: &Path, n: u64, merge: bool) -> PathBuf {
+    if merge {
+        suffixed(path, &n.to_string())
+    } else {
+        suffixed(path, &format!("{n}.single"))
+    }
+}
+
+/// The sealed segments of `path` there are, in order: their numbers and whether
+/// their rows may be merged (see [`segment_path`]).
+fn sealed_segments(path: &Path) -> std::io::Result<Vec<(u64, bool)>> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -323,14 +361,23 @@ fn sealed_numbers(path: &Path) -> std::io::Result<Vec<u64>> {
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(n) = entry
+        let Some(rest) = entry
             .file_name()
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u64>().ok())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let (digits, merge) = match rest.strip_suffix(".single") {
+            Some(digits) => (digits, false),
+            None => (rest.as_str(), true),
+        };
+        if !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = digits.parse::<u64>()
         {
-            numbers.push(n);
+            numbers.push((n, merge));
         }
     }
     numbers.sort_unstable();
@@ -464,7 +511,7 @@ mod tests {
     async fn move_all(journal: &Journal) -> Vec<Row> {
         let moved = std::sync::Mutex::new(Vec::new());
         let n = journal
-            .move_to_outbox(|rows| {
+            .move_to_outbox(|rows, _| {
                 moved.lock().unwrap().extend(rows);
                 async { Ok(()) }
             })
@@ -516,7 +563,7 @@ mod tests {
             next += 3;
             let moved = std::sync::Mutex::new(Vec::new());
             journal
-                .move_to_outbox(|rows| {
+                .move_to_outbox(|rows, _| {
                     moved.lock().unwrap().extend(rows);
                     // Each check answered meanwhile appends its event.
                     journal.append(&during).unwrap();
@@ -552,7 +599,7 @@ mod tests {
         let journal = Journal::open(&path).unwrap().unwrap();
         journal.append(&[row(1), row(2)]).unwrap();
         let err = journal
-            .move_to_outbox(|_| async { anyhow::bail!("database is locked") })
+            .move_to_outbox(|_, _| async { anyhow::bail!("database is locked") })
             .await;
         assert!(err.is_err());
         journal.append(&[row(3)]).unwrap();
@@ -566,9 +613,23 @@ mod tests {
         let journal = Journal::open(&path).unwrap().unwrap();
         assert!(journal.has_unmoved());
         journal.append(&[row(4)]).unwrap();
+        // The sealed segment may be merged; what the active file held (an older
+        // version may have moved part of it row by row) may not; new appends may.
+        let moved = std::sync::Mutex::new(Vec::new());
+        journal
+            .move_to_outbox(|rows, merge| {
+                moved.lock().unwrap().push((rows, merge));
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
         assert_eq!(
-            move_all(&journal).await,
-            vec![row(1), row(2), row(3), row(4)]
+            moved.into_inner().unwrap(),
+            vec![
+                (vec![row(1), row(2)], true),
+                (vec![row(3)], false),
+                (vec![row(4)], true)
+            ]
         );
         assert_eq!(on_disk(dir.path()), (0, 1));
         // Numbering goes on after the segments found.
@@ -632,7 +693,7 @@ mod tests {
             .unwrap();
         journal.append(&[row(1)]).unwrap();
         let err = journal
-            .move_to_outbox(|_| async { anyhow::bail!("database is locked") })
+            .move_to_outbox(|_, _| async { anyhow::bail!("database is locked") })
             .await;
         assert!(err.is_err());
         journal.append(&[row(2)]).unwrap();
@@ -659,7 +720,7 @@ mod tests {
         // The second insert fails: the first chunk stays moved.
         let calls = std::sync::Mutex::new(Vec::new());
         let err = journal
-            .move_to_outbox(|rows| {
+            .move_to_outbox(|rows, _| {
                 let mut calls = calls.lock().unwrap();
                 calls.push(rows);
                 let fail = calls.len() == 2;
@@ -676,7 +737,7 @@ mod tests {
         );
         let moved = std::sync::Mutex::new(Vec::new());
         let n = journal
-            .move_to_outbox(|rows| {
+            .move_to_outbox(|rows, _| {
                 let mut moved = moved.lock().unwrap();
                 assert!(rows.len() <= 3, "a chunk of {} rows", rows.len());
                 moved.extend(rows);

@@ -573,7 +573,9 @@ impl OutboxStore for SqlOutbox {
 async fn move_journal(journal: &Journal, db: &Db) -> anyhow::Result<()> {
     if journal.has_unmoved() {
         journal
-            .move_to_outbox(|rows| insert_rows(db, merge_rows(rows), true))
+            .move_to_outbox(|rows, merge| {
+                insert_rows(db, if merge { merge_rows(rows) } else { rows }, true)
+            })
             .await?;
     }
     Ok(())
