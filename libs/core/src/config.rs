@@ -289,7 +289,7 @@ pub struct AuditConfig {
     /// outlive the process: a restart moves what it holds into the outbox table, a
     /// graceful stop moves everything before it exits, and what is lost with the
     /// directory (a pod's emptyDir when its node dies) is what was not moved yet,
-    /// normally the last ~200 ms of reads, at most 4 MiB of events (~10,000
+    /// normally the last ~200 ms of reads, at most 16 MiB of events (~40,000
     /// checks): beyond that, while PostgreSQL is unreachable, reads go to the table
     /// and fail as they do without a journal.
     /// Unset (default): relaxed reads are inserted into the outbox table before the
