@@ -224,8 +224,8 @@ impl Application {
                 .await
                 .with_context(|| format!("migrating the {} database", def.name))?;
             let sync = config.audit.read_event_sync;
-            let outbox = match (db.sqlite_file(), &config.audit.read_event_journal_dir) {
-                (None, Some(dir)) => {
+            let outbox = match (db.backend(), &config.audit.read_event_journal_dir) {
+                (storage::Backend::Postgres, Some(dir)) => {
                     let journal = dir.join(format!("{}-read-events", def.name));
                     SqlOutbox::with_journal(db.clone(), sync, Some(&journal))
                         .with_journal_backlog(PG_JOURNAL_BACKLOG)

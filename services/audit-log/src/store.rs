@@ -103,6 +103,13 @@ fn hash_of(bytes: &[u8]) -> anyhow::Result<Hash> {
         .map_err(|_| anyhow::anyhow!("stored hash is not 32 bytes"))
 }
 
+/// A subject key as stored.
+fn subject_key(bytes: Vec<u8>) -> anyhow::Result<[u8; 32]> {
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))
+}
+
 /// The columns of a head in the order [`head_from_row`] reads them (a macro so
 /// the queries stay `&'static str`).
 macro_rules! head_select {
@@ -913,10 +920,7 @@ async fn stored_keys_postgres(
     .fetch_all(pool)
     .await?;
     for (hash, key_id, key) in stored {
-        let key: [u8; 32] = key
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))?;
-        keys.insert(hash, (key_id, key));
+        keys.insert(hash, (key_id, subject_key(key)?));
     }
     Ok(keys)
 }
@@ -975,10 +979,7 @@ async fn subject_keys(
             q = q.bind(h.to_string());
         }
         for row in q.fetch_all(&mut *conn).await? {
-            let key: Vec<u8> = row.try_get(2)?;
-            let key: [u8; 32] = key
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("stored subject key is not 32 bytes"))?;
+            let key = subject_key(row.try_get(2)?)?;
             keys.insert(
                 row.try_get::<String, _>(0)?,
                 (row.try_get::<String, _>(1)?, key),
