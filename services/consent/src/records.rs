@@ -270,7 +270,8 @@ impl ConsentStore {
         let mut out = Vec::new();
         for hash in subject_hashes {
             let rows = sqlx::query(
-                "SELECT purpose_id, decision_us, expire_us, body FROM subject_consents \
+                "SELECT purpose_id, decision_us, expire_us, (SELECT e.body FROM consent_events e \
+                 WHERE e.event_id = subject_consents.event_id) FROM subject_consents \
                  WHERE subject_hash = $1 ORDER BY purpose_id",
             )
             .bind(hash.clone())
@@ -374,7 +375,8 @@ impl ConsentStore {
             ));
         }
         let sql = format!(
-            "SELECT COALESCE(expire_us, {max}), subject_hash, decision_us, body FROM subject_consents \
+            "SELECT COALESCE(expire_us, {max}), subject_hash, decision_us, (SELECT e.body FROM \
+             consent_events e WHERE e.event_id = subject_consents.event_id) FROM subject_consents \
              WHERE {} ORDER BY COALESCE(expire_us, {max}), subject_hash LIMIT {}",
             clauses.join(" AND "),
             p.int(limit as i64),
@@ -461,7 +463,7 @@ impl ConsentStore {
         &self,
         subject_hashes: &[&str],
         purpose_id: &str,
-    ) -> anyhow::Result<HashMap<String, CachedState>> {
+    ) -> anyhow::Result<States> {
         let keys = subject_hashes
             .iter()
             .map(|h| (purpose_id.to_string(), h.to_string()))
@@ -481,7 +483,7 @@ impl ConsentStore {
         &self,
         subject_hashes: &[&str],
         purpose_id: &str,
-    ) -> anyhow::Result<HashMap<String, CachedState>> {
+    ) -> anyhow::Result<States> {
         states_in(self.db(), subject_hashes, purpose_id).await
     }
 
@@ -608,13 +610,9 @@ pub type StateReads = GroupCommit<(String, String), CachedState>;
 const MAX_READ_GROUP: usize = 10_000;
 
 /// The states of `subject_hashes` for `purpose_id` (see [`ConsentStore::states`]).
-async fn states_in(
-    db: &Db,
-    subject_hashes: &[&str],
-    purpose_id: &str,
-) -> anyhow::Result<HashMap<String, CachedState>> {
+async fn states_in(db: &Db, subject_hashes: &[&str], purpose_id: &str) -> anyhow::Result<States> {
     use futures::{StreamExt, TryStreamExt};
-    let mut out: HashMap<String, CachedState> = HashMap::new();
+    let mut out = States::with_capacity_and_hasher(subject_hashes.len(), Default::default());
     // Chunks go to the database a few at a time, on connections of their own: on
     // SQLite each connection is a thread of its own, so the B-tree lookups of a big
     // cold batch run on every core instead of one.
@@ -654,6 +652,9 @@ async fn states_in(
     Ok(out)
 }
 
+/// States by subject hash (keys are keyed hashes already: a fast hasher).
+pub type States = HashMap<String, CachedState, foldhash::fast::RandomState>;
+
 /// Subjects per state query.
 const STATE_READ_CHUNK: usize = 500;
 /// State queries of one read in flight at once.
@@ -683,27 +684,31 @@ async fn state_rows(
         .map(state_row_of)
         .collect();
     }
+    // SQLite: the chunk's rows as one JSON array in one row. sqlx hands every row
+    // from SQLite's worker thread to the async task on its own (a thread wake-up
+    // each): a cold 10,000-subject batch spent more on that than on its lookups.
     let backend = db.backend();
     let sql = format!(
-        "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
-         WHERE purpose_id IN ({}) AND subject_hash IN ({})",
+        "SELECT json_group_array(json_array(subject_hash, purpose_id, state, decision_us, expire_us)) \
+         FROM subject_consents WHERE purpose_id IN ({}) AND subject_hash IN ({})",
         placeholders(backend, 1, 2),
         placeholders(backend, 3, chunk.len()),
     );
-    let mut q = sqlx::query(AssertSqlSafe(sql))
+    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
         .bind(purpose_id)
         .bind(DIRECT_MARKETING.to_string());
     for h in chunk {
         q = q.bind(h);
     }
-    q.fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(state_row_of)
-        .collect()
+    let json = q.fetch_one(db.pool()).await?;
+    let rows: Vec<(String, String, i32, i64, Option<i64>)> = serde_json::from_str(&json)?;
+    Ok(rows
+        .into_iter()
+        .map(|(h, p, s, d, e)| (h, p, ConsentState::try_from(s).unwrap_or_default(), d, e))
+        .collect())
 }
 
-/// A row of the query of [`state_rows`], from either driver.
+/// A row of PostgreSQL's query of [`state_rows`].
 fn state_row_of<'r, R>(r: &'r R) -> anyhow::Result<StateRowOf>
 where
     R: Row,
@@ -1002,18 +1007,18 @@ const PG_WRITE: &str = "WITH seq AS (\
          UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
          $8::bigint[], $9::bigint[]) AS t (i, e, s, p, st, b, d, r)), \
      st AS (INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, \
-         expire_us, event_id, body) \
+         expire_us, event_id) \
          SELECT * FROM UNNEST($10::text[], $11::text[], $12::bigint[], $13::bigint[], \
-         $14::bigint[], $15::text[], $16::bytea[]) \
+         $14::bigint[], $15::text[]) \
          ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
          decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
-         event_id = excluded.event_id, body = excluded.body), \
+         event_id = excluded.event_id), \
      rc AS (INSERT INTO receipts (id, subject_hash, body) \
-         SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[])), \
+         SELECT * FROM UNNEST($16::text[], $17::text[], $18::bytea[])), \
      ik AS (INSERT INTO idempotency_keys (method, request_id, resource, create_us) \
-         SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bigint[])), \
+         SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::bigint[])), \
      ob AS (INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count) \
-         SELECT t.i, t.p, $24::bigint, t.c FROM UNNEST($25::text[], $26::text[], $27::bigint[]) \
+         SELECT t.i, t.p, $23::bigint, t.c FROM UNNEST($24::text[], $25::text[], $26::bigint[]) \
          AS t (i, p, c) ON CONFLICT (event_id) DO NOTHING) \
      SELECT 1";
 
@@ -1101,12 +1106,6 @@ async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), A
                 .map(|i| event_id(&state_of(i).1.event))
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            states
-                .iter()
-                .map(|i| state_of(i).2.as_slice())
-                .collect::<Vec<_>>(),
-        )
         .bind(receipts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(
             receipts
@@ -1148,8 +1147,8 @@ async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), A
 /// of `jobs` (none of them a replay): a fixed number per group.
 fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError> {
     let total: usize = jobs.iter().map(|j| j.records.len()).sum();
-    // Parameters: 15 per record (event and state), at most 11 more per job.
-    let mut script = if total * 15 + jobs.len() * 11 <= MAX_STATEMENT_PARAMS {
+    // Parameters: 14 per record (event and state), at most 11 more per job.
+    let mut script = if total * 14 + jobs.len() * 11 <= MAX_STATEMENT_PARAMS {
         Script::one_statement(backend)
     } else {
         Script::new(backend)
@@ -1212,22 +1211,21 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
             .collect();
         script.insert_rows(
             (
-                "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id, body)",
+                "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id)",
                 "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
                  decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
-                 event_id = excluded.event_id, body = excluded.body",
+                 event_id = excluded.event_id",
             ),
-            7,
+            6,
             ROWS_PER_STATEMENT,
             &states,
-            |b, (_, r, body, _)| {
+            |b, (_, r, _, _)| {
                 b.bind(r.subject_hash.clone())
                     .bind(r.purpose_id.clone())
                     .bind(i64::from(r.event.state))
                     .bind(r.decision_us)
                     .bind(r.expire_us)
-                    .bind(event_id(&r.event).to_string())
-                    .bind(body.clone());
+                    .bind(event_id(&r.event).to_string());
             },
         );
     }
