@@ -569,9 +569,10 @@ async fn concurrent_writes_postgres() {
     concurrent_writes(Backend::Postgres).await;
 }
 
-/// A database written before `subject_consents` lost its copy of the event bodies
-/// (and, on SQLite, became a table clustered on its key) keeps every state, reads
-/// the evidence from the event, and still moves the erasure epoch.
+/// A database written before the evidence was read from `consent_events` (and, on
+/// SQLite, `subject_consents` lost its copy of the event bodies and became a table
+/// clustered on its key) keeps every state, reads the evidence from the event, and
+/// still moves the erasure epoch.
 async fn states_survive_the_state_table_migration(backend: Backend) {
     const WITHOUT_BODY: i64 = 20261204000100;
     let (config, _dir, pg) = test_config(backend).await;

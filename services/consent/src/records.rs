@@ -997,7 +997,11 @@ fn last_of_each(events: &[Numbered]) -> Vec<usize> {
 }
 
 /// [`write_script`] as one statement of constant text binding one array per column
-/// (see [`write_postgres`]).
+/// (see [`write_postgres`]). `subject_consents.body`, a copy of the event's body
+/// that nothing reads any more (the evidence is read from `consent_events`; the
+/// SQLite table has lost the column), is still written on PostgreSQL: pods of the
+/// previous release read it during a rolling upgrade (deploy/README.md, "Upgrade").
+/// The next release stops writing it (and lets it be NULL); the one after drops it.
 const PG_WRITE: &str = "WITH seq AS (\
          UPDATE consent_change_seq SET next = next + $1::bigint WHERE id = 1 \
          RETURNING next - $1::bigint AS first), \
@@ -1007,18 +1011,18 @@ const PG_WRITE: &str = "WITH seq AS (\
          UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
          $8::bigint[], $9::bigint[]) AS t (i, e, s, p, st, b, d, r)), \
      st AS (INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, \
-         expire_us, event_id) \
+         expire_us, event_id, body) \
          SELECT * FROM UNNEST($10::text[], $11::text[], $12::bigint[], $13::bigint[], \
-         $14::bigint[], $15::text[]) \
+         $14::bigint[], $15::text[], $16::bytea[]) \
          ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
          decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
-         event_id = excluded.event_id), \
+         event_id = excluded.event_id, body = excluded.body), \
      rc AS (INSERT INTO receipts (id, subject_hash, body) \
-         SELECT * FROM UNNEST($16::text[], $17::text[], $18::bytea[])), \
+         SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[])), \
      ik AS (INSERT INTO idempotency_keys (method, request_id, resource, create_us) \
-         SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::bigint[])), \
+         SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bigint[])), \
      ob AS (INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count) \
-         SELECT t.i, t.p, $23::bigint, t.c FROM UNNEST($24::text[], $25::text[], $26::bigint[]) \
+         SELECT t.i, t.p, $24::bigint, t.c FROM UNNEST($25::text[], $26::text[], $27::bigint[]) \
          AS t (i, p, c) ON CONFLICT (event_id) DO NOTHING) \
      SELECT 1";
 
@@ -1106,6 +1110,12 @@ async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), A
                 .map(|i| event_id(&state_of(i).1.event))
                 .collect::<Vec<_>>(),
         )
+        .bind(
+            states
+                .iter()
+                .map(|i| state_of(i).2.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .bind(receipts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(
             receipts
@@ -1147,8 +1157,8 @@ async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), A
 /// of `jobs` (none of them a replay): a fixed number per group.
 fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError> {
     let total: usize = jobs.iter().map(|j| j.records.len()).sum();
-    // Parameters: 14 per record (event and state), at most 11 more per job.
-    let mut script = if total * 14 + jobs.len() * 11 <= MAX_STATEMENT_PARAMS {
+    // Parameters: 15 per record (event and state), at most 11 more per job.
+    let mut script = if total * 15 + jobs.len() * 11 <= MAX_STATEMENT_PARAMS {
         Script::one_statement(backend)
     } else {
         Script::new(backend)
@@ -1209,23 +1219,38 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
             .into_iter()
             .map(|i| &events[i])
             .collect();
+        // PostgreSQL's table still has the body column (see `PG_WRITE`).
+        let with_body = backend == Backend::Postgres;
+        let (columns, set_body) = if with_body {
+            ("expire_us, event_id, body)", ", body = excluded.body")
+        } else {
+            ("expire_us, event_id)", "")
+        };
         script.insert_rows(
             (
-                "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, expire_us, event_id)",
-                "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
-                 decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
-                 event_id = excluded.event_id",
+                &format!(
+                    "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, \
+                     {columns}"
+                ),
+                &format!(
+                    "ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
+                     decision_us = excluded.decision_us, expire_us = excluded.expire_us, \
+                     event_id = excluded.event_id{set_body}"
+                ),
             ),
-            6,
+            6 + usize::from(with_body),
             ROWS_PER_STATEMENT,
             &states,
-            |b, (_, r, _, _)| {
+            |b, (_, r, body, _)| {
                 b.bind(r.subject_hash.clone())
                     .bind(r.purpose_id.clone())
                     .bind(i64::from(r.event.state))
                     .bind(r.decision_us)
                     .bind(r.expire_us)
                     .bind(event_id(&r.event).to_string());
+                if with_body {
+                    b.bind(body.clone());
+                }
             },
         );
     }

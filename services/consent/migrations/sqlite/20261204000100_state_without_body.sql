@@ -3,7 +3,9 @@
 -- consent_events (found by event_id). Clustered on its key (WITHOUT ROWID), so a
 -- check's read is one B-tree lookup among small rows instead of an index lookup
 -- and then a row holding the whole evidence (a cold 10,000-subject
--- BatchCheckConsent reads 10,000 of them).
+-- BatchCheckConsent reads 10,000 of them). (PostgreSQL keeps the column for one
+-- more release, for the previous release's pods during a rolling upgrade: see
+-- PG_WRITE in services/consent/src/records.rs.)
 CREATE TABLE subject_consents_v2 (
     subject_hash TEXT    NOT NULL,
     purpose_id   TEXT    NOT NULL,
