@@ -626,10 +626,15 @@ async fn states_survive_the_state_table_migration(backend: Backend) {
         .bind(subject.to_string())
         .bind(purpose.to_string())
         .bind(i64::from(e.state))
-        .bind(body.clone())
+        .bind(body)
         .execute(db.pool())
         .await
         .unwrap();
+        // A copy that differs from the event: what is answered must be the event.
+        let stale = prost::Message::encode_to_vec(&ConsentEvent {
+            name: "consentEvents/stale-copy".into(),
+            ..Default::default()
+        });
         sqlx::query(
             "INSERT INTO subject_consents (subject_hash, purpose_id, state, decision_us, \
              expire_us, event_id, body) VALUES ($1, $2, $3, 1000, $4, $5, $6)",
@@ -639,7 +644,7 @@ async fn states_survive_the_state_table_migration(backend: Backend) {
         .bind(i64::from(e.state))
         .bind(*expire_us)
         .bind(e.name.clone())
-        .bind(body)
+        .bind(stale)
         .execute(db.pool())
         .await
         .unwrap();
