@@ -167,3 +167,55 @@ async fn reads_refused_by_a_full_journal_go_to_the_table_and_nothing_is_lost() {
     sent.sort();
     assert_eq!(ids, sent, "each event once");
 }
+
+#[tokio::test]
+async fn table_rows_are_delivered_while_the_journal_cannot_be_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(&dir, "consent").await;
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    let outbox = SqlOutbox::with_read_sync(db, ReadEventSync::Relaxed);
+    // A directory where the journal's first sealed segment goes: a move, which
+    // seals the journal by renaming it there, fails until the directory is gone
+    // (as with a full or failing disk).
+    let blocker = dir.path().join("consent.db-read-events.0");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"x").unwrap();
+    let event = |method: &str| {
+        AccessEvent::new(
+            chrono::Utc::now(),
+            "newsletter",
+            "consent",
+            method,
+            Outcome::Ok,
+        )
+    };
+    let read = event("CheckConsent");
+    outbox.enqueue(&read).await.unwrap();
+    let write = event("RecordConsent");
+    outbox.enqueue_durable(&write).await.unwrap();
+
+    let sink = FlakySink::default();
+    let forwarder = Forwarder::new(outbox.clone(), sink.clone(), 100);
+    assert_eq!(
+        forwarder.drain().await.unwrap(),
+        1,
+        "the table's event, not held up by the journal"
+    );
+    let received = || {
+        sink.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(received(), [write.event_id]);
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    assert_eq!(
+        forwarder.drain().await.unwrap(),
+        1,
+        "the journal's, once it moves"
+    );
+    assert_eq!(received(), [write.event_id, read.event_id]);
+}

@@ -233,7 +233,8 @@ impl Journal {
     /// `<path>.<n>`, appends going on in a new `<path>`), and each sealed segment
     /// is removed once moved, so the files hold only what waits to be moved however
     /// busy the service is. When an insert fails, the chunks moved before it stay
-    /// moved. Returns the number of rows moved.
+    /// moved. A segment damaged on disk has what precedes the damage moved and is
+    /// then set aside as `<segment>.damaged`. Returns the number of rows moved.
     ///
     /// The rows an insert gets depend on the segment alone: chunks are cut from
     /// the segment's start, and a move that failed part-way resumes at a chunk's
@@ -268,20 +269,35 @@ impl Journal {
             let mut reader = BufReader::new(File::open(&segment)?);
             reader.seek(SeekFrom::Start(from))?;
             let mut at = from;
+            let mut damaged = false;
             while at < to {
                 let (rows, bytes) = read_records(&mut reader, to - at, self.chunk_bytes)?;
-                anyhow::ensure!(
-                    bytes > 0,
-                    "read-event journal {} is damaged at byte {at}",
-                    segment.display(),
-                );
+                if bytes == 0 {
+                    damaged = true;
+                    break;
+                }
                 count += rows.len();
                 insert(rows, merge).await?;
                 at += bytes;
                 let mut state = self.state.lock().expect("journal state");
                 state.sealed.front_mut().expect("a sealed segment").moved = at;
             }
-            std::fs::remove_file(&segment)?;
+            if damaged {
+                // Appends never leave a partial record (see `append`), so this is the
+                // disk's doing: what follows cannot be read. The segment is set aside
+                // as it is, for whoever investigates, and never read again (an opener
+                // does not take `.damaged` files for segments), so the segments after
+                // it keep moving instead of all waiting behind it.
+                let aside = suffixed(&segment, "damaged");
+                std::fs::rename(&segment, &aside)?;
+                tracing::error!(
+                    segment = %aside.display(),
+                    at,
+                    "read-event journal damaged: the access events after this byte cannot be read; set aside"
+                );
+            } else {
+                std::fs::remove_file(&segment)?;
+            }
             let mut state = self.state.lock().expect("journal state");
             if let Some(removed) = state.sealed.pop_front() {
                 state.sealed_waiting -= removed.len;
@@ -522,6 +538,20 @@ mod tests {
         moved
     }
 
+    /// A journal of `x.db` in a new directory whose rows 1 and 2 were sealed by a
+    /// move that failed.
+    async fn sealed_by_a_failed_move() -> (tempfile::TempDir, PathBuf, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::beside(&dir.path().join("x.db"));
+        let journal = Journal::open(&path).unwrap().unwrap();
+        journal.append(&[row(1), row(2)]).unwrap();
+        let err = journal
+            .move_to_outbox(|_, _| async { anyhow::bail!("database is locked") })
+            .await;
+        assert!(err.is_err());
+        (dir, path, journal)
+    }
+
     /// Bytes in the journal files of `x.db` in `dir` (the lock file aside), and how
     /// many files there are.
     fn on_disk(dir: &Path) -> (u64, usize) {
@@ -590,18 +620,41 @@ mod tests {
         assert!(!journal.has_unmoved());
     }
 
+    /// A segment damaged on disk (a flipped byte): what precedes the damage moves,
+    /// the segment is kept aside, and what was appended after it moves too.
+    #[tokio::test]
+    async fn a_damaged_segment_is_set_aside_and_the_records_after_it_move_on() {
+        // Rows 1 and 2 sealed; then a byte of row 2 flips on disk.
+        let (_dir, path, journal) = sealed_by_a_failed_move().await;
+        let segment = segment_path(&path, 0, true);
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[encoded_len(&[row(1)]) as usize + 10] ^= 0xff;
+        std::fs::write(&segment, &bytes).unwrap();
+        journal.append(&[row(3)]).unwrap();
+
+        assert_eq!(move_all(&journal).await, vec![row(1), row(3)]);
+        let aside = suffixed(&segment, "damaged");
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            bytes,
+            "kept as it was, for investigation"
+        );
+        assert!(!segment.exists());
+        assert!(move_all(&journal).await.is_empty(), "not read again");
+        drop(journal);
+        let journal = Journal::open(&path).unwrap().unwrap();
+        assert!(
+            move_all(&journal).await.is_empty(),
+            "nor by the next opener"
+        );
+        assert!(aside.exists());
+    }
+
     /// A process that stopped with sealed segments not yet moved (its move failed,
     /// then it crashed): the next one moves them first, then what was appended.
     #[tokio::test]
     async fn sealed_segments_left_behind_are_moved_in_order_by_the_next_opener() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = Journal::beside(&dir.path().join("x.db"));
-        let journal = Journal::open(&path).unwrap().unwrap();
-        journal.append(&[row(1), row(2)]).unwrap();
-        let err = journal
-            .move_to_outbox(|_, _| async { anyhow::bail!("database is locked") })
-            .await;
-        assert!(err.is_err());
+        let (dir, path, journal) = sealed_by_a_failed_move().await;
         journal.append(&[row(3)]).unwrap();
         assert_eq!(
             on_disk(dir.path()).1,

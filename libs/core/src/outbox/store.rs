@@ -482,8 +482,13 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn peek(&self, limit: usize) -> anyhow::Result<Vec<(i64, AccessEvent)>> {
-        // Nothing enqueued is invisible here.
-        self.move_journal().await?;
+        // Nothing enqueued is invisible here, unless the journal cannot be moved
+        // (its disk full or failing): then its events wait there, and the rows
+        // already in the table are delivered meanwhile instead of waiting too. The
+        // periodic move reports the failure.
+        if let Err(e) = self.move_journal().await {
+            tracing::debug!(error = %e, "read-event journal not moved before a peek");
+        }
         // Sizes first, so a row of many events is not read only to be left out.
         let sizes =
             sqlx::query("SELECT id, event_count FROM access_event_outbox ORDER BY id LIMIT $1")
