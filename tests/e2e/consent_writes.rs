@@ -729,3 +729,97 @@ async fn states_survive_the_state_table_migration_sqlite() {
 async fn states_survive_the_state_table_migration_postgres() {
     states_survive_the_state_table_migration(Backend::Postgres).await;
 }
+
+/// Two replicas writing the same (subject, purpose) keys at the same moment, each
+/// in the opposite order, both succeed: their writes lock the keys in one order.
+/// (Without it, both wait for a key a third transaction holds, each already holding
+/// keys the other needs next: when it lets go, PostgreSQL finds a deadlock and
+/// fails one of them.)
+#[tokio::test]
+async fn replicas_writing_the_same_keys_in_opposite_orders_both_succeed_postgres() {
+    let (config, _dir, pg) = test_config(Backend::Postgres).await;
+    let open = || async {
+        let db = storage::open_service(&config, ServiceName::Consent)
+            .await
+            .unwrap();
+        db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+        db
+    };
+    let (a, b, c) = (open().await, open().await, open().await);
+    let (one, two) = (ConsentStore::new(a.clone()), ConsentStore::new(b.clone()));
+    let purposes = ["alumni", "analytics", "newsletter", "research", "surveys"];
+    let write = |state: ConsentState, reversed: bool| {
+        let mut records: Vec<NewRecord> =
+            purposes.iter().map(|p| record("ada", p, state)).collect();
+        if reversed {
+            records.reverse();
+        }
+        vec![job("RecordConsent", "", records)]
+    };
+    let first = one.record_all(write(ConsentState::Granted, false)).await;
+    assert!(first.unwrap()[0].is_ok());
+
+    // A third transaction holds the middle key while both writes start.
+    let mut holder = c.pool().begin().await.unwrap();
+    sqlx::query(
+        "SELECT state FROM subject_consents WHERE subject_hash = 'ada' \
+         AND purpose_id = 'newsletter' FOR UPDATE",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let forward = tokio::spawn({
+        let one = one.clone();
+        let jobs = write(ConsentState::Denied, false);
+        async move { one.record_all(jobs).await }
+    });
+    let backward = tokio::spawn({
+        let two = two.clone();
+        let jobs = write(ConsentState::Withdrawn, true);
+        async move { two.record_all(jobs).await }
+    });
+    // Both writes wait for a lock before the holder lets go.
+    for poll in 0.. {
+        assert!(poll < 50_000, "the writes never waited for the held key");
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(c.pool())
+        .await
+        .unwrap();
+        if waiting == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    holder.commit().await.unwrap();
+    let (x, y) = (
+        forward.await.unwrap().unwrap(),
+        backward.await.unwrap().unwrap(),
+    );
+    assert!(
+        x[0].is_ok() && y[0].is_ok(),
+        "{:?} {:?}",
+        x[0].as_ref().err(),
+        y[0].as_ref().err()
+    );
+    // A deadlock would not show as a failure (the write is retried, counter
+    // first, a second later): PostgreSQL counts it, reported at the latest when
+    // the connections close.
+    for db in [a, b, c] {
+        db.close().await;
+    }
+    let d = open().await;
+    let deadlocks: i64 = sqlx::query_scalar(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(d.pool())
+    .await
+    .unwrap();
+    assert_eq!(deadlocks, 0, "no deadlock between the two writes");
+    d.close().await;
+    if let Some(pg) = pg {
+        pg.drop_now().await;
+    }
+}

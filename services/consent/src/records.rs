@@ -1033,14 +1033,20 @@ const PG_WRITE: &str = "WITH seq AS (\
 /// groups, is held from the moment the statement takes it to its commit only
 /// (PostgreSQL runs the unreferenced data-modifying `WITH` queries too, in an
 /// order of its own; the row locks of the states written are held to the commit,
-/// so change numbers stay in step with the states). Groups of two replicas that
-/// write the same (subject, purpose) keys in a different order can deadlock:
-/// PostgreSQL then aborts one, and its jobs are retried alone.
+/// so change numbers stay in step with the states). The states and idempotency
+/// keys go in sorted by key: PostgreSQL locks them before the counter (seen), in
+/// the order given, so two replicas' groups writing the same keys in different
+/// orders would each hold a key the other waits for: a deadlock, which PostgreSQL
+/// finds after `deadlock_timeout` (1 s) and ends by failing one (whose group is
+/// then written again, counter first). That remains possible only against such a
+/// second attempt, which takes the counter before the keys.
 async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), ApiError> {
     let events = numbered(jobs);
-    let states = last_of_each(&events);
+    let mut states = last_of_each(&events);
+    states.sort_unstable_by_key(|i| (&events[*i].1.subject_hash, &events[*i].1.purpose_id));
     let receipts: Vec<&Receipt> = jobs.iter().filter_map(|j| j.receipt.as_ref()).collect();
-    let keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
+    let mut keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
+    keys.sort_unstable_by_key(|j| (&j.method, &j.request_id));
     let access: Vec<AccessEvent> = jobs.iter().map(|j| j.access.clone()).collect();
     let outbox = outbox_rows(&access).map_err(ApiError::internal)?;
     let state_of = |i: &usize| &events[*i];
