@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
-use super::{AccessEvent, EventBatch, journal::Journal};
+use super::{
+    AccessEvent, EventBatch,
+    journal::{Journal, Row as OutboxRow},
+};
 use crate::{
     config::ReadEventSync,
     group_commit::GroupCommit,
@@ -244,11 +247,17 @@ const PG_INSERT_RELAXED: &str = "WITH relaxed AS (SELECT set_config('synchronous
      SELECT t.i, t.p, $3, t.c FROM relaxed, UNNEST($1::text[], $2::text[], $4::bigint[]) AS t (i, p, c) \
      ON CONFLICT (event_id) DO NOTHING";
 
-/// Inserts `batches` in one transaction (idempotent by event id); `relaxed` commits
-/// without waiting for the disk flush (see [`ReadEventSync`]).
-async fn insert_group(db: &Db, batches: &[EventBatch], relaxed: bool) -> anyhow::Result<Vec<()>> {
-    insert_rows(db, rows_of(batches)?, relaxed).await?;
-    Ok(vec![(); batches.len()])
+/// Inserts the rows of several calls (each call's [`rows_of`] its events) in one
+/// transaction (idempotent by event id); `relaxed` commits without waiting for the
+/// disk flush (see [`ReadEventSync`]).
+async fn insert_group(
+    db: &Db,
+    calls: Vec<Vec<OutboxRow>>,
+    relaxed: bool,
+) -> anyhow::Result<Vec<()>> {
+    let n = calls.len();
+    insert_rows(db, calls.into_iter().flatten().collect(), relaxed).await?;
+    Ok(vec![(); n])
 }
 
 /// Inserts outbox `rows` in one transaction (idempotent by event id), as
@@ -335,7 +344,9 @@ pub struct SqlOutbox {
     notify: Arc<Notify>,
     /// Events enqueued on their own (reads) are written in groups: a read-heavy
     /// service pays one transaction per group of concurrent calls, not per call.
-    alone: Arc<GroupCommit<EventBatch, ()>>,
+    /// Each call hands in its events' rows (see [`rows_of`]), serialized once
+    /// whether they go to the journal or, refused there, to the table.
+    alone: Arc<GroupCommit<Vec<OutboxRow>, ()>>,
     /// Relaxed reads with a journal (always on SQLite, on PostgreSQL when
     /// configured): events enqueued on their own go to the journal instead (see
     /// [`Journal`]).
@@ -369,9 +380,9 @@ impl SqlOutbox {
     pub fn with_journal(db: Db, sync: ReadEventSync, journal: Option<&Path>) -> Self {
         let writer = db.clone();
         let relaxed = sync == ReadEventSync::Relaxed;
-        let alone = GroupCommit::new(MAX_GROUP, move |batches: Vec<EventBatch>| {
+        let alone = GroupCommit::new(MAX_GROUP, move |calls: Vec<Vec<OutboxRow>>| {
             let db = writer.clone();
-            async move { insert_group(&db, &batches, relaxed).await }
+            async move { insert_group(&db, calls, relaxed).await }
         });
         let journal = match journal.filter(|_| relaxed).map(Journal::open) {
             None => None,
@@ -458,8 +469,9 @@ impl OutboxStore for SqlOutbox {
     }
 
     async fn enqueue_batch(&self, batch: EventBatch) -> anyhow::Result<()> {
+        let rows = rows_of(std::slice::from_ref(&batch))?;
         let journaled = match &self.journal {
-            Some(journal) => match journal.append(&rows_of(std::slice::from_ref(&batch))?) {
+            Some(journal) => match journal.append(&rows) {
                 Ok(()) => true,
                 Err(e) => {
                     // The table is the reference path: the events are stored there
@@ -475,7 +487,7 @@ impl OutboxStore for SqlOutbox {
             None => false,
         };
         if !journaled {
-            self.alone.submit(vec![batch]).await?;
+            self.alone.submit(vec![rows]).await?;
         }
         self.wake();
         Ok(())
