@@ -147,7 +147,8 @@ impl Journal {
             .iter()
             .map(|(n, merge)| (segment_path(&path, *n, *merge), *merge))
         {
-            let len = cut_torn_tail(&File::options().read(true).write(true).open(&segment)?)?;
+            let file = File::options().read(true).write(true).open(&segment)?;
+            let len = cut_torn_tail(&segment, &file)?;
             if len == 0 {
                 std::fs::remove_file(&segment)?;
             } else {
@@ -164,7 +165,7 @@ impl Journal {
             .append(true)
             .create(true)
             .open(&path)?;
-        let active_len = cut_torn_tail(&active)?;
+        let active_len = cut_torn_tail(&path, &active)?;
         let journal = Self {
             path,
             state: Mutex::new(State {
@@ -234,7 +235,7 @@ impl Journal {
     /// is removed once moved, so the files hold only what waits to be moved however
     /// busy the service is. When an insert fails, the chunks moved before it stay
     /// moved. A segment damaged on disk has what precedes the damage moved and is
-    /// then set aside as `<segment>.damaged`. Returns the number of rows moved.
+    /// then set aside (see [`damaged_path`]). Returns the number of rows moved.
     ///
     /// The rows an insert gets depend on the segment alone: chunks are cut from
     /// the segment's start, and a move that failed part-way resumes at a chunk's
@@ -286,9 +287,9 @@ impl Journal {
                 // Appends never leave a partial record (see `append`), so this is the
                 // disk's doing: what follows cannot be read. The segment is set aside
                 // as it is, for whoever investigates, and never read again (an opener
-                // does not take `.damaged` files for segments), so the segments after
-                // it keep moving instead of all waiting behind it.
-                let aside = suffixed(&segment, "damaged");
+                // does not take damaged files for segments), so the segments after it
+                // keep moving instead of all waiting behind it.
+                let aside = damaged_path(&segment);
                 std::fs::rename(&segment, &aside)?;
                 tracing::error!(
                     segment = %aside.display(),
@@ -400,20 +401,50 @@ fn sealed_segments(path: &Path) -> std::io::Result<Vec<(u64, bool)>> {
     Ok(numbers)
 }
 
-/// Cuts `file` after its last whole, intact record (a crash while writing leaves
-/// a torn one); returns the length kept.
-fn cut_torn_tail(mut file: &File) -> anyhow::Result<u64> {
+/// Cuts `file` (at `path`) after its last whole, intact record; returns the length
+/// kept. What follows is a record torn by a crash while it was written (shorter
+/// than its header says), cut off; or else damage (a whole record that fails its
+/// checksum: the disk's doing), and then the file as it was is first copied aside
+/// (see [`damaged_path`]) for whoever investigates.
+fn cut_torn_tail(path: &Path, mut file: &File) -> anyhow::Result<u64> {
     file.seek(SeekFrom::Start(0))?;
     let total = file.metadata()?.len();
     let valid = scan(&mut BufReader::new(file))?;
     if valid < total {
-        tracing::warn!(
-            torn_bytes = total - valid,
-            "read-event journal ends with a torn record (a crash while writing it); cut off"
-        );
+        let mut header = [0; HEADER];
+        file.seek(SeekFrom::Start(valid))?;
+        let torn = total - valid < HEADER as u64 || {
+            file.read_exact(&mut header)?;
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+            HEADER as u64 + u64::from(len) > total - valid
+        };
+        if torn {
+            tracing::warn!(
+                torn_bytes = total - valid,
+                "read-event journal ends with a torn record (a crash while writing it); cut off"
+            );
+        } else {
+            let aside = damaged_path(path);
+            std::fs::copy(path, &aside)?;
+            tracing::error!(
+                file = %aside.display(),
+                at = valid,
+                "read-event journal damaged: the access events after this byte cannot be read; copied aside"
+            );
+        }
         file.set_len(valid)?;
     }
     Ok(valid)
+}
+
+/// Where a damaged journal file is kept: `<file>.damaged-<ns since 1970>`, a name
+/// never taken for a segment and never reused.
+fn damaged_path(file: &Path) -> PathBuf {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    suffixed(file, &format!("damaged-{ns}"))
 }
 
 fn encode((id, payload, count): &Row, buf: &mut Vec<u8>) {
@@ -633,7 +664,7 @@ mod tests {
         journal.append(&[row(3)]).unwrap();
 
         assert_eq!(move_all(&journal).await, vec![row(1), row(3)]);
-        let aside = suffixed(&segment, "damaged");
+        let aside = the_damaged_file(&segment);
         assert_eq!(
             std::fs::read(&aside).unwrap(),
             bytes,
@@ -648,6 +679,43 @@ mod tests {
             "nor by the next opener"
         );
         assert!(aside.exists());
+    }
+
+    /// The one damaged copy of `file` beside it.
+    fn the_damaged_file(file: &Path) -> PathBuf {
+        let prefix = format!("{}.damaged-", file.file_name().unwrap().to_str().unwrap());
+        let found: Vec<PathBuf> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&prefix)
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    }
+
+    /// Damage found when a process opens the journal (a flipped byte in a record
+    /// followed by others) is not taken for a torn tail: the file as it was is
+    /// copied aside before what follows the damage is cut off.
+    #[tokio::test]
+    async fn damage_found_at_open_is_copied_aside_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::beside(&dir.path().join("x.db"));
+        let journal = Journal::open(&path).unwrap().unwrap();
+        journal.append(&[row(1), row(2), row(3)]).unwrap();
+        drop(journal);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[encoded_len(&[row(1)]) as usize + 10] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let journal = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(move_all(&journal).await, vec![row(1)]);
+        assert_eq!(std::fs::read(the_damaged_file(&path)).unwrap(), bytes);
     }
 
     /// A process that stopped with sealed segments not yet moved (its move failed,
