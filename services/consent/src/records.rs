@@ -709,13 +709,7 @@ async fn state_rows(
 }
 
 /// A row of PostgreSQL's query of [`state_rows`].
-fn state_row_of<'r, R>(r: &'r R) -> anyhow::Result<StateRowOf>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+fn state_row_of(r: &sqlx::postgres::PgRow) -> anyhow::Result<StateRowOf> {
     let state = ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
     Ok((
         r.try_get(0)?,
