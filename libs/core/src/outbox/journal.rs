@@ -415,8 +415,7 @@ fn cut_torn_tail(path: &Path, mut file: &File) -> anyhow::Result<u64> {
         file.seek(SeekFrom::Start(valid))?;
         let torn = total - valid < HEADER as u64 || {
             file.read_exact(&mut header)?;
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-            HEADER as u64 + u64::from(len) > total - valid
+            record_size(&header) > total - valid
         };
         if torn {
             tracing::warn!(
@@ -471,17 +470,21 @@ fn next_record(reader: &mut impl Read, limit: u64) -> std::io::Result<Option<(Ve
     if limit < HEADER as u64 || !read_full(reader, &mut header)? {
         return Ok(None);
     }
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let size = record_size(&header);
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    let size = HEADER as u64 + u64::from(len);
     if size > limit {
         return Ok(None);
     }
-    let mut body = vec![0; len as usize];
+    let mut body = vec![0; (size - HEADER as u64) as usize];
     if !read_full(reader, &mut body)? || crc32fast::hash(&body) != crc {
         return Ok(None);
     }
     Ok(Some((body, size)))
+}
+
+/// The size (header included) that a record's `header` declares.
+fn record_size(header: &[u8; HEADER]) -> u64 {
+    HEADER as u64 + u64::from(u32::from_le_bytes(header[..4].try_into().expect("4 bytes")))
 }
 
 /// Fills `buf`; `false` when the data ends first.
