@@ -101,8 +101,9 @@ impl Default for DsarConfig {
     }
 }
 
-/// Consent receipts: who the controller is and how receipts are signed.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Consent receipts: who the controller is and how receipts are signed; the
+/// state index of checks.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsentConfig {
     /// Ed25519 seed (64 hex characters or base64url) signing consent receipts.
@@ -116,6 +117,23 @@ pub struct ConsentConfig {
     pub controller_url: String,
     /// URL of the privacy policy receipts refer to.
     pub policy_url: String,
+    /// Most consent states (subject x purpose) a replica keeps in memory so that
+    /// checks of subjects not checked lately read no database (~40 bytes each plus
+    /// ~100 per subject); a bigger table is not indexed. 0 turns the index off.
+    pub state_index_max_rows: usize,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        Self {
+            receipt_signing_key: None,
+            controller_name: String::new(),
+            controller_email: String::new(),
+            controller_url: String::new(),
+            policy_url: String::new(),
+            state_index_max_rows: 1_000_000,
+        }
+    }
 }
 
 /// gRPC server settings.

@@ -22,6 +22,10 @@
 //!   [`REGISTER_TTL`]; dropped at once by register changes on this replica.
 //!
 //! Both are bounded: a full shard forgets an arbitrary entry to make room.
+//!
+//! Behind the subject states sits the [`StateIndex`]: every subject's states, loaded
+//! and kept current by the follower, so that a subject missing here is looked up in
+//! memory too (see [`crate::index`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,7 +39,11 @@ use std::{
 
 use custodia_proto::consent::v1::Purpose;
 
-use crate::{decision::StateRow, store::ConsentStore};
+use crate::{
+    decision::StateRow,
+    index::{PurposeNo, StateIndex},
+    store::ConsentStore,
+};
 
 /// How often a replica looks for changes made by the others.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
@@ -95,6 +103,22 @@ pub struct CheckCache {
     /// Until when (µs after `started`) subject states may be served: the last
     /// successful poll of the follower plus [`FOLLOWER_FRESH`]; 0 before the first.
     fresh_until_us: AtomicU64,
+    /// Every subject's states, behind the cache.
+    index: StateIndex,
+}
+
+/// The purpose of a check, as the cache looks it up (taken once per call).
+#[derive(Debug, Clone)]
+pub struct PurposeKey<'a> {
+    id: &'a str,
+    no: Option<PurposeNo>,
+}
+
+impl PurposeKey<'_> {
+    /// The purpose id.
+    pub fn id(&self) -> &str {
+        self.id
+    }
 }
 
 /// Taken before reading the database; a fill with an outdated ticket is refused.
@@ -102,8 +126,9 @@ pub struct CheckCache {
 pub struct Ticket(u64);
 
 impl CheckCache {
-    /// A cache holding up to about `capacity` subjects.
-    pub fn new(capacity: usize) -> Self {
+    /// A cache holding up to about `capacity` subjects, in front of a state index
+    /// of at most `index_rows` states (0: none).
+    pub fn new(capacity: usize, index_rows: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
@@ -112,6 +137,20 @@ impl CheckCache {
             notices: Mutex::default(),
             started: Instant::now(),
             fresh_until_us: AtomicU64::new(0),
+            index: StateIndex::new(index_rows),
+        }
+    }
+
+    /// The state index behind the cache.
+    pub fn index(&self) -> &StateIndex {
+        &self.index
+    }
+
+    /// `purpose_id` as [`Self::state`] takes it.
+    pub fn purpose_key<'a>(&self, purpose_id: &'a str) -> PurposeKey<'a> {
+        PurposeKey {
+            id: purpose_id,
+            no: self.index.purpose_no(purpose_id),
         }
     }
 
@@ -135,8 +174,15 @@ impl CheckCache {
         &self.shards[i]
     }
 
-    /// The cached state, or a ticket to fill it with after reading the database.
-    pub fn state(&self, subject_hash: &str, purpose_id: &str) -> Result<CachedState, Ticket> {
+    /// The cached (or indexed) state, or a ticket to fill it with after reading the
+    /// database.
+    pub fn state(&self, subject_hash: &str, purpose: &PurposeKey) -> Result<CachedState, Ticket> {
+        let purpose_id = purpose.id;
+        if self.fresh()
+            && let Some(state) = self.index.lookup(subject_hash, purpose.id, purpose.no)
+        {
+            return Ok(state);
+        }
         let shard = self.shard(subject_hash).lock().expect("cache shard");
         if !self.fresh() {
             return Err(Ticket(shard.epoch));
@@ -174,10 +220,14 @@ impl CheckCache {
         let mut shard = self.shard(subject_hash).lock().expect("cache shard");
         shard.epoch += 1;
         shard.subjects.remove(subject_hash);
+        drop(shard);
+        self.index.mark_stale(subject_hash);
     }
 
-    /// Drops every subject state (after an erasure).
+    /// Drops every subject state (after an erasure), the index's too: the follower
+    /// loads it again.
     pub fn forget_all(&self) {
+        self.index.reset();
         for shard in &self.shards {
             let mut shard = shard.lock().expect("cache shard");
             shard.epoch += 1;
@@ -243,6 +293,11 @@ pub async fn follow(
                 Ok((seq, epoch)) => {
                     // Anything cached before now may predate writes not yet seen.
                     cache.forget_all();
+                    // What changes while the index loads comes after `seq`: the
+                    // next poll marks it stale before the index serves.
+                    if let Err(e) = cache.index.load(&store).await {
+                        tracing::warn!(error = %e, "consent state index: cannot load");
+                    }
                     position = Some((seq, epoch));
                     cache.mark_fresh();
                 }
@@ -252,6 +307,11 @@ pub async fn follow(
                 Ok((subjects, last, now_epoch)) => {
                     if now_epoch != epoch {
                         cache.forget_all();
+                        if cache.index.wants_load() {
+                            // Erased subjects leave nothing to tail: load it all again.
+                            position = None;
+                            continue;
+                        }
                     } else {
                         for s in &subjects {
                             cache.forget(s);
@@ -260,6 +320,9 @@ pub async fn follow(
                     position = Some((last, now_epoch));
                     if subjects.len() >= 10_000 {
                         continue;
+                    }
+                    if let Err(e) = cache.index.refresh(&store).await {
+                        tracing::warn!(error = %e, "consent state index: cannot read changed subjects");
                     }
                     cache.mark_fresh();
                 }
@@ -300,41 +363,53 @@ mod tests {
 
     #[test]
     fn nothing_is_served_without_a_fresh_follower() {
-        let cache = CheckCache::new(100);
-        let ticket = cache.state("s", "p").unwrap_err();
+        let cache = CheckCache::new(100, 0);
+        let ticket = cache.state("s", &cache.purpose_key("p")).unwrap_err();
         cache.fill(ticket, "s", "p", granted());
-        assert!(cache.state("s", "p").is_err(), "no follower poll yet");
+        assert!(
+            cache.state("s", &cache.purpose_key("p")).is_err(),
+            "no follower poll yet"
+        );
         cache.mark_fresh();
-        let ticket = cache.state("s", "p").unwrap_err();
+        let ticket = cache.state("s", &cache.purpose_key("p")).unwrap_err();
         cache.fill(ticket, "s", "p", granted());
-        assert_eq!(cache.state("s", "p").unwrap(), granted());
+        assert_eq!(
+            cache.state("s", &cache.purpose_key("p")).unwrap(),
+            granted()
+        );
         cache.fresh_until_us.store(0, Ordering::Release);
-        assert!(cache.state("s", "p").is_err(), "the follower fell behind");
+        assert!(
+            cache.state("s", &cache.purpose_key("p")).is_err(),
+            "the follower fell behind"
+        );
     }
 
     #[test]
     fn a_fill_racing_a_write_is_refused() {
-        let cache = CheckCache::new(100);
+        let cache = CheckCache::new(100, 0);
         cache.mark_fresh();
-        let ticket = cache.state("s", "p").unwrap_err();
+        let ticket = cache.state("s", &cache.purpose_key("p")).unwrap_err();
         // A write commits and drops the subject while the check was reading.
         cache.forget("s");
         cache.fill(ticket, "s", "p", granted());
-        assert!(cache.state("s", "p").is_err());
-        let ticket = cache.state("s", "p").unwrap_err();
+        assert!(cache.state("s", &cache.purpose_key("p")).is_err());
+        let ticket = cache.state("s", &cache.purpose_key("p")).unwrap_err();
         cache.fill(ticket, "s", "p", granted());
-        assert_eq!(cache.state("s", "p").unwrap(), granted());
+        assert_eq!(
+            cache.state("s", &cache.purpose_key("p")).unwrap(),
+            granted()
+        );
         cache.forget_all();
-        assert!(cache.state("s", "p").is_err());
+        assert!(cache.state("s", &cache.purpose_key("p")).is_err());
     }
 
     #[test]
     fn stays_bounded() {
-        let cache = CheckCache::new(SHARDS);
+        let cache = CheckCache::new(SHARDS, 0);
         cache.mark_fresh();
         for i in 0..10_000 {
             let s = format!("s{i}");
-            let t = cache.state(&s, "p").unwrap_err();
+            let t = cache.state(&s, &cache.purpose_key("p")).unwrap_err();
             cache.fill(t, &s, "p", granted());
         }
         let held: usize = cache

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod decision;
 pub mod export;
 pub mod grpc;
+pub mod index;
 pub mod ops;
 mod par;
 pub mod presets;
@@ -52,7 +53,10 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
     Box::pin(async move {
         let store = store::ConsentStore::new(ctx.db.clone());
         let receipts = receipt::signing_key(&ctx.config)?;
-        let cache = Arc::new(cache::CheckCache::new(CHECK_CACHE_SUBJECTS));
+        let cache = Arc::new(cache::CheckCache::new(
+            CHECK_CACHE_SUBJECTS,
+            ctx.config.consent.state_index_max_rows,
+        ));
         let follower = cache::follow(cache.clone(), store.clone(), ctx.shutdown.clone());
         let api = grpc::Api::new(ctx.clone(), store, receipts, cache);
         let server = ConsentServiceServer::new(api)

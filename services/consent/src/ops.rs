@@ -778,7 +778,8 @@ impl Api {
 
         let mut states: Vec<Option<CachedState>> = vec![None; subjects.len()];
         let mut misses = Vec::new();
-        let cached_states = crate::par::map(subjects, |_, (_, hash)| self.cache.state(hash, &pid));
+        let key = self.cache.purpose_key(&pid);
+        let cached_states = crate::par::map(subjects, |_, (_, hash)| self.cache.state(hash, &key));
         for (i, state) in cached_states.into_iter().enumerate() {
             match state {
                 Ok(state) => states[i] = Some(state),

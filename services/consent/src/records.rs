@@ -632,7 +632,7 @@ async fn states_in(db: &Db, subject_hashes: &[&str], purpose_id: &str) -> anyhow
         .map(|c| c.iter().map(|h| h.to_string()).collect())
         .collect();
     let mut chunks = futures::stream::iter(chunks)
-        .map(|chunk| state_rows(db.clone(), chunk, purpose_id.to_string()))
+        .map(|chunk| state_rows(db.clone(), chunk, Some(purpose_id.to_string())))
         .buffer_unordered(STATE_READS_IN_FLIGHT);
     while let Some(rows) = chunks.try_next().await? {
         for (hash, pid, state, decision_us, expire_us) in rows {
@@ -661,47 +661,71 @@ const STATE_READ_CHUNK: usize = 500;
 const STATE_READS_IN_FLIGHT: usize = 4;
 
 /// A row of `subject_consents` as [`states_in`] reads it.
-type StateRowOf = (String, String, ConsentState, i64, Option<i64>);
+pub type StateRowOf = (String, String, ConsentState, i64, Option<i64>);
 
-/// The rows of `chunk` for `purpose_id` and for direct marketing.
+/// The rows of `chunk` for `purpose_id` and for direct marketing, or for every
+/// purpose when `purpose_id` is `None`.
 async fn state_rows(
     db: Db,
     chunk: Vec<String>,
-    purpose_id: String,
+    purpose_id: Option<String>,
 ) -> anyhow::Result<Vec<StateRowOf>> {
     if let Some(pool) = db.native_postgres() {
         // One statement of constant text for any chunk size (prepared once per
         // connection), the subjects bound as one array.
-        return sqlx::query(
-            "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
-             WHERE purpose_id = ANY($1::text[]) AND subject_hash = ANY($2::text[])",
-        )
-        .bind([purpose_id.as_str(), DIRECT_MARKETING])
-        .bind(&chunk)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(state_row_of)
-        .collect();
+        let rows = match &purpose_id {
+            Some(pid) => {
+                sqlx::query(
+                    "SELECT subject_hash, purpose_id, state, decision_us, expire_us \
+                     FROM subject_consents \
+                     WHERE purpose_id = ANY($1::text[]) AND subject_hash = ANY($2::text[])",
+                )
+                .bind([pid.as_str(), DIRECT_MARKETING])
+                .bind(&chunk)
+                .fetch_all(pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT subject_hash, purpose_id, state, decision_us, expire_us \
+                     FROM subject_consents WHERE subject_hash = ANY($1::text[])",
+                )
+                .bind(&chunk)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        return rows.iter().map(state_row_of).collect();
     }
     // SQLite: the chunk's rows as one JSON array in one row. sqlx hands every row
     // from SQLite's worker thread to the async task on its own (a thread wake-up
     // each): a cold 10,000-subject batch spent more on that than on its lookups.
     let backend = db.backend();
+    let (purposes, first) = match &purpose_id {
+        Some(_) => (
+            format!("purpose_id IN ({}) AND ", placeholders(backend, 1, 2)),
+            3,
+        ),
+        None => (String::new(), 1),
+    };
     let sql = format!(
         "SELECT json_group_array(json_array(subject_hash, purpose_id, state, decision_us, expire_us)) \
-         FROM subject_consents WHERE purpose_id IN ({}) AND subject_hash IN ({})",
-        placeholders(backend, 1, 2),
-        placeholders(backend, 3, chunk.len()),
+         FROM subject_consents WHERE {purposes}subject_hash IN ({})",
+        placeholders(backend, first, chunk.len()),
     );
-    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
-        .bind(purpose_id)
-        .bind(DIRECT_MARKETING.to_string());
+    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+    if let Some(pid) = purpose_id {
+        q = q.bind(pid).bind(DIRECT_MARKETING.to_string());
+    }
     for h in chunk {
         q = q.bind(h);
     }
-    let json = q.fetch_one(db.pool()).await?;
-    let rows: Vec<(String, String, i32, i64, Option<i64>)> = serde_json::from_str(&json)?;
+    rows_of_json(&q.fetch_one(db.pool()).await?)
+}
+
+/// Rows aggregated by SQLite's `json_group_array(json_array(...))`.
+fn rows_of_json(json: &str) -> anyhow::Result<Vec<StateRowOf>> {
+    let rows: Vec<(String, String, i32, i64, Option<i64>)> = serde_json::from_str(json)?;
     Ok(rows
         .into_iter()
         .map(|(h, p, s, d, e)| (h, p, ConsentState::try_from(s).unwrap_or_default(), d, e))
@@ -718,6 +742,71 @@ fn state_row_of(r: &sqlx::postgres::PgRow) -> anyhow::Result<StateRowOf> {
         r.try_get(3)?,
         r.try_get(4)?,
     ))
+}
+
+impl ConsentStore {
+    /// Every state row of the subjects (all purposes), for the state index.
+    pub async fn rows_of_subjects(
+        &self,
+        subject_hashes: &[String],
+    ) -> anyhow::Result<Vec<StateRowOf>> {
+        let mut out = Vec::new();
+        for chunk in subject_hashes.chunks(STATE_READ_CHUNK) {
+            out.extend(state_rows(self.db().clone(), chunk.to_vec(), None).await?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` state rows after `after` (subject hash, purpose id) in key
+    /// order, and the last key of the page in the database's order: the state index
+    /// loads the table page by page.
+    pub async fn state_rows_after(
+        &self,
+        after: Option<&(String, String)>,
+        limit: i64,
+    ) -> anyhow::Result<(Vec<StateRowOf>, Option<(String, String)>)> {
+        let (hash, pid) = after
+            .map(|(h, p)| (h.clone(), p.clone()))
+            .unwrap_or_default();
+        let db = self.db();
+        if let Some(pool) = db.native_postgres() {
+            let rows = sqlx::query(
+                "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
+                 WHERE (subject_hash, purpose_id) > ($1, $2) \
+                 ORDER BY subject_hash, purpose_id LIMIT $3",
+            )
+            .bind(hash)
+            .bind(pid)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(state_row_of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+            // Rows arrive in the ORDER BY of the key's collation.
+            let last = rows.last().map(|r| (r.0.clone(), r.1.clone()));
+            return Ok((rows, last));
+        }
+        let json: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(subject_hash, purpose_id, state, decision_us, expire_us)) \
+             FROM (SELECT * FROM subject_consents WHERE (subject_hash, purpose_id) > ($1, $2) \
+             ORDER BY subject_hash, purpose_id LIMIT $3)",
+        )
+        .bind(hash)
+        .bind(pid)
+        .bind(limit)
+        .fetch_one(db.pool())
+        .await?;
+        let rows = rows_of_json(&json)?;
+        // SQLite compares text bytewise (BINARY), as Rust does; the aggregate's
+        // order is not guaranteed, the maximum is.
+        let last = rows
+            .iter()
+            .map(|r| (&r.0, &r.1))
+            .max()
+            .map(|(h, p)| (h.clone(), p.clone()));
+        Ok((rows, last))
+    }
 }
 
 /// The queue of state reads of `db`: one [`ConsentStore::states`] query per
