@@ -116,6 +116,12 @@ pub struct Args {
     /// every subject from the database; later ones find most in the cache).
     #[arg(long)]
     print_batches: bool,
+    /// Stop the server after the other phases and start it again over the same
+    /// data before the batch phase, then wait a second: a newsletter run over
+    /// subjects no check of this process has seen (their states come from the
+    /// state index that the new process loads, or from the database without it).
+    #[arg(long)]
+    restart_before_batch: bool,
 }
 
 /// A phase of `loadgen consent`.
@@ -369,14 +375,15 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     if args.ping_bare {
         return ping_bare(args).await;
     }
-    let server = match &args.server_binary {
+    let start = async || match &args.server_binary {
         Some(binary) => {
             let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-            env.spawn_binary(binary, &names).await?
+            env.spawn_binary(binary, &names).await
         }
-        None => env.start_services(&services).await?,
+        None => env.start_services(&services).await,
     };
-    let pid = server.pid();
+    let mut server = start().await?;
+    let mut pid = server.pid();
     let ticks0 = machine_ticks();
     if args.ping {
         let channels = channels(&server.endpoint, args).await?;
@@ -485,6 +492,19 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     } else {
         0
     };
+    let mut admin = admin;
+    if batch_calls > 0 && args.restart_before_batch {
+        server.stop().await?;
+        let t0 = Instant::now();
+        server = start().await?;
+        pid = server.pid();
+        eprintln!(
+            "server restarted in {:.0} ms; batches start in 1 s",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        admin = ConsentServiceClient::new(server.channel().await?);
+    }
     eprintln!("BatchCheckConsent x {batch_calls} ...");
     let mut batches = Phase::new();
     let batch_cpu0 = Cpu::now(pid);
