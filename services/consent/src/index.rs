@@ -19,7 +19,8 @@
 //!   rule): otherwise every lookup says [`None`] and the caller reads the database.
 //! - **Bounded**: a table of more than `max_rows` states is not loaded (or is
 //!   dropped when it grows past it), and checks read the database as before; about
-//!   100 bytes per subject and 40 per state. `consent.state_index_max_rows`.
+//!   100 bytes per subject with one state, 24 more per further state (measured:
+//!   see BENCHMARKS.md). `consent.state_index_max_rows`.
 
 use std::{
     collections::HashMap,
@@ -58,10 +59,72 @@ const SERVING: u8 = 2;
 /// Too big for `max_rows`: not loaded again until the process restarts.
 const OFF: u8 = 3;
 
+/// One state row, compact: 24 bytes against 40 for a purpose number and a
+/// [`StateRow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    decision_us: i64,
+    /// [`NO_EXPIRY`]: none.
+    expire_us: i64,
+    purpose: PurposeNo,
+    state: i32,
+}
+
+const NO_EXPIRY: i64 = i64::MIN;
+
+impl Entry {
+    fn new(purpose: PurposeNo, (_, _, state, decision_us, expire_us): &StateRowOf) -> Self {
+        Self {
+            decision_us: *decision_us,
+            expire_us: expire_us.unwrap_or(NO_EXPIRY),
+            purpose,
+            state: *state as i32,
+        }
+    }
+
+    fn row(&self) -> StateRow {
+        StateRow {
+            state: ConsentState::try_from(self.state).unwrap_or_default(),
+            decision_us: self.decision_us,
+            expire_us: (self.expire_us != NO_EXPIRY).then_some(self.expire_us),
+        }
+    }
+}
+
+/// A subject's rows, inline when there is one (most subjects).
+#[derive(Debug, Clone)]
+enum Rows {
+    One(Entry),
+    Many(Box<[Entry]>),
+}
+
+impl Rows {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Rows::One(e) => std::slice::from_ref(e),
+            Rows::Many(rows) => rows,
+        }
+    }
+
+    fn push(&mut self, e: Entry) {
+        *self = Rows::Many(self.as_slice().iter().copied().chain([e]).collect());
+    }
+}
+
+/// Adds `e` to the rows of `key` in `map`.
+fn add<S: BuildHasher>(map: &mut HashMap<Key, Rows, S>, key: Key, e: Entry) {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(Rows::One(e));
+        }
+        std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push(e),
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
     /// Subject -> its state rows (every purpose it has one for).
-    subjects: HashMap<Key, Box<[(PurposeNo, StateRow)]>, foldhash::fast::RandomState>,
+    subjects: HashMap<Key, Rows, foldhash::fast::RandomState>,
     /// Subjects changed since their rows were read, with the mark of the change.
     stale: HashMap<Key, u64, foldhash::fast::RandomState>,
 }
@@ -152,10 +215,11 @@ impl StateIndex {
         };
         // A purpose first named after the caller took its number.
         let purpose = purpose.or_else(|| self.purpose_no(purpose_id));
-        let row = purpose.and_then(|p| rows.iter().find(|(n, _)| *n == p).map(|(_, r)| r.clone()));
+        let rows = rows.as_slice();
+        let row = purpose.and_then(|p| rows.iter().find(|e| e.purpose == p).map(Entry::row));
         let objected = rows
             .iter()
-            .any(|(n, r)| *n == 0 && r.state == ConsentState::Objected);
+            .any(|e| e.purpose == 0 && e.state == ConsentState::Objected as i32);
         Some((row, objected))
     }
 
@@ -220,8 +284,9 @@ impl StateIndex {
         if !self.wants_load() {
             return Ok(());
         }
-        let mut loaded: Vec<HashMap<Key, Vec<(PurposeNo, StateRow)>>> =
-            (0..SHARDS).map(|_| HashMap::new()).collect();
+        let t0 = std::time::Instant::now();
+        let mut loaded: Vec<HashMap<Key, Rows, foldhash::fast::RandomState>> =
+            (0..SHARDS).map(|_| HashMap::default()).collect();
         let mut after = None;
         let mut count = 0;
         loop {
@@ -233,18 +298,14 @@ impl StateIndex {
                 return Ok(());
             }
             let mut purposes = self.purposes.lock().expect("index purposes");
-            for (hash, pid, state, decision_us, expire_us) in rows {
-                let Some(key) = key(&hash) else { continue };
-                let no = self.intern(&mut purposes, &pid);
-                let i = self.hasher.hash_one(key) as usize % SHARDS;
-                loaded[i].entry(key).or_default().push((
-                    no,
-                    StateRow {
-                        state,
-                        decision_us,
-                        expire_us,
-                    },
-                ));
+            for row in &rows {
+                let Some(key) = key(&row.0) else { continue };
+                let e = Entry::new(self.intern(&mut purposes, &row.1), row);
+                add(
+                    &mut loaded[self.hasher.hash_one(key) as usize % SHARDS],
+                    key,
+                    e,
+                );
             }
             drop(purposes);
             match last {
@@ -253,15 +314,17 @@ impl StateIndex {
             }
         }
         for (shard, subjects) in self.shards.iter().zip(loaded) {
-            shard.lock().expect("index shard").subjects = subjects
-                .into_iter()
-                .map(|(k, rows)| (k, rows.into_boxed_slice()))
-                .collect();
+            shard.lock().expect("index shard").subjects = subjects;
         }
         self.rows.store(count, Ordering::Release);
         let _ = self
             .phase
             .compare_exchange(EMPTY, LOADED, Ordering::AcqRel, Ordering::Acquire);
+        tracing::info!(
+            rows = count,
+            ms = t0.elapsed().as_millis() as u64,
+            "consent state index loaded"
+        );
         Ok(())
     }
 
@@ -296,20 +359,13 @@ impl StateIndex {
     }
 
     fn install(&self, pending: &[(Key, u64)], rows: Vec<StateRowOf>) {
-        let mut by_subject: HashMap<Key, Vec<(PurposeNo, StateRow)>> = HashMap::new();
+        let mut by_subject: HashMap<Key, Rows> = HashMap::new();
         {
             let mut purposes = self.purposes.lock().expect("index purposes");
-            for (hash, pid, state, decision_us, expire_us) in rows {
-                let Some(key) = key(&hash) else { continue };
-                let no = self.intern(&mut purposes, &pid);
-                by_subject.entry(key).or_default().push((
-                    no,
-                    StateRow {
-                        state,
-                        decision_us,
-                        expire_us,
-                    },
-                ));
+            for row in &rows {
+                let Some(key) = key(&row.0) else { continue };
+                let e = Entry::new(self.intern(&mut purposes, &row.1), row);
+                add(&mut by_subject, key, e);
             }
         }
         let mut total = self.rows.load(Ordering::Acquire);
@@ -321,12 +377,12 @@ impl StateIndex {
             shard.stale.remove(key);
             let old = match by_subject.remove(key) {
                 Some(rows) => {
-                    total += rows.len();
-                    shard.subjects.insert(*key, rows.into_boxed_slice())
+                    total += rows.as_slice().len();
+                    shard.subjects.insert(*key, rows)
                 }
                 None => shard.subjects.remove(key),
             };
-            total -= old.map_or(0, |r| r.len());
+            total -= old.map_or(0, |r| r.as_slice().len());
         }
         self.rows.store(total, Ordering::Release);
         if total > self.max_rows {
@@ -408,6 +464,33 @@ mod tests {
         let pending = vec![(key(&hash(1)).unwrap(), index.marks.load(Ordering::Acquire))];
         index.install(&pending, Vec::new());
         assert_eq!(index.lookup(&hash(1), "p", None), Some((None, false)));
+    }
+
+    #[test]
+    fn rows_stay_compact() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert!(std::mem::size_of::<Rows>() <= 32);
+        let e = Entry::new(
+            3,
+            &(
+                String::new(),
+                String::new(),
+                ConsentState::Granted,
+                5,
+                Some(9),
+            ),
+        );
+        assert_eq!(
+            e.row(),
+            StateRow {
+                state: ConsentState::Granted,
+                decision_us: 5,
+                expire_us: Some(9)
+            }
+        );
+        let mut rows = Rows::One(e);
+        rows.push(Entry { purpose: 4, ..e });
+        assert_eq!(rows.as_slice().len(), 2);
     }
 
     #[test]
