@@ -291,15 +291,18 @@ pub async fn follow(
         match position {
             None => match tokio::try_join!(store.last_change(), store.erasure_epoch()) {
                 Ok((seq, epoch)) => {
-                    // Anything cached before now may predate writes not yet seen.
+                    // Nothing is served or remembered from memory until the poll
+                    // after the load: what other replicas change while it runs
+                    // (a second for a million states) comes after `seq`, and that
+                    // poll drops it. Anything cached before now may predate writes
+                    // not yet seen.
+                    cache.fresh_until_us.store(0, Ordering::Release);
                     cache.forget_all();
-                    // What changes while the index loads comes after `seq`: the
-                    // next poll marks it stale before the index serves.
                     if let Err(e) = cache.index.load(&store).await {
                         tracing::warn!(error = %e, "consent state index: cannot load");
                     }
                     position = Some((seq, epoch));
-                    cache.mark_fresh();
+                    continue;
                 }
                 Err(e) => tracing::warn!(error = %e, "consent cache: cannot read the change log"),
             },
