@@ -160,7 +160,14 @@ impl CheckCache {
 
     /// The follower has read the change log just now.
     pub fn mark_fresh(&self) {
-        let until = self.now_us() + FOLLOWER_FRESH.as_micros() as u64;
+        self.mark_fresh_since(self.now_us());
+    }
+
+    /// The follower has read the change log with a query that started at
+    /// `started_us` ([`Self::now_us`]): what it reads is known from then, whatever
+    /// the follower did after (re-reading stale subjects for the index).
+    fn mark_fresh_since(&self, started_us: u64) {
+        let until = started_us + FOLLOWER_FRESH.as_micros() as u64;
         self.fresh_until_us.store(until, Ordering::Release);
     }
 
@@ -298,16 +305,19 @@ pub async fn follow(
                     // not yet seen.
                     cache.fresh_until_us.store(0, Ordering::Release);
                     cache.forget_all();
-                    if let Err(e) = cache.index.load(&store).await {
-                        tracing::warn!(error = %e, "consent state index: cannot load");
+                    match cache.index.load(&store).await {
+                        Ok(()) => {
+                            position = Some((seq, epoch));
+                            continue;
+                        }
+                        // Tried again after the poll interval, from a new position.
+                        Err(e) => tracing::warn!(error = %e, "consent state index: cannot load"),
                     }
-                    position = Some((seq, epoch));
-                    continue;
                 }
                 Err(e) => tracing::warn!(error = %e, "consent cache: cannot read the change log"),
             },
-            Some((seq, epoch)) => match store.changes_since(seq, 10_000).await {
-                Ok((subjects, last, now_epoch)) => {
+            Some((seq, epoch)) => match (cache.now_us(), store.changes_since(seq, 10_000).await) {
+                (polled_at, Ok((subjects, last, now_epoch))) => {
                     if now_epoch != epoch {
                         cache.forget_all();
                         if cache.index.wants_load() {
@@ -327,9 +337,11 @@ pub async fn follow(
                     if let Err(e) = cache.index.refresh(&store).await {
                         tracing::warn!(error = %e, "consent state index: cannot read changed subjects");
                     }
-                    cache.mark_fresh();
+                    // From when the log was read: a slow refresh must not stretch
+                    // how long what another replica wrote meanwhile goes unseen.
+                    cache.mark_fresh_since(polled_at);
                 }
-                Err(e) => {
+                (_, Err(e)) => {
                     tracing::warn!(error = %e, "consent cache: cannot read the change log");
                     cache.forget_all();
                     cache.forget_register();
