@@ -114,13 +114,6 @@ pub struct PurposeKey<'a> {
     no: Option<PurposeNo>,
 }
 
-impl PurposeKey<'_> {
-    /// The purpose id.
-    pub fn id(&self) -> &str {
-        self.id
-    }
-}
-
 /// Taken before reading the database; a fill with an outdated ticket is refused.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
@@ -139,11 +132,6 @@ impl CheckCache {
             fresh_until_us: AtomicU64::new(0),
             index: StateIndex::new(index_rows),
         }
-    }
-
-    /// The state index behind the cache.
-    pub fn index(&self) -> &StateIndex {
-        &self.index
     }
 
     /// `purpose_id` as [`Self::state`] takes it.
@@ -186,7 +174,7 @@ impl CheckCache {
     pub fn state(&self, subject_hash: &str, purpose: &PurposeKey) -> Result<CachedState, Ticket> {
         let purpose_id = purpose.id;
         if self.fresh()
-            && let Some(state) = self.index.lookup(subject_hash, purpose.id, purpose.no)
+            && let Some(state) = self.index.lookup(subject_hash, purpose_id, purpose.no)
         {
             return Ok(state);
         }

@@ -193,6 +193,19 @@ impl StateIndex {
         no
     }
 
+    /// Rows read from the database as index entries by subject key, their purposes
+    /// numbered (new ones interned). Rows of a subject hash that is not 64 hex
+    /// digits are left out: such a subject is never looked up here.
+    fn entries(&self, rows: &[StateRowOf]) -> Vec<(Key, Entry)> {
+        let mut purposes = self.purposes.lock().expect("index purposes");
+        rows.iter()
+            .filter_map(|row| {
+                let key = key(&row.0)?;
+                Some((key, Entry::new(self.intern(&mut purposes, &row.1), row)))
+            })
+            .collect()
+    }
+
     /// The state of a subject for purpose `purpose_id` numbered `purpose` (from
     /// [`Self::purpose_no`] before the call), or `None` when the index cannot say
     /// (not serving, subject stale).
@@ -297,17 +310,13 @@ impl StateIndex {
                 self.turn_off(count);
                 return Ok(());
             }
-            let mut purposes = self.purposes.lock().expect("index purposes");
-            for row in &rows {
-                let Some(key) = key(&row.0) else { continue };
-                let e = Entry::new(self.intern(&mut purposes, &row.1), row);
+            for (key, e) in self.entries(&rows) {
                 add(
                     &mut loaded[self.hasher.hash_one(key) as usize % SHARDS],
                     key,
                     e,
                 );
             }
-            drop(purposes);
             match last {
                 Some(last) if full_page => after = Some(last),
                 _ => break,
@@ -360,13 +369,8 @@ impl StateIndex {
 
     fn install(&self, pending: &[(Key, u64)], rows: Vec<StateRowOf>) {
         let mut by_subject: HashMap<Key, Rows> = HashMap::new();
-        {
-            let mut purposes = self.purposes.lock().expect("index purposes");
-            for row in &rows {
-                let Some(key) = key(&row.0) else { continue };
-                let e = Entry::new(self.intern(&mut purposes, &row.1), row);
-                add(&mut by_subject, key, e);
-            }
+        for (key, e) in self.entries(&rows) {
+            add(&mut by_subject, key, e);
         }
         let mut total = self.rows.load(Ordering::Acquire);
         for (key, mark) in pending {
