@@ -492,7 +492,6 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
     } else {
         0
     };
-    let mut admin = admin;
     if batch_calls > 0 && args.restart_before_batch {
         server.stop().await?;
         let t0 = Instant::now();
