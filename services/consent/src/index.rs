@@ -415,6 +415,11 @@ mod tests {
         index.phase.store(SERVING, Ordering::Release);
     }
 
+    /// What a refresh would take for subject `i`: its key with the latest mark.
+    fn pending_of(index: &StateIndex, i: u8) -> Vec<(Key, u64)> {
+        vec![(key(&hash(i)).unwrap(), index.marks.load(Ordering::Acquire))]
+    }
+
     #[test]
     fn answers_known_and_absent_subjects_and_objections() {
         let index = StateIndex::new(100);
@@ -424,9 +429,8 @@ mod tests {
             let mut purposes = index.purposes.lock().unwrap();
             index.intern(&mut purposes, "newsletter")
         };
-        index.install(&[], Vec::new());
         index.mark_stale(&hash(1));
-        let pending = vec![(key(&hash(1)).unwrap(), index.marks.load(Ordering::Acquire))];
+        let pending = pending_of(&index, 1);
         index.install(
             &pending,
             vec![
@@ -457,7 +461,7 @@ mod tests {
         let index = StateIndex::new(100);
         serving(&index);
         index.mark_stale(&hash(1));
-        let pending = vec![(key(&hash(1)).unwrap(), index.marks.load(Ordering::Acquire))];
+        let pending = pending_of(&index, 1);
         // A write commits and marks the subject again while it is being read.
         index.mark_stale(&hash(1));
         index.install(
@@ -465,7 +469,7 @@ mod tests {
             vec![(hash(1), "p".into(), ConsentState::Granted, 1, None)],
         );
         assert_eq!(index.lookup(&hash(1), "p", None), None, "still stale");
-        let pending = vec![(key(&hash(1)).unwrap(), index.marks.load(Ordering::Acquire))];
+        let pending = pending_of(&index, 1);
         index.install(&pending, Vec::new());
         assert_eq!(index.lookup(&hash(1), "p", None), Some((None, false)));
     }
@@ -502,7 +506,7 @@ mod tests {
         let index = StateIndex::new(1);
         serving(&index);
         index.mark_stale(&hash(1));
-        let pending = vec![(key(&hash(1)).unwrap(), index.marks.load(Ordering::Acquire))];
+        let pending = pending_of(&index, 1);
         index.install(
             &pending,
             vec![
