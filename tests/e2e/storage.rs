@@ -354,6 +354,52 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     db.close().await;
 }
 
+/// Every SQLite write under the write turn uses one connection: a write on
+/// another connection would make SQLite drop that connection's page cache. A
+/// temporary table (visible to its connection only) shows which connection a
+/// transaction ran on.
+#[tokio::test]
+async fn sqlite_writes_share_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(&dir, "writer").await;
+    let mut tx = db.begin_write().await.unwrap();
+    sqlx::query("CREATE TEMP TABLE mine (x INTEGER)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The pool's connections do not see it.
+    for _ in 0..4 {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let seen: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_temp_master WHERE name = 'mine'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(seen, 0);
+    }
+    for _ in 0..3 {
+        let mut tx = db.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO mine (x) VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .expect("a write transaction runs on the writer connection");
+        tx.commit().await.unwrap();
+    }
+    let mut tx = db.begin_script().await.unwrap();
+    let rows = tx
+        .fetch_all({
+            let mut script = Script::new(DbBackend::Sqlite);
+            script.push("SELECT count(*) FROM mine", |_| ());
+            script
+        })
+        .await
+        .expect("a script transaction runs on the writer connection");
+    assert_eq!(sqlx::Row::get::<i64, _>(&rows[0], 0), 3);
+    tx.rollback().await.unwrap();
+    db.close().await;
+}
+
 #[tokio::test]
 async fn services_sharing_a_postgres_database_get_their_own_schema() {
     let pg = TestDatabase::create().await;

@@ -42,6 +42,9 @@ pub struct Db {
     /// SQLite only: one connection with `synchronous = NORMAL`, for writes that
     /// need not wait for the disk flush (see [`Db::relaxed_pool`]).
     relaxed: Option<AnyPool>,
+    /// SQLite only: the one connection every write under [`Db::write_turn`] uses
+    /// (see [`Db::write_pool`]).
+    writer: Option<AnyPool>,
     /// SQLite only: copies the write-ahead log into the database file in the
     /// background (see [`Checkpointer`]).
     checkpointer: Option<Arc<Checkpointer>>,
@@ -121,6 +124,18 @@ impl Db {
         self.relaxed.as_ref()
     }
 
+    /// Where writes go: on SQLite one connection of its own (`synchronous = FULL`),
+    /// to be used only while holding [`Db::write_turn`]; on PostgreSQL the pool.
+    /// SQLite drops a connection's whole page cache when another connection has
+    /// written since its last transaction, so writes spread over the pool's
+    /// connections re-read the B-tree pages they touch (the newest versions from
+    /// the write-ahead log, by `pread`); a single writer keeps them, and a service
+    /// that enlarges the writer's cache (audit-log) does so once, not per pooled
+    /// connection.
+    pub fn write_pool(&self) -> &AnyPool {
+        self.writer.as_ref().unwrap_or(&self.pool)
+    }
+
     /// PostgreSQL only: native connections to the same database and schema, for
     /// statements `sqlx::Any` cannot express (array parameters: one `UNNEST`
     /// insert of thousands of rows binds one array per column instead of one
@@ -176,7 +191,7 @@ impl Db {
             Backend::Sqlite => {
                 let turn = self.write_turn().await;
                 Ok(WriteTx {
-                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    tx: self.write_pool().begin_with("BEGIN IMMEDIATE").await?,
                     _turn: turn,
                 })
             }
@@ -214,6 +229,9 @@ impl Db {
     pub async fn close(&self) {
         if let Some(relaxed) = &self.relaxed {
             relaxed.close().await;
+        }
+        if let Some(writer) = &self.writer {
+            writer.close().await;
         }
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.pool.close().await;
@@ -279,18 +297,22 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             .connect(raw)
             .await
             .map_err(redact)?;
-        let relaxed = sqlite_options(
+        let one_connection = || {
             AnyPoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(Duration::from_secs(10)),
-            "NORMAL",
-        )
-        .connect_lazy(raw)
-        .map_err(redact)?;
+                .acquire_timeout(Duration::from_secs(10))
+        };
+        let writer = sqlite_options(one_connection(), "FULL")
+            .connect_lazy(raw)
+            .map_err(redact)?;
+        let relaxed = sqlite_options(one_connection(), "NORMAL")
+            .connect_lazy(raw)
+            .map_err(redact)?;
         let checkpointer = Checkpointer::start(raw)?;
         Ok(Db {
             pool,
             relaxed: Some(relaxed),
+            writer: Some(writer),
             checkpointer: Some(checkpointer),
             backend: Backend::Sqlite,
             sqlite_file: file.map(Arc::from),
@@ -335,6 +357,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         Ok(Db {
             pool,
             relaxed: None,
+            writer: None,
             checkpointer: None,
             backend: Backend::Postgres,
             sqlite_file: None,

@@ -163,7 +163,8 @@ impl LogStore {
             // one group commit touches across the six indexes, so without this it
             // spills dirty pages to the WAL mid-transaction and re-reads index pages
             // through the OS (~30% of append throughput). Per connection, allocated on
-            // use; best set once per connection where the pool is configured.
+            // use. All appends run on the one writer connection (`Db::write_pool`),
+            // so one cache of this size per database, not one per pooled connection.
             sqlx::query(SQLITE_CACHE_PRAGMA).execute(&mut *tx).await?;
         }
         // Taking the row lock first serialises appenders (across replicas too), so
@@ -277,7 +278,7 @@ impl LogStore {
         .bind(head.timestamp_us)
         .bind(head.key_id.clone())
         .bind(head.signature.clone())
-        .execute(self.db.pool())
+        .execute(self.db.write_pool())
         .await?;
         Ok(())
     }

@@ -548,7 +548,7 @@ impl OutboxStore for SqlOutbox {
             for id in chunk {
                 q = q.bind(*id);
             }
-            q.execute(self.db.pool()).await?;
+            q.execute(self.db.write_pool()).await?;
         }
         Ok(())
     }
@@ -565,7 +565,7 @@ impl OutboxStore for SqlOutbox {
             for id in chunk {
                 q = q.bind(*id);
             }
-            q.execute(self.db.pool()).await?;
+            q.execute(self.db.write_pool()).await?;
         }
         Ok(())
     }

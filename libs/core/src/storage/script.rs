@@ -252,7 +252,7 @@ impl Db {
     pub async fn begin_script(&self) -> Result<ScriptTx, sqlx::Error> {
         let turn = self.write_turn().await;
         Ok(ScriptTx {
-            conn: self.pool.acquire().await?,
+            conn: self.write_pool().acquire().await?,
             backend: self.backend,
             _turn: turn,
             begun: false,
