@@ -308,7 +308,8 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         let relaxed = sqlite_options(one_connection(), "NORMAL")
             .connect_lazy(raw)
             .map_err(redact)?;
-        let checkpointer = Checkpointer::start(raw)?;
+        let write_gate = Arc::default();
+        let checkpointer = Checkpointer::start(raw, file, Arc::clone(&write_gate))?;
         Ok(Db {
             pool,
             relaxed: Some(relaxed),
@@ -317,7 +318,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
             backend: Backend::Sqlite,
             sqlite_file: file.map(Arc::from),
             native_pg: None,
-            write_gate: Arc::default(),
+            write_gate,
         })
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
         validate_schema_name(schema)?;
@@ -371,7 +372,7 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
 
 /// Pool options for an SQLite file: WAL for concurrent readers, `synchronous` as
 /// given, foreign keys on, wait rather than fail when another writer holds the
-/// lock, and the file read through a shared memory map of up to [`SQLITE_MMAP`]
+/// lock, no checkpoint inside commits (the [`Checkpointer`] does them), and the file read through a shared memory map of up to [`SQLITE_MMAP`]
 /// (no `pread` and copy into each connection's page cache per page: a cold
 /// 10,000-subject BatchCheckConsent reads thousands of pages).
 fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
@@ -385,7 +386,7 @@ fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPool
                 conn.execute(AssertSqlSafe(format!(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                     PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}; \
+                     PRAGMA wal_autocheckpoint = 0; \
                      PRAGMA mmap_size = {SQLITE_MMAP};"
                 )))
                 .await?;
@@ -402,16 +403,37 @@ pub const NATIVE_PG_CONNECTIONS: u32 = 2;
 
 /// How often the [`Checkpointer`] looks at the write-ahead log.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-/// WAL size (pages) at which a committing writer checkpoints by itself: only a
-/// backstop for when the [`Checkpointer`] falls behind (SQLite's default is 1,000).
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
+/// Pages the write-ahead log may grow by before the [`Checkpointer`] finishes it
+/// under the write turn (64 MiB of 4 KiB pages), so that it starts again from its
+/// beginning.
+const LOG_RESTART_PAGES: i32 = 16_384;
 
-/// Checkpoints an SQLite file's write-ahead log every [`CHECKPOINT_INTERVAL`] on
-/// a connection of its own (PASSIVE: it never waits for readers or writers).
-/// Left to SQLite, the checkpoint runs inside whichever commit crosses the WAL
-/// limit: that call then waits for up to 1,000 pages to be copied into the
-/// database file and flushed (a 10,000-subject BatchCheckConsent writing its
-/// access events did so every third call). Stops when the last [`Db`] handle is
+/// Checkpoints an SQLite file's write-ahead log on a connection of its own, so
+/// that no commit ever does (`wal_autocheckpoint` is off on every connection).
+///
+/// Every [`CHECKPOINT_INTERVAL`] that the log has grown, a round:
+/// 1. Runs a PASSIVE checkpoint while writes go on. It copies the log's pages
+///    into the database file; SQLite flushes that file only when the copy
+///    reached the end of the log, which a commit landing meanwhile prevents.
+/// 2. Flushes the database file from here, still while writes go on, so that
+///    dirty pages never pile up.
+/// 3. Once the log has grown by [`LOG_RESTART_PAGES`] since the last time, runs a
+///    second PASSIVE checkpoint under the write turn ([`Db::write_turn`]). No
+///    commit of this process can land meanwhile, so it copies the few pages
+///    logged since step 1, flushes the file and marks the whole log copied; the
+///    next write then starts the log again from its beginning. Under steady
+///    writes nothing else ever does (a commit always lands during step 1).
+///
+/// Step 3 holds the write turn for the copy and flush of what was logged since
+/// step 1 (2-5 ms on the RecordConsent benchmark), hence only every
+/// [`LOG_RESTART_PAGES`] and not every round.
+///
+/// Left to SQLite, the checkpoint ran inside whichever commit found the log past
+/// its limit, and flushed the database file inside that commit. Under steady
+/// writes the log never restarted, so past the limit that was every commit that
+/// found the checkpoint lock free: on the RecordConsent benchmark ~8 flushes of
+/// ~8 ms a second, each stalling a whole group commit (BENCHMARKS.md,
+/// "checkpoints out of the commits"). Stops when the last [`Db`] handle is
 /// dropped or the database is closed.
 #[derive(Debug)]
 struct Checkpointer {
@@ -420,7 +442,11 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(url: &str) -> anyhow::Result<Arc<Self>> {
+    fn start(
+        url: &str,
+        file: Option<&Path>,
+        write_gate: Arc<tokio::sync::Mutex<()>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let pool = sqlite_options(
             AnyPoolOptions::new()
                 .max_connections(1)
@@ -429,8 +455,15 @@ impl Checkpointer {
         )
         .connect_lazy(url)
         .map_err(redact)?;
+        let mut round = CheckpointRound {
+            pool: pool.clone(),
+            file: file.map(flush_handle).transpose()?,
+            write_gate,
+            restart_pages: LOG_RESTART_PAGES,
+            logged: 0,
+            finished_at: 0,
+        };
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let ck = pool.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -439,16 +472,105 @@ impl Checkpointer {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
                 }
-                if ck.is_closed() {
+                if round.pool.is_closed() {
                     break;
                 }
-                if let Err(e) = ck.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+                if let Err(e) = round.run().await {
                     tracing::debug!(error = %e, "background WAL checkpoint failed");
                 }
             }
         });
         Ok(Arc::new(Self { pool, _stop: stop }))
     }
+}
+
+/// One [`Checkpointer`] round and what it remembers of the last.
+#[derive(Debug)]
+struct CheckpointRound {
+    pool: AnyPool,
+    /// The database file, for step 2's flush (none for an in-memory database).
+    file: Option<Arc<std::fs::File>>,
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+    restart_pages: i32,
+    /// Pages in the log at the last round's first checkpoint.
+    logged: i32,
+    /// Pages in the log when a round last finished it under the write turn; 0
+    /// once the log has started again.
+    finished_at: i32,
+}
+
+impl CheckpointRound {
+    /// Runs a round; true if it finished the log under the write turn.
+    async fn run(&mut self) -> anyhow::Result<bool> {
+        // (busy, pages in the log, pages copied), as of the checkpoint's start.
+        let (_, logged, _): (i32, i32, i32) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        if logged < self.logged {
+            self.finished_at = 0;
+        }
+        let grown = logged != self.logged;
+        self.logged = logged;
+        if logged <= 0 || !grown {
+            return Ok(false);
+        }
+        if let Some(file) = &self.file {
+            let file = Arc::clone(file);
+            tokio::task::spawn_blocking(move || file.sync_data()).await??;
+        }
+        if logged < self.finished_at + self.restart_pages {
+            return Ok(false);
+        }
+        self.finish().await
+    }
+
+    /// Step 3: a checkpoint under the write turn; true if it copied the whole log.
+    async fn finish(&mut self) -> anyhow::Result<bool> {
+        let _turn = self.write_gate.lock().await;
+        let (busy, logged, copied): (i32, i32, i32) =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&self.pool)
+                .await?;
+        // A reader of an older snapshot holds back the copy (and another
+        // checkpointer on the file, the lock): try again once the log has grown by
+        // as much again.
+        if busy == 0 {
+            self.finished_at = logged;
+        }
+        Ok(busy == 0 && copied == logged)
+    }
+}
+
+/// A read-only descriptor of the SQLite file at `path` for the [`Checkpointer`]'s
+/// early flush, one per file for the life of the process. It is never closed:
+/// closing any descriptor of a file drops every POSIX lock this process holds on
+/// it, SQLite's own included (another process could then take the database as
+/// unused and delete its log). SQLite keeps its own descriptors open for the same
+/// reason. One per database file, so a process holds a handful.
+fn flush_handle(path: &Path) -> anyhow::Result<Arc<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    static HANDLES: std::sync::Mutex<Vec<(u64, u64, Arc<std::fs::File>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut handles = HANDLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let meta = std::fs::metadata(path).context("cannot read the SQLite file's metadata")?;
+    let kept = |dev: u64, ino: u64, handles: &[(u64, u64, Arc<std::fs::File>)]| {
+        handles
+            .iter()
+            .find(|(d, i, _)| *d == dev && *i == ino)
+            .map(|(_, _, file)| Arc::clone(file))
+    };
+    if let Some(file) = kept(meta.dev(), meta.ino(), &handles) {
+        return Ok(file);
+    }
+    let file = std::fs::File::open(path).context("cannot open the SQLite file")?;
+    let meta = file.metadata()?;
+    // The path may name another file by now; a descriptor once open stays open.
+    let found = kept(meta.dev(), meta.ino(), &handles);
+    let file = Arc::new(file);
+    handles.push((meta.dev(), meta.ino(), Arc::clone(&file)));
+    Ok(found.unwrap_or(file))
 }
 
 fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
@@ -581,5 +703,144 @@ impl Params {
             };
         }
         query
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages in the log, as a PASSIVE checkpoint reports them.
+    async fn log_pages(pool: &AnyPool) -> i32 {
+        let (_, logged, _): (i32, i32, i32) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        logged
+    }
+
+    async fn write_row(db: &Db) {
+        let mut tx = db.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO t (body) VALUES (randomblob(3000))")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn rows<'c>(on: impl sqlx::Executor<'c, Database = sqlx::Any>) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(on)
+            .await
+            .unwrap()
+    }
+
+    /// An SQLite file with 100 rows written, whose own [`Checkpointer`] is
+    /// stopped, and a round of the test's own (its connection is also the probe).
+    async fn setup(dir: &tempfile::TempDir) -> (Db, CheckpointRound) {
+        let path = dir.path().join("ck.db");
+        let url = SecretString::from(sqlite_file_url(&path));
+        let db = connect(&url, "ck", 4).await.unwrap();
+        db.checkpointer.as_ref().unwrap().pool.close().await;
+        for pool in [db.pool(), db.write_pool()] {
+            let every: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(every, 0, "no commit checkpoints");
+        }
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+            .execute(db.write_pool())
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            write_row(&db).await;
+        }
+        let pool = sqlite_options(AnyPoolOptions::new().max_connections(1), "NORMAL")
+            .connect(url.expose_secret())
+            .await
+            .unwrap();
+        let round = CheckpointRound {
+            pool,
+            file: Some(flush_handle(&path).unwrap()),
+            write_gate: Arc::clone(&db.write_gate),
+            restart_pages: 1,
+            logged: 0,
+            finished_at: 0,
+        };
+        (db, round)
+    }
+
+    /// A checkpoint that a commit (here a reader's snapshot) kept from the log's
+    /// end leaves the log growing with every commit: commits never checkpoint.
+    /// Step 3 finishes it, and the next commit starts it again.
+    #[tokio::test]
+    async fn only_a_finished_log_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut round) = setup(&dir).await;
+        let probe = round.pool.clone();
+        let mut reader = db.begin_read().await.unwrap();
+        assert_eq!(rows(&mut *reader).await, 100);
+        write_row(&db).await;
+        let held_back = log_pages(&probe).await;
+        reader.rollback().await.unwrap();
+        for _ in 0..3 {
+            write_row(&db).await;
+        }
+        let grown = log_pages(&probe).await;
+        assert!(
+            grown > held_back,
+            "{grown} pages after 3 commits, {held_back} before"
+        );
+
+        assert!(round.finish().await.unwrap(), "nothing holds the copy back");
+        write_row(&db).await;
+        let started_again = log_pages(&probe).await;
+        assert!(
+            started_again < held_back,
+            "{started_again} pages after a finished log and one commit, {held_back} before"
+        );
+        assert_eq!(rows(&probe).await, 105);
+        probe.close().await;
+        db.close().await;
+    }
+
+    /// Rounds finish the log (step 3 takes the write turn) while another task
+    /// keeps committing, and no write is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_finish_the_log_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut round) = setup(&dir).await;
+        let probe = round.pool.clone();
+        let before = log_pages(&probe).await;
+        assert!(before >= 100, "{before} pages logged");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = tokio::spawn({
+            let (db, stop) = (db.clone(), Arc::clone(&stop));
+            async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_row(&db).await;
+                    n += 1;
+                }
+                n
+            }
+        });
+        let mut rounds = 1;
+        while !round.run().await.unwrap() {
+            rounds += 1;
+            assert!(rounds < 100, "no round finished the log");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writes.await.unwrap();
+        write_row(&db).await;
+        let after = log_pages(&probe).await;
+        assert!(
+            after < before,
+            "{after} pages after a finished round and one commit, {before} before"
+        );
+        assert_eq!(rows(&probe).await, 101 + written);
+        probe.close().await;
+        db.close().await;
     }
 }
