@@ -372,9 +372,10 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
 
 /// Pool options for an SQLite file: WAL for concurrent readers, `synchronous` as
 /// given, foreign keys on, wait rather than fail when another writer holds the
-/// lock, no checkpoint inside commits (the [`Checkpointer`] does them), and the file read through a shared memory map of up to [`SQLITE_MMAP`]
-/// (no `pread` and copy into each connection's page cache per page: a cold
-/// 10,000-subject BatchCheckConsent reads thousands of pages).
+/// lock, no checkpoint inside commits (the [`Checkpointer`] does them), and the
+/// file read through a shared memory map of up to [`SQLITE_MMAP`] (no `pread` and
+/// copy into each connection's page cache per page: a cold 10,000-subject
+/// BatchCheckConsent reads thousands of pages).
 fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
     options
         // A connection to a local file cannot have been dropped by a server, and
