@@ -556,22 +556,17 @@ fn flush_handle(path: &Path) -> anyhow::Result<Arc<std::fs::File>> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let meta = std::fs::metadata(path).context("cannot read the SQLite file's metadata")?;
-    let kept = |dev: u64, ino: u64, handles: &[(u64, u64, Arc<std::fs::File>)]| {
-        handles
-            .iter()
-            .find(|(d, i, _)| *d == dev && *i == ino)
-            .map(|(_, _, file)| Arc::clone(file))
-    };
-    if let Some(file) = kept(meta.dev(), meta.ino(), &handles) {
-        return Ok(file);
+    if let Some((_, _, file)) = handles
+        .iter()
+        .find(|(dev, ino, _)| *dev == meta.dev() && *ino == meta.ino())
+    {
+        return Ok(Arc::clone(file));
     }
-    let file = std::fs::File::open(path).context("cannot open the SQLite file")?;
+    let file = Arc::new(std::fs::File::open(path).context("cannot open the SQLite file")?);
+    // Keyed by what was opened (the path may name another file by now).
     let meta = file.metadata()?;
-    // The path may name another file by now; a descriptor once open stays open.
-    let found = kept(meta.dev(), meta.ino(), &handles);
-    let file = Arc::new(file);
     handles.push((meta.dev(), meta.ino(), Arc::clone(&file)));
-    Ok(found.unwrap_or(file))
+    Ok(file)
 }
 
 fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
