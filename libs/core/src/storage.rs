@@ -503,10 +503,7 @@ struct CheckpointRound {
 impl CheckpointRound {
     /// Runs a round; true if it finished the log under the write turn.
     async fn run(&mut self) -> anyhow::Result<bool> {
-        // (busy, pages in the log, pages copied), as of the checkpoint's start.
-        let (_, logged, _): (i32, i32, i32) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&self.pool)
-            .await?;
+        let (_, logged, _) = passive_checkpoint(&self.pool).await?;
         if logged < self.logged {
             self.finished_at = 0;
         }
@@ -528,10 +525,7 @@ impl CheckpointRound {
     /// Step 3: a checkpoint under the write turn; true if it copied the whole log.
     async fn finish(&mut self) -> anyhow::Result<bool> {
         let _turn = self.write_gate.lock().await;
-        let (busy, logged, copied): (i32, i32, i32) =
-            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&self.pool)
-                .await?;
+        let (busy, logged, copied) = passive_checkpoint(&self.pool).await?;
         // A reader of an older snapshot holds back the copy (and another
         // checkpointer on the file, the lock): try again once the log has grown by
         // as much again.
@@ -540,6 +534,14 @@ impl CheckpointRound {
         }
         Ok(busy == 0 && copied == logged)
     }
+}
+
+/// Runs a PASSIVE checkpoint: (busy, pages in the log, pages copied), the log as
+/// of the checkpoint's start.
+async fn passive_checkpoint(pool: &AnyPool) -> Result<(i32, i32, i32), sqlx::Error> {
+    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await
 }
 
 /// A read-only descriptor of the SQLite file at `path` for the [`Checkpointer`]'s
@@ -708,11 +710,7 @@ mod tests {
 
     /// Pages in the log, as a PASSIVE checkpoint reports them.
     async fn log_pages(pool: &AnyPool) -> i32 {
-        let (_, logged, _): (i32, i32, i32) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        logged
+        passive_checkpoint(pool).await.unwrap().1
     }
 
     async fn write_row(db: &Db) {
