@@ -372,10 +372,18 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
 
 /// Pool options for an SQLite file: WAL for concurrent readers, `synchronous` as
 /// given, foreign keys on, wait rather than fail when another writer holds the
-/// lock, no checkpoint inside commits (the [`Checkpointer`] does them), and the
-/// file read through a shared memory map of up to [`SQLITE_MMAP`] (no `pread` and
-/// copy into each connection's page cache per page: a cold 10,000-subject
-/// BatchCheckConsent reads thousands of pages).
+/// lock, no checkpoint inside commits (the [`Checkpointer`] does them), statement
+/// journals in memory, and the file read through a shared memory map of up to
+/// [`SQLITE_MMAP`] (no `pread` and copy into each connection's page cache per page:
+/// a cold 10,000-subject BatchCheckConsent reads thousands of pages).
+///
+/// Statement journals: each statement of a multi-statement transaction (a group
+/// commit is one) keeps the pages it changes in a journal of its own, to undo just
+/// that statement if it fails. By default one past 64 KiB spills to a temporary
+/// file, created, written and deleted by every group commit: about a tenth of the
+/// writer thread's time under RecordConsent load (see BENCHMARKS.md). `temp_store = MEMORY` keeps them (and
+/// temporary tables and sorts, which our queries keep small) in memory; they last
+/// one statement and never hold committed data.
 fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
     options
         // A connection to a local file cannot have been dropped by a server, and
@@ -387,7 +395,7 @@ fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPool
                 conn.execute(AssertSqlSafe(format!(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                     PRAGMA wal_autocheckpoint = 0; \
+                     PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; \
                      PRAGMA mmap_size = {SQLITE_MMAP};"
                 )))
                 .await?;
@@ -742,6 +750,11 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(every, 0, "no commit checkpoints");
+            let temp: i64 = sqlx::query_scalar("PRAGMA temp_store")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(temp, 2, "statement journals in memory");
         }
         sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
             .execute(db.write_pool())
