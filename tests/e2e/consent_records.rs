@@ -621,27 +621,32 @@ async fn watch_and_erase(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    c.record_consent(authed(
-        grant(
-            &app,
-            "ada@example.edu",
-            &["newsletter"],
-            Decision::Granted,
-            &v1,
-            "",
-        ),
-        ADMIN_TOKEN,
-    ))
-    .await
-    .unwrap();
+    let granted = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "ada@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let first = next_change(&mut stream).await;
     assert_eq!(first.consent.unwrap().state, ConsentState::Granted as i32);
-    c.withdraw_consent(authed(
-        withdraw(&app, "ada@example.edu", "newsletter"),
-        ADMIN_TOKEN,
-    ))
-    .await
-    .unwrap();
+    let withdrawn = c
+        .withdraw_consent(authed(
+            withdraw(&app, "ada@example.edu", "newsletter"),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ada_receipts = [granted.receipt, withdrawn.receipt].map(|r| r.unwrap().name);
     let second = next_change(&mut stream).await;
     assert_eq!(
         second.consent.unwrap().state,
@@ -650,13 +655,17 @@ async fn watch_and_erase(backend: Backend) {
     drop(stream);
 
     // While it is disconnected, more changes happen; resuming misses none of them.
+    let mut others = Vec::new();
     for who in ["bob@example.edu", "cleo@example.edu"] {
-        c.record_consent(authed(
-            grant(&app, who, &["newsletter"], Decision::Granted, &v1, ""),
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap();
+        let r = c
+            .record_consent(authed(
+                grant(&app, who, &["newsletter"], Decision::Granted, &v1, ""),
+                ADMIN_TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        others.push(r.receipt.unwrap().name);
     }
     let mut resumed = c
         .watch_consent_changes(authed(
@@ -703,6 +712,18 @@ async fn watch_and_erase(backend: Backend) {
         erased.erased_receipt_count, 2,
         "the grant's and the withdrawal's receipts"
     );
+    let receipt = |name: &String| {
+        let mut c = c.clone();
+        let request = custodia_proto::consent::v1::GetReceiptRequest { name: name.clone() };
+        async move { c.get_receipt(authed(request, ADMIN_TOKEN)).await }
+    };
+    for name in &ada_receipts {
+        let gone = receipt(name).await.unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound, "{name}: {gone:?}");
+    }
+    for name in &others {
+        receipt(name).await.expect("other subjects' receipts stay");
+    }
     assert_eq!(
         check(&mut c, "ada@example.edu", "newsletter").await,
         (false, CheckReason::NoRecord)
