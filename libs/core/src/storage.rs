@@ -381,9 +381,10 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
 /// commit is one) keeps the pages it changes in a journal of its own, to undo just
 /// that statement if it fails. By default one past 64 KiB spills to a temporary
 /// file, created, written and deleted by every group commit: about a tenth of the
-/// writer thread's time under RecordConsent load (see BENCHMARKS.md). `temp_store = MEMORY` keeps them (and
-/// temporary tables and sorts, which our queries keep small) in memory; they last
-/// one statement and never hold committed data.
+/// writer thread's time under RecordConsent load (see BENCHMARKS.md).
+/// `temp_store = MEMORY` keeps them (and temporary tables and sorts, which our
+/// queries keep small) in memory; they last one statement and never hold
+/// committed data.
 fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
     options
         // A connection to a local file cannot have been dropped by a server, and

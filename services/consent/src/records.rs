@@ -425,17 +425,22 @@ impl ConsentStore {
     /// names it, and both are written in one transaction. So no index on
     /// `receipts.subject_hash` is needed (SQLite dropped it: every RecordConsent
     /// wrote one more random page for it, a sixth of a group commit's log frames).
+    /// The ids come from the very events deleted (`RETURNING`), so a consent
+    /// committed by another replica meanwhile either goes with its receipt or
+    /// stays with it.
     pub async fn erase(&self, subject_hashes: &[String]) -> anyhow::Result<(i64, i64)> {
         let mut tx = self.db().begin_write().await?;
         let mut erased = 0;
         let mut receipts = 0;
         for hash in subject_hashes {
+            let events =
+                sqlx::query("DELETE FROM consent_events WHERE subject_hash = $1 RETURNING body")
+                    .bind(hash.clone())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            erased += events.len() as i64;
             let mut ids = std::collections::BTreeSet::new();
-            for row in sqlx::query("SELECT body FROM consent_events WHERE subject_hash = $1")
-                .bind(hash.clone())
-                .fetch_all(&mut *tx)
-                .await?
-            {
+            for row in events {
                 let body: Vec<u8> = row.try_get(0)?;
                 let event = ConsentEvent::decode(body.as_slice())?;
                 if let Some(id) = event.receipt.strip_prefix("receipts/") {
@@ -450,11 +455,6 @@ impl ConsentStore {
                     .await?
                     .rows_affected() as i64;
             }
-            erased += sqlx::query("DELETE FROM consent_events WHERE subject_hash = $1")
-                .bind(hash.clone())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected() as i64;
             sqlx::query("DELETE FROM subject_consents WHERE subject_hash = $1")
                 .bind(hash.clone())
                 .execute(&mut *tx)
