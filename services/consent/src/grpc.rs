@@ -629,11 +629,7 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::GetReceiptResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let name = request.into_inner().name;
-        let id = name
-            .strip_prefix("receipts/")
-            .filter(|id| {
-                !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric())
-            })
+        let id = crate::receipt::id_of(&name)
             .ok_or_else(|| ApiError::invalid("name", "must be `receipts/{receipt}`"))?;
         let receipt = self
             .store

@@ -526,7 +526,9 @@ impl Api {
             purposes.first().copied().unwrap_or_default(),
         );
         access.detail = serde_json::json!({ "purposes": purposes }).to_string();
-        let id = receipt.name.trim_start_matches("receipts/").to_string();
+        let id = receipt::id_of(&receipt.name)
+            .unwrap_or_default()
+            .to_string();
         let body = prost::Message::encode_to_vec(&receipt);
         let events = self
             .store()
@@ -635,7 +637,7 @@ impl Api {
             None
         };
         let receipt = issued.as_ref().map(|r| {
-            let id = r.name.trim_start_matches("receipts/").to_string();
+            let id = receipt::id_of(&r.name).unwrap_or_default().to_string();
             (id, prost::Message::encode_to_vec(r))
         });
         let events = self
@@ -710,7 +712,7 @@ impl Api {
         };
         let issued = receipt::issue(&self.ctx().config, self.receipt_key(), facts);
         for r in records.iter_mut() {
-            r.event.receipt = format!("receipts/{id}");
+            r.event.receipt = receipt::name(&id);
         }
         Ok(issued)
     }
@@ -728,9 +730,9 @@ impl Api {
         if let Some(issued) = issued.filter(|r| r.name == name) {
             return Ok(Some(issued));
         }
-        match name.trim_start_matches("receipts/") {
-            "" => Ok(None),
-            id => self.store().receipt(id).await.map_err(ApiError::internal),
+        match receipt::id_of(name) {
+            None => Ok(None),
+            Some(id) => self.store().receipt(id).await.map_err(ApiError::internal),
         }
     }
 

@@ -18,6 +18,19 @@ pub const RECEIPT_VERSION: &str = "KI-CR-v1.1.0";
 /// File holding the generated seed in the embedded default.
 pub const SEED_FILE: &str = "consent-receipt.key";
 
+/// The resource name of receipt `id`: `receipts/{id}`.
+pub fn name(id: &str) -> String {
+    format!("receipts/{id}")
+}
+
+/// The id in a receipt's resource name, if `name` has the form `receipts/{id}`
+/// with an id of 1-64 ASCII letters and digits (ids are UUIDv7 in simple form).
+pub fn id_of(name: &str) -> Option<&str> {
+    name.strip_prefix("receipts/").filter(|id| {
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric())
+    })
+}
+
 /// The receipt signing key of this process.
 pub fn signing_key(config: &Config) -> anyhow::Result<Ed25519Key> {
     Ed25519Key::configured_or_generated(
@@ -178,7 +191,7 @@ pub fn issue(config: &Config, key: &Ed25519Key, f: Facts<'_>) -> ConsentReceipt 
     let payload = serde_json::to_vec(&document).expect("JSON values serialise");
     let signature = key.sign(&payload).to_vec();
     ConsentReceipt {
-        name: format!("receipts/{}", f.id),
+        name: name(&f.id),
         version: RECEIPT_VERSION.into(),
         jurisdiction: f.jurisdiction.into(),
         consent_time: Some(f.consent_time),

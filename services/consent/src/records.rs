@@ -443,7 +443,7 @@ impl ConsentStore {
             for row in events {
                 let body: Vec<u8> = row.try_get(0)?;
                 let event = ConsentEvent::decode(body.as_slice())?;
-                if let Some(id) = event.receipt.strip_prefix("receipts/") {
+                if let Some(id) = crate::receipt::id_of(&event.receipt) {
                     ids.insert(id.to_string());
                 }
             }
