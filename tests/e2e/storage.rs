@@ -95,11 +95,31 @@ async fn journal_outbox_conformance_postgres() {
     let path = dir.path().join("journals").join("consent-read-events");
     on_postgres(4, |db| async move {
         db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+        assert_eq!(
+            payload_compression(&db).await,
+            "l",
+            "journal moves insert rows of ~40 KB: lz4 where the server has it (this one does)"
+        );
         let outbox = SqlOutbox::with_journal(db, ReadEventSync::Relaxed, Some(&path));
         assert!(outbox.has_journal());
         conformance::run(&outbox).await;
     })
     .await;
+}
+
+/// How PostgreSQL compresses new outbox payloads: `l` lz4, `p` pglz, empty the
+/// server's `default_toast_compression`.
+async fn payload_compression(db: &Db) -> String {
+    sqlx::Row::get(
+        &sqlx::query(
+            "SELECT CAST(attcompression AS TEXT) FROM pg_attribute \
+             WHERE attrelid = CAST('access_event_outbox' AS regclass) AND attname = 'payload'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap(),
+        0,
+    )
 }
 
 /// Events in the outbox table, read directly (`pending` would move the journal first).
