@@ -19,15 +19,16 @@
 //! own (the same data dir or database), so the client's and the server's CPU are
 //! reported apart; the `h2load` phase (with `--phases record,h2load`) then sends
 //! CheckConsent from nghttp2's h2load, a client in C that costs the machine a
-//! fraction of what a tonic client does.
+//! fraction of what a tonic client does, and the `lean` phase from our own raw
+//! HTTP/2 client ([`crate::lean`]), nearly as cheap, with `check`'s random subjects.
 
 use std::time::{Duration, Instant};
 
 use custodia_proto::{
     common::v1::SubjectRef,
     consent::v1::{
-        BatchCheckConsentRequest, CheckConsentRequest, ConsentChannel, Decision, Evidence, Notice,
-        PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
+        BatchCheckConsentRequest, CheckConsentRequest, CheckConsentResponse, ConsentChannel,
+        Decision, Evidence, Notice, PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
         consent_service_client::ConsentServiceClient, notice::Content,
     },
 };
@@ -134,6 +135,10 @@ enum PhaseArg {
     /// of a tonic client: what the server serves when the client costs little.
     /// Every call checks the same recorded subject (h2load sends one body).
     H2load,
+    /// CheckConsent from the lean client (raw HTTP/2, requests encoded before the
+    /// clock starts, one thread): random subjects like `check`, at a client cost
+    /// near h2load's, every answer decoded and checked.
+    Lean,
 }
 
 const TARGET_CHECKS_PER_SEC: f64 = 40_000.0;
@@ -208,6 +213,8 @@ struct Phase {
     ok: u64,
     errors: u64,
     first_error: Option<String>,
+    /// The fewest successful calls of one loop (of `load`), if counted.
+    slot_ok_min: Option<u64>,
 }
 
 impl Phase {
@@ -217,6 +224,7 @@ impl Phase {
             ok: 0,
             errors: 0,
             first_error: None,
+            slot_ok_min: None,
         }
     }
 
@@ -240,6 +248,10 @@ impl Phase {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+        self.slot_ok_min = match (self.slot_ok_min, other.slot_ok_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -314,6 +326,7 @@ where
                     phase.outcome(took, r);
                     n += 1;
                 }
+                phase.slot_ok_min = Some(phase.ok);
                 phase
             })
         })
@@ -351,6 +364,17 @@ fn report(
     line("latency", phase.latencies.summary());
     cpu.report(phase.ok + phase.errors, elapsed);
     p99_line(p99, target_p99);
+}
+
+/// The report of a CheckConsent phase, against the check targets.
+fn report_checks((phase, elapsed, cpu): &(Phase, Duration, Cpu)) {
+    report(
+        phase,
+        (*elapsed, *cpu),
+        "checks",
+        TARGET_CHECKS_PER_SEC,
+        TARGET_CHECK_P99,
+    );
 }
 
 /// The "p99 target" line of a report.
@@ -486,6 +510,37 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         None
     };
 
+    // 2c. CheckConsent from the lean client: random subjects, each answer checked.
+    let lean = if wants(PhaseArg::Lean) {
+        // Loop `id` of the record phase recorded subjects id + n * concurrency for
+        // every n below its count of successes, if none failed.
+        let sure = writes
+            .as_ref()
+            .and_then(|(w, ..)| w.slot_ok_min)
+            .unwrap_or(0)
+            * concurrency;
+        anyhow::ensure!(
+            sure > 0,
+            "the lean phase checks recorded subjects: record them first (--phases record,lean)"
+        );
+        eprintln!(
+            "CheckConsent from the lean client for {} s ...",
+            args.seconds
+        );
+        let cpu0 = Cpu::now(pid);
+        let (outcome, elapsed) = crate::lean::run(lean_checks(&server.endpoint, sure, args))?;
+        let phase = Phase {
+            latencies: outcome.latencies,
+            ok: outcome.ok,
+            errors: outcome.errors,
+            first_error: outcome.first_error,
+            slot_ok_min: None,
+        };
+        Some((phase, elapsed, cpu0.since(pid)))
+    } else {
+        None
+    };
+
     // 3. BatchCheckConsent of 10,000 subjects, one call at a time.
     let batch_calls = if wants(PhaseArg::Batch) {
         args.batch_calls
@@ -569,19 +624,25 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
             TARGET_WRITE_P99,
         );
     }
-    if let Some((checks, check_time, check_cpu)) = &checks {
+    if let Some(checks) = &checks {
         header("CheckConsent");
-        report(
-            checks,
-            (*check_time, *check_cpu),
-            "checks",
-            TARGET_CHECKS_PER_SEC,
-            TARGET_CHECK_P99,
-        );
+        report_checks(checks);
     }
     if let Some(h2) = &h2 {
         header("CheckConsent from h2load (one subject)");
         h2.report(args);
+    }
+    if let Some(checks) = &lean {
+        header("CheckConsent from the lean client (3 in 4 recorded subjects, 1 in 4 unknown)");
+        line(
+            "load",
+            format!(
+                "{} calls in flight over {} connections, one client thread",
+                args.concurrency,
+                connection_count(args)
+            ),
+        );
+        report_checks(checks);
     }
     if batch_calls == 0 {
         return Ok(());
@@ -607,6 +668,51 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         ),
     );
     Ok(())
+}
+
+/// The messages of the lean phase: 3 in 4 check a subject among the first `sure`
+/// recorded (the answer must say ALLOWED), 1 in 4 an unknown subject (it must not).
+fn lean_checks(endpoint: &str, sure: u64, args: &Args) -> crate::lean::Calls {
+    use prost::Message;
+    const MESSAGES: u64 = 65_536;
+    let mut rng = Rng::new(0x1EA2);
+    let messages = (0..MESSAGES)
+        .map(|j| {
+            let i = if j % 4 == 3 {
+                10_000_000 + j
+            } else {
+                rng.below(sure)
+            };
+            let request = CheckConsentRequest {
+                subject: Some(subject(i)),
+                purpose: PURPOSE.into(),
+            };
+            crate::lean::frame(&request.encode_to_vec())
+        })
+        .collect();
+    crate::lean::Calls {
+        endpoint: endpoint.to_string(),
+        path: "/custodia.consent.v1.ConsentService/CheckConsent".into(),
+        bearer: ADMIN_TOKEN.into(),
+        messages,
+        check: |j, answer| {
+            let allowed = CheckConsentResponse::decode(answer)
+                .map_err(|e| format!("undecodable answer: {e}"))?
+                .result
+                .ok_or("answer without a result")?
+                .allowed;
+            let want = j % 4 != 3;
+            if allowed == want {
+                Ok(())
+            } else {
+                Err(format!("message {j}: allowed = {allowed}, expected {want}"))
+            }
+        },
+        connections: connection_count(args),
+        concurrency: args.concurrency,
+        seconds: args.seconds,
+        pick: |slot, n, len| (Rng::new(0x1EA2 ^ (slot << 32) ^ n).next_u64() % len as u64) as usize,
+    }
 }
 
 /// One BatchCheckConsent call; an answer without one result per subject is an error.
