@@ -141,7 +141,14 @@ async fn table_events(db: &Db) -> i64 {
 /// database closes, empties the file at once.
 #[test]
 fn postgres_journal_left_behind_is_moved_once() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One thread: tasks run only inside `block_on`. With worker threads, the
+    // dropped second outbox's background move could still hold its journal (and
+    // the journal's lock) while the third opens it, and the third would then write
+    // to the table directly.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("consent-read-events");
     let pg = rt.block_on(TestDatabase::create());
