@@ -403,6 +403,61 @@ async fn records(backend: Backend) {
         check(&mut c, "cleo@example.edu", "newsletter").await,
         (false, CheckReason::NoticeChanged)
     );
+    // A grant collected now under v1 (a page still showing the old notice) is
+    // refused, and nothing is stored; one collected before v2 took effect (an
+    // import of older records) is kept, and needs re-confirmation like cleo's.
+    let trail_of = async |c: &mut Client, who: &str| {
+        c.list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email(who)],
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .len()
+    };
+    let before = trail_of(&mut c, "cleo@example.edu").await;
+    let err = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "cleo@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains(&v1) && err.message().contains("superseded"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(trail_of(&mut c, "cleo@example.edu").await, before);
+    let mut import = grant(
+        &app,
+        "gus@example.edu",
+        &["newsletter"],
+        Decision::Granted,
+        &v1,
+        "",
+    );
+    let evidence = import.evidence.as_mut().unwrap();
+    evidence.channel = ConsentChannel::CrmImport as i32;
+    evidence.collect_time.as_mut().unwrap().seconds -= 90;
+    c.record_consent(authed(import, ADMIN_TOKEN)).await.unwrap();
+    assert_eq!(
+        check(&mut c, "gus@example.edu", "newsletter").await,
+        (false, CheckReason::NoticeChanged)
+    );
     let state = c
         .list_subject_consents(authed(
             ListSubjectConsentsRequest {

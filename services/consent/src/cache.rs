@@ -28,7 +28,7 @@
 //! memory too (see [`crate::index`]).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     hash::BuildHasher,
     sync::{
         Arc, Mutex,
@@ -97,8 +97,8 @@ pub struct CheckCache {
     per_shard: usize,
     hasher: foldhash::fast::RandomState,
     register: Mutex<Register>,
-    /// Notice versions known to exist.
-    notices: Mutex<HashSet<String>>,
+    /// Notice versions known to exist, with when each took effect (µs).
+    notices: Mutex<HashMap<String, i64>>,
     started: Instant,
     /// Until when (µs after `started`) subject states may be served: the last
     /// successful poll of the follower plus [`FOLLOWER_FRESH`]; 0 before the first.
@@ -250,19 +250,24 @@ impl CheckCache {
         }
     }
 
-    /// Whether notice version `name` is known to exist.
-    pub fn knows_notice(&self, name: &str) -> bool {
-        self.notices.lock().expect("notice cache").contains(name)
+    /// When notice version `name` took effect (µs), if it is known to exist.
+    pub fn notice_effective(&self, name: &str) -> Option<i64> {
+        self.notices
+            .lock()
+            .expect("notice cache")
+            .get(name)
+            .copied()
     }
 
-    /// Remembers that notice version `name` exists (versions are immutable once
-    /// published, so this never goes stale).
-    pub fn remember_notice(&self, name: &str) {
+    /// Remembers that notice version `name` exists and took effect at
+    /// `effective_us` (versions are immutable once published, so this never goes
+    /// stale).
+    pub fn remember_notice(&self, name: &str, effective_us: i64) {
         let mut notices = self.notices.lock().expect("notice cache");
         if notices.len() >= MAX_NOTICES {
             notices.clear();
         }
-        notices.insert(name.to_string());
+        notices.insert(name.to_string(), effective_us);
     }
 
     /// Drops every cached purpose (after a register change on this replica).

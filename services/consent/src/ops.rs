@@ -71,6 +71,32 @@ fn notice_ref(name: &str) -> Option<(&str, i64)> {
     Some((id, version.parse().ok().filter(|v: &i64| *v > 0)?))
 }
 
+/// C-6: a grant collected under notice version `notice` (in effect from
+/// `notice_us`) is refused when a material change covering the purpose had taken
+/// effect after that version and before the consent was collected: the subject
+/// was shown terms that no longer hold. (Consents collected before the change are
+/// kept, and checks answer NOTICE_CHANGED until they are re-confirmed.)
+fn superseded_notice(
+    notice: &str,
+    notice_us: Option<i64>,
+    purpose: &CachedPurpose,
+    collect_us: i64,
+    pid: &str,
+) -> Result<(), ApiError> {
+    match (notice_us, purpose.material_at(collect_us)) {
+        (Some(shown), Some(material)) if shown < material => Err(ApiError::precondition(
+            "NOTICE_SUPERSEDED",
+            format!(
+                "evidence.notice {notice} was superseded for purposes/{pid} by a material \
+                 change in effect since {} (before the consent was collected): show the \
+                 current notice and record the consent under it",
+                from_micros(material).to_rfc3339()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn subject_out(id: &SubjectId) -> SubjectRef {
     // Only the type leaves the service: the value is stored as a keyed hash.
     SubjectRef {
@@ -117,29 +143,20 @@ impl Api {
         e
     }
 
-    /// A purpose named in a write, from the register cache (see [`Self::check_purpose`]).
-    async fn purpose_or_404(
-        &self,
-        name: &str,
-        field: &str,
-    ) -> Result<(String, Arc<Purpose>), ApiError> {
-        let (id, cached) = self.check_purpose(name, field).await?;
-        Ok((id, cached.purpose))
-    }
-
-    /// Validates evidence; returns it as stored (collector set, IP truncated).
+    /// Validates evidence; returns it as stored (collector set, IP truncated), when
+    /// it was collected (µs) and when the notice it names took effect (µs).
     async fn evidence(
         &self,
         call: &CallContext,
         e: Option<Evidence>,
         v: &mut Validator,
-    ) -> Result<(Evidence, i64), ApiError> {
+    ) -> Result<(Evidence, i64, Option<i64>), ApiError> {
         let Some(mut e) = e else {
             v.add(
                 "evidence",
                 "is required (Art. 7(1): the controller must be able to demonstrate consent)",
             );
-            return Ok((Evidence::default(), 0));
+            return Ok((Evidence::default(), 0, None));
         };
         let now_us = to_micros(self.ctx().clock.now());
         let collect_us = match &e.collect_time {
@@ -164,6 +181,7 @@ impl Api {
                 "is required (web banner, form, email link, CRM import, staff, ...)",
             );
         }
+        let mut notice_us = None;
         if !e.notice.is_empty() {
             match notice_ref(&e.notice) {
                 None => v.add(
@@ -172,18 +190,25 @@ impl Api {
                 ),
                 Some((id, version)) => {
                     // A published version never changes, so once seen it is known.
-                    if !self.cache.knows_notice(&e.notice) {
-                        if self
-                            .store()
-                            .notice(id, Some(version))
-                            .await
-                            .map_err(ApiError::internal)?
-                            .is_none()
-                        {
-                            return Err(ApiError::not_found("notice", e.notice.clone()));
+                    notice_us = match self.cache.notice_effective(&e.notice) {
+                        Some(us) => Some(us),
+                        None => {
+                            let notice = self
+                                .store()
+                                .notice(id, Some(version))
+                                .await
+                                .map_err(ApiError::internal)?
+                                .ok_or_else(|| ApiError::not_found("notice", e.notice.clone()))?;
+                            // Publishing sets it (to the publish time if not given).
+                            let us = notice
+                                .effective_time
+                                .as_ref()
+                                .or(notice.publish_time.as_ref())
+                                .map_or(0, |t| to_micros(from_timestamp(t)));
+                            self.cache.remember_notice(&e.notice, us);
+                            Some(us)
                         }
-                        self.cache.remember_notice(&e.notice);
-                    }
+                    };
                 }
             }
         }
@@ -215,7 +240,7 @@ impl Api {
             principal: call.principal.name().to_string(),
             user,
         });
-        Ok((e, collect_us))
+        Ok((e, collect_us, notice_us))
     }
 
     fn new_event(
@@ -455,7 +480,8 @@ impl Api {
             }
             None => None,
         };
-        let (evidence, collect_us) = self.evidence(call, r.evidence.clone(), &mut v).await?;
+        let (evidence, collect_us, notice_us) =
+            self.evidence(call, r.evidence.clone(), &mut v).await?;
         let mut decisions = Vec::new();
         for (i, d) in r.decisions.iter().enumerate() {
             let decision = Decision::try_from(d.decision).unwrap_or_default();
@@ -477,18 +503,19 @@ impl Api {
         let now = self.ctx().clock.now();
         let mut records = Vec::new();
         for (i, name, decision) in decisions {
-            let (pid, purpose) = self
-                .purpose_or_404(&name, &format!("decisions[{i}].purpose"))
+            let (pid, cached) = self
+                .check_purpose(&name, &format!("decisions[{i}].purpose"))
                 .await?;
+            let purpose = cached.purpose.clone();
             let granted = decision == Decision::Granted;
-            if granted
-                && purpose.lawful_basis == LawfulBasis::Consent as i32
-                && evidence.notice.is_empty()
-            {
-                return Err(ApiError::invalid(
-                    "evidence.notice",
-                    "is required to grant a consent-based purpose (which notice was shown)",
-                ));
+            if granted && purpose.lawful_basis == LawfulBasis::Consent as i32 {
+                if evidence.notice.is_empty() {
+                    return Err(ApiError::invalid(
+                        "evidence.notice",
+                        "is required to grant a consent-based purpose (which notice was shown)",
+                    ));
+                }
+                superseded_notice(&evidence.notice, notice_us, &cached, collect_us, &pid)?;
             }
             if granted {
                 self.check_age(&r, &purpose, &pid, now)?;
@@ -583,7 +610,7 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        let (evidence, collect_us) = self.evidence(call, evidence, &mut v).await?;
+        let (evidence, collect_us, _) = self.evidence(call, evidence, &mut v).await?;
         v.finish()?;
         for (i, p) in purposes.iter().enumerate() {
             self.check_purpose(p, &format!("purposes[{i}]")).await?;
