@@ -10,9 +10,9 @@ use custodia_proto::{
         AgeAttestation, BatchCheckConsentRequest, CheckConsentRequest, CheckReason, ConsentChannel,
         ConsentState, CreatePurposeRequest, Decision, Evidence, GuardianConsent, LawfulBasis,
         ListConsentEventsRequest, ListSubjectConsentsRequest, Notice, PublishNoticeRequest,
-        Purpose, PurposeCategory, PurposeDecision, RecordConsentRequest, RecordObjectionRequest,
-        WithdrawConsentRequest, age_attestation::Age, consent_service_client::ConsentServiceClient,
-        notice::Content,
+        Purpose, PurposeCategory, PurposeDecision, PurposeState, RecordConsentRequest,
+        RecordObjectionRequest, UpdatePurposeRequest, WithdrawConsentRequest, age_attestation::Age,
+        consent_service_client::ConsentServiceClient, notice::Content,
     },
 };
 use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, eventually};
@@ -1201,4 +1201,149 @@ async fn batch_check_sqlite() {
 #[tokio::test]
 async fn batch_check_postgres() {
     batch_check(Backend::Postgres).await;
+}
+
+/// Decisions the register forbids are refused before anything is written: a purpose
+/// decided twice in one call, a strictly necessary purpose denied (K-1), a retired
+/// purpose granted.
+async fn refused_decisions(backend: Backend) {
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    c.create_purpose(authed(
+        CreatePurposeRequest {
+            purpose_id: "session-cookies".into(),
+            purpose: Some(Purpose {
+                display_name: "Session cookies".into(),
+                lawful_basis: LawfulBasis::LegitimateInterests as i32,
+                category: PurposeCategory::StrictlyNecessary as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    purpose(&mut c, "old-survey", LawfulBasis::Consent, false, "").await;
+    c.update_purpose(authed(
+        UpdatePurposeRequest {
+            purpose: Some(Purpose {
+                name: "purposes/old-survey".into(),
+                state: PurposeState::Retired as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["state".into()],
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let who = "hal@example.edu";
+
+    let mut twice = grant(
+        &app,
+        who,
+        &["newsletter", "newsletter"],
+        Decision::Granted,
+        &v1,
+        "",
+    );
+    twice.decisions[1].decision = Decision::Denied as i32;
+    let err = c
+        .record_consent(authed(twice, ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("decisions[1].purpose"),
+        "{}",
+        err.message()
+    );
+
+    // Denying every cookie category at once still cannot refuse the necessary ones.
+    let mut deny_all = grant(
+        &app,
+        who,
+        &["newsletter", "session-cookies"],
+        Decision::Denied,
+        &v1,
+        "",
+    );
+    deny_all.request_id = "banner-reject-all".into();
+    let err = c
+        .record_consent(authed(deny_all, ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("decisions[1].decision")
+            && err.message().contains("strictly necessary"),
+        "{}",
+        err.message()
+    );
+
+    let err = c
+        .record_consent(authed(
+            grant(
+                &app,
+                who,
+                &["newsletter", "old-survey"],
+                Decision::Granted,
+                &v1,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("retired"), "{}", err.message());
+
+    // None of the refused calls stored anything, not even the valid decisions.
+    let trail = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email(who)],
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(trail.is_empty(), "{trail:?}");
+    assert_eq!(
+        check(&mut c, who, "newsletter").await,
+        (false, CheckReason::NoRecord)
+    );
+    // A retired purpose may still be denied, and the necessary one granted.
+    c.record_consent(authed(
+        grant(&app, who, &["old-survey"], Decision::Denied, &v1, ""),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    c.record_consent(authed(
+        grant(&app, who, &["session-cookies"], Decision::Granted, &v1, ""),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refused_decisions_sqlite() {
+    refused_decisions(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn refused_decisions_postgres() {
+    refused_decisions(Backend::Postgres).await;
 }

@@ -483,6 +483,7 @@ impl Api {
         let (evidence, collect_us, notice_us) =
             self.evidence(call, r.evidence.clone(), &mut v).await?;
         let mut decisions = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, d) in r.decisions.iter().enumerate() {
             let decision = Decision::try_from(d.decision).unwrap_or_default();
             if decision == Decision::Unspecified {
@@ -492,7 +493,15 @@ impl Api {
                 );
             }
             match purpose_id(&d.purpose, &format!("decisions[{i}].purpose")) {
-                Ok(_) => decisions.push((i, d.purpose.clone(), decision)),
+                Ok(id) => {
+                    if !seen.insert(id) {
+                        v.add(
+                            format!("decisions[{i}].purpose"),
+                            "is decided twice in this call",
+                        );
+                    }
+                    decisions.push((i, d.purpose.clone(), decision));
+                }
                 Err(ApiError::InvalidArgument(list)) => {
                     list.into_iter().for_each(|f| v.add(f.field, f.description))
                 }
@@ -508,6 +517,20 @@ impl Api {
                 .await?;
             let purpose = cached.purpose.clone();
             let granted = decision == Decision::Granted;
+            if !granted && purpose.category == pb::PurposeCategory::StrictlyNecessary as i32 {
+                return Err(ApiError::invalid(
+                    format!("decisions[{i}].decision"),
+                    format!("purposes/{pid} is strictly necessary (K-1): it cannot be refused"),
+                ));
+            }
+            if granted && purpose.state == pb::PurposeState::Retired as i32 {
+                return Err(ApiError::precondition(
+                    "PURPOSE_RETIRED",
+                    format!(
+                        "purposes/{pid} is retired: new grants are refused (its history is kept)"
+                    ),
+                ));
+            }
             if granted && purpose.lawful_basis == LawfulBasis::Consent as i32 {
                 if evidence.notice.is_empty() {
                     return Err(ApiError::invalid(
