@@ -1347,3 +1347,144 @@ async fn refused_decisions_sqlite() {
 async fn refused_decisions_postgres() {
     refused_decisions(Backend::Postgres).await;
 }
+
+/// Grants and withdrawals race on one subject while checkers check it without
+/// pause. Each round ends with a withdrawal; every check that started after that
+/// withdrawal was acknowledged, and answered before the next round sent a grant,
+/// must say not allowed. After all rounds the state is the last acknowledged
+/// write (a withdrawal) and the trail's last event agrees.
+async fn checks_racing_withdrawals(backend: Backend) {
+    use std::{
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Instant,
+    };
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let who = "race@example.edu";
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // (started, answered, allowed) of every concurrent check.
+    let seen = Arc::new(Mutex::new(Vec::<(Instant, Instant, bool)>::new()));
+    let checkers: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut c, stop, seen) = (c.clone(), stop.clone(), seen.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let (allowed, _) = check(&mut c, who, "newsletter").await;
+                    seen.lock()
+                        .unwrap()
+                        .push((started, Instant::now(), allowed));
+                }
+            })
+        })
+        .collect();
+
+    // (withdrawal acknowledged, next grant sent) per round.
+    let mut windows: Vec<(Instant, Instant)> = Vec::new();
+    let mut own_checks = 0;
+    for round in 0..12 {
+        let grants_from = Instant::now();
+        if let Some(w) = windows.last_mut() {
+            *w = (w.0, grants_from);
+        }
+        let writes: Vec<_> = (0..6)
+            .map(|i| {
+                let mut c = c.clone();
+                let g = grant(&app, who, &["newsletter"], Decision::Granted, &v1, "");
+                let w = withdraw(&app, who, "newsletter");
+                tokio::spawn(async move {
+                    if (i + round) % 2 == 0 {
+                        c.record_consent(authed(g, ADMIN_TOKEN)).await.map(|_| ())
+                    } else {
+                        c.withdraw_consent(authed(w, ADMIN_TOKEN)).await.map(|_| ())
+                    }
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        c.withdraw_consent(authed(withdraw(&app, who, "newsletter"), ADMIN_TOKEN))
+            .await
+            .unwrap();
+        let acked = Instant::now();
+        windows.push((acked, acked));
+        // At least these checks fall in the window, beside the checkers'.
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (allowed, reason) = check(&mut c, who, "newsletter").await;
+            assert!(
+                !allowed,
+                "round {round}: ALLOWED ({reason:?}) after a withdrawal's ack"
+            );
+            seen.lock()
+                .unwrap()
+                .push((started, Instant::now(), allowed));
+            own_checks += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for checker in checkers {
+        checker.await.unwrap();
+    }
+    let end = Instant::now();
+    if let Some(w) = windows.last_mut() {
+        *w = (w.0, end);
+    }
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let in_windows: Vec<_> = seen
+        .iter()
+        .filter(|(started, answered, _)| {
+            windows
+                .iter()
+                .any(|(acked, next)| started > acked && answered < next)
+        })
+        .collect();
+    assert!(
+        in_windows.len() >= own_checks,
+        "{} checks in the windows",
+        in_windows.len()
+    );
+    assert!(
+        in_windows.iter().all(|(_, _, allowed)| !allowed),
+        "a check after a withdrawal's ack said ALLOWED"
+    );
+
+    let trail = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email(who)],
+                page_size: 1_000,
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(trail.len(), 12 * 7);
+    assert_eq!(trail.last().unwrap().state, ConsentState::Withdrawn as i32);
+    assert_eq!(
+        check(&mut c, who, "newsletter").await,
+        (false, CheckReason::Withdrawn)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn checks_racing_withdrawals_sqlite() {
+    checks_racing_withdrawals(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn checks_racing_withdrawals_postgres() {
+    checks_racing_withdrawals(Backend::Postgres).await;
+}
