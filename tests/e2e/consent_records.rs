@@ -1488,3 +1488,43 @@ async fn checks_racing_withdrawals_sqlite() {
 async fn checks_racing_withdrawals_postgres() {
     checks_racing_withdrawals(Backend::Postgres).await;
 }
+
+/// The digital age of consent (Art. 8(1)) comes from the subject's country:
+/// configured (`consent.digital_consent_ages`), else the member states' laws,
+/// else 16; without a country, the institution's jurisdiction (France here).
+async fn minors_by_country(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[custodia_consent::SERVICE], |config| {
+        config.consent.digital_consent_ages = [("DE".to_string(), 14)].into();
+    })
+    .await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let mut record = async |who: &str, years: i32, country: &str| {
+        let mut r = grant(&app, who, &["newsletter"], Decision::Granted, &v1, "");
+        r.age = Some(AgeAttestation {
+            age: Some(Age::AgeYears(years)),
+            country_code: country.into(),
+        });
+        c.record_consent(authed(r, ADMIN_TOKEN)).await
+    };
+    record("ines@example.edu", 15, "").await.unwrap();
+    let err = record("jo@example.edu", 15, "LU").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("(16)"), "{}", err.message());
+    record("kai@example.edu", 14, "DE").await.unwrap();
+    let err = record("lea@example.edu", 13, "de").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("(14)"), "{}", err.message());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn minors_by_country_sqlite() {
+    minors_by_country(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn minors_by_country_postgres() {
+    minors_by_country(Backend::Postgres).await;
+}

@@ -121,6 +121,11 @@ pub struct ConsentConfig {
     /// checks of subjects not checked lately read no database (~40 bytes each plus
     /// ~100 per subject); a bigger table is not indexed. 0 turns the index off.
     pub state_index_max_rows: usize,
+    /// Digital age of consent by country (Art. 8(1)), ISO 3166-1 alpha-2 code to
+    /// age (13-16), over the built-in table of the member states' laws (FR 15,
+    /// BE 13, ...; 16 where the law sets none): for a law that changes, or a
+    /// country the table lacks. A purpose's own `digital_consent_age` wins over both.
+    pub digital_consent_ages: BTreeMap<String, i32>,
 }
 
 impl Default for ConsentConfig {
@@ -132,6 +137,7 @@ impl Default for ConsentConfig {
             controller_url: String::new(),
             policy_url: String::new(),
             state_index_max_rows: 1_000_000,
+            digital_consent_ages: BTreeMap::new(),
         }
     }
 }
@@ -404,6 +410,18 @@ impl Config {
                 "dsar.connector_timeout_secs and dsar.poll_interval_ms must be at least 1".into(),
             ));
         }
+        for (country, age) in &self.consent.digital_consent_ages {
+            if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(ConfigError(format!(
+                    "consent.digital_consent_ages.{country}: expected an ISO 3166-1 alpha-2 country code"
+                )));
+            }
+            if !(13..=16).contains(age) {
+                return Err(ConfigError(format!(
+                    "consent.digital_consent_ages.{country}: {age} is outside 13-16 (GDPR Art. 8(1))"
+                )));
+            }
+        }
         if self.audit.batch_size == 0 {
             return Err(ConfigError("audit.batch_size must be at least 1".into()));
         }
@@ -529,6 +547,22 @@ mod tests {
             jail.set_env("CUSTODIA__SERVER__LISTNE", "127.0.0.1:1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("listne"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn digital_consent_ages_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CUSTODIA__CONSENT__DIGITAL_CONSENT_AGES", "{FR=14,DE=13}");
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.consent.digital_consent_ages["FR"], 14);
+            jail.set_env("CUSTODIA__CONSENT__DIGITAL_CONSENT_AGES", "{FR=12}");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("consent.digital_consent_ages.FR"), "{err}");
+            jail.set_env("CUSTODIA__CONSENT__DIGITAL_CONSENT_AGES", "{France=15}");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("alpha-2"), "{err}");
             Ok(())
         });
     }

@@ -40,9 +40,18 @@ const MAX_NOTICE: usize = 1024 * 1024;
 /// Tolerated clock skew for evidence times.
 const SKEW_US: i64 = 60_000_000;
 
-/// Digital age of consent per country (Art. 8(1)); others use the GDPR default of 16.
-fn consent_age(country: &str) -> i32 {
-    match country {
+/// Digital age of consent in `country` (Art. 8(1)): `configured`
+/// (`consent.digital_consent_ages`, any case) first, else the member states' laws,
+/// else the GDPR default of 16.
+fn consent_age(country: &str, configured: &std::collections::BTreeMap<String, i32>) -> i32 {
+    let country = country.to_ascii_uppercase();
+    if let Some(age) = configured
+        .iter()
+        .find_map(|(c, age)| c.eq_ignore_ascii_case(&country).then_some(*age))
+    {
+        return age;
+    }
+    match country.as_str() {
         "FR" | "CZ" | "GR" | "SI" => 15,
         "AT" | "BG" | "CY" | "ES" | "IT" | "LT" => 14,
         "BE" | "DK" | "EE" | "FI" | "LV" | "MT" | "PT" | "SE" => 13,
@@ -395,9 +404,14 @@ impl Api {
         now: DateTime<Utc>,
     ) -> Result<(), ApiError> {
         let Some(age) = &r.age else { return Ok(()) };
-        let threshold = purpose
-            .digital_consent_age
-            .unwrap_or_else(|| consent_age(&age.country_code));
+        // No country given: the institution's jurisdiction (`legal.jurisdiction`).
+        let country = match age.country_code.as_str() {
+            "" => self.ctx().calendar.jurisdiction().code(),
+            code => code,
+        };
+        let threshold = purpose.digital_consent_age.unwrap_or_else(|| {
+            consent_age(country, &self.ctx().config.consent.digital_consent_ages)
+        });
         let years = match &age.age {
             Some(Age::BirthDate(text)) => {
                 let born = NaiveDate::parse_from_str(text, "%Y-%m-%d")
@@ -1007,9 +1021,16 @@ mod tests {
 
     #[test]
     fn ages_and_expiry() {
-        assert_eq!(consent_age("FR"), 15);
-        assert_eq!(consent_age("LU"), 16);
-        assert_eq!(consent_age("BE"), 13);
+        let none = std::collections::BTreeMap::new();
+        assert_eq!(consent_age("FR", &none), 15);
+        assert_eq!(consent_age("fr", &none), 15);
+        assert_eq!(consent_age("LU", &none), 16);
+        assert_eq!(consent_age("BE", &none), 13);
+        let configured =
+            std::collections::BTreeMap::from([("fr".to_string(), 14), ("DE".to_string(), 13)]);
+        assert_eq!(consent_age("FR", &configured), 14);
+        assert_eq!(consent_age("de", &configured), 13);
+        assert_eq!(consent_age("BE", &configured), 13);
         let p = Purpose {
             reconsent_interval: "P1Y".into(),
             cookie_lifetime: "P6M".into(),
