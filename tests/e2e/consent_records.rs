@@ -1528,3 +1528,114 @@ async fn minors_by_country_sqlite() {
 async fn minors_by_country_postgres() {
     minors_by_country(Backend::Postgres).await;
 }
+
+/// The receipt-signing key is rotated (a process over the same data signs with a
+/// new key): ListReceiptKeys hands out both, newest first, the old one retired
+/// when the new one first signed, so receipts signed before the rotation still
+/// verify offline. Before any receipt, the current key alone.
+async fn receipt_keys_survive_rotation(backend: Backend) {
+    use custodia_proto::consent::v1::ListReceiptKeysRequest;
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let list = async |c: &mut Client, page_size: i32, page_token: String| {
+        c.list_receipt_keys(authed(
+            ListReceiptKeysRequest {
+                page_size,
+                page_token,
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    let before = list(&mut c, 0, String::new()).await.keys;
+    assert_eq!(before.len(), 1);
+    assert!(before[0].create_time.is_none() && before[0].retire_time.is_none());
+    let old = c
+        .record_consent(authed(
+            grant(
+                &app,
+                "ada@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(old.key_id, before[0].key_id);
+
+    let (data_dir, url) = (app.config.data_dir.clone(), app.config.database.url.clone());
+    let hash_key = app.config.audit.subject_hash_key.clone();
+    let rotated = TestApp::spawn_with(Backend::Sqlite, &[custodia_consent::SERVICE], |cfg| {
+        cfg.data_dir = data_dir;
+        cfg.database.url = url;
+        cfg.audit.subject_hash_key = hash_key;
+        cfg.consent.receipt_signing_key = Some("57".repeat(32).into());
+    })
+    .await;
+    rotated.clock.advance(chrono::Duration::hours(1));
+    let mut r = ConsentServiceClient::new(rotated.channel().await);
+    let new = r
+        .record_consent(authed(
+            grant(
+                &rotated,
+                "bob@example.edu",
+                &["newsletter"],
+                Decision::Granted,
+                &v1,
+                "",
+            ),
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_ne!(new.key_id, old.key_id);
+
+    let keys = list(&mut r, 0, String::new()).await;
+    assert!(keys.next_page_token.is_empty());
+    let ids: Vec<&str> = keys.keys.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(ids, [new.key_id.as_str(), old.key_id.as_str()]);
+    let (current, retired) = (&keys.keys[0], &keys.keys[1]);
+    assert!(current.retire_time.is_none());
+    assert_eq!(retired.retire_time, current.create_time);
+    assert!(retired.create_time.unwrap().seconds < current.create_time.unwrap().seconds);
+    for (receipt, key) in [(&old, retired), (&new, current)] {
+        ed25519_dalek::VerifyingKey::from_bytes(&key.public_key.clone().try_into().unwrap())
+            .unwrap()
+            .verify_strict(
+                &receipt.payload,
+                &ed25519_dalek::Signature::from_slice(&receipt.signature).unwrap(),
+            )
+            .expect("the receipt verifies with the key of its key_id");
+    }
+    // One key per page.
+    let first = list(&mut r, 1, String::new()).await;
+    assert_eq!(first.keys[0].key_id, new.key_id);
+    let second = list(&mut r, 1, first.next_page_token).await;
+    assert_eq!(second.keys[0].key_id, old.key_id);
+    assert!(second.next_page_token.is_empty());
+    rotated.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn receipt_keys_survive_rotation_sqlite() {
+    receipt_keys_survive_rotation(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn receipt_keys_survive_rotation_postgres() {
+    receipt_keys_survive_rotation(Backend::Postgres).await;
+}

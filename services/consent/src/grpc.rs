@@ -3,8 +3,13 @@
 //! the next steps and answer UNIMPLEMENTED until then.
 
 use custodia_core::{
-    ApiError, auth::CallContext, outbox::OutboxStore, pagination, server::ServiceContext,
-    storage::to_micros, validate::Validator,
+    ApiError,
+    auth::CallContext,
+    outbox::OutboxStore,
+    pagination,
+    server::ServiceContext,
+    storage::{from_micros, to_micros},
+    validate::Validator,
 };
 use custodia_proto::{
     common::v1::ExportFormat,
@@ -32,6 +37,8 @@ pub struct Api {
     store: ConsentStore,
     changed: Arc<Notify>,
     receipts: Ed25519Key,
+    /// Whether `receipts` is known to be in the store's receipt keys.
+    receipt_key_stored: Arc<std::sync::atomic::AtomicBool>,
     /// What checks read, kept in memory (see [`crate::cache`]).
     pub(crate) cache: Arc<CheckCache>,
 }
@@ -96,8 +103,28 @@ impl Api {
             store,
             changed: Arc::new(Notify::new()),
             receipts,
+            receipt_key_stored: Arc::default(),
             cache,
         }
+    }
+
+    /// Adds the receipt key to the keys ListReceiptKeys hands out before its first
+    /// receipt of this process (`now_us`), so that receipts stay verifiable after
+    /// the key is rotated.
+    pub async fn store_receipt_key(&self, now_us: i64) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        if !self.receipt_key_stored.load(Ordering::Acquire) {
+            self.store
+                .add_receipt_key(
+                    self.receipts.key_id(),
+                    self.receipts.public_key().as_bytes(),
+                    now_us,
+                )
+                .await
+                .map_err(ApiError::internal)?;
+            self.receipt_key_stored.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The receipt signing key.
@@ -651,16 +678,59 @@ impl ConsentService for Api {
 
     async fn list_receipt_keys(
         &self,
-        _request: Request<pb::ListReceiptKeysRequest>,
+        request: Request<pb::ListReceiptKeysRequest>,
     ) -> Result<Response<pb::ListReceiptKeysResponse>, Status> {
-        Ok(Response::new(pb::ListReceiptKeysResponse {
-            keys: vec![custodia_proto::common::v1::PublicKey {
-                key_id: self.receipts.key_id().to_string(),
+        let r = request.into_inner();
+        let size = pagination::page_size(r.page_size)?;
+        let from: usize = pagination::decode(&r.page_token, "receipt-keys")?.unwrap_or(0);
+        let stored = self
+            .store
+            .receipt_keys()
+            .await
+            .map_err(ApiError::internal)?;
+        let current = self.receipts.key_id();
+        // The key this process signs with first, until it has signed (then the
+        // store has it: create_time is its first receipt).
+        let unsigned = (!stored.iter().any(|(id, ..)| id == current)).then(|| {
+            custodia_proto::common::v1::PublicKey {
+                key_id: current.to_string(),
                 algorithm: "Ed25519".into(),
                 public_key: self.receipts.public_key().to_bytes().to_vec(),
                 ..Default::default()
-            }],
-            next_page_token: String::new(),
+            }
+        });
+        // A stored key retired when a newer one first signed; the key this
+        // process signs with is current, whatever the table says.
+        let all: Vec<_> = unsigned
+            .into_iter()
+            .chain(
+                stored
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key_id, public_key, first_used_us))| {
+                        let newer = i.checked_sub(1).map(|n| stored[n].2);
+                        custodia_proto::common::v1::PublicKey {
+                            key_id: key_id.clone(),
+                            algorithm: "Ed25519".into(),
+                            public_key: public_key.clone(),
+                            create_time: Some(register::timestamp(from_micros(*first_used_us))),
+                            retire_time: newer
+                                .filter(|_| key_id != current)
+                                .map(|us| register::timestamp(from_micros(us))),
+                            ..Default::default()
+                        }
+                    }),
+            )
+            .collect();
+        let keys: Vec<_> = all.iter().skip(from).take(size).cloned().collect();
+        let next = from + keys.len();
+        Ok(Response::new(pb::ListReceiptKeysResponse {
+            keys,
+            next_page_token: if next < all.len() {
+                pagination::encode(&next, "receipt-keys")
+            } else {
+                String::new()
+            },
         }))
     }
 

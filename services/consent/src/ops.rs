@@ -732,6 +732,8 @@ impl Api {
         evidence: &Evidence,
         records: &mut [NewRecord],
     ) -> Result<pb::ConsentReceipt, ApiError> {
+        self.store_receipt_key(to_micros(self.ctx().clock.now()))
+            .await?;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut purposes = Vec::new();
         for r in records.iter() {
