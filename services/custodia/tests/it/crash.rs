@@ -30,6 +30,16 @@ fn start(data_dir: &Path, port: u16) -> Child {
 
 /// Starts the real binary serving `service` on `port` over `data_dir`.
 pub fn start_service(data_dir: &Path, port: u16, service: &str) -> Child {
+    start_service_with(data_dir, port, service, &[])
+}
+
+/// [`start_service`] with more environment (`CUSTODIA__DATABASE__URL`, ...).
+pub fn start_service_with(
+    data_dir: &Path,
+    port: u16,
+    service: &str,
+    env: &[(String, String)],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_custodia"))
         .args(["serve", service, "--listen"])
         .arg(format!("127.0.0.1:{port}"))
@@ -37,6 +47,7 @@ pub fn start_service(data_dir: &Path, port: u16, service: &str) -> Child {
         .arg(data_dir)
         .env("CUSTODIA_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "error")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
