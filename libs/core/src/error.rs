@@ -24,12 +24,14 @@ pub enum ApiError {
     #[error("invalid argument: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// The named resource does not exist.
-    #[error("{resource} `{name}` not found")]
+    #[error("{resource} `{name}` not found{}", in_field(field))]
     NotFound {
         /// Kind of resource, e.g. `purpose`.
         resource: &'static str,
         /// Its name or id as the caller gave it.
         name: String,
+        /// The request field that named it (`decisions[0].purpose`), if known.
+        field: Option<String>,
     },
     /// A resource with that identity already exists.
     #[error("{resource} `{name}` already exists")]
@@ -82,6 +84,20 @@ impl ApiError {
         ApiError::NotFound {
             resource,
             name: name.into(),
+            field: None,
+        }
+    }
+
+    /// A NOT_FOUND that also names the request `field` that named the resource;
+    /// other errors unchanged.
+    pub fn in_field(self, at: impl Into<String>) -> Self {
+        match self {
+            ApiError::NotFound { resource, name, .. } => ApiError::NotFound {
+                resource,
+                name,
+                field: Some(at.into()),
+            },
+            other => other,
         }
     }
 
@@ -110,6 +126,14 @@ impl ApiError {
             ApiError::Internal(_) => (Code::Internal, "INTERNAL"),
         }
     }
+}
+
+/// ` (field `f`)` after a NOT_FOUND's message, when the field is known.
+fn in_field(field: &Option<String>) -> String {
+    field
+        .as_ref()
+        .map(|f| format!(" (field `{f}`)"))
+        .unwrap_or_default()
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -149,7 +173,18 @@ impl From<ApiError> for Status {
             _ => err.to_string(),
         };
         let metadata: std::collections::HashMap<String, String> = match &err {
-            ApiError::NotFound { resource, name } | ApiError::AlreadyExists { resource, name } => [
+            ApiError::NotFound {
+                resource,
+                name,
+                field,
+            } => [
+                ("resource".to_string(), resource.to_string()),
+                ("name".to_string(), name.clone()),
+            ]
+            .into_iter()
+            .chain(field.iter().map(|f| ("field".to_string(), f.clone())))
+            .collect(),
+            ApiError::AlreadyExists { resource, name } => [
                 ("resource".to_string(), resource.to_string()),
                 ("name".to_string(), name.clone()),
             ]
@@ -165,6 +200,23 @@ impl From<ApiError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_found_names_the_field_when_known() {
+        let plain: Status = ApiError::not_found("purpose", "purposes/nope").into();
+        assert_eq!(plain.code(), Code::NotFound);
+        assert_eq!(plain.message(), "purpose `purposes/nope` not found");
+        let status: Status = ApiError::not_found("purpose", "purposes/nope")
+            .in_field("decisions[0].purpose")
+            .into();
+        assert_eq!(
+            status.message(),
+            "purpose `purposes/nope` not found (field `decisions[0].purpose`)"
+        );
+        let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+        assert_eq!(info.metadata["field"], "decisions[0].purpose");
+        assert_eq!(info.metadata["name"], "purposes/nope");
+    }
 
     #[test]
     fn invalid_argument_names_fields_in_message_and_details() {

@@ -227,7 +227,11 @@ impl ConsentService for Api {
         let r = request.into_inner();
         let id = purpose_id(&r.name, "name")?;
         Ok(Response::new(pb::GetPurposeResponse {
-            purpose: Some(self.purpose_by_id(id).await?),
+            purpose: Some(
+                self.purpose_by_id(id)
+                    .await
+                    .map_err(|e| e.in_field("name"))?,
+            ),
         }))
     }
 
@@ -313,7 +317,9 @@ impl ConsentService for Api {
             .purpose(&id)
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found("purpose", purpose_name(&id)))?;
+            .ok_or_else(|| {
+                ApiError::not_found("purpose", purpose_name(&id)).in_field("purpose.name")
+            })?;
         let mut merged = current.purpose.clone();
         for path in &paths {
             apply_mask(&mut merged, &update, path);
@@ -605,7 +611,9 @@ impl ConsentService for Api {
             .map_err(ApiError::internal)?
             .is_none()
         {
-            return Err(ApiError::not_found("purpose", purpose_name(&pid)).into());
+            return Err(ApiError::not_found("purpose", purpose_name(&pid))
+                .in_field("purpose")
+                .into());
         }
         let now_us = to_micros(self.ctx.clock.now());
         let material = if r.include_reconfirmation_required {
@@ -663,7 +671,7 @@ impl ConsentService for Api {
             .receipt(id)
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found("receipt", name.clone()))?;
+            .ok_or_else(|| ApiError::not_found("receipt", name.clone()).in_field("name"))?;
         let mut access = self.access(&call, "GetReceipt", None, "");
         access.resource = name;
         self.ctx

@@ -207,7 +207,10 @@ impl Api {
                                 .notice(id, Some(version))
                                 .await
                                 .map_err(ApiError::internal)?
-                                .ok_or_else(|| ApiError::not_found("notice", e.notice.clone()))?;
+                                .ok_or_else(|| {
+                                    ApiError::not_found("notice", e.notice.clone())
+                                        .in_field("evidence.notice")
+                                })?;
                             // Publishing sets it (to the publish time if not given).
                             let us = notice
                                 .effective_time
@@ -392,7 +395,7 @@ impl Api {
             .notice(id, version)
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found("notice", name.to_string()))
+            .ok_or_else(|| ApiError::not_found("notice", name.to_string()).in_field("name"))
     }
 
     /// Checks Art. 8: a grant for a child below the digital age of consent needs a guardian.
@@ -928,7 +931,9 @@ impl Api {
                     .purpose(&id)
                     .await
                     .map_err(ApiError::internal)?
-                    .ok_or_else(|| ApiError::not_found("purpose", purpose_name(&id)))?;
+                    .ok_or_else(|| {
+                        ApiError::not_found("purpose", purpose_name(&id)).in_field(field)
+                    })?;
                 let material_us = self
                     .store()
                     .material_notice_times(&id)
