@@ -1639,3 +1639,344 @@ async fn receipt_keys_survive_rotation_sqlite() {
 async fn receipt_keys_survive_rotation_postgres() {
     receipt_keys_survive_rotation(Backend::Postgres).await;
 }
+
+/// A RecordConsentRequest whose subject's value is not UTF-8 (prost would refuse
+/// to build it, so the bytes are laid out by hand): field 1, the subject, holds
+/// `type = "email"` and `value = 0xFF 0xFE`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawRecordConsent {
+    #[prost(bytes = "vec", tag = "1")]
+    subject: Vec<u8>,
+}
+
+/// Bad input to every RPC that takes a subject, a purpose, evidence or a name:
+/// INVALID_ARGUMENT naming the field, or NOT_FOUND naming what is missing; and
+/// nothing of the refused calls is stored.
+async fn bad_input_names_the_field(backend: Backend) {
+    use custodia_proto::{
+        common::v1::Document,
+        consent::v1::{GetReceiptRequest, ListNoticesRequest, ListReconsentDueRequest},
+    };
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let who = "zed@example.edu";
+    let expect = |what: &str, r: Result<(), tonic::Status>, code: Code, names: &str| {
+        let err = r.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(err.message().contains(names), "{what}: {}", err.message());
+    };
+    let future = prost_types::Timestamp {
+        seconds: now(&app).seconds + 3600,
+        nanos: 0,
+    };
+
+    // RecordConsent.
+    let ok = || grant(&app, who, &["newsletter"], Decision::Granted, &v1, "");
+    let mut r = ok();
+    r.evidence.as_mut().unwrap().collect_time = Some(future);
+    let mut long_agent = ok();
+    long_agent.evidence.as_mut().unwrap().user_agent = "x".repeat(2048);
+    let mut big_proof = ok();
+    big_proof.evidence.as_mut().unwrap().proof = Some(Document {
+        content: vec![b'x'; 65 * 1024],
+        ..Default::default()
+    });
+    let mut long_key = ok();
+    long_key.request_id = "k".repeat(200);
+    let mut bad_ip = ok();
+    bad_ip.evidence.as_mut().unwrap().source_ip = "somewhere".into();
+    for (what, request, names) in [
+        ("future evidence", r, "evidence.collect_time"),
+        ("long user agent", long_agent, "evidence.user_agent"),
+        ("big proof", big_proof, "evidence.proof.content"),
+        ("long request id", long_key, "request_id"),
+        ("bad source ip", bad_ip, "evidence.source_ip"),
+        (
+            "empty subject",
+            grant(&app, "", &["newsletter"], Decision::Granted, &v1, ""),
+            "subject",
+        ),
+    ] {
+        let r = c.record_consent(authed(request, ADMIN_TOKEN)).await;
+        expect(what, r.map(|_| ()), Code::InvalidArgument, names);
+    }
+    let r = c
+        .record_consent(authed(
+            grant(&app, who, &["nope"], Decision::Granted, &v1, ""),
+            ADMIN_TOKEN,
+        ))
+        .await;
+    expect(
+        "unknown purpose",
+        r.map(|_| ()),
+        Code::NotFound,
+        "`purposes/nope` not found (field `decisions[0].purpose`)",
+    );
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.unwrap();
+    let r = grpc
+        .unary::<_, custodia_proto::consent::v1::RecordConsentResponse, _>(
+            authed(
+                RawRecordConsent {
+                    subject: [&[0x0a, 0x05][..], b"email", &[0x12, 0x02, 0xff, 0xfe]].concat(),
+                },
+                ADMIN_TOKEN,
+            ),
+            "/custodia.consent.v1.ConsentService/RecordConsent"
+                .parse()
+                .unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    expect(
+        "invalid UTF-8",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "value",
+    );
+
+    // WithdrawConsent and RecordObjection.
+    let mut future_withdrawal = withdraw(&app, who, "newsletter");
+    future_withdrawal.evidence.as_mut().unwrap().collect_time = Some(future);
+    let mut no_purposes = withdraw(&app, who, "newsletter");
+    no_purposes.purposes.clear();
+    for (what, request, code, names) in [
+        (
+            "future withdrawal",
+            future_withdrawal,
+            Code::InvalidArgument,
+            "evidence.collect_time",
+        ),
+        (
+            "no purposes",
+            no_purposes,
+            Code::InvalidArgument,
+            "purposes",
+        ),
+        (
+            "withdrawal without subject",
+            withdraw(&app, "", "newsletter"),
+            Code::InvalidArgument,
+            "subject",
+        ),
+        (
+            "withdrawal of unknown purpose",
+            withdraw(&app, who, "nope"),
+            Code::NotFound,
+            "`purposes/nope` not found (field `purposes[0]`)",
+        ),
+    ] {
+        let r = c.withdraw_consent(authed(request, ADMIN_TOKEN)).await;
+        expect(what, r.map(|_| ()), code, names);
+    }
+    let objection = |subject: &str, purpose: &str| RecordObjectionRequest {
+        subject: Some(email(subject)),
+        purposes: vec![format!("purposes/{purpose}")],
+        grounds: "particular situation".into(),
+        evidence: Some(evidence(&app, "")),
+        ..Default::default()
+    };
+    let r = c
+        .record_objection(authed(objection("", "newsletter"), ADMIN_TOKEN))
+        .await;
+    expect(
+        "objection without subject",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "subject",
+    );
+    let r = c
+        .record_objection(authed(objection(who, "nope"), ADMIN_TOKEN))
+        .await;
+    expect(
+        "objection to unknown purpose",
+        r.map(|_| ()),
+        Code::NotFound,
+        "`purposes/nope` not found (field `purposes[0]`)",
+    );
+
+    // PublishNotice.
+    let notice = |id: &str, content: Option<Content>, purposes: &[&str]| PublishNoticeRequest {
+        notice_id: id.into(),
+        notice: Some(Notice {
+            content,
+            purposes: purposes.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let text = || Some(Content::Text("Terms.".into()));
+    for (what, request, code, names) in [
+        (
+            "empty notice id",
+            notice("", text(), &["purposes/newsletter"]),
+            Code::InvalidArgument,
+            "notice_id",
+        ),
+        (
+            "no content",
+            notice("privacy", None, &["purposes/newsletter"]),
+            Code::InvalidArgument,
+            "notice.content",
+        ),
+        (
+            "no purposes",
+            notice("privacy", text(), &[]),
+            Code::InvalidArgument,
+            "notice.purposes",
+        ),
+        (
+            "text over 1 MiB",
+            notice(
+                "privacy",
+                Some(Content::Text("x".repeat((1 << 20) + 1))),
+                &["purposes/newsletter"],
+            ),
+            Code::InvalidArgument,
+            "notice.text",
+        ),
+        (
+            "unknown purpose",
+            notice("privacy", text(), &["purposes/nope"]),
+            Code::InvalidArgument,
+            "notice.purposes[0]",
+        ),
+    ] {
+        let r = c.publish_notice(authed(request, ADMIN_TOKEN)).await;
+        expect(what, r.map(|_| ()), code, names);
+    }
+
+    // Reads.
+    let r = c
+        .check_consent(authed(
+            CheckConsentRequest {
+                subject: Some(email("")),
+                purpose: "purposes/newsletter".into(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await;
+    expect(
+        "check without subject",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "subject",
+    );
+    let r = c
+        .check_consent(authed(
+            CheckConsentRequest {
+                subject: Some(email(who)),
+                purpose: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await;
+    expect(
+        "check without purpose",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "purpose",
+    );
+    let r = c
+        .list_consent_events(authed(ListConsentEventsRequest::default(), ADMIN_TOKEN))
+        .await;
+    expect(
+        "events of nobody",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "subject_identifiers",
+    );
+    let r = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email(who)],
+                page_size: -1,
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await;
+    expect(
+        "negative page size",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "page_size",
+    );
+    let r = c
+        .list_subject_consents(authed(ListSubjectConsentsRequest::default(), ADMIN_TOKEN))
+        .await;
+    expect(
+        "states of nobody",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "subject_identifiers",
+    );
+    let r = c
+        .list_reconsent_due(authed(
+            ListReconsentDueRequest {
+                purpose: "purposes/newsletter".into(),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await;
+    expect(
+        "reconsent due without a date",
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "expire_before_time",
+    );
+    let r = c
+        .get_receipt(authed(GetReceiptRequest { name: "42".into() }, ADMIN_TOKEN))
+        .await;
+    expect("receipt name", r.map(|_| ()), Code::InvalidArgument, "name");
+    let r = c
+        .get_receipt(authed(
+            GetReceiptRequest {
+                name: "receipts/0123456789abcdef".into(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await;
+    expect(
+        "unknown receipt",
+        r.map(|_| ()),
+        Code::NotFound,
+        "`receipts/0123456789abcdef` not found (field `name`)",
+    );
+
+    // Nothing of the refused calls was stored.
+    let trail = c
+        .list_consent_events(authed(
+            ListConsentEventsRequest {
+                subject_identifiers: vec![email(who)],
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(trail.is_empty(), "{trail:?}");
+    let notices = c
+        .list_notices(authed(ListNoticesRequest::default(), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .notices;
+    assert_eq!(notices.len(), 1, "only v1");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_sqlite() {
+    bad_input_names_the_field(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_postgres() {
+    bad_input_names_the_field(Backend::Postgres).await;
+}
