@@ -1335,6 +1335,53 @@ async fn refused_decisions(backend: Backend) {
     ))
     .await
     .unwrap();
+    // Three states now, listed two per page; a token is only good for its subject.
+    c.record_consent(authed(
+        grant(&app, who, &["newsletter"], Decision::Granted, &v1, ""),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let page = async |c: &mut Client, who: &str, page_token: String| {
+        c.list_subject_consents(authed(
+            ListSubjectConsentsRequest {
+                subject_identifiers: vec![email(who)],
+                page_size: 2,
+                page_token,
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+    };
+    let first = page(&mut c, who, String::new()).await.unwrap().into_inner();
+    assert_eq!(first.consents.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = page(&mut c, who, first.next_page_token.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.consents.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    let mut purposes: Vec<_> = first
+        .consents
+        .iter()
+        .chain(&second.consents)
+        .map(|s| s.purpose.clone())
+        .collect();
+    purposes.sort();
+    assert_eq!(
+        purposes,
+        [
+            "purposes/newsletter",
+            "purposes/old-survey",
+            "purposes/session-cookies"
+        ]
+    );
+    let err = page(&mut c, "ines@example.edu", first.next_page_token)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_token"), "{}", err.message());
     app.stop().await;
 }
 

@@ -509,10 +509,31 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::ListSubjectConsentsResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
-        let consents = self.subject_consents(&call, &r.subject_identifiers).await?;
+        let size = match r.page_size {
+            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative").into()),
+            0 => 100,
+            n => (n as usize).min(pagination::MAX_PAGE_SIZE),
+        };
+        // A token is only good for the identifiers it was issued for. Positions
+        // are offsets into the states ordered by subject and purpose.
+        let filter = r
+            .subject_identifiers
+            .iter()
+            .map(|s| format!("{}:{}", s.r#type, s.value))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let from: usize = pagination::decode(&r.page_token, &filter)?.unwrap_or(0);
+        let all = self.subject_consents(&call, &r.subject_identifiers).await?;
+        let total = all.len();
+        let consents: Vec<_> = all.into_iter().skip(from).take(size).collect();
+        let next = from + consents.len();
         Ok(Response::new(pb::ListSubjectConsentsResponse {
             consents,
-            next_page_token: String::new(),
+            next_page_token: if next < total {
+                pagination::encode(&next, &filter)
+            } else {
+                String::new()
+            },
         }))
     }
 
