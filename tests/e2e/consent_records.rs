@@ -458,6 +458,41 @@ async fn records(backend: Backend) {
         check(&mut c, "gus@example.edu", "newsletter").await,
         (false, CheckReason::NoticeChanged)
     );
+    // A material change of another notice covering the purpose does not
+    // supersede the privacy notice: a grant under its current version stands.
+    c.publish_notice(authed(
+        PublishNoticeRequest {
+            notice_id: "sms-terms".into(),
+            notice: Some(Notice {
+                content: Some(Content::Text("SMS terms.".into())),
+                purposes: vec!["purposes/newsletter".into()],
+                material_change: true,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    app.clock.advance(chrono::Duration::minutes(1));
+    c.record_consent(authed(
+        grant(
+            &app,
+            "ivy@example.edu",
+            &["newsletter"],
+            Decision::Granted,
+            &v2,
+            "",
+        ),
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        check(&mut c, "ivy@example.edu", "newsletter").await,
+        (true, CheckReason::Granted)
+    );
     let state = c
         .list_subject_consents(authed(
             ListSubjectConsentsRequest {

@@ -28,7 +28,7 @@
 //! memory too (see [`crate::index`]).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::BuildHasher,
     sync::{
         Arc, Mutex,
@@ -67,16 +67,40 @@ struct Shard {
     subjects: HashMap<String, Vec<(String, CachedState)>, foldhash::fast::RandomState>,
 }
 
-/// A purpose with the effective times (µs) of its material notices.
+/// A purpose with its material notice versions.
 #[derive(Debug, Clone)]
 pub struct CachedPurpose {
     /// The purpose.
     pub purpose: Arc<Purpose>,
     /// Effective times of material notices covering it, ascending.
     pub material_us: Arc<Vec<i64>>,
+    /// The same notices: (notice id, version, effective µs).
+    pub material_versions: Arc<Vec<(String, i64, i64)>>,
 }
 
 impl CachedPurpose {
+    /// A purpose and the material notice versions covering it, as
+    /// [`crate::records`] lists them: (effective µs, notice id, version).
+    pub fn new(purpose: Purpose, material: Vec<(i64, String, i64)>) -> Self {
+        Self {
+            purpose: Arc::new(purpose),
+            material_us: Arc::new(material.iter().map(|m| m.0).collect()),
+            material_versions: Arc::new(
+                material.into_iter().map(|(us, n, v)| (n, v, us)).collect(),
+            ),
+        }
+    }
+
+    /// The newest material version of notice `notice_id` after `version` that
+    /// was in effect at `at_us`: (version, effective µs).
+    pub fn superseding(&self, notice_id: &str, version: i64, at_us: i64) -> Option<(i64, i64)> {
+        self.material_versions
+            .iter()
+            .filter(|(n, v, us)| n == notice_id && *v > version && *us <= at_us)
+            .map(|(_, v, us)| (*v, *us))
+            .max()
+    }
+
     /// The latest material notice in effect at `now_us`.
     pub fn material_at(&self, now_us: i64) -> Option<i64> {
         let n = self.material_us.partition_point(|t| *t <= now_us);
@@ -97,8 +121,8 @@ pub struct CheckCache {
     per_shard: usize,
     hasher: foldhash::fast::RandomState,
     register: Mutex<Register>,
-    /// Notice versions known to exist, with when each took effect (µs).
-    notices: Mutex<HashMap<String, i64>>,
+    /// Notice versions known to exist.
+    notices: Mutex<HashSet<String>>,
     started: Instant,
     /// Until when (µs after `started`) subject states may be served: the last
     /// successful poll of the follower plus [`FOLLOWER_FRESH`]; 0 before the first.
@@ -250,24 +274,19 @@ impl CheckCache {
         }
     }
 
-    /// When notice version `name` took effect (µs), if it is known to exist.
-    pub fn notice_effective(&self, name: &str) -> Option<i64> {
-        self.notices
-            .lock()
-            .expect("notice cache")
-            .get(name)
-            .copied()
+    /// Whether notice version `name` is known to exist.
+    pub fn knows_notice(&self, name: &str) -> bool {
+        self.notices.lock().expect("notice cache").contains(name)
     }
 
-    /// Remembers that notice version `name` exists and took effect at
-    /// `effective_us` (versions are immutable once published, so this never goes
-    /// stale).
-    pub fn remember_notice(&self, name: &str, effective_us: i64) {
+    /// Remembers that notice version `name` exists (versions are immutable once
+    /// published, so this never goes stale).
+    pub fn remember_notice(&self, name: &str) {
         let mut notices = self.notices.lock().expect("notice cache");
         if notices.len() >= MAX_NOTICES {
             notices.clear();
         }
-        notices.insert(name.to_string(), effective_us);
+        notices.insert(name.to_string());
     }
 
     /// Drops every cached purpose (after a register change on this replica).
@@ -430,10 +449,22 @@ mod tests {
 
     #[test]
     fn material_notice_in_effect() {
-        let p = CachedPurpose {
-            purpose: Arc::new(Purpose::default()),
-            material_us: Arc::new(vec![10, 20, 30]),
-        };
+        let p = CachedPurpose::new(
+            Purpose::default(),
+            vec![
+                (10, "privacy".into(), 2),
+                (20, "cookies".into(), 1),
+                (30, "privacy".into(), 4),
+            ],
+        );
+        // Version 4 of `privacy` supersedes 1-3 once in effect; `cookies` 1 is
+        // the newest of its notice.
+        assert_eq!(p.superseding("privacy", 1, 29), Some((2, 10)));
+        assert_eq!(p.superseding("privacy", 1, 30), Some((4, 30)));
+        assert_eq!(p.superseding("privacy", 2, 29), None);
+        assert_eq!(p.superseding("privacy", 4, 99), None);
+        assert_eq!(p.superseding("cookies", 1, 99), None);
+        assert_eq!(p.superseding("privacy", 1, 5), None);
         assert_eq!(p.material_at(5), None);
         assert_eq!(p.material_at(20), Some(20));
         assert_eq!(p.material_at(25), Some(20));

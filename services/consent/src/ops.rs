@@ -80,29 +80,33 @@ fn notice_ref(name: &str) -> Option<(&str, i64)> {
     Some((id, version.parse().ok().filter(|v: &i64| *v > 0)?))
 }
 
-/// C-6: a grant collected under notice version `notice` (in effect from
-/// `notice_us`) is refused when a material change covering the purpose had taken
-/// effect after that version and before the consent was collected: the subject
-/// was shown terms that no longer hold. (Consents collected before the change are
-/// kept, and checks answer NOTICE_CHANGED until they are re-confirmed.)
+/// C-6: a grant collected under notice version `notice` is refused when a later
+/// material version of the same notice had taken effect by the time the consent
+/// was collected: the subject was shown terms that no longer held. (Consents
+/// collected before the change are kept, and checks answer NOTICE_CHANGED until
+/// they are re-confirmed; a grant under another notice covering the purpose is
+/// not refused here.)
 fn superseded_notice(
     notice: &str,
-    notice_us: Option<i64>,
     purpose: &CachedPurpose,
     collect_us: i64,
     pid: &str,
 ) -> Result<(), ApiError> {
-    match (notice_us, purpose.material_at(collect_us)) {
-        (Some(shown), Some(material)) if shown < material => Err(ApiError::precondition(
+    let Some((id, shown)) = notice_ref(notice) else {
+        return Ok(());
+    };
+    match purpose.superseding(id, shown, collect_us) {
+        Some((version, effective_us)) => Err(ApiError::precondition(
             "NOTICE_SUPERSEDED",
             format!(
-                "evidence.notice {notice} was superseded for purposes/{pid} by a material \
-                 change in effect since {} (before the consent was collected): show the \
-                 current notice and record the consent under it",
-                from_micros(material).to_rfc3339()
+                "evidence.notice {notice} was superseded for purposes/{pid} by the material \
+                 change notices/{id}/versions/{version}, in effect since {} (before the \
+                 consent was collected): show the current notice and record the consent \
+                 under it",
+                from_micros(effective_us).to_rfc3339()
             ),
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -152,20 +156,20 @@ impl Api {
         e
     }
 
-    /// Validates evidence; returns it as stored (collector set, IP truncated), when
-    /// it was collected (µs) and when the notice it names took effect (µs).
+    /// Validates evidence; returns it as stored (collector set, IP truncated) and
+    /// when it was collected (µs).
     async fn evidence(
         &self,
         call: &CallContext,
         e: Option<Evidence>,
         v: &mut Validator,
-    ) -> Result<(Evidence, i64, Option<i64>), ApiError> {
+    ) -> Result<(Evidence, i64), ApiError> {
         let Some(mut e) = e else {
             v.add(
                 "evidence",
                 "is required (Art. 7(1): the controller must be able to demonstrate consent)",
             );
-            return Ok((Evidence::default(), 0, None));
+            return Ok((Evidence::default(), 0));
         };
         let now_us = to_micros(self.ctx().clock.now());
         let collect_us = match &e.collect_time {
@@ -190,7 +194,6 @@ impl Api {
                 "is required (web banner, form, email link, CRM import, staff, ...)",
             );
         }
-        let mut notice_us = None;
         if !e.notice.is_empty() {
             match notice_ref(&e.notice) {
                 None => v.add(
@@ -199,28 +202,19 @@ impl Api {
                 ),
                 Some((id, version)) => {
                     // A published version never changes, so once seen it is known.
-                    notice_us = match self.cache.notice_effective(&e.notice) {
-                        Some(us) => Some(us),
-                        None => {
-                            let notice = self
-                                .store()
-                                .notice(id, Some(version))
-                                .await
-                                .map_err(ApiError::internal)?
-                                .ok_or_else(|| {
-                                    ApiError::not_found("notice", e.notice.clone())
-                                        .in_field("evidence.notice")
-                                })?;
-                            // Publishing sets it (to the publish time if not given).
-                            let us = notice
-                                .effective_time
-                                .as_ref()
-                                .or(notice.publish_time.as_ref())
-                                .map_or(0, |t| to_micros(from_timestamp(t)));
-                            self.cache.remember_notice(&e.notice, us);
-                            Some(us)
+                    if !self.cache.knows_notice(&e.notice) {
+                        if self
+                            .store()
+                            .notice(id, Some(version))
+                            .await
+                            .map_err(ApiError::internal)?
+                            .is_none()
+                        {
+                            return Err(ApiError::not_found("notice", e.notice.clone())
+                                .in_field("evidence.notice"));
                         }
-                    };
+                        self.cache.remember_notice(&e.notice);
+                    }
                 }
             }
         }
@@ -252,7 +246,7 @@ impl Api {
             principal: call.principal.name().to_string(),
             user,
         });
-        Ok((e, collect_us, notice_us))
+        Ok((e, collect_us))
     }
 
     fn new_event(
@@ -497,8 +491,7 @@ impl Api {
             }
             None => None,
         };
-        let (evidence, collect_us, notice_us) =
-            self.evidence(call, r.evidence.clone(), &mut v).await?;
+        let (evidence, collect_us) = self.evidence(call, r.evidence.clone(), &mut v).await?;
         let mut decisions = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, d) in r.decisions.iter().enumerate() {
@@ -555,7 +548,7 @@ impl Api {
                         "is required to grant a consent-based purpose (which notice was shown)",
                     ));
                 }
-                superseded_notice(&evidence.notice, notice_us, &cached, collect_us, &pid)?;
+                superseded_notice(&evidence.notice, &cached, collect_us, &pid)?;
             }
             if granted {
                 self.check_age(&r, &purpose, &pid, now)?;
@@ -650,7 +643,7 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        let (evidence, collect_us, _) = self.evidence(call, evidence, &mut v).await?;
+        let (evidence, collect_us) = self.evidence(call, evidence, &mut v).await?;
         v.finish()?;
         for (i, p) in purposes.iter().enumerate() {
             self.check_purpose(p, &format!("purposes[{i}]")).await?;
@@ -934,15 +927,12 @@ impl Api {
                     .ok_or_else(|| {
                         ApiError::not_found("purpose", purpose_name(&id)).in_field(field)
                     })?;
-                let material_us = self
+                let material = self
                     .store()
-                    .material_notice_times(&id)
+                    .material_notices(&id)
                     .await
                     .map_err(ApiError::internal)?;
-                let cached = CachedPurpose {
-                    purpose: Arc::new(stored.purpose),
-                    material_us: Arc::new(material_us),
-                };
+                let cached = CachedPurpose::new(stored.purpose, material);
                 self.cache.fill_purpose(ticket, &id, cached.clone());
                 Ok((id, cached))
             }

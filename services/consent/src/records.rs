@@ -464,17 +464,23 @@ impl ConsentStore {
         Ok((erased, receipts))
     }
 
-    /// Effective times (µs, ascending) of the material notices covering a purpose.
-    pub async fn material_notice_times(&self, purpose_id: &str) -> anyhow::Result<Vec<i64>> {
+    /// The material notice versions covering a purpose, by effective time
+    /// (ascending): (effective µs, notice id, version).
+    pub async fn material_notices(
+        &self,
+        purpose_id: &str,
+    ) -> anyhow::Result<Vec<(i64, String, i64)>> {
         let rows = sqlx::query(
-            "SELECT n.effective_us FROM notices n JOIN notice_purposes np \
+            "SELECT n.effective_us, n.notice_id, n.version FROM notices n JOIN notice_purposes np \
              ON np.notice_id = n.notice_id AND np.version = n.version \
-             WHERE np.purpose_id = $1 AND n.material = 1 ORDER BY n.effective_us",
+             WHERE np.purpose_id = $1 AND n.material = 1 ORDER BY n.effective_us, n.notice_id, n.version",
         )
         .bind(purpose_id.to_string())
         .fetch_all(self.db().pool())
         .await?;
-        rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     /// Like [`Self::states`], the query shared with the checks that miss the cache
