@@ -1417,6 +1417,43 @@ async fn refused_decisions(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("page_token"), "{}", err.message());
+    // Nor can a strictly necessary purpose be withdrawn from or objected to; a
+    // withdrawal from everything leaves it out.
+    let err = c
+        .withdraw_consent(authed(withdraw(&app, who, "session-cookies"), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("purposes[0]"), "{}", err.message());
+    let err = c
+        .record_objection(authed(
+            RecordObjectionRequest {
+                subject: Some(email(who)),
+                purposes: vec!["purposes/session-cookies".into()],
+                evidence: Some(evidence(&app, "")),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut everything = withdraw(&app, who, "newsletter");
+    everything.purposes.clear();
+    everything.all_purposes = true;
+    let withdrawn = c
+        .withdraw_consent(authed(everything, ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let mut names: Vec<_> = withdrawn.iter().map(|e| e.purpose.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["purposes/newsletter", "purposes/old-survey"]);
+    assert_eq!(
+        check(&mut c, who, "session-cookies").await,
+        (true, CheckReason::NotConsentBased)
+    );
     app.stop().await;
 }
 

@@ -645,8 +645,17 @@ impl Api {
         }
         let (evidence, collect_us) = self.evidence(call, evidence, &mut v).await?;
         v.finish()?;
+        let necessary = |p: &Purpose| p.category == pb::PurposeCategory::StrictlyNecessary as i32;
         for (i, p) in purposes.iter().enumerate() {
-            self.check_purpose(p, &format!("purposes[{i}]")).await?;
+            let (pid, cached) = self.check_purpose(p, &format!("purposes[{i}]")).await?;
+            if necessary(&cached.purpose) {
+                return Err(ApiError::invalid(
+                    format!("purposes[{i}]"),
+                    format!(
+                        "purposes/{pid} is strictly necessary (K-1): it cannot be withdrawn from or objected to"
+                    ),
+                ));
+            }
         }
         if all_purposes {
             for s in self
@@ -655,7 +664,19 @@ impl Api {
                 .await
                 .map_err(ApiError::internal)?
             {
-                if s.0 != DIRECT_MARKETING && !ids.contains(&s.0) {
+                if s.0 == DIRECT_MARKETING || ids.contains(&s.0) {
+                    continue;
+                }
+                // Every purpose the subject decided on, but the necessary ones.
+                let keep = match self
+                    .check_purpose(&purpose_name(&s.0), "all_purposes")
+                    .await
+                {
+                    Ok((_, cached)) => !necessary(&cached.purpose),
+                    Err(ApiError::NotFound { .. }) => true,
+                    Err(e) => return Err(e),
+                };
+                if keep {
                     ids.push(s.0);
                 }
             }
