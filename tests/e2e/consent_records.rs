@@ -1649,9 +1649,9 @@ async fn minors_by_country_postgres() {
 }
 
 /// The receipt-signing key is rotated (a process over the same data signs with a
-/// new key): ListReceiptKeys hands out both, newest first, the old one retired
-/// when the new one first signed, so receipts signed before the rotation still
-/// verify offline. Before any receipt, the current key alone.
+/// new key): ListReceiptKeys hands out both, newest first (by first receipt),
+/// so receipts signed before the rotation still verify offline. Before any
+/// receipt, the current key alone.
 async fn receipt_keys_survive_rotation(backend: Backend) {
     use custodia_proto::consent::v1::ListReceiptKeysRequest;
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
@@ -1727,8 +1727,6 @@ async fn receipt_keys_survive_rotation(backend: Backend) {
     let ids: Vec<&str> = keys.keys.iter().map(|k| k.key_id.as_str()).collect();
     assert_eq!(ids, [new.key_id.as_str(), old.key_id.as_str()]);
     let (current, retired) = (&keys.keys[0], &keys.keys[1]);
-    assert!(current.retire_time.is_none());
-    assert_eq!(retired.retire_time, current.create_time);
     assert!(retired.create_time.unwrap().seconds < current.create_time.unwrap().seconds);
     for (receipt, key) in [(&old, retired), (&new, current)] {
         ed25519_dalek::VerifyingKey::from_bytes(&key.public_key.clone().try_into().unwrap())

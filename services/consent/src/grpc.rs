@@ -710,7 +710,11 @@ impl ConsentService for Api {
         request: Request<pb::ListReceiptKeysRequest>,
     ) -> Result<Response<pb::ListReceiptKeysResponse>, Status> {
         let r = request.into_inner();
-        let size = pagination::page_size(r.page_size)?;
+        let size = match r.page_size {
+            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative").into()),
+            0 => 100,
+            n => (n as usize).min(pagination::MAX_PAGE_SIZE),
+        };
         let from: usize = pagination::decode(&r.page_token, "receipt-keys")?.unwrap_or(0);
         let stored = self
             .store
@@ -728,28 +732,20 @@ impl ConsentService for Api {
                 ..Default::default()
             }
         });
-        // A stored key retired when a newer one first signed; the key this
-        // process signs with is current, whatever the table says.
+        // No retire_time: while a rotation rolls out, replicas still on the old
+        // key keep signing with it after the new key's first receipt, and no
+        // replica knows when the last one stopped.
         let all: Vec<_> = unsigned
             .into_iter()
-            .chain(
-                stored
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (key_id, public_key, first_used_us))| {
-                        let newer = i.checked_sub(1).map(|n| stored[n].2);
-                        custodia_proto::common::v1::PublicKey {
-                            key_id: key_id.clone(),
-                            algorithm: "Ed25519".into(),
-                            public_key: public_key.clone(),
-                            create_time: Some(register::timestamp(from_micros(*first_used_us))),
-                            retire_time: newer
-                                .filter(|_| key_id != current)
-                                .map(|us| register::timestamp(from_micros(us))),
-                            ..Default::default()
-                        }
-                    }),
-            )
+            .chain(stored.iter().map(|(key_id, public_key, first_used_us)| {
+                custodia_proto::common::v1::PublicKey {
+                    key_id: key_id.clone(),
+                    algorithm: "Ed25519".into(),
+                    public_key: public_key.clone(),
+                    create_time: Some(register::timestamp(from_micros(*first_used_us))),
+                    ..Default::default()
+                }
+            }))
             .collect();
         let keys: Vec<_> = all.iter().skip(from).take(size).cloned().collect();
         let next = from + keys.len();
