@@ -410,7 +410,13 @@ impl Config {
                 "dsar.connector_timeout_secs and dsar.poll_interval_ms must be at least 1".into(),
             ));
         }
+        let mut countries = std::collections::BTreeSet::new();
         for (country, age) in &self.consent.digital_consent_ages {
+            if !countries.insert(country.to_ascii_uppercase()) {
+                return Err(ConfigError(format!(
+                    "consent.digital_consent_ages.{country}: the country is given twice"
+                )));
+            }
             if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_alphabetic()) {
                 return Err(ConfigError(format!(
                     "consent.digital_consent_ages.{country}: expected an ISO 3166-1 alpha-2 country code"
@@ -560,6 +566,9 @@ mod tests {
             jail.set_env("CUSTODIA__CONSENT__DIGITAL_CONSENT_AGES", "{FR=12}");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("consent.digital_consent_ages.FR"), "{err}");
+            jail.set_env("CUSTODIA__CONSENT__DIGITAL_CONSENT_AGES", "{FR=14,fr=15}");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("twice"), "{err}");
             jail.set_env("CUSTODIA__CONSENT__DIGITAL_CONSENT_AGES", "{France=15}");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("alpha-2"), "{err}");
