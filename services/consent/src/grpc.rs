@@ -514,25 +514,38 @@ impl ConsentService for Api {
             0 => 100,
             n => (n as usize).min(pagination::MAX_PAGE_SIZE),
         };
-        // A token is only good for the identifiers it was issued for. Positions
-        // are offsets into the states ordered by subject and purpose.
-        let filter = r
-            .subject_identifiers
-            .iter()
-            .map(|s| format!("{}:{}", s.r#type, s.value))
+        // A token is only good for the subjects it was issued for (their keyed
+        // hashes, not the identifiers, are fingerprinted in it). It holds the
+        // position (identifier index, purpose id) of the last state returned, so
+        // a state written between pages shifts nothing.
+        let filter = self
+            .subjects(&r.subject_identifiers)?
+            .into_iter()
+            .map(|(_, hash)| hash)
             .collect::<Vec<_>>()
-            .join("\n");
-        let from: usize = pagination::decode(&r.page_token, &filter)?.unwrap_or(0);
-        let all = self.subject_consents(&call, &r.subject_identifiers).await?;
-        let total = all.len();
-        let consents: Vec<_> = all.into_iter().skip(from).take(size).collect();
-        let next = from + consents.len();
+            .join(",");
+        let after: Option<(usize, String)> = pagination::decode(&r.page_token, &filter)?;
+        let mut rest = self
+            .subject_consents(&call, &r.subject_identifiers)
+            .await?
+            .into_iter()
+            .filter(|(position, _)| after.as_ref().is_none_or(|a| position > a))
+            .peekable();
+        let mut consents = Vec::new();
+        let mut last = None;
+        while consents.len() < size {
+            let Some((position, consent)) = rest.next() else {
+                break;
+            };
+            consents.push(consent);
+            last = Some(position);
+        }
+        let more = rest.peek().is_some();
         Ok(Response::new(pb::ListSubjectConsentsResponse {
             consents,
-            next_page_token: if next < total {
-                pagination::encode(&next, &filter)
-            } else {
-                String::new()
+            next_page_token: match last {
+                Some(position) if more => pagination::encode(&position, &filter),
+                _ => String::new(),
             },
         }))
     }

@@ -960,19 +960,40 @@ impl Api {
         }
     }
 
-    /// ListSubjectConsents: the current state per purpose.
+    /// ListSubjectConsents: the current state per purpose, each with its position
+    /// (the identifier's index in `refs`, the purpose id), in that order.
     pub async fn subject_consents(
         &self,
         call: &CallContext,
         refs: &[SubjectRef],
-    ) -> Result<Vec<SubjectConsent>, ApiError> {
+    ) -> Result<Vec<((usize, String), SubjectConsent)>, ApiError> {
         let ids = self.subjects(refs)?;
-        let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
         let now_us = to_micros(self.ctx().clock.now());
         let mut out = Vec::new();
+        for (index, (_, hash)) in ids.iter().enumerate() {
+            self.states_of(hash, index, now_us, &mut out).await?;
+        }
+        for (id, hash) in &ids {
+            self.ctx()
+                .outbox
+                .enqueue(&self.access(call, "ListSubjectConsents", Some((id, hash)), ""))
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        Ok(out)
+    }
+
+    /// The states of subject `hash` (identifier `index`), appended to `out`.
+    async fn states_of(
+        &self,
+        hash: &str,
+        index: usize,
+        now_us: i64,
+        out: &mut Vec<((usize, String), SubjectConsent)>,
+    ) -> Result<(), ApiError> {
         for (pid, decision_us, expire_us, event) in self
             .store()
-            .subject_states(&hashes)
+            .subject_states(&[hash.to_string()])
             .await
             .map_err(ApiError::internal)?
         {
@@ -986,16 +1007,12 @@ impl Api {
             };
             let reconfirm = event.state == ConsentState::Granted as i32
                 && material.is_some_and(|m| m > decision_us);
-            out.push(subject_consent(&event, decision_us, expire_us, reconfirm));
+            out.push((
+                (index, pid),
+                subject_consent(&event, decision_us, expire_us, reconfirm),
+            ));
         }
-        for (id, hash) in &ids {
-            self.ctx()
-                .outbox
-                .enqueue(&self.access(call, "ListSubjectConsents", Some((id, hash)), ""))
-                .await
-                .map_err(ApiError::internal)?;
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Validated identifiers with their hashes.
