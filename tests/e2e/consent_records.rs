@@ -1454,6 +1454,47 @@ async fn refused_decisions(backend: Backend) {
         check(&mut c, who, "session-cookies").await,
         (true, CheckReason::NotConsentBased)
     );
+    // A retry of a grant recorded before its purpose was retired gets the first
+    // call's answer (idempotency), not PURPOSE_RETIRED; a new call is refused.
+    purpose(&mut c, "poll", LawfulBasis::Consent, false, "").await;
+    let mut poll = grant(&app, who, &["poll"], Decision::Granted, &v1, "poll-1");
+    let first = c
+        .record_consent(authed(poll.clone(), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    c.update_purpose(authed(
+        UpdatePurposeRequest {
+            purpose: Some(Purpose {
+                name: "purposes/poll".into(),
+                state: PurposeState::Retired as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["state".into()],
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let retried = c
+        .record_consent(authed(poll.clone(), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.events, first.events);
+    assert_eq!(
+        retried.receipt.as_ref().map(|r| &r.name),
+        first.receipt.as_ref().map(|r| &r.name)
+    );
+    poll.request_id = "poll-2".into();
+    let err = c
+        .record_consent(authed(poll, ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
     app.stop().await;
 }
 

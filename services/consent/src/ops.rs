@@ -453,6 +453,74 @@ impl Api {
         Ok(())
     }
 
+    /// Whether decision `i` (granted or denied, of purpose `pid`) may be recorded:
+    /// what the register forbids (K-1, retired purposes), C-6 and Art. 8.
+    #[allow(clippy::too_many_arguments)]
+    fn decision_allowed(
+        &self,
+        i: usize,
+        granted: bool,
+        pid: &str,
+        cached: &CachedPurpose,
+        evidence: &Evidence,
+        collect_us: i64,
+        r: &pb::RecordConsentRequest,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let purpose = &cached.purpose;
+        if !granted && purpose.category == pb::PurposeCategory::StrictlyNecessary as i32 {
+            return Err(ApiError::invalid(
+                format!("decisions[{i}].decision"),
+                format!("purposes/{pid} is strictly necessary (K-1): it cannot be refused"),
+            ));
+        }
+        if !granted {
+            return Ok(());
+        }
+        if purpose.state == pb::PurposeState::Retired as i32 {
+            return Err(ApiError::precondition(
+                "PURPOSE_RETIRED",
+                format!("purposes/{pid} is retired: new grants are refused (its history is kept)"),
+            ));
+        }
+        if purpose.lawful_basis == LawfulBasis::Consent as i32 {
+            if evidence.notice.is_empty() {
+                return Err(ApiError::invalid(
+                    "evidence.notice",
+                    "is required to grant a consent-based purpose (which notice was shown)",
+                ));
+            }
+            superseded_notice(&evidence.notice, cached, collect_us, pid)?;
+        }
+        self.check_age(r, purpose, pid, now)
+    }
+
+    /// `refusal`, unless the call retries one that was recorded (an earlier call
+    /// with its `request_id` stored events): then that call's answer, as the
+    /// idempotency of RecordConsent promises, even if the register changed since
+    /// (a purpose retired, a notice superseded).
+    async fn refused_unless_replayed(
+        &self,
+        request_id: &str,
+        refusal: ApiError,
+    ) -> Result<pb::RecordConsentResponse, ApiError> {
+        if request_id.is_empty() {
+            return Err(refusal);
+        }
+        match self
+            .store()
+            .replay_of("RecordConsent", request_id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(events) if !events.is_empty() => {
+                let receipt = self.stored_receipt(&events, None).await?;
+                Ok(pb::RecordConsentResponse { events, receipt })
+            }
+            _ => Err(refusal),
+        }
+    }
+
     /// RecordConsent.
     pub async fn record_consent_op(
         &self,
@@ -527,31 +595,10 @@ impl Api {
                 .await?;
             let purpose = cached.purpose.clone();
             let granted = decision == Decision::Granted;
-            if !granted && purpose.category == pb::PurposeCategory::StrictlyNecessary as i32 {
-                return Err(ApiError::invalid(
-                    format!("decisions[{i}].decision"),
-                    format!("purposes/{pid} is strictly necessary (K-1): it cannot be refused"),
-                ));
-            }
-            if granted && purpose.state == pb::PurposeState::Retired as i32 {
-                return Err(ApiError::precondition(
-                    "PURPOSE_RETIRED",
-                    format!(
-                        "purposes/{pid} is retired: new grants are refused (its history is kept)"
-                    ),
-                ));
-            }
-            if granted && purpose.lawful_basis == LawfulBasis::Consent as i32 {
-                if evidence.notice.is_empty() {
-                    return Err(ApiError::invalid(
-                        "evidence.notice",
-                        "is required to grant a consent-based purpose (which notice was shown)",
-                    ));
-                }
-                superseded_notice(&evidence.notice, &cached, collect_us, &pid)?;
-            }
-            if granted {
-                self.check_age(&r, &purpose, &pid, now)?;
+            let allowed =
+                self.decision_allowed(i, granted, &pid, &cached, &evidence, collect_us, &r, now);
+            if let Err(refusal) = allowed {
+                return self.refused_unless_replayed(&r.request_id, refusal).await;
             }
             let expire_us = if granted {
                 expiry(&purpose, collect_us)

@@ -1012,6 +1012,37 @@ fn results(
         .collect()
 }
 
+impl ConsentStore {
+    /// The events an earlier call of `method` with `request_id` recorded (erased
+    /// ones left out), if there was such a call.
+    pub async fn replay_of(
+        &self,
+        method: &str,
+        request_id: &str,
+    ) -> anyhow::Result<Option<Vec<ConsentEvent>>> {
+        let Some(row) = sqlx::query(
+            "SELECT resource FROM idempotency_keys WHERE method = $1 AND request_id = $2",
+        )
+        .bind(method.to_string())
+        .bind(request_id.to_string())
+        .fetch_optional(self.db().pool())
+        .await?
+        else {
+            return Ok(None);
+        };
+        let resource: String = row.try_get(0)?;
+        let ids: Vec<&str> = resource.split(',').filter(|id| !id.is_empty()).collect();
+        let mut conn = self.db().pool().acquire().await?;
+        let found = events_by_id(&mut conn, self.db().backend(), &ids).await?;
+        Ok(Some(
+            ids.iter()
+                .filter_map(|id| found.get(*id))
+                .cloned()
+                .collect(),
+        ))
+    }
+}
+
 /// Resources of earlier calls with the request ids of `jobs`, by (method, request id).
 async fn replayed_all(
     tx: &mut ScriptTx,
