@@ -90,6 +90,15 @@ async fn publish(c: &mut Client, text: &str, material: bool) -> String {
     .name
 }
 
+/// A client of `app`, with the consent-based direct-marketing purpose
+/// `newsletter` (re-consent every year) and notice v1 covering it.
+async fn newsletter(app: &TestApp) -> (Client, String) {
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
+    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    (c, v1)
+}
+
 fn grant(
     app: &TestApp,
     who: &str,
@@ -701,9 +710,7 @@ async fn next_change(
 async fn watch_and_erase(backend: Backend) {
     use custodia_proto::consent::v1::{EraseSubjectRequest, WatchConsentChangesRequest};
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
-    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let (mut c, v1) = newsletter(&app).await;
 
     // A newsletter sender follows changes from now on.
     let mut stream = c
@@ -1051,9 +1058,7 @@ async fn batch_check(backend: Backend) {
         &[custodia_consent::SERVICE, custodia_audit_log::SERVICE],
     )
     .await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
-    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let (mut c, v1) = newsletter(&app).await;
     for (who, decision) in [
         ("ada@example.edu", Decision::Granted),
         ("bob@example.edu", Decision::Denied),
@@ -1522,9 +1527,7 @@ async fn checks_racing_withdrawals(backend: Backend) {
         time::Instant,
     };
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
-    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let (mut c, v1) = newsletter(&app).await;
     let who = "race@example.edu";
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1657,9 +1660,7 @@ async fn minors_by_country(backend: Backend) {
         config.consent.digital_consent_ages = [("DE".to_string(), 14)].into();
     })
     .await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
-    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let (mut c, v1) = newsletter(&app).await;
     let mut record = async |who: &str, years: i32, country: &str| {
         let mut r = grant(&app, who, &["newsletter"], Decision::Granted, &v1, "");
         r.age = Some(AgeAttestation {
@@ -1696,9 +1697,7 @@ async fn minors_by_country_postgres() {
 async fn receipt_keys_survive_rotation(backend: Backend) {
     use custodia_proto::consent::v1::ListReceiptKeysRequest;
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
-    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let (mut c, v1) = newsletter(&app).await;
     let list = async |c: &mut Client, page_size: i32, page_token: String| {
         c.list_receipt_keys(authed(
             ListReceiptKeysRequest {
@@ -1816,9 +1815,7 @@ async fn bad_input_names_the_field(backend: Backend) {
         consent::v1::{GetReceiptRequest, ListNoticesRequest, ListReconsentDueRequest},
     };
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    purpose(&mut c, "newsletter", LawfulBasis::Consent, true, "P1Y").await;
-    let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
+    let (mut c, v1) = newsletter(&app).await;
     let who = "zed@example.edu";
     let expect = |what: &str, r: Result<(), tonic::Status>, code: Code, names: &str| {
         let err = r.expect_err(what);
