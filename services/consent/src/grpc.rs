@@ -518,15 +518,15 @@ impl ConsentService for Api {
         // hashes, not the identifiers, are fingerprinted in it). It holds the
         // position (identifier index, purpose id) of the last state returned, so
         // a state written between pages shifts nothing.
-        let filter = self
-            .subjects(&r.subject_identifiers)?
-            .into_iter()
-            .map(|(_, hash)| hash)
+        let ids = self.subjects(&r.subject_identifiers)?;
+        let filter = ids
+            .iter()
+            .map(|(_, hash)| hash.as_str())
             .collect::<Vec<_>>()
             .join(",");
         let after: Option<(usize, String)> = pagination::decode(&r.page_token, &filter)?;
         let mut rest = self
-            .subject_consents(&call, &r.subject_identifiers)
+            .subject_consents(&call, &ids)
             .await?
             .into_iter()
             .filter(|(position, _)| after.as_ref().is_none_or(|a| position > a))

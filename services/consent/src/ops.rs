@@ -1007,20 +1007,20 @@ impl Api {
         }
     }
 
-    /// ListSubjectConsents: the current state per purpose, each with its position
-    /// (the identifier's index in `refs`, the purpose id), in that order.
+    /// ListSubjectConsents: the current state per purpose of the subjects `ids`
+    /// (from [`Self::subjects`]), each with its position (the identifier's index,
+    /// the purpose id), in that order.
     pub async fn subject_consents(
         &self,
         call: &CallContext,
-        refs: &[SubjectRef],
+        ids: &[(SubjectId, String)],
     ) -> Result<Vec<((usize, String), SubjectConsent)>, ApiError> {
-        let ids = self.subjects(refs)?;
         let now_us = to_micros(self.ctx().clock.now());
         let mut out = Vec::new();
         for (index, (_, hash)) in ids.iter().enumerate() {
             self.states_of(hash, index, now_us, &mut out).await?;
         }
-        for (id, hash) in &ids {
+        for (id, hash) in ids {
             self.ctx()
                 .outbox
                 .enqueue(&self.access(call, "ListSubjectConsents", Some((id, hash)), ""))
