@@ -99,6 +99,42 @@ async fn newsletter(app: &TestApp) -> (Client, String) {
     (c, v1)
 }
 
+/// Retires purpose `id` (new grants are refused from then on).
+async fn retire(c: &mut Client, id: &str) {
+    c.update_purpose(authed(
+        UpdatePurposeRequest {
+            purpose: Some(Purpose {
+                name: format!("purposes/{id}"),
+                state: PurposeState::Retired as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["state".into()],
+            }),
+            request_id: String::new(),
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+}
+
+/// The consent trail of subject `who` (up to 1,000 events).
+async fn events_of(c: &mut Client, who: &str) -> Vec<custodia_proto::consent::v1::ConsentEvent> {
+    c.list_consent_events(authed(
+        ListConsentEventsRequest {
+            subject_identifiers: vec![email(who)],
+            page_size: 1_000,
+            ..Default::default()
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+}
+
 fn grant(
     app: &TestApp,
     who: &str,
@@ -415,21 +451,7 @@ async fn records(backend: Backend) {
     // A grant collected now under v1 (a page still showing the old notice) is
     // refused, and nothing is stored; one collected before v2 took effect (an
     // import of older records) is kept, and needs re-confirmation like cleo's.
-    let trail_of = async |c: &mut Client, who: &str| {
-        c.list_consent_events(authed(
-            ListConsentEventsRequest {
-                subject_identifiers: vec![email(who)],
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .len()
-    };
-    let before = trail_of(&mut c, "cleo@example.edu").await;
+    let before = events_of(&mut c, "cleo@example.edu").await.len();
     let err = c
         .record_consent(authed(
             grant(
@@ -450,7 +472,7 @@ async fn records(backend: Backend) {
         "{}",
         err.message()
     );
-    assert_eq!(trail_of(&mut c, "cleo@example.edu").await, before);
+    assert_eq!(events_of(&mut c, "cleo@example.edu").await.len(), before);
     let mut import = grant(
         &app,
         "gus@example.edu",
@@ -1266,22 +1288,7 @@ async fn refused_decisions(backend: Backend) {
     .await
     .unwrap();
     purpose(&mut c, "old-survey", LawfulBasis::Consent, false, "").await;
-    c.update_purpose(authed(
-        UpdatePurposeRequest {
-            purpose: Some(Purpose {
-                name: "purposes/old-survey".into(),
-                state: PurposeState::Retired as i32,
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["state".into()],
-            }),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
-    .await
-    .unwrap();
+    retire(&mut c, "old-survey").await;
     let v1 = publish(&mut c, "We send a monthly newsletter.", false).await;
     let who = "hal@example.edu";
 
@@ -1345,18 +1352,7 @@ async fn refused_decisions(backend: Backend) {
     assert!(err.message().contains("retired"), "{}", err.message());
 
     // None of the refused calls stored anything, not even the valid decisions.
-    let trail = c
-        .list_consent_events(authed(
-            ListConsentEventsRequest {
-                subject_identifiers: vec![email(who)],
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let trail = events_of(&mut c, who).await;
     assert!(trail.is_empty(), "{trail:?}");
     assert_eq!(
         check(&mut c, who, "newsletter").await,
@@ -1468,22 +1464,7 @@ async fn refused_decisions(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    c.update_purpose(authed(
-        UpdatePurposeRequest {
-            purpose: Some(Purpose {
-                name: "purposes/poll".into(),
-                state: PurposeState::Retired as i32,
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["state".into()],
-            }),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
-    .await
-    .unwrap();
+    retire(&mut c, "poll").await;
     let retried = c
         .record_consent(authed(poll.clone(), ADMIN_TOKEN))
         .await
@@ -1620,19 +1601,7 @@ async fn checks_racing_withdrawals(backend: Backend) {
         "a check after a withdrawal's ack said ALLOWED"
     );
 
-    let trail = c
-        .list_consent_events(authed(
-            ListConsentEventsRequest {
-                subject_identifiers: vec![email(who)],
-                page_size: 1_000,
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let trail = events_of(&mut c, who).await;
     assert_eq!(trail.len(), 12 * 7);
     assert_eq!(trail.last().unwrap().state, ConsentState::Withdrawn as i32);
     assert_eq!(
@@ -2103,18 +2072,7 @@ async fn bad_input_names_the_field(backend: Backend) {
     );
 
     // Nothing of the refused calls was stored.
-    let trail = c
-        .list_consent_events(authed(
-            ListConsentEventsRequest {
-                subject_identifiers: vec![email(who)],
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let trail = events_of(&mut c, who).await;
     assert!(trail.is_empty(), "{trail:?}");
     let notices = c
         .list_notices(authed(ListNoticesRequest::default(), ADMIN_TOKEN))
