@@ -155,14 +155,7 @@ async fn table_events(db: &Db) -> i64 {
 /// database closes, empties the file at once.
 #[test]
 fn postgres_journal_left_behind_is_moved_once() {
-    // One thread: tasks run only inside `block_on`. With worker threads, the
-    // dropped second outbox's background move could still hold its journal (and
-    // the journal's lock) while the third opens it, and the third would then write
-    // to the table directly.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("consent-read-events");
     let pg = rt.block_on(TestDatabase::create());
@@ -203,9 +196,11 @@ fn postgres_journal_left_behind_is_moved_once() {
     );
     drop(first);
 
-    let second = rt.block_on(async {
-        SqlOutbox::with_journal(db.clone(), ReadEventSync::Relaxed, Some(&path))
-    });
+    // Outside the runtime too: a background move of this outbox, suspended in the
+    // middle of a move, would still hold the journal (and its lock) after `drop`,
+    // and the third outbox would then write to the table directly. `peek` moves
+    // the journal itself.
+    let second = SqlOutbox::with_journal(db.clone(), ReadEventSync::Relaxed, Some(&path));
     let stored = rt.block_on(second.peek(1_000)).unwrap();
     let ids: std::collections::HashSet<_> = stored.iter().map(|(_, e)| e.event_id).collect();
     let want: std::collections::HashSet<_> = sent.iter().map(|e| e.event_id).collect();
