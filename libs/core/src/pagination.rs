@@ -14,9 +14,14 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// Effective page size for a requested `page_size`; negative is INVALID_ARGUMENT.
 pub fn page_size(requested: i32) -> Result<usize, ApiError> {
+    page_size_or(requested, DEFAULT_PAGE_SIZE)
+}
+
+/// Like [`page_size`], for a listing whose proto promises another default.
+pub fn page_size_or(requested: i32, default: usize) -> Result<usize, ApiError> {
     match requested {
         n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
-        0 => Ok(DEFAULT_PAGE_SIZE),
+        0 => Ok(default),
         n => Ok((n as usize).min(MAX_PAGE_SIZE)),
     }
 }

@@ -860,11 +860,7 @@ impl Api {
         r: pb::ListTimelineEntriesRequest,
     ) -> Result<pb::ListTimelineEntriesResponse, ApiError> {
         let id = breach_id("parent", &r.parent)?;
-        let size = match r.page_size {
-            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
-            0 => 100,
-            n => (n as usize).min(1000),
-        };
+        let size = pagination::page_size_or(r.page_size, 100)?;
         let after: i64 = pagination::decode(&r.page_token, &r.parent)?.unwrap_or(0);
         self.load(&id).await?;
         let mut entries = self.store.timeline(&id, after, size + 1).await?;

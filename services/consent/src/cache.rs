@@ -72,10 +72,9 @@ struct Shard {
 pub struct CachedPurpose {
     /// The purpose.
     pub purpose: Arc<Purpose>,
-    /// Effective times of material notices covering it, ascending.
-    pub material_us: Arc<Vec<i64>>,
-    /// The same notices: (notice id, version, effective µs).
-    pub material_versions: Arc<Vec<(String, i64, i64)>>,
+    /// The material notice versions covering it, by effective time (ascending):
+    /// (effective µs, notice id, version).
+    pub material: Arc<Vec<(i64, String, i64)>>,
 }
 
 impl CachedPurpose {
@@ -84,27 +83,24 @@ impl CachedPurpose {
     pub fn new(purpose: Purpose, material: Vec<(i64, String, i64)>) -> Self {
         Self {
             purpose: Arc::new(purpose),
-            material_us: Arc::new(material.iter().map(|m| m.0).collect()),
-            material_versions: Arc::new(
-                material.into_iter().map(|(us, n, v)| (n, v, us)).collect(),
-            ),
+            material: Arc::new(material),
         }
     }
 
     /// The newest material version of notice `notice_id` after `version` that
     /// was in effect at `at_us`: (version, effective µs).
     pub fn superseding(&self, notice_id: &str, version: i64, at_us: i64) -> Option<(i64, i64)> {
-        self.material_versions
+        self.material
             .iter()
-            .filter(|(n, v, us)| n == notice_id && *v > version && *us <= at_us)
-            .map(|(_, v, us)| (*v, *us))
+            .filter(|(us, n, v)| n == notice_id && *v > version && *us <= at_us)
+            .map(|(us, _, v)| (*v, *us))
             .max()
     }
 
     /// The latest material notice in effect at `now_us`.
     pub fn material_at(&self, now_us: i64) -> Option<i64> {
-        let n = self.material_us.partition_point(|t| *t <= now_us);
-        n.checked_sub(1).map(|i| self.material_us[i])
+        let n = self.material.partition_point(|(us, ..)| *us <= now_us);
+        n.checked_sub(1).map(|i| self.material[i].0)
     }
 }
 

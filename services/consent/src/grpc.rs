@@ -509,11 +509,7 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::ListSubjectConsentsResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
-        let size = match r.page_size {
-            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative").into()),
-            0 => 100,
-            n => (n as usize).min(pagination::MAX_PAGE_SIZE),
-        };
+        let size = pagination::page_size_or(r.page_size, 100)?;
         // A token is only good for the subjects it was issued for (their keyed
         // hashes, not the identifiers, are fingerprinted in it). It holds the
         // position (identifier index, purpose id) of the last state returned, so
@@ -723,11 +719,7 @@ impl ConsentService for Api {
         request: Request<pb::ListReceiptKeysRequest>,
     ) -> Result<Response<pb::ListReceiptKeysResponse>, Status> {
         let r = request.into_inner();
-        let size = match r.page_size {
-            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative").into()),
-            0 => 100,
-            n => (n as usize).min(pagination::MAX_PAGE_SIZE),
-        };
+        let size = pagination::page_size_or(r.page_size, 100)?;
         let from: usize = pagination::decode(&r.page_token, "receipt-keys")?.unwrap_or(0);
         let stored = self
             .store
@@ -737,29 +729,27 @@ impl ConsentService for Api {
         let current = self.receipts.key_id();
         // The key this process signs with first, until it has signed (then the
         // store has it: create_time is its first receipt).
-        let unsigned = (!stored.iter().any(|(id, ..)| id == current)).then(|| {
-            custodia_proto::common::v1::PublicKey {
-                key_id: current.to_string(),
-                algorithm: "Ed25519".into(),
-                public_key: self.receipts.public_key().to_bytes().to_vec(),
-                ..Default::default()
-            }
-        });
         // No retire_time: while a rotation rolls out, replicas still on the old
         // key keep signing with it after the new key's first receipt, and no
         // replica knows when the last one stopped.
-        let all: Vec<_> = unsigned
-            .into_iter()
-            .chain(stored.iter().map(|(key_id, public_key, first_used_us)| {
-                custodia_proto::common::v1::PublicKey {
-                    key_id: key_id.clone(),
-                    algorithm: "Ed25519".into(),
-                    public_key: public_key.clone(),
-                    create_time: Some(register::timestamp(from_micros(*first_used_us))),
-                    ..Default::default()
-                }
-            }))
-            .collect();
+        let key = |key_id: &str, public_key: &[u8], first_used_us: Option<i64>| {
+            custodia_proto::common::v1::PublicKey {
+                key_id: key_id.to_string(),
+                algorithm: "Ed25519".into(),
+                public_key: public_key.to_vec(),
+                create_time: first_used_us.map(|us| register::timestamp(from_micros(us))),
+                ..Default::default()
+            }
+        };
+        let unsigned = (!stored.iter().any(|(id, ..)| id == current))
+            .then(|| key(current, self.receipts.public_key().as_bytes(), None));
+        let all: Vec<_> =
+            unsigned
+                .into_iter()
+                .chain(stored.iter().map(|(id, public_key, first_used_us)| {
+                    key(id, public_key, Some(*first_used_us))
+                }))
+                .collect();
         let keys: Vec<_> = all.iter().skip(from).take(size).cloned().collect();
         let next = from + keys.len();
         Ok(Response::new(pb::ListReceiptKeysResponse {

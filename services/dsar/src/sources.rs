@@ -342,11 +342,7 @@ impl Api {
         call: &CallContext,
         r: pb::ListDataSourcesRequest,
     ) -> Result<pb::ListDataSourcesResponse, ApiError> {
-        let size = match r.page_size {
-            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
-            0 => 100,
-            n => (n as usize).min(1000),
-        };
+        let size = pagination::page_size_or(r.page_size, 100)?;
         let after: Option<String> = pagination::decode(&r.page_token, "dataSources")?;
         let mut all: Vec<pb::DataSource> = self
             .all_sources()
