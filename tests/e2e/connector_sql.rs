@@ -384,7 +384,7 @@ async fn erase_keeps_what_the_law_requires(backend: Backend) {
         ))
         .await
         .unwrap_err();
-    assert_code(&err, Code::FailedPrecondition, "erase-1");
+    assert_code(&err, Code::FailedPrecondition, "request_id");
 
     // A new request finds only what was kept (and the late interaction).
     let second = crm

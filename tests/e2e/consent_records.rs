@@ -336,11 +336,12 @@ async fn records(backend: Backend) {
         .receipt
         .unwrap();
     assert_eq!(fetched, receipt, "the receipt returned is the one stored");
+    // A retry sends the same bytes; the key is bound to them (issue #24).
     let retry = c
         .record_consent(authed(
             grant(
                 &app,
-                "ada@example.edu",
+                "Ada@Example.edu",
                 &["newsletter"],
                 Decision::Granted,
                 &v1,

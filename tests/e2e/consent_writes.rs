@@ -12,6 +12,7 @@ use custodia_consent::{
 };
 use custodia_core::{
     ServiceName,
+    idempotency::RequestKey,
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
     storage,
 };
@@ -43,9 +44,22 @@ fn record(subject: &str, purpose: &str, state: ConsentState) -> NewRecord {
 }
 
 fn job(method: &str, request_id: &str, records: Vec<NewRecord>) -> WriteJob {
-    WriteJob {
-        method: method.into(),
+    job_with_body(method, request_id, "", records)
+}
+
+/// A job whose request carried `body` (the part of the request its key's
+/// fingerprint covers besides the request id).
+fn job_with_body(method: &str, request_id: &str, body: &str, records: Vec<NewRecord>) -> WriteJob {
+    let request = RecordConsentRequest {
         request_id: request_id.into(),
+        subject: Some(SubjectRef {
+            r#type: "email".into(),
+            value: body.into(),
+        }),
+        ..Default::default()
+    };
+    WriteJob {
+        key: RequestKey::new("test", method, request_id, &request),
         records,
         receipt: None,
         access: AccessEvent::new(
@@ -61,6 +75,96 @@ fn job(method: &str, request_id: &str, records: Vec<NewRecord>) -> WriteJob {
 
 fn names(events: &[ConsentEvent]) -> Vec<&str> {
     events.iter().map(|e| e.name.as_str()).collect()
+}
+
+/// Keys of a group are bound to the caller and the body: a key reused with
+/// another body is refused, from the database and within a group; another
+/// principal's use of the key is a call of its own.
+async fn keys_bound_to_caller_and_body(backend: Backend) {
+    let (config, _dir, pg) = test_config(backend).await;
+    let db = storage::open_service(&config, ServiceName::Consent)
+        .await
+        .unwrap();
+    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
+    let store = ConsentStore::new(db.clone());
+    let first = job(
+        "RecordConsent",
+        "r1",
+        vec![record("ada", "newsletter", ConsentState::Granted)],
+    );
+    store.record_all(vec![first.clone()]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let mut other = job(
+        "RecordConsent",
+        "r1",
+        vec![record("cy", "newsletter", ConsentState::Granted)],
+    );
+    other.key = RequestKey::new(
+        "moodle",
+        "RecordConsent",
+        "r1",
+        &RecordConsentRequest {
+            request_id: "r1".into(),
+            ..Default::default()
+        },
+    );
+    let results = store
+        .record_all(vec![
+            job_with_body(
+                "RecordConsent",
+                "r1",
+                "other body",
+                vec![record("cy", "newsletter", ConsentState::Granted)],
+            ),
+            job_with_body(
+                "RecordConsent",
+                "r3",
+                "",
+                vec![record("cy", "analytics", ConsentState::Granted)],
+            ),
+            job_with_body(
+                "RecordConsent",
+                "r3",
+                "other body",
+                vec![record("cy", "analytics", ConsentState::Denied)],
+            ),
+            other.clone(),
+            first.clone(),
+        ])
+        .await
+        .unwrap();
+    let code = |r: &Result<Vec<ConsentEvent>, custodia_core::ApiError>| match r {
+        Err(custodia_core::ApiError::FailedPrecondition { reason, .. }) => *reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let events_of = |j: &WriteJob| {
+        j.records
+            .iter()
+            .map(|r| r.event.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(code(&results[0]), "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(results[1].as_ref().unwrap().len(), 1);
+    assert_eq!(code(&results[2]), "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(results[3].as_ref().unwrap(), &events_of(&other));
+    assert_eq!(results[4].as_ref().unwrap(), &events_of(&first), "a replay");
+    // ada, then cy's analytics grant and moodle's own call: nothing refused wrote.
+    assert_eq!(store.last_change().await.unwrap(), 3);
+    db.close().await;
+    if let Some(pg) = pg {
+        pg.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn keys_bound_to_caller_and_body_sqlite() {
+    keys_bound_to_caller_and_body(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn keys_bound_to_caller_and_body_postgres() {
+    keys_bound_to_caller_and_body(Backend::Postgres).await;
 }
 
 async fn group_of_jobs(backend: Backend) {
@@ -166,8 +270,9 @@ async fn group_of_jobs(backend: Backend) {
     assert_eq!(current["analytics"], f.records[0].event.name);
     let receipt = store.receipt("receipt-a").await.unwrap().unwrap();
     assert_eq!(receipt.name, "receipts/receipt-a");
-    // One access event per job that wrote (replays log nothing).
-    assert_eq!(outbox.pending().await.unwrap(), 5);
+    // One access event per job, replays included (a replay's answer holds the
+    // subject's data: it is an access too).
+    assert_eq!(outbox.pending().await.unwrap(), 6);
 
     // A later group replays from the database: the first call's events, no writes.
     let again = store
@@ -184,7 +289,7 @@ async fn group_of_jobs(backend: Backend) {
     assert_eq!(again[0].as_ref().unwrap(), &events_of(&d));
     assert_eq!(again[1].as_ref().unwrap(), &events_of(&a));
     assert_eq!(store.last_change().await.unwrap(), 6);
-    assert_eq!(outbox.pending().await.unwrap(), 5);
+    assert_eq!(outbox.pending().await.unwrap(), 8);
 
     // A job that cannot be written (its receipt id is taken) fails alone, whatever
     // group it lands in; the others commit with gap-free change numbers.
@@ -208,8 +313,7 @@ async fn group_of_jobs(backend: Backend) {
         };
         calls.push(tokio::spawn(async move {
             let WriteJob {
-                method,
-                request_id,
+                key,
                 records,
                 receipt,
                 access,
@@ -217,8 +321,7 @@ async fn group_of_jobs(backend: Backend) {
             } = j;
             store
                 .record(
-                    &method,
-                    &request_id,
+                    key.as_ref(),
                     &records,
                     receipt
                         .as_ref()

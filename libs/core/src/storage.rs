@@ -600,45 +600,6 @@ fn redact(e: sqlx::Error) -> anyhow::Error {
     }
 }
 
-/// Claims the idempotency key `(method, request_id)` for `resource` in `table` (columns
-/// `method, request_id, resource, create_us`, unique on the first two), inside the
-/// caller's write transaction. `None`: first use (or no key), go ahead; `Some(r)`:
-/// the key was used before, for resource `r` — answer with that.
-pub async fn claim_request_id(
-    conn: &mut sqlx::AnyConnection,
-    table: &'static str,
-    method: &str,
-    request_id: &str,
-    resource: &str,
-    now_us: i64,
-) -> anyhow::Result<Option<String>> {
-    if request_id.is_empty() {
-        return Ok(None);
-    }
-    let inserted = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {table} (method, request_id, resource, create_us) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (method, request_id) DO NOTHING"
-    )))
-    .bind(method.to_string())
-    .bind(request_id.to_string())
-    .bind(resource.to_string())
-    .bind(now_us)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(None);
-    }
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT resource FROM {table} WHERE method = $1 AND request_id = $2"
-    )))
-    .bind(method.to_string())
-    .bind(request_id.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Some(sqlx::Row::try_get(&row, 0)?))
-}
-
 /// `n` bind placeholders numbered from `start`, for statements whose parameters are
 /// all bound in order.
 ///

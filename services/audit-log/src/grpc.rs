@@ -11,6 +11,7 @@ use std::{
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    idempotency::{self, MAX_REQUEST_ID, RequestKey},
     json_struct::{struct_from_json_text, struct_to_json_text},
     outbox::{AccessEvent, OutboxStore, Outcome},
     pagination,
@@ -754,6 +755,10 @@ impl AuditLogService for Api {
     ) -> Result<Response<pb::ShredSubjectResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let key = RequestKey::of(&call, "ShredSubject", &r.request_id, &r);
+        let mut v = Validator::new();
+        v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+        v.finish()?;
         let subjects = self.hashes(&r.subject_identifiers, "subject_identifiers")?;
         let now = self.ctx.clock.now();
         let mut keys = 0;
@@ -767,6 +772,10 @@ impl AuditLogService for Api {
             .enqueue_durable(&event)
             .await
             .map_err(ApiError::internal)?;
+        // A retry answers what the first call did (a second shred finds nothing).
+        if let Some(first) = idempotency::kept(&self.ctx.db, key.as_ref()).await? {
+            return Ok(Response::new(first));
+        }
         for subject in &subjects {
             let n = self
                 .log
@@ -777,10 +786,12 @@ impl AuditLogService for Api {
             affected += n as i64;
             keys += 1;
         }
-        Ok(Response::new(pb::ShredSubjectResponse {
+        let response = pb::ShredSubjectResponse {
             shredded_key_count: keys,
             affected_event_count: affected,
             shred_time: Some(timestamp(to_micros(now))),
-        }))
+        };
+        idempotency::keep(&self.ctx.db, key.as_ref(), &response, to_micros(now)).await?;
+        Ok(Response::new(response))
     }
 }

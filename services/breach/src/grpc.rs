@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::{Clock, breach_authority_deadline, retention_until},
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
     pagination,
@@ -34,8 +35,6 @@ use crate::{
 
 /// The gRPC service name recorded in access events.
 pub const SERVICE_NAME: &str = "custodia.breach.v1.BreachService";
-/// Longest idempotency key accepted.
-const MAX_REQUEST_ID: usize = 128;
 /// Longest message to subjects accepted.
 const MAX_MESSAGE: usize = 16 * 1024;
 
@@ -160,7 +159,7 @@ impl Api {
         call: &CallContext,
         method: &str,
         id: &str,
-        request_id: &str,
+        key: Option<&RequestKey>,
         now: DateTime<Utc>,
         decide: F,
     ) -> Result<pb::Breach, ApiError>
@@ -169,7 +168,7 @@ impl Api {
     {
         let event = self.event(call, method, resource(id));
         self.store
-            .change(id, method, request_id, &event, to_micros(now), decide)
+            .change(id, key, &event, to_micros(now), decide)
             .await?;
         let b = self.load(id).await?;
         Ok(model::to_proto(&b, self.clock.now()))
@@ -180,6 +179,7 @@ impl Api {
         call: &CallContext,
         r: pb::ReportBreachRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "ReportBreach", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
@@ -210,7 +210,7 @@ impl Api {
                 to_micros(aware),
                 to_micros(deadline),
                 first,
-                &r.request_id,
+                key.as_ref(),
                 &self.event(call, "ReportBreach", resource(&id)),
                 to_micros(now),
             )
@@ -228,6 +228,7 @@ impl Api {
         call: &CallContext,
         r: pb::UpdateBreachRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "UpdateBreach", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
@@ -255,7 +256,7 @@ impl Api {
         v.finish()?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let principal = call.principal.name().to_string();
-        self.change(call, "UpdateBreach", &id, &r.request_id, now, move |b| {
+        self.change(call, "UpdateBreach", &id, key.as_ref(), now, move |b| {
             state::require_open(b, "be updated")?;
             let etag = format!("\"{}\"", b.version);
             if !update.etag.is_empty() && update.etag != etag {
@@ -309,6 +310,7 @@ impl Api {
         call: &CallContext,
         r: pb::AssessRiskRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "AssessRisk", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = breach_id("name", &r.name);
@@ -377,7 +379,7 @@ impl Api {
                 None => String::new(),
             }
         );
-        self.change(call, "AssessRisk", &id, &r.request_id, now, move |b| {
+        self.change(call, "AssessRisk", &id, key.as_ref(), now, move |b| {
             state::require_open(b, "be assessed")?;
             Ok(vec![
                 Write::Assessment(Box::new(assessment)),
@@ -392,6 +394,7 @@ impl Api {
         call: &CallContext,
         r: pb::AssignTeamRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "AssignTeam", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("name", &r.name)?;
         let mut v = Validator::new();
@@ -439,7 +442,7 @@ impl Api {
             .collect::<Vec<_>>()
             .join("; ");
         let members = r.members;
-        self.change(call, "AssignTeam", &id, &r.request_id, now, move |b| {
+        self.change(call, "AssignTeam", &id, key.as_ref(), now, move |b| {
             state::require_open(b, "change its team")?;
             Ok(vec![
                 Write::Team(members),
@@ -458,6 +461,7 @@ impl Api {
         call: &CallContext,
         r: pb::AddTimelineEntryRequest,
     ) -> Result<pb::TimelineEntry, ApiError> {
+        let key = RequestKey::of(call, "AddTimelineEntry", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("parent", &r.parent)?;
         let mut v = Validator::new();
@@ -505,17 +509,10 @@ impl Api {
         let event = self.event(call, "AddTimelineEntry", resource(&id));
         let done = self
             .store
-            .change(
-                &id,
-                "AddTimelineEntry",
-                &r.request_id,
-                &event,
-                to_micros(now),
-                move |b| {
-                    state::require_open(b, "have its timeline extended")?;
-                    Ok(vec![Write::Timeline(Box::new(entry))])
-                },
-            )
+            .change(&id, key.as_ref(), &event, to_micros(now), move |b| {
+                state::require_open(b, "have its timeline extended")?;
+                Ok(vec![Write::Timeline(Box::new(entry))])
+            })
             .await?;
         let name = match done {
             Done::Applied(mut names) => names.pop().unwrap_or_default(),
@@ -537,6 +534,7 @@ impl Api {
         call: &CallContext,
         r: pb::RecordAuthorityNotificationRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "RecordAuthorityNotification", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("name", &r.name)?;
         let mut v = Validator::new();
@@ -579,7 +577,7 @@ impl Api {
             call,
             "RecordAuthorityNotification",
             &id,
-            &r.request_id,
+            key.as_ref(),
             now,
             move |b| {
                 if send < from_micros(b.awareness_us) {
@@ -619,6 +617,7 @@ impl Api {
         call: &CallContext,
         r: pb::RecordSubjectCommunicationRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "RecordSubjectCommunication", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("name", &r.name)?;
         let mut v = Validator::new();
@@ -665,7 +664,7 @@ impl Api {
             call,
             "RecordSubjectCommunication",
             &id,
-            &r.request_id,
+            key.as_ref(),
             now,
             move |b| {
                 state::require_open(b, "record a subject communication")?;
@@ -683,6 +682,7 @@ impl Api {
         call: &CallContext,
         r: pb::RecordCommunicationWaiverRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "RecordCommunicationWaiver", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("name", &r.name)?;
         let mut v = Validator::new();
@@ -715,7 +715,7 @@ impl Api {
             call,
             "RecordCommunicationWaiver",
             &id,
-            &r.request_id,
+            key.as_ref(),
             now,
             move |b| {
                 state::check_waiver(b, ground)?;
@@ -733,6 +733,7 @@ impl Api {
         call: &CallContext,
         r: pb::CloseBreachRequest,
     ) -> Result<pb::Breach, ApiError> {
+        let key = RequestKey::of(call, "CloseBreach", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("name", &r.name)?;
         let mut v = Validator::new();
@@ -742,7 +743,7 @@ impl Api {
         let principal = call.principal.name().to_string();
         let retain = retention_until(now, RETENTION_YEARS);
         let lessons = r.lessons_learned;
-        self.change(call, "CloseBreach", &id, &r.request_id, now, move |b| {
+        self.change(call, "CloseBreach", &id, key.as_ref(), now, move |b| {
             state::check_close(b)?;
             Ok(vec![
                 Write::Timeline(Box::new(system_entry(
@@ -761,6 +762,7 @@ impl Api {
     }
 
     async fn delete(&self, call: &CallContext, r: pb::DeleteBreachRequest) -> Result<(), ApiError> {
+        let key = RequestKey::of(call, "DeleteBreach", &r.request_id, &r);
         let now = self.clock.now();
         let id = breach_id("name", &r.name)?;
         let mut v = Validator::new();
@@ -768,17 +770,10 @@ impl Api {
         v.finish()?;
         let event = self.event(call, "DeleteBreach", resource(&id));
         self.store
-            .change(
-                &id,
-                "DeleteBreach",
-                &r.request_id,
-                &event,
-                to_micros(now),
-                move |b| {
-                    state::check_delete(b, now)?;
-                    Ok(vec![Write::Delete])
-                },
-            )
+            .change(&id, key.as_ref(), &event, to_micros(now), move |b| {
+                state::check_delete(b, now)?;
+                Ok(vec![Write::Delete])
+            })
             .await?;
         Ok(())
     }

@@ -10,8 +10,9 @@
 
 use custodia_core::{
     ApiError,
+    idempotency::{self, Claim, RequestKey},
     outbox::{AccessEvent, SqlOutbox, enqueue_in},
-    storage::{Db, Params, claim_request_id},
+    storage::{Db, Params},
 };
 use custodia_proto::breach::v1::{
     self as pb, AuthorityNotification, CommunicationWaiver, RiskAssessment, RiskLevel,
@@ -178,25 +179,6 @@ async fn load(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Store
         b.team.push(decode(&member.try_get::<Vec<u8>, _>(0)?)?);
     }
     Ok(Some(b))
-}
-
-/// Claims `(method, request_id)` for `resource` (see [`claim_request_id`]).
-async fn claim(
-    conn: &mut AnyConnection,
-    method: &str,
-    request_id: &str,
-    resource: &str,
-    now_us: i64,
-) -> anyhow::Result<Option<String>> {
-    claim_request_id(
-        conn,
-        "breach_idempotency",
-        method,
-        request_id,
-        resource,
-        now_us,
-    )
-    .await
 }
 
 async fn append_item(
@@ -367,7 +349,7 @@ impl BreachStore {
         Self { db, outbox }
     }
 
-    /// Records a new breach. Idempotent by `request_id`.
+    /// Records a new breach. Idempotent by `key`.
     #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
@@ -377,14 +359,14 @@ impl BreachStore {
         awareness_us: i64,
         deadline_us: i64,
         first_entry: TimelineEntry,
-        request_id: &str,
+        key: Option<&RequestKey>,
         event: &AccessEvent,
         now_us: i64,
     ) -> Result<Done, ApiError> {
         let mut tx = self.db.begin_write().await?;
         let name = format!("breaches/{id}");
-        if let Some(earlier) = claim(&mut tx, "ReportBreach", request_id, &name, now_us).await? {
-            return self.replay(tx, event, earlier).await;
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
+            return self.replay(tx, event, earlier.resource).await;
         }
         sqlx::query(
             "INSERT INTO breaches (id, state, record, reporter, awareness_us, deadline_us, \
@@ -430,13 +412,12 @@ impl BreachStore {
     }
 
     /// Changes breach `id`: `decide` sees the current state and returns the
-    /// writes, or refuses. Idempotent by `request_id` (per method). `event` is
+    /// writes, or refuses. Idempotent by `key` (see [`idempotency`]). `event` is
     /// enqueued in the same transaction.
     pub async fn change<F>(
         &self,
         id: &str,
-        method: &str,
-        request_id: &str,
+        key: Option<&RequestKey>,
         event: &AccessEvent,
         now_us: i64,
         decide: F,
@@ -446,14 +427,9 @@ impl BreachStore {
     {
         let mut tx = self.db.begin_write().await?;
         let name = format!("breaches/{id}");
-        if let Some(earlier) = claim(&mut tx, method, request_id, &name, now_us).await? {
-            if earlier != name && !earlier.starts_with(&format!("{name}/")) {
-                return Err(ApiError::invalid(
-                    "request_id",
-                    format!("was already used for `{earlier}`"),
-                ));
-            }
-            return self.replay(tx, event, earlier).await;
+        // The key binds the body, which names the breach: a replay is of this one.
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
+            return self.replay(tx, event, earlier.resource).await;
         }
         // Lock the row first (a write), so concurrent changes serialise.
         let touched =
@@ -476,18 +452,10 @@ impl BreachStore {
         for w in writes {
             apply(&mut tx, id, w, now_us, &mut entries).await?;
         }
-        if method == "AddTimelineEntry"
-            && !request_id.is_empty()
+        if key.is_some_and(|k| k.method() == "AddTimelineEntry")
             && let Some(entry) = entries.last()
         {
-            sqlx::query(
-                "UPDATE breach_idempotency SET resource = $3 WHERE method = $1 AND request_id = $2",
-            )
-            .bind(method.to_string())
-            .bind(request_id.to_string())
-            .bind(entry.clone())
-            .execute(&mut *tx)
-            .await?;
+            idempotency::set_resource(&mut tx, key, entry).await?;
         }
         enqueue_in(&mut tx, event).await?;
         tx.commit().await?;

@@ -9,7 +9,7 @@ use std::{pin::Pin, sync::Arc};
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use custodia_core::{
-    ApiError,
+    ApiError, idempotency,
     legal_time::{CalendarPeriod, Clock},
     subject::SubjectId,
     validate::{MAX_ID, MAX_TEXT, Validator},
@@ -25,7 +25,6 @@ use futures::{Stream, TryStreamExt};
 use prost::Message;
 use prost_types::{Struct, Timestamp, Value, value::Kind};
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 use sqlx::{
     AnyConnection, Connection, Row,
     any::{AnyRow, AnyTypeInfoKind},
@@ -173,14 +172,16 @@ impl Inner {
 }
 
 // ---------------------------------------------------------------- idempotency
+//
+// The connector keeps its keys in the database it serves (the institution's),
+// not in custodia's `request_keys`; the rules are custodia's own
+// (`custodia_core::idempotency`): bound to the request's fingerprint, a reuse
+// with another body refused with IDEMPOTENCY_KEY_REUSED. Its one caller is
+// custodia's dsar service, so keys are not scoped by principal here.
 
 enum Claim {
     New,
     Done(Vec<u8>),
-}
-
-fn fingerprint(message: &impl Message) -> String {
-    hex::encode(Sha256::digest(message.encode_to_vec()))
 }
 
 async fn claim(
@@ -216,10 +217,7 @@ async fn claim(
     let stored: String = row.try_get(0)?;
     let response: Option<Vec<u8>> = row.try_get(1)?;
     if stored != fingerprint {
-        return Err(ApiError::precondition(
-            "REQUEST_ID_REUSED",
-            format!("request_id `{request_id}` was already used for a different {rpc} request"),
-        ));
+        return Err(idempotency::reused(rpc));
     }
     Ok(Claim::Done(response.unwrap_or_default()))
 }
@@ -247,7 +245,7 @@ macro_rules! once_per_request {
     ($self:expr, $rpc:expr, $request:expr, $request_id:expr, |$conn:ident| $work:expr) => {{
         let inner = &$self.inner;
         let mut tx = inner.db.begin_write().await.map_err(ApiError::from)?;
-        let fp = fingerprint(&$request);
+        let fp = idempotency::fingerprint(&$request);
         match claim(
             &mut *tx,
             inner.db.backend,

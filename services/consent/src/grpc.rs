@@ -5,6 +5,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    idempotency::{self, MAX_REQUEST_ID, RequestKey},
     outbox::OutboxStore,
     pagination,
     server::ServiceContext,
@@ -183,7 +184,9 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::CreatePurposeRequest>,
     ) -> Result<Response<pb::CreatePurposeResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let key = RequestKey::of(&call, "CreatePurpose", &r.request_id, &r);
         let now = self.ctx.clock.now();
         let mut v = Validator::new();
         v.check(
@@ -212,7 +215,7 @@ impl ConsentService for Api {
         let next = register::next_review_us(&purpose, now_us);
         let written = self
             .store
-            .create_purpose(&r.purpose_id, &purpose, next, &r.request_id, now_us)
+            .create_purpose(&r.purpose_id, &purpose, next, key.as_ref(), now_us)
             .await?;
         self.cache.forget_register();
         Ok(Response::new(pb::CreatePurposeResponse {
@@ -287,7 +290,9 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::UpdatePurposeRequest>,
     ) -> Result<Response<pb::UpdatePurposeResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let key = RequestKey::of(&call, "UpdatePurpose", &r.request_id, &r);
         let now = self.ctx.clock.now();
         let update = r
             .purpose
@@ -331,7 +336,7 @@ impl ConsentService for Api {
         let next = register::next_review_us(&merged, current.create_us);
         let written = self
             .store
-            .update_purpose(&id, &merged, next, etag, &r.request_id, now_us)
+            .update_purpose(&id, &merged, next, etag, key.as_ref(), now_us)
             .await?;
         self.cache.forget_register();
         Ok(Response::new(pb::UpdatePurposeResponse {
@@ -421,6 +426,7 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let key = RequestKey::of(&call, "WithdrawConsent", &r.request_id, &r);
         let (events, receipt) = self
             .withdraw_or_object(
                 &call,
@@ -432,6 +438,7 @@ impl ConsentService for Api {
                 r.evidence,
                 &r.reason,
                 &r.request_id,
+                key.as_ref(),
                 pb::ConsentState::Withdrawn,
             )
             .await?;
@@ -447,6 +454,7 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::RecordObjectionResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let key = RequestKey::of(&call, "RecordObjection", &r.request_id, &r);
         let (events, _) = self
             .withdraw_or_object(
                 &call,
@@ -458,6 +466,7 @@ impl ConsentService for Api {
                 r.evidence,
                 &r.grounds,
                 &r.request_id,
+                key.as_ref(),
                 pb::ConsentState::Objected,
             )
             .await?;
@@ -768,8 +777,24 @@ impl ConsentService for Api {
     ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let key = RequestKey::of(&call, "EraseSubject", &r.request_id, &r);
+        let mut v = Validator::new();
+        v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+        v.finish()?;
         let ids = self.subjects(&r.subject_identifiers)?;
         let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
+        // A retry answers what the first call erased (a second erasure finds nothing).
+        if let Some(first) = idempotency::kept(&self.ctx.db, key.as_ref()).await? {
+            let mut access = self.access(&call, "EraseSubject", None, "");
+            access.resource = r.dsar_request.clone();
+            access.detail = serde_json::json!({ "replay": true }).to_string();
+            self.ctx
+                .outbox
+                .enqueue(&access)
+                .await
+                .map_err(ApiError::internal)?;
+            return Ok(Response::new(first));
+        }
         let (erased, receipts) = self
             .store
             .erase(&hashes)
@@ -786,11 +811,14 @@ impl ConsentService for Api {
             .enqueue_durable(&access)
             .await
             .map_err(ApiError::internal)?;
-        Ok(Response::new(pb::EraseSubjectResponse {
+        let response = pb::EraseSubjectResponse {
             erased_event_count: erased,
             erased_receipt_count: receipts,
             retained: Vec::new(),
-        }))
+        };
+        let now_us = to_micros(self.ctx.clock.now());
+        idempotency::keep(&self.ctx.db, key.as_ref(), &response, now_us).await?;
+        Ok(Response::new(response))
     }
 
     async fn export_register(

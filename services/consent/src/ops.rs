@@ -7,6 +7,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    idempotency::RequestKey,
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, EventBatch, OutboxStore, Outcome},
     storage::{from_micros, to_micros},
@@ -275,6 +276,7 @@ impl Api {
         call: &CallContext,
         r: pb::PublishNoticeRequest,
     ) -> Result<Notice, ApiError> {
+        let key = RequestKey::of(call, "PublishNotice", &r.request_id, &r);
         let mut v = Validator::new();
         v.check(
             valid_id(&r.notice_id),
@@ -360,7 +362,7 @@ impl Api {
                 &r.notice_id,
                 notice,
                 &purpose_ids,
-                &r.request_id,
+                key.as_ref(),
                 to_micros(now),
             )
             .await;
@@ -501,18 +503,13 @@ impl Api {
     /// (a purpose retired, a notice superseded).
     async fn refused_unless_replayed(
         &self,
-        request_id: &str,
+        key: Option<&RequestKey>,
         refusal: ApiError,
     ) -> Result<pb::RecordConsentResponse, ApiError> {
-        if request_id.is_empty() {
+        let Some(key) = key else {
             return Err(refusal);
-        }
-        match self
-            .store()
-            .replay_of("RecordConsent", request_id)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        };
+        match self.store().replay_of(key).await? {
             Some(events) if !events.is_empty() => {
                 let receipt = self.stored_receipt(&events, None).await?;
                 Ok(pb::RecordConsentResponse { events, receipt })
@@ -527,6 +524,7 @@ impl Api {
         call: &CallContext,
         r: pb::RecordConsentRequest,
     ) -> Result<pb::RecordConsentResponse, ApiError> {
+        let key = RequestKey::of(call, "RecordConsent", &r.request_id, &r);
         let mut v = Validator::new();
         let (subject, hash) = self.subject(r.subject.as_ref(), "subject")?;
         v.max_len("request_id", &r.request_id, 128);
@@ -598,7 +596,7 @@ impl Api {
             let allowed =
                 self.decision_allowed(i, granted, &pid, &cached, &evidence, collect_us, &r, now);
             if let Err(refusal) = allowed {
-                return self.refused_unless_replayed(&r.request_id, refusal).await;
+                return self.refused_unless_replayed(key.as_ref(), refusal).await;
             }
             let expire_us = if granted {
                 expiry(&purpose, collect_us)
@@ -640,8 +638,7 @@ impl Api {
         let events = self
             .store()
             .record(
-                "RecordConsent",
-                &r.request_id,
+                key.as_ref(),
                 &records,
                 Some((&id, &hash, body)),
                 &access,
@@ -668,6 +665,7 @@ impl Api {
         evidence: Option<Evidence>,
         reason: &str,
         request_id: &str,
+        key: Option<&RequestKey>,
         state: ConsentState,
     ) -> Result<(Vec<ConsentEvent>, Option<pb::ConsentReceipt>), ApiError> {
         let mut v = Validator::new();
@@ -771,8 +769,7 @@ impl Api {
         let events = self
             .store()
             .record(
-                method,
-                request_id,
+                key,
                 &records,
                 receipt
                     .as_ref()

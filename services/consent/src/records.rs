@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use custodia_core::{
     ApiError,
     group_commit::GroupCommit,
+    idempotency::{self, Claim, RequestKey},
     outbox::{AccessEvent, enqueue_all_script, outbox_rows},
     storage::{Backend, Db, NATIVE_PG_CONNECTIONS, Params, Script, ScriptTx, placeholders},
 };
@@ -12,11 +13,7 @@ use custodia_proto::consent::v1::{ConsentEvent, ConsentState, Notice};
 use prost::Message;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use crate::{
-    cache::CachedState,
-    decision::StateRow,
-    store::{ConsentStore, remember, replayed},
-};
+use crate::{cache::CachedState, decision::StateRow, store::ConsentStore};
 
 /// Pseudo purpose id under which a blanket objection to direct marketing is kept.
 pub const DIRECT_MARKETING: &str = "@direct-marketing";
@@ -63,18 +60,19 @@ pub fn subject_consent(
 }
 
 impl ConsentStore {
-    /// Publishes the next version of notice `id`; returns it. Idempotent by `request_id`.
+    /// Publishes the next version of notice `id`; returns it. Idempotent by `key`.
     pub async fn publish_notice(
         &self,
         id: &str,
         notice: Notice,
         purpose_ids: &[String],
-        request_id: &str,
+        key: Option<&RequestKey>,
         now_us: i64,
     ) -> Result<Notice, ApiError> {
         let mut tx = self.db().begin_write().await?;
-        if let Some(resource) = replayed(&mut tx, "PublishNotice", request_id).await? {
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, "", now_us).await? {
             drop(tx);
+            let resource = earlier.resource;
             let (id, version) = resource.split_once('/').unwrap_or_default();
             return self
                 .notice(id, version.parse().ok())
@@ -124,14 +122,7 @@ impl ConsentStore {
             .execute(&mut *tx)
             .await?;
         }
-        remember(
-            &mut tx,
-            "PublishNotice",
-            request_id,
-            &format!("{id}/{version}"),
-            now_us,
-        )
-        .await?;
+        idempotency::set_resource(&mut tx, key, &format!("{id}/{version}")).await?;
         tx.commit().await?;
         Ok(notice)
     }
@@ -224,22 +215,21 @@ impl ConsentStore {
     }
 
     /// Writes `records` (events plus current state) and `access` in one transaction;
-    /// a retry with the same `request_id` returns the first call's events instead.
+    /// a retry with the same key (see [`idempotency`]) returns the first call's
+    /// events instead.
     ///
     /// Concurrent calls share the transaction (group commit, see [`WriteJob`]); this
     /// returns once it is committed.
     pub async fn record(
         &self,
-        method: &str,
-        request_id: &str,
+        key: Option<&RequestKey>,
         records: &[NewRecord],
         receipt: Option<(&str, &str, Vec<u8>)>,
         access: &AccessEvent,
         now_us: i64,
     ) -> Result<Vec<ConsentEvent>, ApiError> {
         let job = WriteJob {
-            method: method.to_string(),
-            request_id: request_id.to_string(),
+            key: key.cloned(),
             records: records.to_vec(),
             receipt: receipt.map(|(id, subject_hash, body)| Receipt {
                 id: id.to_string(),
@@ -601,10 +591,8 @@ pub struct Receipt {
 /// earlier one (in the database or earlier in the group) replays its events.
 #[derive(Debug, Clone)]
 pub struct WriteJob {
-    /// gRPC method (scopes the request id).
-    pub method: String,
-    /// Idempotency key ("" for none).
-    pub request_id: String,
+    /// Idempotency key of the call, if it sent a `request_id`.
+    pub key: Option<RequestKey>,
     /// Events to append and the states they leave.
     pub records: Vec<NewRecord>,
     /// Receipt to store, if any.
@@ -896,10 +884,23 @@ enum Plan {
     Replay(Vec<String>),
     /// Repeats the job at this index of the same group.
     Same(usize),
+    /// Reuses a key with another request body: refused.
+    Reused,
+}
+
+/// The refusal of `job`, whose key was used before with another body.
+fn reused(job: &WriteJob) -> ApiError {
+    idempotency::reused(job.key.as_ref().map(RequestKey::method).unwrap_or_default())
 }
 
 fn event_id(event: &ConsentEvent) -> &str {
     event.name.rsplit('/').next().unwrap_or_default()
+}
+
+/// The ids of `job`'s events, comma-separated: what its idempotency key names.
+fn event_ids(job: &WriteJob) -> String {
+    let ids: Vec<&str> = job.records.iter().map(|r| event_id(&r.event)).collect();
+    ids.join(",")
 }
 
 /// Writes `jobs` in one transaction; one result per job, in order.
@@ -916,7 +917,7 @@ async fn write_jobs(
 ) -> Result<Vec<WriteResult>, ApiError> {
     if !look_up && let Some(pool) = db.native_postgres() {
         let plans = plan(jobs, &HashMap::new());
-        write_postgres(pool, &writing(jobs, &plans)).await?;
+        write_postgres(pool, &writing(jobs, &plans), &access_of(jobs, &plans)).await?;
         return Ok(results(jobs, &plans, &HashMap::new()));
     }
     let backend = db.backend();
@@ -940,43 +941,94 @@ async fn write_jobs(
         events_by_id(tx.conn().await?, backend, &replay_ids).await?
     };
     let writing = writing(jobs, &plans);
-    if writing.is_empty() {
-        // Only replays: end the transaction now, while this writer holds the turn.
+    let access = access_of(jobs, &plans);
+    if access.is_empty() {
+        // Only refusals: end the transaction now, while this writer holds the turn.
         tx.rollback().await?;
     } else {
-        tx.commit(write_script(backend, &writing)?).await?;
+        tx.commit(write_script(backend, &writing, &access)?).await?;
     }
     Ok(results(jobs, &plans, &stored))
 }
 
-/// What each job does, given the resources of `earlier` calls by (method, request
-/// id): the first job of a request id writes, later ones of the group repeat it.
-fn plan(jobs: &[WriteJob], earlier: &HashMap<(String, String), String>) -> Vec<Plan> {
-    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+/// The access events of `jobs` given their plans: a replay is an access too
+/// (its answer holds the subject's data), marked as one; a refused reuse of a
+/// key answers nothing and records nothing here.
+fn access_of(jobs: &[WriteJob], plans: &[Plan]) -> Vec<AccessEvent> {
+    jobs.iter()
+        .zip(plans)
+        .filter_map(|(job, plan)| match plan {
+            Plan::Write => Some(job.access.clone()),
+            Plan::Same(_) | Plan::Replay(_) => {
+                let mut event = job.access.clone();
+                event.detail = serde_json::json!({ "replay": true }).to_string();
+                Some(event)
+            }
+            Plan::Reused => None,
+        })
+        .collect()
+}
+
+/// What each job does, given what `earlier` calls left by key: the first job of
+/// a key writes, later ones of the group repeat it; a key used before (or
+/// earlier in the group) with another request body is refused.
+fn plan(jobs: &[WriteJob], earlier: &HashMap<KeyOf, Earlier>) -> Vec<Plan> {
+    let mut first_of: HashMap<KeyOf, usize> = HashMap::new();
     jobs.iter()
         .enumerate()
         .map(|(i, job)| {
-            if job.request_id.is_empty() {
+            let Some(key) = &job.key else {
                 return Plan::Write;
-            }
-            let key = (job.method.as_str(), job.request_id.as_str());
-            if let Some(resource) = earlier.get(&(key.0.to_string(), key.1.to_string())) {
-                let ids = resource
+            };
+            let id = key_of(key);
+            if let Some(e) = earlier.get(&id) {
+                if e.fingerprint != key.fingerprint() {
+                    return Plan::Reused;
+                }
+                let ids = e
+                    .resource
                     .split(',')
                     .filter(|id| !id.is_empty())
                     .map(str::to_string)
                     .collect();
                 return Plan::Replay(ids);
             }
-            match first_of.get(&key) {
-                Some(&first) => Plan::Same(first),
+            match first_of.get(&id) {
+                Some(&first) => {
+                    let same = jobs[first]
+                        .key
+                        .as_ref()
+                        .is_some_and(|k| k.fingerprint() == key.fingerprint());
+                    if same {
+                        Plan::Same(first)
+                    } else {
+                        Plan::Reused
+                    }
+                }
                 None => {
-                    first_of.insert(key, i);
+                    first_of.insert(id, i);
                     Plan::Write
                 }
             }
         })
         .collect()
+}
+
+/// The identity of a key: (principal, method, request id).
+type KeyOf = (String, String, String);
+
+fn key_of(key: &RequestKey) -> KeyOf {
+    (
+        key.principal().to_string(),
+        key.method().to_string(),
+        key.request_id().to_string(),
+    )
+}
+
+/// What an earlier call with a key left: its fingerprint and event ids.
+struct Earlier {
+    fingerprint: String,
+    resource: String,
 }
 
 /// The jobs that write.
@@ -1002,6 +1054,7 @@ fn results(
             Ok(match plan {
                 Plan::Write => events_of(job),
                 Plan::Same(first) => events_of(&jobs[*first]),
+                Plan::Reused => return Err(reused(job)),
                 Plan::Replay(ids) => ids
                     .iter()
                     .filter_map(|id| stored.get(id))
@@ -1013,26 +1066,18 @@ fn results(
 }
 
 impl ConsentStore {
-    /// The events an earlier call of `method` with `request_id` recorded (erased
-    /// ones left out), if there was such a call.
-    pub async fn replay_of(
-        &self,
-        method: &str,
-        request_id: &str,
-    ) -> anyhow::Result<Option<Vec<ConsentEvent>>> {
-        let Some(row) = sqlx::query(
-            "SELECT resource FROM idempotency_keys WHERE method = $1 AND request_id = $2",
-        )
-        .bind(method.to_string())
-        .bind(request_id.to_string())
-        .fetch_optional(self.db().pool())
-        .await?
-        else {
+    /// The events an earlier call with `key` recorded (erased ones left out),
+    /// if there was such a call; IDEMPOTENCY_KEY_REUSED if it sent another body.
+    pub async fn replay_of(&self, key: &RequestKey) -> Result<Option<Vec<ConsentEvent>>, ApiError> {
+        let mut conn = self.db().pool().acquire().await?;
+        let Some(earlier) = idempotency::find(&mut conn, key).await? else {
             return Ok(None);
         };
-        let resource: String = row.try_get(0)?;
-        let ids: Vec<&str> = resource.split(',').filter(|id| !id.is_empty()).collect();
-        let mut conn = self.db().pool().acquire().await?;
+        let ids: Vec<&str> = earlier
+            .resource
+            .split(',')
+            .filter(|id| !id.is_empty())
+            .collect();
         let found = events_by_id(&mut conn, self.db().backend(), &ids).await?;
         Ok(Some(
             ids.iter()
@@ -1043,46 +1088,52 @@ impl ConsentStore {
     }
 }
 
-/// Resources of earlier calls with the request ids of `jobs`, by (method, request id).
+/// What earlier calls with the keys of `jobs` left, by key.
 async fn replayed_all(
     tx: &mut ScriptTx,
     backend: Backend,
     jobs: &[WriteJob],
-) -> Result<HashMap<(String, String), String>, ApiError> {
-    let mut methods: Vec<&str> = jobs.iter().map(|j| j.method.as_str()).collect();
-    methods.sort_unstable();
-    methods.dedup();
-    let mut request_ids: Vec<&str> = jobs
-        .iter()
-        .map(|j| j.request_id.as_str())
-        .filter(|id| !id.is_empty())
-        .collect();
-    request_ids.sort_unstable();
-    request_ids.dedup();
+) -> Result<HashMap<KeyOf, Earlier>, ApiError> {
+    let keys: Vec<&RequestKey> = jobs.iter().filter_map(|j| j.key.as_ref()).collect();
     let mut found = HashMap::new();
-    if request_ids.is_empty() {
+    if keys.is_empty() {
         return Ok(found);
     }
+    let distinct = |f: fn(&RequestKey) -> &str| {
+        let mut v: Vec<&str> = keys.iter().map(|k| f(k)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let (principals, methods, request_ids) = (
+        distinct(RequestKey::principal),
+        distinct(RequestKey::method),
+        distinct(RequestKey::request_id),
+    );
     let mut script = Script::new(backend);
     for chunk in request_ids.chunks(ROWS_PER_STATEMENT * 2) {
-        // Both key columns constrained, so the primary key index serves the lookup.
+        // Every key column constrained, so the primary key index serves the lookup.
         let sql = format!(
-            "SELECT method, request_id, resource FROM idempotency_keys \
-             WHERE method IN ({}) AND request_id IN ({})",
-            placeholders(backend, 1, methods.len()),
-            placeholders(backend, methods.len() + 1, chunk.len()),
+            "SELECT principal, method, request_id, fingerprint, resource FROM request_keys \
+             WHERE principal IN ({}) AND method IN ({}) AND request_id IN ({})",
+            placeholders(backend, 1, principals.len()),
+            placeholders(backend, principals.len() + 1, methods.len()),
+            placeholders(backend, principals.len() + methods.len() + 1, chunk.len()),
         );
         script.push(&sql, |b| {
-            for m in &methods {
-                b.bind(m.to_string());
-            }
-            for id in chunk {
-                b.bind(id.to_string());
+            for p in principals.iter().chain(&methods).chain(chunk) {
+                b.bind(p.to_string());
             }
         });
     }
     for row in tx.fetch_all(script).await? {
-        found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        found.insert(
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?),
+            Earlier {
+                fingerprint: row.try_get(3)?,
+                resource: row.try_get(4)?,
+            },
+        );
     }
     Ok(found)
 }
@@ -1160,10 +1211,11 @@ const PG_WRITE: &str = "WITH seq AS (\
          event_id = excluded.event_id, body = excluded.body), \
      rc AS (INSERT INTO receipts (id, subject_hash, body) \
          SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[])), \
-     ik AS (INSERT INTO idempotency_keys (method, request_id, resource, create_us) \
-         SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bigint[])), \
+     ik AS (INSERT INTO request_keys (principal, method, request_id, fingerprint, resource, \
+         create_us) SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::text[], \
+         $24::text[], $25::bigint[])), \
      ob AS (INSERT INTO access_event_outbox (event_id, payload, enqueued_us, event_count) \
-         SELECT t.i, t.p, $24::bigint, t.c FROM UNNEST($25::text[], $26::text[], $27::bigint[]) \
+         SELECT t.i, t.p, $26::bigint, t.c FROM UNNEST($27::text[], $28::text[], $29::bigint[]) \
          AS t (i, p, c) ON CONFLICT (event_id) DO NOTHING) \
      SELECT 1";
 
@@ -1181,15 +1233,21 @@ const PG_WRITE: &str = "WITH seq AS (\
 /// finds after `deadlock_timeout` (1 s) and ends by failing one (whose group is
 /// then written again, counter first). That remains possible only against such a
 /// second attempt, which takes the counter before the keys.
-async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), ApiError> {
+async fn write_postgres(
+    pool: &sqlx::PgPool,
+    jobs: &[&WriteJob],
+    access: &[AccessEvent],
+) -> Result<(), ApiError> {
     let events = numbered(jobs);
     let mut states = last_of_each(&events);
     states.sort_unstable_by_key(|i| (&events[*i].1.subject_hash, &events[*i].1.purpose_id));
     let receipts: Vec<&Receipt> = jobs.iter().filter_map(|j| j.receipt.as_ref()).collect();
-    let mut keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
-    keys.sort_unstable_by_key(|j| (&j.method, &j.request_id));
-    let access: Vec<AccessEvent> = jobs.iter().map(|j| j.access.clone()).collect();
-    let outbox = outbox_rows(&access).map_err(ApiError::internal)?;
+    let mut keys: Vec<(&RequestKey, &WriteJob)> = jobs
+        .iter()
+        .filter_map(|j| j.key.as_ref().map(|k| (k, *j)))
+        .collect();
+    keys.sort_unstable_by_key(|(k, _)| (k.principal(), k.method(), k.request_id()));
+    let outbox = outbox_rows(access).map_err(ApiError::internal)?;
     let state_of = |i: &usize| &events[*i];
     sqlx::query(PG_WRITE)
         .bind(events.len() as i64)
@@ -1276,21 +1334,16 @@ async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), A
                 .map(|r| r.body.as_slice())
                 .collect::<Vec<_>>(),
         )
-        .bind(keys.iter().map(|j| j.method.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(k, _)| k.principal()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(k, _)| k.method()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(k, _)| k.request_id()).collect::<Vec<_>>())
         .bind(
             keys.iter()
-                .map(|j| j.request_id.as_str())
+                .map(|(k, _)| k.fingerprint())
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            keys.iter()
-                .map(|j| {
-                    let ids: Vec<&str> = j.records.iter().map(|r| event_id(&r.event)).collect();
-                    ids.join(",")
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(keys.iter().map(|j| j.now_us).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, j)| event_ids(j)).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, j)| j.now_us).collect::<Vec<_>>())
         .bind(custodia_core::storage::to_micros(chrono::Utc::now()))
         .bind(outbox.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
         .bind(outbox.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
@@ -1302,7 +1355,11 @@ async fn write_postgres(pool: &sqlx::PgPool, jobs: &[&WriteJob]) -> Result<(), A
 
 /// The statements writing the records, receipts, idempotency keys and access events
 /// of `jobs` (none of them a replay): a fixed number per group.
-fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError> {
+fn write_script(
+    backend: Backend,
+    jobs: &[&WriteJob],
+    access: &[AccessEvent],
+) -> Result<Script, ApiError> {
     let total: usize = jobs.iter().map(|j| j.records.len()).sum();
     // Parameters: 15 per record (event and state), at most 11 more per job.
     let mut script = if total * 15 + jobs.len() * 11 <= MAX_STATEMENT_PARAMS {
@@ -1413,24 +1470,28 @@ fn write_script(backend: Backend, jobs: &[&WriteJob]) -> Result<Script, ApiError
                 .bind(r.body.clone());
         },
     );
-    let keys: Vec<&&WriteJob> = jobs.iter().filter(|j| !j.request_id.is_empty()).collect();
+    let keys: Vec<(&RequestKey, &WriteJob)> = jobs
+        .iter()
+        .filter_map(|j| j.key.as_ref().map(|k| (k, *j)))
+        .collect();
     script.insert_rows(
         (
-            "INSERT INTO idempotency_keys (method, request_id, resource, create_us)",
+            "INSERT INTO request_keys (principal, method, request_id, fingerprint, resource, \
+             create_us)",
             "",
         ),
-        4,
+        6,
         ROWS_PER_STATEMENT,
         &keys,
-        |b, j| {
-            let ids: Vec<&str> = j.records.iter().map(|r| event_id(&r.event)).collect();
-            b.bind(j.method.clone())
-                .bind(j.request_id.clone())
-                .bind(ids.join(","))
+        |b, (k, j)| {
+            b.bind(k.principal().to_string())
+                .bind(k.method().to_string())
+                .bind(k.request_id().to_string())
+                .bind(k.fingerprint().to_string())
+                .bind(event_ids(j))
                 .bind(j.now_us);
         },
     );
-    let access: Vec<AccessEvent> = jobs.iter().map(|j| j.access.clone()).collect();
-    enqueue_all_script(&mut script, &access).map_err(ApiError::internal)?;
+    enqueue_all_script(&mut script, access).map_err(ApiError::internal)?;
     Ok(script)
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use custodia_core::{
     ApiError,
+    idempotency::{self, Claim, RequestKey},
     storage::{Db, Params},
 };
 use custodia_proto::consent::v1::Purpose;
 use prost::Message;
-use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 /// A purpose as stored, with its bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,46 +78,6 @@ fn row_to_purpose(r: &AnyRow) -> anyhow::Result<StoredPurpose> {
 
 const PURPOSE_COLUMNS: &str = "id, body, create_us, update_us, etag";
 
-/// Returns the resource of an earlier call with `request_id`, if any.
-pub(crate) async fn replayed(
-    conn: &mut AnyConnection,
-    method: &str,
-    request_id: &str,
-) -> anyhow::Result<Option<String>> {
-    if request_id.is_empty() {
-        return Ok(None);
-    }
-    let row =
-        sqlx::query("SELECT resource FROM idempotency_keys WHERE method = $1 AND request_id = $2")
-            .bind(method.to_string())
-            .bind(request_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?)
-}
-
-pub(crate) async fn remember(
-    conn: &mut AnyConnection,
-    method: &str,
-    request_id: &str,
-    resource: &str,
-    now_us: i64,
-) -> anyhow::Result<()> {
-    if request_id.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO idempotency_keys (method, request_id, resource, create_us) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(method.to_string())
-    .bind(request_id.to_string())
-    .bind(resource.to_string())
-    .bind(now_us)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 impl ConsentStore {
     /// The store in `db` (migrated).
     pub fn new(db: Db) -> Self {
@@ -140,18 +101,18 @@ impl ConsentStore {
         &self.db
     }
 
-    /// Creates purpose `id`; ALREADY_EXISTS when taken. Idempotent by `request_id`.
+    /// Creates purpose `id`; ALREADY_EXISTS when taken. Idempotent by `key`.
     pub async fn create_purpose(
         &self,
         id: &str,
         purpose: &Purpose,
         next_review_us: i64,
-        request_id: &str,
+        key: Option<&RequestKey>,
         now_us: i64,
     ) -> Result<Written, ApiError> {
         let mut tx = self.db.begin_write().await?;
-        if let Some(resource) = replayed(&mut tx, "CreatePurpose", request_id).await? {
-            return Ok(Written::Replayed(resource));
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, id, now_us).await? {
+            return Ok(Written::Replayed(earlier.resource));
         }
         let exists = sqlx::query("SELECT 1 FROM purposes WHERE id = $1")
             .bind(id.to_string())
@@ -185,7 +146,6 @@ impl ConsentStore {
         .bind(stored.etag.clone())
         .execute(&mut *tx)
         .await?;
-        remember(&mut tx, "CreatePurpose", request_id, id, now_us).await?;
         tx.commit().await?;
         Ok(Written::Done(Box::new(stored)))
     }
@@ -276,19 +236,19 @@ impl ConsentStore {
     }
 
     /// Replaces purpose `id` by `purpose` if its etag is still `expected_etag`
-    /// (when given). Idempotent by `request_id`.
+    /// (when given). Idempotent by `key`.
     pub async fn update_purpose(
         &self,
         id: &str,
         purpose: &Purpose,
         next_review_us: i64,
         expected_etag: Option<&str>,
-        request_id: &str,
+        key: Option<&RequestKey>,
         now_us: i64,
     ) -> Result<Written, ApiError> {
         let mut tx = self.db.begin_write().await?;
-        if let Some(resource) = replayed(&mut tx, "UpdatePurpose", request_id).await? {
-            return Ok(Written::Replayed(resource));
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, id, now_us).await? {
+            return Ok(Written::Replayed(earlier.resource));
         }
         let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
         let current = sqlx::query(AssertSqlSafe(sql))
@@ -328,7 +288,6 @@ impl ConsentStore {
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
-        remember(&mut tx, "UpdatePurpose", request_id, id, now_us).await?;
         tx.commit().await?;
         Ok(Written::Done(Box::new(stored)))
     }

@@ -10,6 +10,7 @@ use std::{pin::Pin, sync::Arc};
 use custodia_core::{
     ApiError, Config,
     auth::CallContext,
+    idempotency::RequestKey,
     legal_time::{Clock, LegalCalendar},
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
     pagination,
@@ -41,7 +42,7 @@ use crate::{
 /// The gRPC service name recorded in access events.
 pub const SERVICE_NAME: &str = "custodia.dsar.v1.DsarService";
 /// Longest idempotency key accepted.
-pub const MAX_REQUEST_ID: usize = 128;
+pub use custodia_core::idempotency::MAX_REQUEST_ID;
 /// Longest request details accepted.
 const MAX_DETAILS: usize = 16 * 1024;
 /// Most subject identifiers per request.
@@ -207,7 +208,7 @@ impl Api {
         call: &CallContext,
         method: &str,
         id: &str,
-        request_id: &str,
+        key: Option<&RequestKey>,
         decide: F,
     ) -> Result<pb::Request, ApiError>
     where
@@ -222,7 +223,7 @@ impl Api {
         let event = self.event(call, method, model::request_name(id), subject.as_ref());
         let now = self.clock.now();
         self.store
-            .change(id, method, request_id, Some(&event), to_micros(now), decide)
+            .change(id, key, Some(&event), to_micros(now), decide)
             .await?;
         let l = self.load(id).await?;
         Ok(model::to_proto(&l, self.clock.now()))
@@ -233,6 +234,7 @@ impl Api {
         call: &CallContext,
         r: pb::SubmitRequestRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "SubmitRequest", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
@@ -425,7 +427,7 @@ impl Api {
             .create(
                 &record,
                 &hashes,
-                &r.request_id,
+                key.as_ref(),
                 changes,
                 &event,
                 to_micros(now),
@@ -531,6 +533,7 @@ impl Api {
         call: &CallContext,
         r: pb::VerifyIdentityRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "VerifyIdentity", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -574,7 +577,7 @@ impl Api {
         let mut check = r.verification.unwrap_or_default();
         check.verify_time = Some(ts(now));
         check.verifier = Some(model::actor(&principal));
-        self.change(call, "VerifyIdentity", &id, &r.request_id, move |l| {
+        self.change(call, "VerifyIdentity", &id, key.as_ref(), move |l| {
             require(
                 l,
                 &[RequestState::Received, RequestState::IdentityVerification],
@@ -614,6 +617,7 @@ impl Api {
         call: &CallContext,
         r: pb::StartProcessingRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "StartProcessing", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -623,7 +627,7 @@ impl Api {
         let sources = self.all_sources().await?;
         let principal = call.principal.name().to_string();
         let out = self
-            .change(call, "StartProcessing", &id, &r.request_id, move |l| {
+            .change(call, "StartProcessing", &id, key.as_ref(), move |l| {
                 require(l, &[RequestState::IdentityVerification], "start processing")?;
                 let verified = l
                     .record
@@ -700,6 +704,7 @@ impl Api {
         call: &CallContext,
         r: pb::ExtendDeadlineRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "ExtendDeadline", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -726,7 +731,7 @@ impl Api {
         let (id, told) = (id.unwrap_or_default(), told.unwrap_or(now));
         let principal = call.principal.name().to_string();
         let calendar = self.calendar.clone();
-        self.change(call, "ExtendDeadline", &id, &r.request_id, move |l| {
+        self.change(call, "ExtendDeadline", &id, key.as_ref(), move |l| {
             require(l, OPEN, "be extended")?;
             if l.record.extended {
                 return Err(refuse(
@@ -797,6 +802,7 @@ impl Api {
         call: &CallContext,
         r: pb::RejectRequestRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "RejectRequest", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -816,7 +822,7 @@ impl Api {
         v.finish()?;
         let (id, reason) = (id.unwrap_or_default(), reason.unwrap_or_default());
         let principal = call.principal.name().to_string();
-        self.change(call, "RejectRequest", &id, &r.request_id, move |l| {
+        self.change(call, "RejectRequest", &id, key.as_ref(), move |l| {
             require(l, OPEN, "be rejected")?;
             l.record.state = RequestState::Rejected as i32;
             l.record.rejection = Some(pb::Rejection {
@@ -849,6 +855,7 @@ impl Api {
         call: &CallContext,
         r: pb::CancelRequestRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "CancelRequest", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -857,7 +864,7 @@ impl Api {
         v.finish()?;
         let id = id.unwrap_or_default();
         let principal = call.principal.name().to_string();
-        self.change(call, "CancelRequest", &id, &r.request_id, move |l| {
+        self.change(call, "CancelRequest", &id, key.as_ref(), move |l| {
             require(l, OPEN, "be cancelled")?;
             l.record.state = RequestState::Cancelled as i32;
             l.record.cancellation = Some(pb::Cancellation {
@@ -885,6 +892,7 @@ impl Api {
         call: &CallContext,
         r: pb::CompleteRequestRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "CompleteRequest", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -894,7 +902,7 @@ impl Api {
         v.finish()?;
         let (id, sent) = (id.unwrap_or_default(), sent.unwrap_or(now));
         let principal = call.principal.name().to_string();
-        self.change(call, "CompleteRequest", &id, &r.request_id, move |l| {
+        self.change(call, "CompleteRequest", &id, key.as_ref(), move |l| {
             require(l, &[RequestState::InProgress], "be completed")?;
             let open: Vec<String> = l
                 .tasks
@@ -968,6 +976,7 @@ impl Api {
         call: &CallContext,
         r: pb::MarkSourceHandledManuallyRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "MarkSourceHandledManually", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -987,7 +996,7 @@ impl Api {
             call,
             "MarkSourceHandledManually",
             &id,
-            &r.request_id,
+            key.as_ref(),
             move |l| {
                 require(
                     l,
@@ -1047,6 +1056,7 @@ impl Api {
         call: &CallContext,
         r: pb::RetrySourceRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "RetrySource", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -1059,7 +1069,7 @@ impl Api {
         let (id, source) = (id.unwrap_or_default(), source.unwrap_or_default());
         let principal = call.principal.name().to_string();
         let out = self
-            .change(call, "RetrySource", &id, &r.request_id, move |l| {
+            .change(call, "RetrySource", &id, key.as_ref(), move |l| {
                 require(l, &[RequestState::InProgress], "retry a source")?;
                 let Some(mut task) = l.task(&source).cloned() else {
                     return Err(ApiError::not_found(
@@ -1108,6 +1118,7 @@ impl Api {
         call: &CallContext,
         r: pb::RecordRecipientNotificationRequest,
     ) -> Result<pb::Request, ApiError> {
+        let key = RequestKey::of(call, "RecordRecipientNotification", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         let id = merge(&mut v, model::parse_request_name("name", &r.name));
@@ -1148,7 +1159,7 @@ impl Api {
         let principal = call.principal.name().to_string();
         n.notify_time = Some(ts(sent.unwrap_or(now)));
         n.actor = Some(model::actor(&principal));
-        self.change(call, "RecordRecipientNotification", &id, &r.request_id, move |l| {
+        self.change(call, "RecordRecipientNotification", &id, key.as_ref(), move |l| {
             require(
                 l,
                 &[RequestState::InProgress, RequestState::Completed],
@@ -1222,7 +1233,7 @@ impl Api {
         );
         let mut found = None;
         self.store
-            .change(&id, "GetExport", "", Some(&event), to_micros(now), |l| {
+            .change(&id, None, Some(&event), to_micros(now), |l| {
                 let Some(e) = l.export.clone() else {
                     return Err(refuse(
                         l,

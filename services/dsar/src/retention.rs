@@ -8,6 +8,7 @@ use chrono::{DateTime, Datelike, Months, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    idempotency::RequestKey,
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, Outcome as EventOutcome},
     pagination,
@@ -70,6 +71,7 @@ impl Api {
         call: &CallContext,
         r: pb::ApplyRetentionRequest,
     ) -> Result<pb::RetentionRun, ApiError> {
+        let key = RequestKey::of(call, "ApplyRetention", &r.request_id, &r);
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
         let mut sources = Vec::new();
@@ -95,7 +97,7 @@ impl Api {
             r.purposes,
             r.dry_run,
             false,
-            &r.request_id,
+            key.as_ref(),
         )
         .await
     }
@@ -110,7 +112,7 @@ impl Api {
         purposes: Vec<String>,
         dry_run: bool,
         scheduled: bool,
-        request_id: &str,
+        key: Option<&RequestKey>,
     ) -> Result<pb::RetentionRun, ApiError> {
         let now = self.clock.now();
         let id = uuid::Uuid::now_v7().simple().to_string();
@@ -136,7 +138,7 @@ impl Api {
         event.trace_id = trace_id.to_string();
         match self
             .store
-            .create_run(&id, &run, request_id, &event, to_micros(now))
+            .create_run(&id, &run, key, &event, to_micros(now))
             .await?
         {
             Done::Replayed(earlier) => {

@@ -7,6 +7,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    idempotency::RequestKey,
     pagination,
     storage::to_micros,
     subject::KNOWN_TYPES,
@@ -283,6 +284,7 @@ impl Api {
         call: &CallContext,
         r: pb::RegisterDataSourceRequest,
     ) -> Result<pb::DataSource, ApiError> {
+        let key = RequestKey::of(call, "RegisterDataSource", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
@@ -316,7 +318,7 @@ impl Api {
         let event = self.event(call, "RegisterDataSource", s.name.clone(), None);
         let done = self
             .store
-            .create_source(&id, &s, &r.request_id, &event, to_micros(now))
+            .create_source(&id, &s, key.as_ref(), &event, to_micros(now))
             .await?;
         let id = match done {
             Done::Applied => id,
@@ -367,6 +369,7 @@ impl Api {
         call: &CallContext,
         r: pb::UpdateDataSourceRequest,
     ) -> Result<pb::DataSource, ApiError> {
+        let key = RequestKey::of(call, "UpdateDataSource", &r.request_id, &r);
         let now = self.clock.now();
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
@@ -415,7 +418,7 @@ impl Api {
         }
         let event = self.event(call, "UpdateDataSource", update.name.clone(), None);
         self.store
-            .change_source(&id, &r.request_id, Some(&event), to_micros(now), |s, version| {
+            .change_source(&id, key.as_ref(), Some(&event), to_micros(now), |s, version| {
                 let etag = format!("\"{version}\"");
                 if !update.etag.is_empty() && update.etag != etag {
                     return Err(ApiError::precondition(

@@ -11,8 +11,9 @@
 
 use custodia_core::{
     ApiError,
+    idempotency::{self, Claim, RequestKey},
     outbox::{AccessEvent, SqlOutbox, enqueue_in},
-    storage::{Db, Params, claim_request_id},
+    storage::{Db, Params},
 };
 use custodia_proto::dsar::v1::{
     self as pb, ActionEntry, ExportPackage, RecipientNotification, RequestState, SourceTask,
@@ -193,25 +194,6 @@ async fn load(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Loade
     Ok(Some(out))
 }
 
-/// Claims `(method, request_id)` for `resource` (see [`claim_request_id`]).
-async fn claim(
-    conn: &mut AnyConnection,
-    method: &str,
-    request_id: &str,
-    resource: &str,
-    now_us: i64,
-) -> anyhow::Result<Option<String>> {
-    claim_request_id(
-        conn,
-        "dsar_idempotency",
-        method,
-        request_id,
-        resource,
-        now_us,
-    )
-    .await
-}
-
 async fn write_record(
     conn: &mut AnyConnection,
     id: &str,
@@ -352,22 +334,22 @@ impl DsarStore {
     }
 
     /// Records a new request with its subject hashes and first action.
-    /// Idempotent by `request_id`.
+    /// Idempotent by `key`.
     pub async fn create(
         &self,
         record: &pb::Request,
         subject_hashes: &[String],
-        request_id: &str,
+        key: Option<&RequestKey>,
         changes: Changes,
         event: &AccessEvent,
         now_us: i64,
     ) -> Result<Done, ApiError> {
         let id = model::request_id_of(&record.name).to_string();
         let mut tx = self.db.begin_write().await?;
-        if let Some(earlier) =
-            claim(&mut tx, "SubmitRequest", request_id, &record.name, now_us).await?
+        if let Claim::Replay(earlier) =
+            idempotency::claim(&mut tx, key, &record.name, now_us).await?
         {
-            return self.replay(tx, event, earlier).await;
+            return self.replay(tx, event, earlier.resource).await;
         }
         let receive_us = record
             .receive_time
@@ -421,13 +403,12 @@ impl DsarStore {
 
     /// Changes request `id`: `decide` sees the current request (mutable
     /// record) and returns further writes, or refuses. Idempotent by
-    /// `request_id` (per method). `event`, when given, is enqueued in the same
+    /// `key` (see [`idempotency`]). `event`, when given, is enqueued in the same
     /// transaction.
     pub async fn change<F>(
         &self,
         id: &str,
-        method: &str,
-        request_id: &str,
+        key: Option<&RequestKey>,
         event: Option<&AccessEvent>,
         now_us: i64,
         decide: F,
@@ -437,13 +418,9 @@ impl DsarStore {
     {
         let mut tx = self.db.begin_write().await?;
         let name = model::request_name(id);
-        if let Some(earlier) = claim(&mut tx, method, request_id, &name, now_us).await? {
-            if earlier != name {
-                return Err(ApiError::invalid(
-                    "request_id",
-                    format!("was already used for `{earlier}`"),
-                ));
-            }
+        // The key binds the body, which names the request: a replay is of this one.
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
+            let earlier = earlier.resource;
             return match event {
                 Some(e) => self.replay(tx, e, earlier).await,
                 None => Ok(Done::Replayed(earlier)),
@@ -614,21 +591,19 @@ impl DsarStore {
 
     // ---- data sources -----------------------------------------------------
 
-    /// Registers source `id`; ALREADY_EXISTS when taken. Idempotent by `request_id`.
+    /// Registers source `id`; ALREADY_EXISTS when taken. Idempotent by `key`.
     pub async fn create_source(
         &self,
         id: &str,
         source: &pb::DataSource,
-        request_id: &str,
+        key: Option<&RequestKey>,
         event: &AccessEvent,
         now_us: i64,
     ) -> Result<Done, ApiError> {
         let name = model::source_name(id);
         let mut tx = self.db.begin_write().await?;
-        if let Some(earlier) =
-            claim(&mut tx, "RegisterDataSource", request_id, &name, now_us).await?
-        {
-            return self.replay(tx, event, earlier).await;
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
+            return self.replay(tx, event, earlier.resource).await;
         }
         let inserted = sqlx::query(
             "INSERT INTO dsar_sources (id, body, version, create_us, update_us) \
@@ -652,12 +627,12 @@ impl DsarStore {
         Ok(Done::Applied)
     }
 
-    /// Changes source `id` with `decide`. Idempotent by `request_id`; `event`
+    /// Changes source `id` with `decide`. Idempotent by `key`; `event`
     /// may be absent for the worker's capability refresh.
     pub async fn change_source<F>(
         &self,
         id: &str,
-        request_id: &str,
+        key: Option<&RequestKey>,
         event: Option<&AccessEvent>,
         now_us: i64,
         decide: F,
@@ -667,8 +642,8 @@ impl DsarStore {
     {
         let name = model::source_name(id);
         let mut tx = self.db.begin_write().await?;
-        if let Some(earlier) = claim(&mut tx, "UpdateDataSource", request_id, &name, now_us).await?
-        {
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
+            let earlier = earlier.resource;
             return match event {
                 Some(e) => self.replay(tx, e, earlier).await,
                 None => Ok(Done::Replayed(earlier)),
@@ -746,20 +721,18 @@ impl DsarStore {
 
     // ---- retention runs ---------------------------------------------------
 
-    /// Records a new run. Idempotent by `request_id`.
+    /// Records a new run. Idempotent by `key`.
     pub async fn create_run(
         &self,
         id: &str,
         run: &pb::RetentionRun,
-        request_id: &str,
+        key: Option<&RequestKey>,
         event: &AccessEvent,
         now_us: i64,
     ) -> Result<Done, ApiError> {
         let mut tx = self.db.begin_write().await?;
-        if let Some(earlier) =
-            claim(&mut tx, "ApplyRetention", request_id, &run.name, now_us).await?
-        {
-            return self.replay(tx, event, earlier).await;
+        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &run.name, now_us).await? {
+            return self.replay(tx, event, earlier.resource).await;
         }
         sqlx::query(
             "INSERT INTO dsar_retention_runs (id, start_us, state, body) VALUES ($1, $2, $3, $4)",

@@ -13,6 +13,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
+    idempotency::RequestKey,
     outbox::{AccessEvent, Outcome as EventOutcome},
     storage::to_micros,
 };
@@ -98,7 +99,7 @@ impl Worker {
             let result = self
                 .api
                 .store
-                .change(&id, "", "", None, to_micros(now), |l| {
+                .change(&id, None, None, to_micros(now), |l| {
                     let mut changes = Changes::default();
                     for t in &l.tasks {
                         if t.state() == SourceTaskState::Running {
@@ -202,6 +203,17 @@ impl WorkerRef {
         if *self.last_retention.lock().expect("lock") == Some(slot) {
             return;
         }
+        // One run per slot across replicas: they all claim the same key.
+        let request_id = format!("scheduled-{interval}-{slot}");
+        let key = RequestKey::new(
+            SYSTEM_PRINCIPAL,
+            "ApplyRetention",
+            &request_id,
+            &custodia_proto::dsar::v1::ApplyRetentionRequest {
+                request_id: request_id.clone(),
+                ..Default::default()
+            },
+        );
         let started = self
             .api
             .start_run(
@@ -211,7 +223,7 @@ impl WorkerRef {
                 Vec::new(),
                 false,
                 true,
-                &format!("scheduled-{interval}-{slot}"),
+                key.as_ref(),
             )
             .await;
         match started {
@@ -227,7 +239,7 @@ impl WorkerRef {
         let result = self
             .api
             .store
-            .change(request_id, "", "", None, to_micros(now), |l| {
+            .change(request_id, None, None, to_micros(now), |l| {
                 let Some(task) = l.task(source_id).cloned() else {
                     return Ok(Changes::default());
                 };
@@ -316,7 +328,7 @@ impl WorkerRef {
             .set_subject(&mut event, c.request.subject_identifiers.first());
         self.api
             .store
-            .change(&c.request_id, "", "", None, to_micros(now), |l| {
+            .change(&c.request_id, None, None, to_micros(now), |l| {
                 let Some(mut task) = l.task(&c.source_id).cloned() else {
                     return Ok(Changes::default());
                 };
@@ -531,7 +543,7 @@ impl WorkerRef {
         let now = self.now();
         self.api
             .store
-            .change(request_id, "", "", None, to_micros(now), |l| {
+            .change(request_id, None, None, to_micros(now), |l| {
                 let Some(current) = l.export.clone() else {
                     return Ok(Changes::default());
                 };

@@ -1,0 +1,386 @@
+//! Idempotency keys through the public API, on both backends (issue #24,
+//! finding 1): a key belongs to (principal, method) and is bound to the request
+//! body. Another principal's key is a new key for it (nothing of the first
+//! call comes back); the same principal reusing a key with another body is
+//! refused with IDEMPOTENCY_KEY_REUSED; a retry with the same body gets the
+//! first answer and is an access event.
+
+use custodia_core::config::PrincipalConfig;
+use custodia_proto::{
+    audit::v1::{
+        ListEventsRequest, ShredSubjectRequest, audit_log_service_client::AuditLogServiceClient,
+    },
+    breach::v1::{Breach, ReportBreachRequest, breach_service_client::BreachServiceClient},
+    common::v1::SubjectRef,
+    consent::v1::{
+        CheckConsentRequest, ConsentChannel, Decision, EraseSubjectRequest, Evidence, Notice,
+        PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
+        consent_service_client::ConsentServiceClient, notice::Content,
+    },
+    dsar::v1::{
+        Request as DsarRequest, RequestType, Requester, RequesterRole, SubmitRequestRequest,
+        dsar_service_client::DsarServiceClient,
+    },
+};
+use custodia_tests::{
+    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, newsletter_purpose,
+};
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::all_services;
+
+const CRM: &str = "crm-token-0123456789abcdef";
+const MOODLE: &str = "moodle-token-0123456789abcdef";
+
+fn email(v: &str) -> SubjectRef {
+    SubjectRef {
+        r#type: "email".into(),
+        value: v.into(),
+    }
+}
+
+fn ts(app: &TestApp) -> prost_types::Timestamp {
+    let t = custodia_core::legal_time::Clock::now(&*app.clock);
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+/// Two calling systems with the same write scopes; `moodle` may not read requests.
+async fn spawn(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, &all_services(), |c| {
+        for (name, token, scopes) in [
+            (
+                "crm",
+                CRM,
+                &[
+                    "consent.write",
+                    "consent.check",
+                    "dsar.write",
+                    "dsar.read",
+                    "breach.report",
+                ][..],
+            ),
+            (
+                "moodle",
+                MOODLE,
+                &[
+                    "consent.write",
+                    "consent.check",
+                    "dsar.write",
+                    "breach.report",
+                ][..],
+            ),
+        ] {
+            c.auth.principals.insert(
+                name.into(),
+                PrincipalConfig {
+                    token: Some(token.to_string().into()),
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            );
+        }
+    })
+    .await
+}
+
+fn assert_reused(err: Status) {
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("request_id"), "{}", err.message());
+    let info = tonic_types::StatusExt::get_details_error_info(&err).expect("error info");
+    assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
+}
+
+fn grant(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordConsentRequest {
+    RecordConsentRequest {
+        subject: Some(email(who)),
+        decisions: vec![PurposeDecision {
+            purpose: "purposes/newsletter".into(),
+            decision: Decision::Granted as i32,
+        }],
+        evidence: Some(Evidence {
+            collect_time: Some(ts(app)),
+            channel: ConsentChannel::WebForm as i32,
+            notice: notice.into(),
+            ..Default::default()
+        }),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+async fn record_consent(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut c = ConsentServiceClient::new(app.channel().await);
+    c.create_purpose(authed(newsletter_purpose(), ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let notice = c
+        .publish_notice(authed(
+            PublishNoticeRequest {
+                notice_id: "privacy".into(),
+                notice: Some(Notice {
+                    title: "Privacy".into(),
+                    content: Some(Content::Text("Monthly newsletter.".into())),
+                    purposes: vec!["purposes/newsletter".into()],
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notice
+        .unwrap()
+        .name;
+
+    let first = c
+        .record_consent(authed(grant(&app, "ada@example.edu", &notice, "k1"), CRM))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Another principal's use of the key records its own subject, and nothing of
+    // the first call (its receipt names ada in clear) comes back.
+    let other = c
+        .record_consent(authed(
+            grant(&app, "bob@example.edu", &notice, "k1"),
+            MOODLE,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(other.events[0].name, first.events[0].name);
+    let bytes = other.encode_to_vec();
+    assert!(
+        !bytes.windows(3).any(|w| w == b"ada"),
+        "moodle's answer carries crm's subject"
+    );
+    let checker = c.clone();
+    let allowed = |who: &'static str| {
+        let mut c = checker.clone();
+        async move {
+            c.check_consent(authed(
+                CheckConsentRequest {
+                    subject: Some(email(who)),
+                    purpose: "purposes/newsletter".into(),
+                },
+                CRM,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .expect("a result")
+            .allowed
+        }
+    };
+    assert!(allowed("bob@example.edu").await, "bob's grant was recorded");
+
+    // The same principal retrying the same body gets the first answer.
+    let again = c
+        .record_consent(authed(grant(&app, "ada@example.edu", &notice, "k1"), CRM))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.events, first.events);
+    assert_eq!(again.receipt, first.receipt);
+
+    // ...and reusing the key with another body is refused; nothing is recorded.
+    let err = c
+        .record_consent(authed(grant(&app, "cy@example.edu", &notice, "k1"), CRM))
+        .await
+        .unwrap_err();
+    assert_reused(err);
+    assert!(
+        !allowed("cy@example.edu").await,
+        "cy's grant was not recorded"
+    );
+
+    // Erasure: a retry answers what the first call erased (a second erasure
+    // would find nothing), another body with the key is refused, and the
+    // audit log's shredding keeps its first answer the same way.
+    let erase = |who: &str| {
+        authed(
+            EraseSubjectRequest {
+                subject_identifiers: vec![email(who)],
+                dsar_request: String::new(),
+                request_id: "e1".into(),
+            },
+            ADMIN_TOKEN,
+        )
+    };
+    let erased = c
+        .erase_subject(erase("bob@example.edu"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erased.erased_event_count, 1);
+    let retried = c
+        .erase_subject(erase("bob@example.edu"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, erased);
+    assert_reused(c.erase_subject(erase("ada@example.edu")).await.unwrap_err());
+    assert!(allowed("ada@example.edu").await, "ada was not erased");
+    let mut audit = AuditLogServiceClient::new(app.channel().await);
+    let shred = |who: &str| {
+        authed(
+            ShredSubjectRequest {
+                subject_identifiers: vec![email(who)],
+                dsar_request: String::new(),
+                request_id: "s1".into(),
+            },
+            ADMIN_TOKEN,
+        )
+    };
+    let shredded = audit
+        .shred_subject(shred("bob@example.edu"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shredded.shredded_key_count, 1);
+    assert_eq!(
+        audit
+            .shred_subject(shred("bob@example.edu"))
+            .await
+            .unwrap()
+            .into_inner(),
+        shredded
+    );
+    assert_reused(
+        audit
+            .shred_subject(shred("ada@example.edu"))
+            .await
+            .unwrap_err(),
+    );
+
+    // The replay is an access event of crm's, beside the first call's.
+    audit_events_until(
+        app.channel().await,
+        ListEventsRequest {
+            actor: "crm".into(),
+            ..Default::default()
+        },
+        |events| {
+            events
+                .iter()
+                .filter(|e| e.method == "RecordConsent")
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+fn dsar_request(who: &str) -> DsarRequest {
+    DsarRequest {
+        r#type: RequestType::Access as i32,
+        subject_identifiers: vec![email(who)],
+        requester: Some(Requester {
+            role: RequesterRole::Subject as i32,
+            ..Default::default()
+        }),
+        details: "Everything you hold about me".into(),
+        ..Default::default()
+    }
+}
+
+async fn submit_request(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut d = DsarServiceClient::new(app.channel().await);
+    let submit = |who: &str, token: &str| {
+        authed(
+            SubmitRequestRequest {
+                request: Some(dsar_request(who)),
+                request_id: "k2".into(),
+            },
+            token,
+        )
+    };
+    let first = d
+        .submit_request(submit("ada@example.edu", CRM))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    // moodle (without dsar.read) gets a request of its own, not crm's.
+    let other = d
+        .submit_request(submit("bob@example.edu", MOODLE))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_ne!(other.name, first.name);
+    assert_eq!(other.subject_identifiers[0].value, "bob@example.edu");
+    let again = d
+        .submit_request(submit("ada@example.edu", CRM))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!(again.name, first.name);
+    assert_reused(
+        d.submit_request(submit("cy@example.edu", CRM))
+            .await
+            .unwrap_err(),
+    );
+    app.stop().await;
+}
+
+async fn report_breach(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut b = BreachServiceClient::new(app.channel().await);
+    let report = |title: &str, token: &str| {
+        authed(
+            ReportBreachRequest {
+                breach: Some(Breach {
+                    title: title.into(),
+                    description: "A laptop was stolen".into(),
+                    detect_time: Some(ts(&app)),
+                    ..Default::default()
+                }),
+                request_id: "k3".into(),
+            },
+            token,
+        )
+    };
+    let first = b
+        .report_breach(report("Stolen laptop", CRM))
+        .await
+        .unwrap()
+        .into_inner()
+        .breach
+        .unwrap();
+    let other = b
+        .report_breach(report("Lost USB key", MOODLE))
+        .await
+        .unwrap()
+        .into_inner()
+        .breach
+        .unwrap();
+    assert_ne!(other.name, first.name);
+    assert_eq!(other.title, "Lost USB key");
+    let again = b
+        .report_breach(report("Stolen laptop", CRM))
+        .await
+        .unwrap()
+        .into_inner()
+        .breach
+        .unwrap();
+    assert_eq!(again.name, first.name);
+    assert_reused(b.report_breach(report("Phishing", CRM)).await.unwrap_err());
+    app.stop().await;
+}
+
+crate::dsar::both_backends!(record_consent, submit_request, report_breach);
