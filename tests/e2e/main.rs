@@ -4,6 +4,7 @@
 mod audit_api;
 mod audit_store;
 mod breach;
+mod connections;
 mod connector_sql;
 mod consent_records;
 mod consent_register;

@@ -165,6 +165,21 @@ pub struct ServerConfig {
     /// load balancer, h2load), leave it at 0 when one client multiplexes
     /// everything over one connection.
     pub io_threads: usize,
+    /// Most connections held at once. At the cap a new connection evicts the one
+    /// idle the longest (a connection with a call in flight never is); when
+    /// every connection is busy it is refused at once.
+    pub max_connections: usize,
+    /// Milliseconds a new connection may wait before its first call; then it is
+    /// closed (silent TCP connections, an HTTP/2 preface alone).
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds a connection is kept with no call in flight.
+    pub idle_timeout_ms: u64,
+    /// Seconds between HTTP/2 keepalive pings the server sends.
+    pub keepalive_interval_secs: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// HTTP/2 MAX_CONCURRENT_STREAMS: calls a client may open at once on one connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -176,6 +191,23 @@ impl Default for ServerConfig {
             concurrency_limit_per_connection: 256,
             shutdown_grace_secs: 20,
             io_threads: 0,
+            max_connections: 4096,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The connection limits these settings describe.
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
         }
     }
 }
@@ -404,6 +436,28 @@ impl Config {
             return Err(ConfigError(
                 "server.io_threads must be at most 256 (0: the shared runtime)".into(),
             ));
+        }
+        let server = &self.server;
+        for (key, value) in [
+            ("server.max_connections", server.max_connections as u64),
+            ("server.handshake_timeout_ms", server.handshake_timeout_ms),
+            ("server.idle_timeout_ms", server.idle_timeout_ms),
+            (
+                "server.keepalive_interval_secs",
+                server.keepalive_interval_secs,
+            ),
+            (
+                "server.keepalive_timeout_secs",
+                server.keepalive_timeout_secs,
+            ),
+            (
+                "server.max_concurrent_streams",
+                u64::from(server.max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{key} must be at least 1")));
+            }
         }
         if self.dsar.connector_timeout_secs == 0 || self.dsar.poll_interval_ms == 0 {
             return Err(ConfigError(

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod decode_errors;
 pub mod error;
 pub mod group_commit;

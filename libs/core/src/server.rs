@@ -9,10 +9,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use secrecy::SecretString;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tonic::{
-    service::RoutesBuilder,
-    transport::server::{Router, TcpIncoming},
-};
+use tonic::{service::RoutesBuilder, transport::server::Router};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -22,6 +19,7 @@ use crate::{
         layer::{AuthLayer, Denial, DenialRecorder},
         scopes::ScopeTable,
     },
+    connections::{ActivityLayer, Connections},
     decode_errors::DecodeErrorLayer,
     keys::{self, Origin},
     legal_time::{Clock, LegalCalendar, SystemClock},
@@ -150,10 +148,14 @@ fn resolve_secrets(config: &Config) -> anyhow::Result<Secrets> {
     })
 }
 
-/// The tower layers around every call: auth (outermost), then decode errors.
+/// The tower layers around every call: activity (outermost: a call is in flight
+/// on its connection, see [`crate::connections`]), auth, then decode errors.
 type Layers = tower::layer::util::Stack<
     DecodeErrorLayer,
-    tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        AuthLayer,
+        tower::layer::util::Stack<ActivityLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 /// A bound, ready-to-run custodia server hosting one or more services.
@@ -161,6 +163,8 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     router: Router<Layers>,
+    /// The connections held, under the configured caps and timeouts.
+    connections: Connections,
     /// See [`crate::config::ServerConfig::io_threads`].
     io_threads: usize,
     tasks: Vec<BoxFuture<'static, ()>>,
@@ -283,10 +287,15 @@ impl Application {
             clock: clock.clone(),
         };
         let auth = AuthLayer::new(Arc::new(tokens), scopes, Some(Arc::new(denials)));
+        let server = &config.server;
         let router = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(config.server.request_timeout_secs))
-            .concurrency_limit_per_connection(config.server.concurrency_limit_per_connection)
+            .timeout(Duration::from_secs(server.request_timeout_secs))
+            .concurrency_limit_per_connection(server.concurrency_limit_per_connection)
+            .max_concurrent_streams(server.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(server.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(server.keepalive_timeout_secs)))
             .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+            .layer(ActivityLayer)
             .layer(auth)
             .layer(DecodeErrorLayer)
             .add_routes(routes.routes().prepare());
@@ -295,6 +304,7 @@ impl Application {
             listener,
             addr,
             router,
+            connections: Connections::new(config.server.connection_limits()),
             tasks,
             dbs,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
@@ -333,10 +343,9 @@ impl Application {
             let _ = streams.send(true);
             let _ = stop_tx.send(());
         };
+        let connections = self.connections;
         let mut server: BoxFuture<'static, anyhow::Result<()>> = if self.io_threads == 0 {
-            // TCP_NODELAY: without it a response written as two segments waits for
-            // the client's delayed ACK (~40 ms) — every unary call with a larger answer.
-            let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+            let incoming = admitted(self.listener, connections);
             let router = self.router;
             Box::pin(async move {
                 Ok(router
@@ -347,6 +356,7 @@ impl Application {
             Box::pin(serve_on_threads(
                 self.router,
                 self.listener,
+                connections,
                 self.io_threads,
                 stopping,
             ))
@@ -423,6 +433,7 @@ async fn move_journal_at_stop(outbox: &SqlOutbox) {
 async fn serve_on_threads(
     router: Router<Layers>,
     listener: TcpListener,
+    connections: Connections,
     threads: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -438,6 +449,7 @@ async fn serve_on_threads(
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let router = router.clone();
+        let connections = connections.clone();
         let mut halt = halt_rx.clone();
         let mut force = force_rx.clone();
         let finished = finished_tx.clone();
@@ -455,9 +467,21 @@ async fn serve_on_threads(
                         Err(anyhow::Error::from(e))
                     }
                     Ok(runtime) => runtime.block_on(async {
-                        let incoming = futures::stream::unfold(rx, |mut rx| async move {
-                            let stream = rx.recv().await?;
-                            Some((tokio::net::TcpStream::from_std(stream), rx))
+                        let incoming = futures::stream::unfold(rx, move |mut rx| {
+                            let connections = connections.clone();
+                            async move {
+                                loop {
+                                    let stream = rx.recv().await?;
+                                    match tokio::net::TcpStream::from_std(stream) {
+                                        Err(e) => return Some((Err(e), rx)),
+                                        Ok(stream) => {
+                                            if let Some(io) = connections.admit(stream) {
+                                                return Some((Ok(io), rx));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                         });
                         let halted = async move {
                             let _ = halt.wait_for(|h| *h).await;
@@ -518,6 +542,37 @@ async fn serve_on_threads(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The connections `listener` accepts, each admitted under `connections`' caps
+/// (a refused one is closed at once) with TCP_NODELAY: without it a response
+/// written as two segments waits for the client's delayed ACK (~40 ms), every
+/// unary call with a larger answer.
+fn admitted(
+    listener: TcpListener,
+    connections: Connections,
+) -> impl futures::Stream<Item = std::io::Result<crate::connections::Guarded<tokio::net::TcpStream>>>
+{
+    futures::stream::unfold(
+        (listener, connections),
+        |(listener, connections)| async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        if let Some(io) = connections.admit(stream) {
+                            return Some((Ok(io), (listener, connections)));
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// A wildcard bind address is not connectable; loop back to it instead.
