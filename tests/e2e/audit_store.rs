@@ -39,6 +39,7 @@ fn event(i: usize, subject: Option<&str>) -> NewEvent {
             subject_hash: s.into(),
             detail: String::new(),
         }),
+        members: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and PostgreSQL (a fresh database per test).
 
 mod audit_api;
+mod audit_batches;
 mod audit_store;
 mod breach;
 mod connections;

@@ -210,5 +210,6 @@ pub fn new_event(rng: &mut Rng, subject_hash: Option<&str>, time_us: i64) -> New
             subject_hash: h.to_string(),
             detail: String::new(),
         }),
+        members: Vec::new(),
     }
 }

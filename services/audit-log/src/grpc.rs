@@ -37,6 +37,10 @@ use crate::{
 
 /// Largest batch `AppendEvents` accepts.
 pub const MAX_BATCH: usize = 5_000;
+/// Most subjects of one access to several at once (a BatchCheckConsent's maximum).
+pub const MAX_SUBJECTS_PER_EVENT: usize = 10_000;
+/// Most subjects of one AppendEvents call, over all its events.
+pub const MAX_SUBJECTS_PER_CALL: usize = 50_000;
 
 /// The gRPC handlers.
 #[derive(Debug, Clone)]
@@ -125,6 +129,21 @@ fn event_to_proto(e: &StoredEntry, leaf_hash: Option<Vec<u8>>) -> pb::AccessEven
         append_time: None,
         leaf_hash: leaf_hash.unwrap_or_default(),
         shredded: e.shredded,
+        subjects: e
+            .members
+            .iter()
+            .map(|m| match m {
+                Some(s) => pb::AccessedSubject {
+                    r#type: s.subject_type.clone(),
+                    subject_hash: hex::decode(&s.subject_hash).unwrap_or_default(),
+                    shredded: false,
+                },
+                None => pb::AccessedSubject {
+                    shredded: true,
+                    ..Default::default()
+                },
+            })
+            .collect(),
     }
 }
 
@@ -270,6 +289,30 @@ impl Api {
                 Err(_) => None,
             },
         };
+        if e.subjects.len() > MAX_SUBJECTS_PER_EVENT {
+            v.add(
+                f("subjects"),
+                format!("at most {MAX_SUBJECTS_PER_EVENT} subjects per event"),
+            );
+        }
+        if !e.subjects.is_empty() && subject.is_some() {
+            v.add(f("subjects"), "give either subject or subjects, not both");
+        }
+        let mut members = Vec::with_capacity(e.subjects.len());
+        for (j, s) in e.subjects.iter().enumerate() {
+            if s.subject_hash.len() != 32 {
+                v.add(
+                    f(&format!("subjects[{j}].subject_hash")),
+                    "must be 32 bytes (HMAC-SHA256)",
+                );
+            }
+            v.required(&f(&format!("subjects[{j}].type")), &s.r#type, 64);
+            members.push(SubjectFields {
+                subject_type: s.r#type.clone(),
+                subject_hash: hex::encode(&s.subject_hash),
+                detail: String::new(),
+            });
+        }
         let action = if e.action.is_empty() {
             custodia_core::outbox::action_of(&e.method).to_string()
         } else {
@@ -289,6 +332,7 @@ impl Api {
             trace_id: e.trace_id,
             detail,
             subject,
+            members,
         })
     }
 
@@ -401,6 +445,14 @@ impl AuditLogService for Api {
             return Err(ApiError::invalid(
                 "events",
                 format!("at most {MAX_BATCH} events per call"),
+            )
+            .into());
+        }
+        let subjects: usize = r.events.iter().map(|e| e.subjects.len()).sum();
+        if subjects > MAX_SUBJECTS_PER_CALL {
+            return Err(ApiError::invalid(
+                "events",
+                format!("at most {MAX_SUBJECTS_PER_CALL} subjects per call, over all events"),
             )
             .into());
         }

@@ -7,7 +7,10 @@ use custodia_core::storage::{Backend, Db, Params, Script, placeholders};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
-    entry::{self, ENTRY_VERSION, Entry, EntryColumns, Sealed, SubjectFields},
+    entry::{
+        self, BATCH_ENTRY_VERSION, ENTRY_VERSION, Entry, EntryColumns, Sealed, SealedMember,
+        SubjectFields,
+    },
     merkle::{Hash, leaf_hash},
 };
 
@@ -40,6 +43,9 @@ pub struct NewEvent {
     pub detail: String,
     /// The subject (type and keyed hash; its `detail` is ignored), when there is one.
     pub subject: Option<SubjectFields>,
+    /// The subjects of an access to several at once (type and keyed hash each),
+    /// stored as one entry; `subject` is then `None` and `detail` stays in clear.
+    pub members: Vec<SubjectFields>,
 }
 
 /// An entry read back, with its subject opened when the key still exists.
@@ -51,6 +57,8 @@ pub struct StoredEntry {
     pub subject: Option<SubjectFields>,
     /// True when the entry had a subject whose key was destroyed.
     pub shredded: bool,
+    /// The members of a batch entry, each `None` once its key was destroyed.
+    pub members: Vec<Option<SubjectFields>>,
 }
 
 /// A signed tree head as stored.
@@ -378,7 +386,12 @@ impl LogStore {
     async fn open_all(&self, entries: Vec<Entry>) -> anyhow::Result<Vec<StoredEntry>> {
         let mut key_ids: Vec<String> = entries
             .iter()
-            .filter_map(|e| e.sealed.as_ref().map(|s| s.key_id.clone()))
+            .flat_map(|e| {
+                e.sealed
+                    .iter()
+                    .map(|s| s.key_id.clone())
+                    .chain(e.members.iter().map(|m| m.key_id.clone()))
+            })
             .collect();
         key_ids.sort();
         key_ids.dedup();
@@ -404,10 +417,20 @@ impl LogStore {
                         .and_then(|k| entry::open(k, &entry.event_id, s))
                 });
                 let shredded = entry.sealed.is_some() && subject.is_none();
+                let members = entry
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        keys.get(&m.key_id)
+                            .and_then(|k| entry::open_member(k, &entry.event_id, i, m))
+                    })
+                    .collect();
                 StoredEntry {
                     entry,
                     subject,
                     shredded,
+                    members,
                 }
             })
             .collect())
@@ -591,14 +614,20 @@ struct Built<'a> {
 }
 
 impl Built<'_> {
-    /// `(seq, subject hash)` of the new entries that have a subject.
+    /// `(seq, subject hash)` of every subject of the new entries (a batch
+    /// entry's members each once).
     fn indexed(&self) -> Vec<(u64, &str)> {
-        self.fresh
-            .iter()
-            .filter_map(|(seq, e, _, _)| {
-                e.subject.as_ref().map(|s| (*seq, s.subject_hash.as_str()))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (seq, e, _, _) in &self.fresh {
+            let distinct: std::collections::BTreeSet<&str> = e
+                .subject
+                .iter()
+                .chain(&e.members)
+                .map(|s| s.subject_hash.as_str())
+                .collect();
+            out.extend(distinct.into_iter().map(|hash| (*seq, hash)));
+        }
+        out
     }
 
     /// What [`LogStore::append_with_leaves`] returns: the sequence numbers, and the
@@ -616,24 +645,41 @@ impl Built<'_> {
 /// Each event's subject fields sealed with its subject's key from `keys` (none
 /// for an event without a subject). The seal does not depend on the sequence
 /// number, so it can be made before the sequence row is locked.
-fn seal_all(
-    events: &[NewEvent],
-    keys: &HashMap<String, (String, [u8; 32])>,
-) -> Vec<Option<Sealed>> {
+fn seal_all(events: &[NewEvent], keys: &HashMap<String, (String, [u8; 32])>) -> Vec<Seals> {
     events
         .iter()
         .map(|event| {
-            event.subject.as_ref().map(|s| {
+            let sealed = event.subject.as_ref().map(|s| {
                 let (key_id, key) = &keys[&s.subject_hash];
                 let fields = SubjectFields {
                     detail: event.detail.clone(),
                     ..s.clone()
                 };
                 entry::seal(key, key_id, &event.event_id, &fields)
-            })
+            });
+            let members = event
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let (key_id, key) = &keys[&m.subject_hash];
+                    entry::seal_member(
+                        key,
+                        key_id,
+                        &event.event_id,
+                        i,
+                        &m.subject_type,
+                        &m.subject_hash,
+                    )
+                })
+                .collect();
+            (sealed, members)
         })
         .collect()
 }
+
+/// An event's sealed subject and sealed batch members.
+type Seals = (Option<Sealed>, Vec<SealedMember>);
 
 /// Numbers `events` from `next` (skipping ids in `existing` or repeated in the
 /// batch), and encodes and hashes the entries, each with its subject fields as
@@ -642,12 +688,12 @@ fn build_entries<'a>(
     events: &'a [NewEvent],
     mut next: u64,
     existing: &HashMap<String, u64>,
-    sealed: Vec<Option<Sealed>>,
+    sealed: Vec<Seals>,
 ) -> Built<'a> {
     let mut seqs = Vec::with_capacity(events.len());
     let mut fresh = Vec::new();
     let mut in_batch: HashMap<&str, u64> = HashMap::new();
-    for (event, sealed) in events.iter().zip(sealed) {
+    for (event, (sealed, members)) in events.iter().zip(sealed) {
         if let Some(seq) = existing.get(&event.event_id) {
             seqs.push((*seq, true));
             continue;
@@ -664,7 +710,11 @@ fn build_entries<'a>(
             event.detail.clone()
         };
         let entry = Entry {
-            v: ENTRY_VERSION,
+            v: if members.is_empty() {
+                ENTRY_VERSION
+            } else {
+                BATCH_ENTRY_VERSION
+            },
             seq,
             event_id: event.event_id.clone(),
             time_us: event.time_us,
@@ -679,6 +729,7 @@ fn build_entries<'a>(
             trace_id: event.trace_id.clone(),
             detail: clear_detail,
             sealed,
+            members,
         };
         in_batch.insert(&event.event_id, seq);
         seqs.push((seq, false));
@@ -845,7 +896,12 @@ impl<'a> EntryColumnsOf<'a> {
 fn subject_hashes(events: &[NewEvent]) -> Vec<&str> {
     let mut hashes: Vec<&str> = events
         .iter()
-        .filter_map(|e| e.subject.as_ref().map(|s| s.subject_hash.as_str()))
+        .flat_map(|e| {
+            e.subject
+                .iter()
+                .chain(&e.members)
+                .map(|s| s.subject_hash.as_str())
+        })
         .collect();
     hashes.sort_unstable();
     hashes.dedup();

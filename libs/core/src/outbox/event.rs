@@ -207,6 +207,19 @@ impl EventBatch {
         self.members.is_empty()
     }
 
+    /// The fields every event of the batch shares (id and subject unset).
+    pub fn shared(&self) -> &AccessEvent {
+        &self.shared
+    }
+
+    /// Each event's subject `(type, keyed hash)`, when every event has one.
+    pub fn subjects(&self) -> Option<Vec<(&str, &str)>> {
+        self.members
+            .iter()
+            .map(|m| Some((m.subject_type.as_deref()?, m.subject_hash.as_deref()?)))
+            .collect()
+    }
+
     /// Id of the first event (what the outbox knows a stored batch by).
     pub fn first_id(&self) -> Option<Uuid> {
         self.members.first().map(|m| m.id)

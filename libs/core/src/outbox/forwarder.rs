@@ -23,6 +23,10 @@ pub struct Forwarder<S, K> {
 /// Backoff after a failed delivery: doubling from `MIN_BACKOFF` up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Most events of one outbox row sent in one call. Rows hold at most 1,000
+/// events (`store::MAX_BUNDLE`), so a row always goes out whole: the subjects
+/// of one call (up to 1,000 of them) become one entry in the log.
+const MAX_ROW_CHUNK: usize = 10_000;
 /// Poll interval when idle, in case a wake-up was missed (e.g. another replica wrote).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -47,10 +51,15 @@ impl<S: OutboxStore, K: EventSink> Forwarder<S, K> {
         let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
         ids.dedup();
         let mut events = batch.into_iter().map(|(_, e)| e).peekable();
-        // A row of more events than a batch goes out in several calls; a failure
-        // half-way re-sends the first ones later, which the log ignores by id.
+        // `peek` returns whole rows of at most a batch of events, or one row
+        // alone that holds more: the events of one call about many subjects
+        // (a batch check), which go out together so the log stores them as one
+        // compact entry (see `grpc_sink::to_wire`); beyond `MAX_ROW_CHUNK` in
+        // several calls. A failure half-way re-sends the first ones later,
+        // which the log ignores by id.
+        let chunk_size = self.batch_size.max(MAX_ROW_CHUNK);
         while events.peek().is_some() {
-            let chunk: Vec<_> = events.by_ref().take(self.batch_size).collect();
+            let chunk: Vec<_> = events.by_ref().take(chunk_size).collect();
             if let Err(e) = self.sink.append(chunk).await {
                 // Best effort: the count is informational, the events stay queued either way.
                 let _ = self.store.record_attempt(&ids).await;

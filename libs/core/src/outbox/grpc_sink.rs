@@ -7,7 +7,7 @@ use custodia_proto::{
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{metadata::MetadataValue, transport::Channel};
 
-use super::{AccessEvent, Outcome, forwarder::EventSink};
+use super::{AccessEvent, EventBatch, Outcome, forwarder::EventSink};
 use crate::json_struct::struct_from_json_text;
 
 /// An [`EventSink`] calling audit-log with a bearer token holding `audit.append`.
@@ -79,11 +79,44 @@ pub fn to_proto(e: AccessEvent) -> pb::AccessEvent {
     }
 }
 
+/// The wire form of `events`: the events of one call that differ only in id and
+/// subject (the subjects of a batch check) become one event listing the
+/// subjects, which audit-log stores as one compact entry (each subject still
+/// sealed under its own key); the others go one by one. The merged event takes
+/// the first member's id, so a re-send of the same events is recognised.
+pub fn to_wire(events: &[AccessEvent]) -> Vec<pb::AccessEvent> {
+    let mut out = Vec::new();
+    for batch in EventBatch::runs(events) {
+        let subjects: Option<Vec<pb::AccessedSubject>> = batch.subjects().map(|list| {
+            list.into_iter()
+                .map(|(kind, hash)| pb::AccessedSubject {
+                    r#type: kind.to_string(),
+                    subject_hash: hex::decode(hash).unwrap_or_default(),
+                    shredded: false,
+                })
+                .collect()
+        });
+        match (batch.len() > 1, subjects, batch.first_id()) {
+            (true, Some(subjects), Some(id)) => {
+                let mut event = to_proto(AccessEvent {
+                    event_id: id,
+                    ..batch.shared().clone()
+                });
+                event.subjects = subjects;
+                out.push(event);
+            }
+            _ => out.extend(batch.into_events().into_iter().map(to_proto)),
+        }
+    }
+    out
+}
+
 impl EventSink for GrpcSink {
     async fn append(&self, events: Vec<AccessEvent>) -> anyhow::Result<()> {
+        let events = to_wire(&events);
         let count = events.len();
         let mut request = tonic::Request::new(pb::AppendEventsRequest {
-            events: events.into_iter().map(to_proto).collect(),
+            events,
             request_id: String::new(),
         });
         request
