@@ -192,6 +192,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!services.is_empty(), "no service to serve");
         let config = Arc::new(config);
+        crate::private_files::secure_data_dirs(&config)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let secrets = resolve_secrets(&config)?;
         let calendar = Arc::new(LegalCalendar::from_config(&config.legal)?);
         let subjects = SubjectHasher::new(secrets.subject_key.clone());
