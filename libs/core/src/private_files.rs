@@ -124,7 +124,7 @@ fn tighten_tree(path: &Path, changed: &mut Vec<PathBuf>) {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the permissions of a file in the data directory");
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the permissions of a path in the data directory");
             return;
         }
     };
@@ -140,7 +140,7 @@ fn tighten_tree(path: &Path, changed: &mut Vec<PathBuf>) {
                     path = %path.display(),
                     from = %format!("{mode:o}"),
                     to = %format!("{tightened:o}"),
-                    "other users could read this file of the data directory (personal data, secrets): permissions tightened"
+                    "readable by other users, in a directory of personal data and secrets: permissions tightened"
                 );
                 changed.push(path.to_path_buf());
             }
@@ -148,7 +148,7 @@ fn tighten_tree(path: &Path, changed: &mut Vec<PathBuf>) {
                 path = %path.display(),
                 mode = %format!("{mode:o}"),
                 error = %e,
-                "other users can read this file of the data directory and its permissions could not be tightened"
+                "readable by other users, in a directory of personal data and secrets, and its permissions could not be tightened"
             ),
         }
     }

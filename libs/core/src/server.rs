@@ -118,13 +118,7 @@ fn resolve_secrets(config: &Config) -> anyhow::Result<Secrets> {
             "admin.token",
         )?;
         if origin == Origin::Generated {
-            use secrecy::ExposeSecret;
-            // Printed once, on the start that created it; afterwards it is in the file.
-            println!(
-                "custodia: generated the admin token (all scopes), saved to {}:\n\n    {}\n",
-                keys::admin_token_path(&config.data_dir).display(),
-                token.expose_secret()
-            );
+            keys::announce_generated_admin_token(&token, &keys::admin_token_path(&config.data_dir));
         }
         Some(token)
     } else {

@@ -1,5 +1,7 @@
-//! Tests of the real `custodia` binary as a process: crash safety under kill -9.
+//! Tests of the real `custodia` binary as a process: crash safety under kill -9,
+//! what it does at start.
 
 mod consent_crash;
 mod crash;
 mod dsar_crash;
+mod start_up;
