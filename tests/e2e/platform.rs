@@ -314,3 +314,56 @@ async fn io_threads_serve_every_connection_over_one_state_and_stop_cleanly() {
     // Stops within the test's runtime: `stop` asserts a clean end.
     app.stop().await;
 }
+
+/// `serve` (Application::build) refuses each configuration `config check`
+/// refuses, with the same message and before it binds or creates anything: one
+/// validation behind both (issue 24, finding 7).
+#[tokio::test]
+async fn serve_refuses_what_config_check_refuses() {
+    fn principal(token: &str, scope: &str) -> PrincipalConfig {
+        PrincipalConfig {
+            token: Some(token.to_string().into()),
+            scopes: vec![scope.into()],
+            ..Default::default()
+        }
+    }
+    type Adjust = fn(&mut custodia_core::Config);
+    let bad: [(&str, Adjust); 5] = [
+        ("unknown scope `consent.chek`", |c| {
+            c.auth.principals.insert(
+                "crm".into(),
+                principal("crm-token-0123456789", "consent.chek"),
+            );
+        }),
+        ("shorter than 16", |c| {
+            c.auth
+                .principals
+                .insert("crm".into(), principal("short", "consent.check"));
+        }),
+        ("same token", |c| {
+            // The admin's token (the test servers' own) given to a principal.
+            c.auth
+                .principals
+                .insert("crm".into(), principal(ADMIN_TOKEN, "consent.check"));
+        }),
+        ("server.concurrency_limit_per_connection", |c| {
+            c.server.concurrency_limit_per_connection = 0
+        }),
+        ("server.request_timeout_secs", |c| {
+            c.server.request_timeout_secs = 0
+        }),
+    ];
+    for (needle, adjust) in bad {
+        let (mut config, dir, _) = custodia_tests::test_config(Backend::Sqlite).await;
+        config.data_dir = dir.path().join("data");
+        adjust(&mut config);
+        let checked = config.validate().expect_err(needle).to_string();
+        assert!(checked.contains(needle), "{needle}: {checked}");
+        let served =
+            custodia_core::server::Application::build(config, &[custodia_consent::SERVICE])
+                .await
+                .expect_err(needle);
+        assert_eq!(format!("{served:#}"), checked);
+        assert!(!dir.path().join("data").exists(), "{needle}");
+    }
+}

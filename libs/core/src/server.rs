@@ -185,6 +185,8 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!services.is_empty(), "no service to serve");
+        // The one validation `config check` runs too.
+        config.validate()?;
         let config = Arc::new(config);
         crate::private_files::secure_data_dirs(&config)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
