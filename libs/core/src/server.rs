@@ -265,16 +265,9 @@ impl Application {
             .await;
 
         routes.add_service(health_service);
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)
-                .build_v1()?,
-        );
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()?,
-        );
+        let served: Vec<&str> = services.iter().map(|d| d.name.grpc_name()).collect();
+        routes.add_service(crate::reflection::v1(&served)?);
+        routes.add_service(crate::reflection::v1alpha(&served)?);
 
         let denials = OutboxDenials {
             outboxes,
