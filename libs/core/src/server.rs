@@ -200,6 +200,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
+        if !addr.ip().to_canonical().is_loopback() {
+            // The binary has no TLS: beyond this host, encryption is a proxy's or a mesh's.
+            tracing::warn!(
+                %addr,
+                "serving plaintext gRPC on a non-loopback address: TLS is not configured; \
+                 put a TLS-terminating proxy or an mTLS service mesh in front"
+            );
+        }
         let self_endpoint = format!("http://{}", loopback_of(addr));
         let audit_endpoint = config
             .audit

@@ -1,7 +1,8 @@
 //! What `custodia serve` does to its files and says at start, seen from outside
 //! the process (issue 24, findings 4 and 7): the data directory 0700 and its
 //! files 0600, existing files tightened with a warning, the generated admin token
-//! kept out of a stdout that is not a terminal.
+//! kept out of a stdout that is not a terminal, a warning for plaintext beyond
+//! loopback.
 
 #![cfg(unix)]
 
@@ -79,6 +80,25 @@ async fn the_generated_admin_token_stays_out_of_a_stdout_that_is_not_a_terminal(
     assert!(
         stdout.contains(&token_file.display().to_string()),
         "{stdout}"
+    );
+    // On loopback, no warning about plaintext.
+    assert!(!stdout.contains("TLS is not configured"), "{stdout}");
+}
+
+#[tokio::test]
+async fn plaintext_on_a_non_loopback_address_starts_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let served = Served::start(dir.path(), &dir.path().join("data"), &listen, port).await;
+    let (stdout, _) = served.stop();
+    let warning = stdout
+        .lines()
+        .find(|l| l.contains("TLS is not configured"))
+        .unwrap_or_else(|| panic!("no warning about plaintext:\n{stdout}"));
+    assert!(
+        warning.contains("WARN") && warning.contains(&format!("addr={listen}")),
+        "{warning}"
     );
 }
 
