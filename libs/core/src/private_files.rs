@@ -108,13 +108,22 @@ pub fn secure_data_dirs(config: &Config) -> io::Result<()> {
 }
 
 /// Removes the group and other permission bits of `root` and of everything under
-/// it (symbolic links are neither followed nor changed), logging a warning that
-/// names each path changed. Returns the paths changed. A path that cannot be
-/// changed (not ours) is logged and left as it is: start-up goes on.
+/// it (symbolic links under it are neither followed nor changed; `root` itself
+/// may be one), logging a warning that names each path changed. Returns the
+/// paths changed. A path that cannot be changed (not ours) is logged and left as
+/// it is: start-up goes on.
 pub fn tighten(root: &Path) -> Vec<PathBuf> {
     let mut changed = Vec::new();
+    // A data directory configured as a link to the real one (/var/lib/custodia ->
+    // /srv/custodia) is the directory it points to.
+    let root = match fs::symlink_metadata(root) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
+        }
+        _ => root.to_path_buf(),
+    };
     #[cfg(unix)]
-    tighten_tree(root, &mut changed);
+    tighten_tree(&root, &mut changed);
     changed
 }
 
@@ -236,6 +245,14 @@ mod tests {
         assert_eq!(mode(&outside), 0o644);
         // Nothing left to do the second time.
         assert!(tighten(&root).is_empty());
+
+        // A data directory given as a link is the directory it points to.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("data-link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let changed = tighten(&link);
+        assert_eq!(changed, vec![fs::canonicalize(&open).unwrap()]);
+        assert_eq!(mode(&open), 0o600);
     }
 
     #[test]
