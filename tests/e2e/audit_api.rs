@@ -530,3 +530,102 @@ async fn two_replicas_on_one_postgres_share_one_log() {
     b.stop().await;
     a.stop().await;
 }
+
+/// ListSigningKeys pages like the other listings (issue 24, finding 7): after a
+/// rotation (the log reopened with another key) it lists both keys, one per page
+/// with page_size 1, and refuses a page_token it did not issue.
+async fn signing_keys_page(backend: Backend) {
+    use custodia_audit_log::signer::HeadSigner;
+    let (old_seed, new_seed) = ("42".repeat(32), "43".repeat(32));
+    let shared = tempfile::tempdir().unwrap();
+    let first = TestApp::spawn_with(backend, &[custodia_audit_log::SERVICE], |c| {
+        c.data_dir = shared.path().to_path_buf();
+        c.audit.signing_key = Some(old_seed.clone().into());
+    })
+    .await;
+    // SQLite: the same files after a restart; PostgreSQL: a replica with the new
+    // key joins the same database (the first one's stop would drop it).
+    let (first, url) = match backend {
+        Backend::Sqlite => {
+            first.stop().await;
+            (None, None)
+        }
+        Backend::Postgres => {
+            let url = first.config.database.url.clone();
+            (Some(first), url)
+        }
+    };
+    let second = TestApp::spawn_with(Backend::Sqlite, &[custodia_audit_log::SERVICE], |c| {
+        c.data_dir = shared.path().to_path_buf();
+        c.audit.signing_key = Some(new_seed.clone().into());
+        if url.is_some() {
+            c.database.url = url;
+            c.audit.subject_hash_key = Some("test-subject-hash-key".to_string().into());
+        }
+    })
+    .await;
+    let mut audit = AuditLogServiceClient::new(second.channel().await);
+    let page = |page_token: String| ListSigningKeysRequest {
+        page_size: 1,
+        page_token,
+    };
+    let one = audit
+        .list_signing_keys(authed(page(String::new()), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.keys.len(), 1);
+    assert!(!one.next_page_token.is_empty());
+    let two = audit
+        .list_signing_keys(authed(page(one.next_page_token.clone()), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(two.keys.len(), 1);
+    assert!(two.next_page_token.is_empty(), "two keys, two pages");
+    let listed: HashSet<(String, Vec<u8>)> = [&one.keys[0], &two.keys[0]]
+        .into_iter()
+        .map(|k| (k.key_id.clone(), k.public_key.clone()))
+        .collect();
+    let expected: HashSet<(String, Vec<u8>)> = [old_seed, new_seed]
+        .iter()
+        .map(|seed| {
+            let signer = HeadSigner::from_seed_text(seed).unwrap();
+            (
+                signer.key_id().to_string(),
+                signer.public_key().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, expected);
+    assert!(one.keys[0].create_time.is_some());
+
+    // The whole list in one page by default.
+    let all = audit
+        .list_signing_keys(authed(ListSigningKeysRequest::default(), ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((all.keys.len(), all.next_page_token.as_str()), (2, ""));
+
+    let err = audit
+        .list_signing_keys(authed(page("not-a-token".into()), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("page_token"), "{}", err.message());
+    second.stop().await;
+    if let Some(first) = first {
+        first.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn signing_keys_page_sqlite() {
+    signing_keys_page(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn signing_keys_page_postgres() {
+    signing_keys_page(Backend::Postgres).await;
+}

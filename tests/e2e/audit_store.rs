@@ -225,6 +225,68 @@ async fn appends_proofs_and_shredding_postgres() {
     appends_proofs_and_shredding(true).await;
 }
 
+/// Every key the log was opened with is kept, newest first, a key opened again
+/// keeping its first use (a replica restarted on the old key during a rotation),
+/// and the list is append-only in the database itself.
+async fn signing_keys_are_kept_newest_first(postgres: bool) {
+    let f = fixture(postgres).await;
+    let old = f.log.signer().clone();
+    f.clock.advance(chrono::Duration::hours(1));
+    let new = HeadSigner::from_seed_text(&"43".repeat(32)).unwrap();
+    for signer in [new.clone(), old.clone()] {
+        AuditLog::open(
+            LogStore::new(f.db.clone()),
+            signer,
+            f.clock.clone() as Arc<dyn Clock>,
+        )
+        .await
+        .unwrap();
+        f.clock.advance(chrono::Duration::hours(1));
+    }
+    let keys = f.log.store().signing_keys().await.unwrap();
+    let opened = |hours: i64| {
+        custodia_core::storage::to_micros(
+            "2026-11-02T09:00:00Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+                + chrono::Duration::hours(hours),
+        )
+    };
+    assert_eq!(
+        keys,
+        vec![
+            (
+                new.key_id().to_string(),
+                new.public_key().as_bytes().to_vec(),
+                opened(1)
+            ),
+            (
+                old.key_id().to_string(),
+                old.public_key().as_bytes().to_vec(),
+                opened(0)
+            ),
+        ]
+    );
+    for sql in [
+        "UPDATE audit_signing_keys SET first_used_us = 0",
+        "DELETE FROM audit_signing_keys",
+    ] {
+        let err = sqlx::query(AssertSqlSafe(sql)).execute(f.db.pool()).await;
+        assert!(err.is_err(), "{sql} must be refused");
+    }
+    f.done().await;
+}
+
+#[tokio::test]
+async fn signing_keys_are_kept_newest_first_sqlite() {
+    signing_keys_are_kept_newest_first(false).await;
+}
+
+#[tokio::test]
+async fn signing_keys_are_kept_newest_first_postgres() {
+    signing_keys_are_kept_newest_first(true).await;
+}
+
 /// Appenders that meet the same new subjects at once (the group writers of a
 /// PostgreSQL replica create subject keys before taking the sequence lock, and so
 /// do other replicas) agree on one key per subject: every entry stays readable.

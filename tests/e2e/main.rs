@@ -10,6 +10,7 @@ mod connector_sql;
 mod consent_records;
 mod consent_register;
 mod consent_writes;
+mod data_dir;
 mod dsar;
 mod idempotency;
 mod outbox;

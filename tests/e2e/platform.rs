@@ -24,6 +24,13 @@ use custodia_proto::consent::v1::{
 
 const BANNER_TOKEN: &str = "web-banner-token-0123456789";
 
+/// What reflection lists besides the custodia services served.
+const ALWAYS_LISTED: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 async fn listed_services(app: &TestApp) -> Vec<String> {
     let mut client = ServerReflectionClient::new(app.channel().await);
     let request = ServerReflectionRequest {
@@ -49,14 +56,17 @@ async fn listed_services(app: &TestApp) -> Vec<String> {
 async fn platform_contract(backend: Backend) {
     let app = TestApp::spawn(backend, &all_services()).await;
 
-    // Reflection lists all four custodia services (no token needed).
+    // Reflection lists all four custodia services, health and itself, nothing
+    // else (no token needed).
     let listed = listed_services(&app).await;
-    for service in ServiceName::ALL {
-        assert!(
-            listed.contains(&service.grpc_name().to_string()),
-            "{listed:?}"
-        );
-    }
+    let mut expected: Vec<String> = ServiceName::ALL
+        .iter()
+        .map(|s| s.grpc_name())
+        .chain(ALWAYS_LISTED)
+        .map(String::from)
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
 
     // Health reports SERVING for each service and for the server as a whole.
     let mut health = HealthClient::new(app.channel().await);
@@ -312,5 +322,125 @@ async fn io_threads_serve_every_connection_over_one_state_and_stop_cleanly() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // Stops within the test's runtime: `stop` asserts a clean end.
+    app.stop().await;
+}
+
+/// `serve` (Application::build) refuses each configuration `config check`
+/// refuses, with the same message and before it binds or creates anything: one
+/// validation behind both (issue 24, finding 7).
+#[tokio::test]
+async fn serve_refuses_what_config_check_refuses() {
+    fn principal(token: &str, scope: &str) -> PrincipalConfig {
+        PrincipalConfig {
+            token: Some(token.to_string().into()),
+            scopes: vec![scope.into()],
+            ..Default::default()
+        }
+    }
+    type Adjust = fn(&mut custodia_core::Config);
+    let bad: [(&str, Adjust); 5] = [
+        ("unknown scope `consent.chek`", |c| {
+            c.auth.principals.insert(
+                "crm".into(),
+                principal("crm-token-0123456789", "consent.chek"),
+            );
+        }),
+        ("shorter than 16", |c| {
+            c.auth
+                .principals
+                .insert("crm".into(), principal("short", "consent.check"));
+        }),
+        ("same token", |c| {
+            // The admin's token (the test servers' own) given to a principal.
+            c.auth
+                .principals
+                .insert("crm".into(), principal(ADMIN_TOKEN, "consent.check"));
+        }),
+        ("server.concurrency_limit_per_connection", |c| {
+            c.server.concurrency_limit_per_connection = 0
+        }),
+        ("server.request_timeout_secs", |c| {
+            c.server.request_timeout_secs = 0
+        }),
+    ];
+    for (needle, adjust) in bad {
+        let (mut config, dir, _) = custodia_tests::test_config(Backend::Sqlite).await;
+        config.data_dir = dir.path().join("data");
+        adjust(&mut config);
+        let checked = config.validate().expect_err(needle).to_string();
+        assert!(checked.contains(needle), "{needle}: {checked}");
+        let served =
+            custodia_core::server::Application::build(config, &[custodia_consent::SERVICE])
+                .await
+                .expect_err(needle);
+        assert_eq!(format!("{served:#}"), checked);
+        assert!(!dir.path().join("data").exists(), "{needle}");
+    }
+}
+
+/// A server of consent alone lists consent, health and reflection (v1 and
+/// v1alpha), not the other services nor custodia.connector.v1.DataSource that
+/// the descriptor set also describes (issue 24, finding 7); each listed service
+/// resolves to its descriptor.
+#[tokio::test]
+async fn reflection_lists_only_the_services_served() {
+    use tonic_reflection::pb::v1alpha;
+    let app = TestApp::spawn(Backend::Sqlite, &[custodia_consent::SERVICE]).await;
+    let mut expected: Vec<String> = [ServiceName::Consent.grpc_name()]
+        .into_iter()
+        .chain(ALWAYS_LISTED)
+        .map(String::from)
+        .collect();
+    expected.sort();
+    assert_eq!(listed_services(&app).await, expected);
+
+    let mut client = ServerReflectionClient::new(app.channel().await);
+    for symbol in &expected {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.clone())),
+        };
+        let answer = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .message_response;
+        assert!(
+            matches!(answer, Some(MessageResponse::FileDescriptorResponse(_))),
+            "{symbol}: {answer:?}"
+        );
+    }
+
+    let mut alpha =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel().await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let answer = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response;
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer
+    else {
+        panic!("unexpected v1alpha answer {answer:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, expected);
     app.stop().await;
 }

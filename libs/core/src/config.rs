@@ -17,6 +17,8 @@ use serde::Deserialize;
 
 use crate::legal_time::LegalTimeConfig;
 
+mod checks;
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "CUSTODIA__";
 
@@ -426,7 +428,13 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every check of the configuration alone, the one validation both `serve`
+    /// ([`crate::server::Application::build`]) and `config check` run (through
+    /// [`Self::from_figment`]): what the selected services check at start on top
+    /// depends on which services run (their signing keys with PostgreSQL) or on
+    /// files (a generated admin token).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_server_limits()?;
         if self.server.max_request_bytes < 1024 {
             return Err(ConfigError(
                 "server.max_request_bytes must be at least 1024".into(),
@@ -512,6 +520,9 @@ impl Config {
         }
         crate::legal_time::LegalCalendar::from_config(&self.legal)
             .map_err(|e| ConfigError(format!("legal: {e}")))?;
+        self.check_principals()?;
+        self.check_secrets()?;
+        crate::telemetry::env_filter(&self.telemetry).map_err(|e| ConfigError(e.to_string()))?;
         Ok(())
     }
 
@@ -559,17 +570,23 @@ mod tests {
                 [server]
                 listen = "0.0.0.0:7000"
                 [auth.principals.crm]
-                token = "file-token"
+                token = "file-token-0123456789"
                 scopes = ["consent.check"]
                 "#,
             )?;
             jail.set_env("CUSTODIA__SERVER__LISTEN", "127.0.0.1:9000");
-            jail.set_env("CUSTODIA__AUTH__PRINCIPALS__CRM__TOKEN", "env-token");
+            jail.set_env(
+                "CUSTODIA__AUTH__PRINCIPALS__CRM__TOKEN",
+                "env-token-0123456789",
+            );
             let c = Config::load(Some(Path::new("c.toml"))).expect("loads");
             assert_eq!(c.server.listen.port(), 9000);
             assert_eq!(c.data_dir, PathBuf::from("/var/lib/custodia"));
             let crm = &c.auth.principals["crm"];
-            assert_eq!(crm.token.as_ref().unwrap().expose_secret(), "env-token");
+            assert_eq!(
+                crm.token.as_ref().unwrap().expose_secret(),
+                "env-token-0123456789"
+            );
             assert_eq!(crm.scopes, vec!["consent.check"]);
             assert_eq!(c.server.max_request_bytes, 4 * 1024 * 1024);
             Ok(())
@@ -592,10 +609,12 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CUSTODIA__AUTH__ADMIN_TOKEN", "super-secret-value");
             jail.set_env("CUSTODIA__DATABASE__URL", "postgres://u:pw-secret@db/x");
+            jail.set_env("CUSTODIA__AUDIT__SUBJECT_HASH_KEY", "subject-key-secret");
             let c = Config::load(None).expect("loads");
             let debug = format!("{c:?}");
             assert!(!debug.contains("super-secret-value"), "{debug}");
             assert!(!debug.contains("pw-secret"), "{debug}");
+            assert!(!debug.contains("subject-key-secret"), "{debug}");
             assert!(!c.is_embedded());
             Ok(())
         });

@@ -20,7 +20,7 @@ pub fn random_token() -> SecretString {
         .into()
 }
 
-/// Where a secret came from, so start-up can print a generated admin token once.
+/// Where a secret came from, so start-up can announce a generated admin token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// Given in configuration or the environment.
@@ -58,22 +58,50 @@ pub fn configured_or_file(
 /// Writes `content` to `path` readable by the owner only, creating parent directories.
 pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::private_files::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
+    let mut file = crate::private_files::file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(content.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
     Ok(())
+}
+
+/// Tells the operator about an admin token generated into `path`: the token
+/// itself only when stdout is an interactive terminal (once; the file has it from
+/// then on); otherwise just where the file is, since a stdout that is not a
+/// terminal (a container's, a service manager's) ends up in a log collector.
+pub fn announce_generated_admin_token(token: &SecretString, path: &Path) {
+    use std::io::IsTerminal;
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        announce(token, path, Some(&mut stdout.lock()));
+    } else {
+        announce(token, path, None);
+    }
+}
+
+fn announce(token: &SecretString, path: &Path, terminal: Option<&mut dyn Write>) {
+    match terminal {
+        Some(out) => {
+            let _ = writeln!(
+                out,
+                "custodia: generated the admin token (all scopes), saved to {}:\n\n    {}\n",
+                path.display(),
+                token.expose_secret()
+            );
+        }
+        None => tracing::info!(
+            path = %path.display(),
+            "generated the admin token (all scopes); it is in this file only"
+        ),
+    }
 }
 
 /// Path of the admin token file in the embedded default.
@@ -106,5 +134,19 @@ mod tests {
         let configured: SecretString = "given".to_string().into();
         let (c, origin) = configured_or_file(Some(&configured), dir.path(), "admin.token").unwrap();
         assert_eq!((c.expose_secret(), origin), ("given", Origin::Configured));
+    }
+
+    #[test]
+    fn a_generated_token_is_shown_on_a_terminal_only() {
+        let token: SecretString = "generated-token-0123456789".to_string().into();
+        let path = Path::new("/srv/custodia/admin.token");
+        let mut terminal = Vec::new();
+        announce(&token, path, Some(&mut terminal));
+        let shown = String::from_utf8(terminal).unwrap();
+        assert!(shown.contains("generated-token-0123456789"), "{shown}");
+        assert!(shown.contains("/srv/custodia/admin.token"), "{shown}");
+        // Without a terminal nothing is written but a log line without the token
+        // (the binary's test checks the process's whole output).
+        announce(&token, path, None);
     }
 }

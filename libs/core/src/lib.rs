@@ -15,6 +15,8 @@ pub mod keys;
 pub mod legal_time;
 pub mod outbox;
 pub mod pagination;
+pub mod private_files;
+pub mod reflection;
 pub mod server;
 pub mod signing;
 pub mod storage;

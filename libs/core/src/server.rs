@@ -116,13 +116,7 @@ fn resolve_secrets(config: &Config) -> anyhow::Result<Secrets> {
             "admin.token",
         )?;
         if origin == Origin::Generated {
-            use secrecy::ExposeSecret;
-            // Printed once, on the start that created it; afterwards it is in the file.
-            println!(
-                "custodia: generated the admin token (all scopes), saved to {}:\n\n    {}\n",
-                keys::admin_token_path(&config.data_dir).display(),
-                token.expose_secret()
-            );
+            keys::announce_generated_admin_token(&token, &keys::admin_token_path(&config.data_dir));
         }
         Some(token)
     } else {
@@ -195,7 +189,11 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!services.is_empty(), "no service to serve");
+        // The one validation `config check` runs too.
+        config.validate()?;
         let config = Arc::new(config);
+        crate::private_files::secure_data_dirs(&config)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let secrets = resolve_secrets(&config)?;
         let calendar = Arc::new(LegalCalendar::from_config(&config.legal)?);
         let subjects = SubjectHasher::new(secrets.subject_key.clone());
@@ -206,6 +204,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
+        if !addr.ip().to_canonical().is_loopback() {
+            // The binary has no TLS: beyond this host, encryption is a proxy's or a mesh's.
+            tracing::warn!(
+                %addr,
+                "serving plaintext gRPC on a non-loopback address: TLS is not configured; \
+                 put a TLS-terminating proxy or an mTLS service mesh in front"
+            );
+        }
         let self_endpoint = format!("http://{}", loopback_of(addr));
         let audit_endpoint = config
             .audit
@@ -271,16 +277,9 @@ impl Application {
             .await;
 
         routes.add_service(health_service);
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)
-                .build_v1()?,
-        );
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()?,
-        );
+        let served: Vec<&str> = services.iter().map(|d| d.name.grpc_name()).collect();
+        routes.add_service(crate::reflection::v1(&served)?);
+        routes.add_service(crate::reflection::v1alpha(&served)?);
 
         let denials = OutboxDenials {
             outboxes,

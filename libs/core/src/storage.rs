@@ -258,7 +258,7 @@ pub fn service_url(config: &Config, service: ServiceName) -> anyhow::Result<Secr
     Ok(match config.database_url(service) {
         Some(url) => url.clone(),
         None => {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            crate::private_files::create_dir_all(&config.data_dir).with_context(|| {
                 format!("creating data directory {}", config.data_dir.display())
             })?;
             sqlite_file_url(&config.data_dir.join(format!("{}.db", service.ident()))).into()
@@ -290,7 +290,16 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
         if let Some(dir) = file.and_then(Path::parent)
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)?;
+            crate::private_files::create_dir_all(dir)?;
+        }
+        // Created owner-only here rather than by SQLite (0644 less the umask): its
+        // -wal, -shm and journal files then take the same mode.
+        if let Some(file) = file
+            && raw
+                .split_once('?')
+                .is_some_and(|(_, query)| query.split('&').any(|p| p == "mode=rwc"))
+        {
+            crate::private_files::create_file_if_missing(file)?;
         }
         // FULL so an acknowledged commit survives power loss.
         let pool = sqlite_options(options, "FULL")

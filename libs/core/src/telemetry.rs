@@ -24,12 +24,18 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// The log filter: `RUST_LOG` when set and valid, else `telemetry.log_level`
+/// (also run by [`crate::Config::validate`]).
+pub fn env_filter(config: &TelemetryConfig) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .map_err(|e| anyhow::anyhow!("telemetry.log_level: {e}"))
+}
+
 /// Installs the global subscriber. Call once per process; later calls are ignored
 /// (tests build several applications in one process).
 pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .map_err(|e| anyhow::anyhow!("telemetry.log_level: {e}"))?;
+    let filter = env_filter(config)?;
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -785,19 +785,41 @@ impl AuditLogService for Api {
 
     async fn list_signing_keys(
         &self,
-        _request: Request<pb::ListSigningKeysRequest>,
+        request: Request<pb::ListSigningKeysRequest>,
     ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
-        let signer = self.log.signer();
-        Ok(Response::new(pb::ListSigningKeysResponse {
-            keys: vec![PublicKey {
-                key_id: signer.key_id().to_string(),
+        let r = request.into_inner();
+        let size = pagination::page_size_or(r.page_size, 100)?;
+        let from: usize = pagination::decode(&r.page_token, "signing-keys")?.unwrap_or(0);
+        // Every key this log's replicas opened it with (this process's included):
+        // heads signed before a rotation stay checkable. No retire_time: while a
+        // rotation rolls out, replicas on the old key keep signing with it.
+        let all = self
+            .log
+            .store()
+            .signing_keys()
+            .await
+            .map_err(ApiError::internal)?;
+        let keys: Vec<_> = all
+            .iter()
+            .skip(from)
+            .take(size)
+            .map(|(key_id, public_key, first_used_us)| PublicKey {
+                key_id: key_id.clone(),
                 algorithm: "Ed25519".into(),
-                public_key: signer.public_key().to_bytes().to_vec(),
+                public_key: public_key.clone(),
                 public_key_pem: String::new(),
-                create_time: None,
+                create_time: Some(timestamp(*first_used_us)),
                 retire_time: None,
-            }],
-            next_page_token: String::new(),
+            })
+            .collect();
+        let next = from + keys.len();
+        Ok(Response::new(pb::ListSigningKeysResponse {
+            keys,
+            next_page_token: if next < all.len() {
+                pagination::encode(&next, "signing-keys")
+            } else {
+                String::new()
+            },
         }))
     }
 

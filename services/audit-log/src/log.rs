@@ -84,6 +84,14 @@ impl AuditLog {
         signer: HeadSigner,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Self>> {
+        // Published before the first head it signs, and kept after a rotation.
+        store
+            .add_signing_key(
+                signer.key_id(),
+                signer.public_key().as_bytes(),
+                to_micros(clock.now()),
+            )
+            .await?;
         let (size_tx, _) = watch::channel(0);
         let written = Arc::new(Mutex::new(BTreeMap::new()));
         let writers = match store.db().backend() {

@@ -291,6 +291,41 @@ impl LogStore {
         Ok(())
     }
 
+    /// Adds a head-signing key to the keys ListSigningKeys hands out, first used
+    /// at `now_us`; a key already there keeps its first use.
+    pub async fn add_signing_key(
+        &self,
+        key_id: &str,
+        public_key: &[u8],
+        now_us: i64,
+    ) -> anyhow::Result<()> {
+        let _turn = self.db.write_turn().await;
+        sqlx::query(
+            "INSERT INTO audit_signing_keys (key_id, public_key, first_used_us) \
+             VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key_id.to_string())
+        .bind(public_key.to_vec())
+        .bind(now_us)
+        .execute(self.db.write_pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every key that has signed heads, newest first: (key id, public key, first
+    /// use in µs).
+    pub async fn signing_keys(&self) -> anyhow::Result<Vec<(String, Vec<u8>, i64)>> {
+        let rows = sqlx::query(
+            "SELECT key_id, public_key, first_used_us FROM audit_signing_keys \
+             ORDER BY first_used_us DESC, key_id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// The head with the largest tree size.
     pub async fn latest_head(&self) -> anyhow::Result<Option<StoredHead>> {
         let row = sqlx::query(concat!(head_select!(), " ORDER BY tree_size DESC LIMIT 1"))

@@ -464,17 +464,28 @@ impl RemoteLog {
         r
     }
 
-    /// The signing keys the service publishes.
+    /// The signing keys the service publishes (every page).
     pub async fn published_keys(&self) -> anyhow::Result<HashMap<String, VerifyingKey>> {
-        let keys = self
-            .client
-            .clone()
-            .list_signing_keys(
-                self.request(custodia_proto::audit::v1::ListSigningKeysRequest::default()),
-            )
-            .await?
-            .into_inner()
-            .keys;
+        let mut keys = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_signing_keys(self.request(
+                    custodia_proto::audit::v1::ListSigningKeysRequest {
+                        page_size: 1000,
+                        page_token,
+                    },
+                ))
+                .await?
+                .into_inner();
+            keys.extend(page.keys);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         keys.into_iter()
             .map(|k| {
                 let bytes: [u8; 32] = k

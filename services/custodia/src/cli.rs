@@ -164,6 +164,9 @@ fn load_config(global: &GlobalArgs, listen: Option<SocketAddr>) -> anyhow::Resul
 
 /// Runs one command; the exit code is what the process returns.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Databases, journals, keys and exports hold personal data and secrets: what
+    // this process or its libraries create is owner-only, whatever umask it got.
+    custodia_core::private_files::restrict_umask();
     match cli.command {
         Command::Serve { services, listen } => {
             let config = load_config(&cli.global, listen)?;

@@ -4,9 +4,13 @@
 //! stream must keep delivering within it. Answers are checked before they are
 //! trusted: a malformed answer is a failure, not a result.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use custodia_core::json_struct::struct_to_json_text;
+use custodia_core::{json_struct::struct_to_json_text, private_files};
 use custodia_proto::{
     audit::v1::{
         ListSubjectAccessesRequest, ShredSubjectRequest,
@@ -186,14 +190,26 @@ impl Staging {
             tracing::error!(error = %e, "writing export staging file");
             Failure::new(Code::Internal, "the export could not be written to disk")
         };
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
-        tokio::fs::write(
-            dir.join(format!("{source_id}.meta.json")),
-            serde_json::to_vec(meta).unwrap_or_default(),
-        )
-        .await
-        .map_err(io)?;
-        let file = tokio::fs::File::create(dir.join(format!("{source_id}.jsonl")))
+        // A subject's whole data: owner-only, like everything in the data directory.
+        private_files::create_dir_all_async(dir).await.map_err(io)?;
+        let create = |path: PathBuf| async move {
+            private_files::file_options_async()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .await
+        };
+        let mut meta_file = create(dir.join(format!("{source_id}.meta.json")))
+            .await
+            .map_err(io)?;
+        meta_file
+            .write_all(&serde_json::to_vec(meta).unwrap_or_default())
+            .await
+            .map_err(io)?;
+        // tokio finishes a write in the background: done before the file is read.
+        meta_file.flush().await.map_err(io)?;
+        let file = create(dir.join(format!("{source_id}.jsonl")))
             .await
             .map_err(io)?;
         Ok(Self {

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use custodia_core::private_files;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
@@ -265,10 +266,15 @@ fn summary(plan: &Plan, per_source: &[(SourcePart, BTreeMap<String, i64>, Value)
 /// Builds the zip of `plan`.
 pub fn build(plan: &Plan) -> anyhow::Result<Built> {
     if let Some(dir) = plan.output.parent() {
-        std::fs::create_dir_all(dir)?;
+        private_files::create_dir_all(dir)?;
     }
     let tmp = plan.output.with_extension("zip.partial");
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file = private_files::file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     let mut zip = ZipWriter::new(BufWriter::new(file));
     let mut files = Vec::new();
     let mut per_source = Vec::new();

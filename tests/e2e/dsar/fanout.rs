@@ -176,6 +176,17 @@ async fn access_end_to_end(backend: Backend) {
             .any(|a| a.action == "source_exported" && a.data_source == "dataSources/crm")
     );
 
+    // The package holds the subject's whole data: owner-only, like its directory.
+    #[cfg(unix)]
+    {
+        let files = custodia_tests::assert_owner_only(&app.config.data_dir.join("dsar-exports"));
+        assert!(
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == "zip")),
+            "{files:?}"
+        );
+    }
     let (package, zip_bytes) = download(&mut c, &r.name).await.unwrap();
     assert_eq!(package.size_bytes as usize, zip_bytes.len());
     assert_eq!(package.sha256, hex::encode(Sha256::digest(&zip_bytes)));

@@ -24,6 +24,15 @@ impl std::fmt::Debug for StaticTokens {
     }
 }
 
+/// The configuration key of `principal`, for error messages.
+fn config_key(principal: &str) -> String {
+    if principal == ADMIN_PRINCIPAL {
+        "auth.admin_token".into()
+    } else {
+        format!("auth.principals.{principal}")
+    }
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -66,8 +75,8 @@ impl StaticTokens {
     pub fn insert_token(&mut self, token: &str, principal: Principal) -> anyhow::Result<()> {
         anyhow::ensure!(
             token.len() >= 16,
-            "the token of `{}` is shorter than 16 characters",
-            principal.name()
+            "{}: the token is shorter than 16 characters",
+            config_key(principal.name())
         );
         self.insert_digest(digest(token), principal)
     }
@@ -76,9 +85,9 @@ impl StaticTokens {
         if let Some(existing) = self.by_digest.get(&d) {
             // Shared accounts defeat individual accountability (S-2).
             anyhow::bail!(
-                "`{}` and `{}` share a token; every caller needs its own",
-                existing.name(),
-                principal.name()
+                "{} and {} have the same token; every caller needs its own",
+                config_key(existing.name()),
+                config_key(principal.name())
             );
         }
         self.by_digest.insert(d, Arc::new(principal));

@@ -51,6 +51,8 @@ use std::{
     },
 };
 
+use crate::private_files;
+
 /// An outbox row: first event id, payload, number of events.
 pub(super) type Row = (String, String, i64);
 
@@ -128,10 +130,10 @@ impl Journal {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)?;
+            private_files::create_dir_all(dir)?;
         }
         let path = path.to_path_buf();
-        let lock = File::options()
+        let lock = private_files::file_options()
             .write(true)
             .create(true)
             .truncate(false)
@@ -160,7 +162,7 @@ impl Journal {
                 });
             }
         }
-        let active = File::options()
+        let active = private_files::file_options()
             .read(true)
             .append(true)
             .create(true)
@@ -311,7 +313,7 @@ impl Journal {
     fn seal(&self, state: &mut State, merge: bool) -> anyhow::Result<()> {
         let segment = segment_path(&self.path, state.next_number, merge);
         std::fs::rename(&self.path, &segment)?;
-        let active = match File::options()
+        let active = match private_files::file_options()
             .read(true)
             .append(true)
             .create(true)

@@ -1,5 +1,8 @@
-//! Tests of the real `custodia` binary as a process: crash safety under kill -9.
+//! Tests of the real `custodia` binary as a process: crash safety under kill -9,
+//! what it checks and does at start.
 
+mod config_check;
 mod consent_crash;
 mod crash;
 mod dsar_crash;
+mod start_up;
