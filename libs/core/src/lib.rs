@@ -8,6 +8,7 @@ pub mod config;
 pub mod decode_errors;
 pub mod error;
 pub mod group_commit;
+pub mod invisible;
 pub mod json_struct;
 pub mod keys;
 pub mod legal_time;
