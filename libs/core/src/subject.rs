@@ -198,6 +198,21 @@ fn email(value: &str) -> Result<String, &'static str> {
     Ok(format!("{local}@{domain}"))
 }
 
+/// For a normalised email whose domain is internationalised (has an `xn--`
+/// label), the same address with the domain in Unicode: how other systems
+/// usually store what people typed, so a connector matching stored values must
+/// look for this spelling too. `None` for any other value.
+pub fn email_with_unicode_domain(normalised: &str) -> Option<String> {
+    let (local, domain) = normalised.split_once('@')?;
+    if !domain.split('.').any(|label| label.starts_with("xn--")) {
+        return None;
+    }
+    match idna::domain_to_unicode(domain) {
+        (unicode, Ok(())) => Some(format!("{local}@{unicode}")),
+        (_, Err(_)) => None,
+    }
+}
+
 /// Computes the keyed hash of subject identifiers; every service uses the same key so
 /// the hashes match across services and in the audit log.
 #[derive(Clone)]
@@ -371,6 +386,17 @@ mod tests {
         // A decomposed accent in the domain is the same domain.
         let nfd = SubjectId::parse("email", "E\u{301}le\u{300}ve@E\u{301}cole.fr", "s").unwrap();
         assert_eq!(nfd, ascii);
+    }
+
+    #[test]
+    fn the_unicode_spelling_of_an_idna_domain_is_known() {
+        let id = SubjectId::parse("email", "\u{C9}l\u{E8}ve@\u{C9}cole.FR", "s").unwrap();
+        assert_eq!(
+            email_with_unicode_domain(id.value()).as_deref(),
+            Some("\u{E9}l\u{E8}ve@\u{E9}cole.fr")
+        );
+        assert_eq!(email_with_unicode_domain("ada@example.edu"), None);
+        assert_eq!(email_with_unicode_domain("not an email"), None);
     }
 
     #[test]
