@@ -9,6 +9,7 @@ mod consent_records;
 mod consent_register;
 mod consent_writes;
 mod dsar;
+mod identifiers;
 mod outbox;
 mod platform;
 mod storage;
