@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod decode_errors;
+pub mod echo;
 pub mod error;
 pub mod group_commit;
 pub mod invisible;

@@ -5,6 +5,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    echo::echo,
     outbox::OutboxStore,
     pagination,
     server::ServiceContext,
@@ -306,7 +307,7 @@ impl ConsentService for Api {
             if !UPDATABLE.contains(&path.as_str()) {
                 v.add(
                     format!("update_mask.paths[{i}]"),
-                    format!("`{path}` cannot be updated"),
+                    format!("`{}` cannot be updated", echo(path)),
                 );
             }
         }

@@ -10,6 +10,7 @@ use std::{pin::Pin, sync::Arc};
 use custodia_core::{
     ApiError, Config,
     auth::CallContext,
+    echo::echo,
     legal_time::{Clock, LegalCalendar},
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
     pagination,
@@ -118,7 +119,10 @@ pub(crate) fn check_purpose(v: &mut Validator, field: &str, p: &str) {
     {
         v.add(
             field,
-            format!("`{p}` is not a purpose name (`purposes/{{purpose}}`)"),
+            format!(
+                "`{}` is not a purpose name (`purposes/{{purpose}}`)",
+                echo(p)
+            ),
         );
     }
 }
@@ -1206,7 +1210,7 @@ impl Api {
                 } else {
                     format!(
                         "`{}` is not an export name (`requests/{{request}}/export`)",
-                        r.name
+                        echo(&r.name)
                     )
                 },
             ));
