@@ -9,6 +9,7 @@ mod consent_records;
 mod consent_register;
 mod consent_writes;
 mod dsar;
+mod errors;
 mod identifiers;
 mod outbox;
 mod platform;
