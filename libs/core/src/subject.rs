@@ -32,7 +32,10 @@
 //!
 //! Parsing a normalised value gives it back unchanged.
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, Mac};
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
@@ -190,12 +193,29 @@ fn email(value: &str) -> Result<String, &'static str> {
     let local = nfkc(&local.to_lowercase());
     // UTS #46 maps (case, width, NFC) and encodes each label as punycode; the STD3
     // rules keep to letters, digits and hyphens, and DNS lengths refuse empty labels.
-    let domain = idna::domain_to_ascii_strict(domain)
+    // ASCII capitals lowered first (UTS #46 maps them alike): a lowercase ASCII
+    // domain takes idna's fast path, a third of the time of one with capitals.
+    let domain: Cow<'_, str> = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(domain.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(domain)
+    };
+    let domain = Uts46::new()
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::Check,
+            DnsLength::Verify,
+        )
         .map_err(|_| "has a domain that is not a valid (internationalised) domain name")?;
     if !domain.contains('.') {
         return Err(NOT_AN_EMAIL);
     }
-    Ok(format!("{local}@{domain}"))
+    let mut address = String::with_capacity(local.len() + 1 + domain.len());
+    address.push_str(&local);
+    address.push('@');
+    address.push_str(&domain);
+    Ok(address)
 }
 
 /// For a normalised email whose domain is internationalised (has an `xn--`
