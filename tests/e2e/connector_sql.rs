@@ -325,6 +325,47 @@ async fn export_by_two_identifiers_postgres() {
     export_by_two_identifiers(Backend::Postgres).await;
 }
 
+/// A contact stored as typed, with its domain in Unicode, is found by any spelling
+/// of the address: the one in IDNA ASCII form too (custodia's normal form).
+async fn export_finds_an_internationalised_domain_however_spelled(backend: Backend) {
+    let mut crm = Crm::start(backend).await;
+    crm.connector
+        .execute(
+            "INSERT INTO contacts (id, email, first_name, last_name) \
+             VALUES (3, '\u{E9}l\u{E8}ve@\u{E9}cole.fr', 'El', 'Eve')",
+        )
+        .await
+        .expect("seed");
+    for spelling in [
+        "\u{E9}l\u{E8}ve@xn--cole-9oa.fr",
+        "\u{C9}l\u{E8}ve@\u{C9}cole.FR",
+        "e\u{301}le\u{300}ve@e\u{301}cole.fr",
+    ] {
+        let records: Vec<ExportedRecord> = export(&mut crm.client, vec![id("email", spelling)])
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let contacts: Vec<&str> = records
+            .iter()
+            .filter(|r| r.category == "contacts")
+            .map(|r| r.record_id.as_str())
+            .collect();
+        assert_eq!(contacts, ["3"], "{spelling:?}");
+    }
+    crm.stop().await;
+}
+
+#[tokio::test]
+async fn export_finds_an_internationalised_domain_however_spelled_sqlite() {
+    export_finds_an_internationalised_domain_however_spelled(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn export_finds_an_internationalised_domain_however_spelled_postgres() {
+    export_finds_an_internationalised_domain_however_spelled(Backend::Postgres).await;
+}
+
 // ------------------------------------------------------------------ erase
 
 async fn erase_keeps_what_the_law_requires(backend: Backend) {

@@ -241,8 +241,20 @@ async fn oversized_requests_are_refused() {
         .list_purposes(authed(big, ADMIN_TOKEN))
         .await
         .unwrap_err();
-    // tonic reports a message over the decoding limit as OUT_OF_RANGE.
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // RESOURCE_EXHAUSTED naming the limit (tonic alone says OUT_OF_RANGE).
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("server.max_request_bytes"),
+        "{}",
+        err.message()
+    );
+    let info = tonic_types::StatusExt::get_error_details(&err)
+        .error_info()
+        .cloned()
+        .expect("ErrorInfo");
+    assert_eq!(info.reason, "REQUEST_TOO_LARGE");
+    assert_eq!(info.metadata["limit"], "server.max_request_bytes");
+    assert_eq!(info.metadata["limit_bytes"], "2048");
     app.stop().await;
 }
 

@@ -1,12 +1,34 @@
 //! The one mapping from domain errors to `tonic::Status`, with `google.rpc`
 //! details: `ErrorInfo` (reason + domain) always, `BadRequest` field violations for
 //! bad input. Internal causes are logged with a reference and never sent.
+//!
+//! Whatever a handler puts in an error, what leaves is bounded and sanitised
+//! ([`crate::echo`]): a resource name is quoted as a short prefix, every text loses
+//! invisible characters and email addresses and is cut, and the `grpc-message` and
+//! the details stay well under the metadata limits of common clients (a few KB
+//! in all, with percent-encoding and base64). A handler quoting a caller's value in
+//! a description uses [`crate::echo::echo`] for the same short prefix.
+
+use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::echo::{bounded, cut, echo};
+
 /// `ErrorInfo.domain` of every custodia error.
 pub const ERROR_DOMAIN: &str = "custodia";
+
+/// Most bytes of a `grpc-message` (UTF-8, before percent-encoding).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Most bytes of one description or message text.
+const MAX_TEXT_BYTES: usize = 512;
+/// Most bytes of one field path.
+const MAX_FIELD_BYTES: usize = 128;
+/// Most bytes of field violations in the `BadRequest` detail (before base64);
+/// the others are counted in `ErrorInfo.metadata["omitted_violations"]`. The
+/// details repeat the message, so they stay under ~2.5 KB, ~3.3 KB in base64.
+const MAX_VIOLATION_BYTES: usize = 1024;
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,17 +168,15 @@ impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         let (code, reason) = err.code_and_reason();
         let mut details = ErrorDetails::new();
-        let message = match &err {
+        let mut metadata = HashMap::new();
+        let message = match err {
             ApiError::Internal(cause) => {
                 let reference = uuid::Uuid::new_v4();
                 tracing::error!(%reference, error = ?cause, "internal error");
                 details.set_error_info(
                     reason,
                     ERROR_DOMAIN,
-                    std::collections::HashMap::from([(
-                        "reference".to_string(),
-                        reference.to_string(),
-                    )]),
+                    HashMap::from([("reference".to_string(), reference.to_string())]),
                 );
                 return Status::with_error_details(
                     code,
@@ -165,36 +185,86 @@ impl From<ApiError> for Status {
                 );
             }
             ApiError::InvalidArgument(violations) => {
-                for v in violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
-                }
-                err.to_string()
+                invalid_argument(&violations, &mut details, &mut metadata)
             }
-            _ => err.to_string(),
-        };
-        let metadata: std::collections::HashMap<String, String> = match &err {
             ApiError::NotFound {
                 resource,
                 name,
                 field,
-            } => [
-                ("resource".to_string(), resource.to_string()),
-                ("name".to_string(), name.clone()),
-            ]
-            .into_iter()
-            .chain(field.iter().map(|f| ("field".to_string(), f.clone())))
-            .collect(),
-            ApiError::AlreadyExists { resource, name } => [
-                ("resource".to_string(), resource.to_string()),
-                ("name".to_string(), name.clone()),
-            ]
-            .into_iter()
-            .collect(),
-            _ => Default::default(),
+            } => {
+                let name = echo(&name);
+                let field = field.map(|f| bounded(&f, MAX_FIELD_BYTES));
+                let message = format!("{resource} `{name}` not found{}", in_field(&field));
+                metadata.insert("resource".to_string(), resource.to_string());
+                metadata.insert("name".to_string(), name);
+                if let Some(f) = field {
+                    metadata.insert("field".to_string(), f);
+                }
+                message
+            }
+            ApiError::AlreadyExists { resource, name } => {
+                let name = echo(&name);
+                let message = format!("{resource} `{name}` already exists");
+                metadata.insert("resource".to_string(), resource.to_string());
+                metadata.insert("name".to_string(), name);
+                message
+            }
+            ApiError::FailedPrecondition { message, .. }
+            | ApiError::Unauthenticated(message)
+            | ApiError::PermissionDenied(message)
+            | ApiError::Unavailable(message) => bounded(&message, MAX_TEXT_BYTES),
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
+        Status::with_error_details(code, cut(message, MAX_MESSAGE_BYTES), details)
     }
+}
+
+/// The message of an INVALID_ARGUMENT, `invalid argument: f: d; g: e`, with as
+/// many sanitised violations as fit in [`MAX_MESSAGE_BYTES`] and a count of the
+/// others; the `BadRequest` detail gets as many as fit in [`MAX_VIOLATION_BYTES`].
+/// The first violation is always shown in both.
+fn invalid_argument(
+    violations: &[FieldViolation],
+    details: &mut ErrorDetails,
+    metadata: &mut HashMap<String, String>,
+) -> String {
+    // Room for "; and 4294967295 more".
+    let room = MAX_MESSAGE_BYTES - 24;
+    let mut message = String::from("invalid argument: ");
+    let mut in_message = 0;
+    let mut in_details = 0;
+    let mut detail_bytes = 0;
+    for (i, v) in violations.iter().enumerate() {
+        let (field, description) = (
+            bounded(&v.field, MAX_FIELD_BYTES),
+            bounded(&v.description, MAX_TEXT_BYTES),
+        );
+        let piece = format!("{}{field}: {description}", if i == 0 { "" } else { "; " });
+        let message_fits = i == 0 || (in_message == i && message.len() + piece.len() <= room);
+        detail_bytes += field.len() + description.len();
+        let details_fit = i == 0 || (in_details == i && detail_bytes <= MAX_VIOLATION_BYTES);
+        if !message_fits && !details_fit {
+            break;
+        }
+        if message_fits {
+            message.push_str(&piece);
+            in_message += 1;
+        }
+        if details_fit {
+            details.add_bad_request_violation(field, description);
+            in_details += 1;
+        }
+    }
+    if in_message < violations.len() {
+        message.push_str(&format!("; and {} more", violations.len() - in_message));
+    }
+    if in_details < violations.len() {
+        metadata.insert(
+            "omitted_violations".to_string(),
+            (violations.len() - in_details).to_string(),
+        );
+    }
+    message
 }
 
 #[cfg(test)]
@@ -264,5 +334,99 @@ mod tests {
         assert!(status.message().contains("completed"));
         let info = status.get_error_details().error_info().cloned().unwrap();
         assert_eq!(info.reason, "ILLEGAL_TRANSITION");
+    }
+
+    #[test]
+    fn a_long_name_is_quoted_as_a_short_prefix() {
+        let long = format!("purposes/{}", "x".repeat(20_000));
+        for err in [
+            ApiError::not_found("purpose", long.clone()).in_field("purpose"),
+            ApiError::AlreadyExists {
+                resource: "purpose",
+                name: long.clone(),
+            },
+        ] {
+            let status = Status::from(err);
+            assert!(status.message().len() < 200, "{}", status.message());
+            assert!(
+                status.message().contains("`purposes/xxx"),
+                "{}",
+                status.message()
+            );
+            assert!(status.message().contains("x…`"), "{}", status.message());
+            let info = status.get_error_details().error_info().cloned().unwrap();
+            assert_eq!(
+                info.metadata["name"].chars().count(),
+                crate::echo::MAX_ECHO_CHARS + 1
+            );
+            assert!(status.details().len() < 400, "{}", status.details().len());
+        }
+    }
+
+    #[test]
+    fn message_and_details_stay_small_whatever_the_violations() {
+        let huge = "y".repeat(20_000);
+        let many: Vec<FieldViolation> = (0..10_000)
+            .map(|i| FieldViolation {
+                field: format!("labels[{i}]"),
+                description: format!("`{huge}` is not a label"),
+            })
+            .collect();
+        let status = Status::from(ApiError::InvalidArgument(many));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().ends_with("more"), "{}", status.message());
+        // A quoted value is cut short; an unquoted one is bounded with its text.
+        assert!(!status.message().contains(&huge[..100]));
+        let unquoted = Status::from(ApiError::invalid("name", format!("{huge} is wrong")));
+        assert!(
+            unquoted.message().len() <= 512 + 64,
+            "{}",
+            unquoted.message().len()
+        );
+        assert!(
+            status.details().len() < 3 * 1024,
+            "{}",
+            status.details().len()
+        );
+        let details = status.get_error_details();
+        let shown = details.bad_request().unwrap().field_violations.len();
+        assert!(shown >= 1);
+        let omitted: usize = details.error_info().unwrap().metadata["omitted_violations"]
+            .parse()
+            .unwrap();
+        assert_eq!(shown + omitted, 10_000);
+        // One violation, however long, is shown.
+        let one = Status::from(ApiError::invalid("name", huge.clone()));
+        let bad = one.get_error_details().bad_request().cloned().unwrap();
+        assert_eq!(bad.field_violations.len(), 1);
+        assert!(bad.field_violations[0].description.len() <= 512);
+    }
+
+    #[test]
+    fn texts_lose_invisible_characters_and_email_addresses() {
+        let status = Status::from(ApiError::precondition(
+            "ILLEGAL_TRANSITION",
+            "request `requests/ada@example.edu\u{202E}` is\ncompleted",
+        ));
+        assert_eq!(
+            status.message(),
+            "request `requests/[email address]` is completed"
+        );
+        let status = Status::from(ApiError::not_found("purpose", "purposes/ada@example.edu"));
+        assert!(!status.message().contains("ada"), "{}", status.message());
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert!(!info.metadata["name"].contains("ada"));
+        let status = Status::from(ApiError::invalid(
+            "purpose",
+            "`bob@example.edu` is not a purpose name",
+        ));
+        assert!(!status.message().contains("bob"), "{}", status.message());
+        let bad = status.get_error_details().bad_request().cloned().unwrap();
+        assert!(!bad.field_violations[0].description.contains("bob"));
     }
 }

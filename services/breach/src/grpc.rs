@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    echo::echo,
     idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::{Clock, breach_authority_deadline, retention_until},
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
@@ -62,7 +63,10 @@ fn breach_id(field: &str, name: &str) -> Result<String, ApiError> {
             if name.is_empty() {
                 "is required".to_string()
             } else {
-                format!("`{name}` is not a breach name (`breaches/{{breach}}`)")
+                format!(
+                    "`{}` is not a breach name (`breaches/{{breach}}`)",
+                    echo(name)
+                )
             },
         ));
     }
@@ -245,7 +249,8 @@ impl Api {
                         v.add(
                             format!("update_mask.paths[{i}]"),
                             format!(
-                                "`{p}` cannot be updated; allowed: {}",
+                                "`{}` cannot be updated; allowed: {}",
+                                echo(p),
                                 model::UPDATABLE.join(", ")
                             ),
                         );
@@ -267,7 +272,7 @@ impl Api {
                          read it again",
                         b.id,
                         b.state.as_str(),
-                        update.etag
+                        echo(&update.etag)
                     ),
                 ));
             }

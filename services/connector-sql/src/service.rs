@@ -9,7 +9,9 @@ use std::{pin::Pin, sync::Arc};
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use custodia_core::{
-    ApiError, idempotency,
+    ApiError,
+    echo::echo,
+    idempotency,
     legal_time::{CalendarPeriod, Clock},
     subject::SubjectId,
     validate::{MAX_ID, MAX_TEXT, Validator},
@@ -144,7 +146,10 @@ impl Inner {
                 }
                 None => v.add(
                     format!("{field}[{i}]"),
-                    format!("unknown category `{c}` (GetCapabilities lists them)"),
+                    format!(
+                        "unknown category `{}` (GetCapabilities lists them)",
+                        echo(c)
+                    ),
                 ),
             }
         }

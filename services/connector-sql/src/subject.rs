@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use custodia_core::subject::SubjectId;
+use custodia_core::subject::{SubjectId, email_with_unicode_domain};
 use futures::TryStreamExt;
 use sqlx::{AnyConnection, Row};
 
@@ -83,8 +83,15 @@ impl Subject {
                     ),
                     _ => base,
                 };
-                let p = sql.param(Bind::Text(value.clone()));
-                terms.push(format!("{expr} = {p}"));
+                // An internationalised domain is normalised to its IDNA ASCII
+                // form; stored addresses usually have it as typed, in Unicode.
+                let unicode = (kind == "email")
+                    .then(|| email_with_unicode_domain(value))
+                    .flatten();
+                for spelling in std::iter::once(value.clone()).chain(unicode) {
+                    let p = sql.param(Bind::Text(spelling));
+                    terms.push(format!("{expr} = {p}"));
+                }
             }
         }
         (!terms.is_empty()).then(|| format!("({})", terms.join(" OR ")))

@@ -5,6 +5,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    echo::echo,
     idempotency::{self, MAX_REQUEST_ID, RequestKey},
     outbox::OutboxStore,
     pagination,
@@ -311,7 +312,7 @@ impl ConsentService for Api {
             if !UPDATABLE.contains(&path.as_str()) {
                 v.add(
                     format!("update_mask.paths[{i}]"),
-                    format!("`{path}` cannot be updated"),
+                    format!("`{}` cannot be updated", echo(path)),
                 );
             }
         }

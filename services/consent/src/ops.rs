@@ -100,10 +100,12 @@ fn superseded_notice(
         Some((version, effective_us)) => Err(ApiError::precondition(
             "NOTICE_SUPERSEDED",
             format!(
-                "evidence.notice {notice} was superseded for purposes/{pid} by the material \
-                 change notices/{id}/versions/{version}, in effect since {} (before the \
-                 consent was collected): show the current notice and record the consent \
-                 under it",
+                // The notice as parsed, not as sent: the version may carry any
+                // number of leading zeros.
+                "evidence.notice notices/{id}/versions/{shown} was superseded for \
+                 purposes/{pid} by the material change notices/{id}/versions/{version}, in \
+                 effect since {} (before the consent was collected): show the current \
+                 notice and record the consent under it",
                 from_micros(effective_us).to_rfc3339()
             ),
         )),

@@ -10,6 +10,7 @@ use std::{pin::Pin, sync::Arc};
 use custodia_core::{
     ApiError, Config,
     auth::CallContext,
+    echo::echo,
     idempotency::RequestKey,
     legal_time::{Clock, LegalCalendar},
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
@@ -119,7 +120,10 @@ pub(crate) fn check_purpose(v: &mut Validator, field: &str, p: &str) {
     {
         v.add(
             field,
-            format!("`{p}` is not a purpose name (`purposes/{{purpose}}`)"),
+            format!(
+                "`{}` is not a purpose name (`purposes/{{purpose}}`)",
+                echo(p)
+            ),
         );
     }
 }
@@ -1217,7 +1221,7 @@ impl Api {
                 } else {
                     format!(
                         "`{}` is not an export name (`requests/{{request}}/export`)",
-                        r.name
+                        echo(&r.name)
                     )
                 },
             ));

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
+    echo::echo,
     storage::from_micros,
     validate::{MAX_TEXT, Validator},
 };
@@ -58,7 +59,10 @@ pub fn parse_request_name(field: &str, name: &str) -> Result<String, ApiError> {
             if name.is_empty() {
                 "is required".to_string()
             } else {
-                format!("`{name}` is not a request name (`requests/{{request}}`)")
+                format!(
+                    "`{}` is not a request name (`requests/{{request}}`)",
+                    echo(name)
+                )
             },
         ));
     }
@@ -74,7 +78,10 @@ pub fn parse_source_name(field: &str, name: &str) -> Result<String, ApiError> {
             if name.is_empty() {
                 "is required".to_string()
             } else {
-                format!("`{name}` is not a data source name (`dataSources/{{data_source}}`)")
+                format!(
+                    "`{}` is not a data source name (`dataSources/{{data_source}}`)",
+                    echo(name)
+                )
             },
         ));
     }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Datelike, Months, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    echo::echo,
     idempotency::RequestKey,
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, Outcome as EventOutcome},
@@ -58,7 +59,10 @@ fn parse_run_name(field: &str, name: &str) -> Result<String, ApiError> {
             if name.is_empty() {
                 "is required".to_string()
             } else {
-                format!("`{name}` is not a retention run name (`retentionRuns/{{retention_run}}`)")
+                format!(
+                    "`{}` is not a retention run name (`retentionRuns/{{retention_run}}`)",
+                    echo(name)
+                )
             },
         ));
     }

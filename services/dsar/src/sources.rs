@@ -7,6 +7,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    echo::echo,
     idempotency::RequestKey,
     pagination,
     storage::to_micros,
@@ -396,7 +397,11 @@ impl Api {
                     if !UPDATABLE.contains(&p.as_str()) {
                         v.add(
                             format!("update_mask.paths[{i}]"),
-                            format!("`{p}` cannot be updated; allowed: {}", UPDATABLE.join(", ")),
+                            format!(
+                                "`{}` cannot be updated; allowed: {}",
+                                echo(p),
+                                UPDATABLE.join(", ")
+                            ),
                         );
                     }
                 }
@@ -425,7 +430,8 @@ impl Api {
                         "ETAG_MISMATCH",
                         format!(
                             "data source `{}` changed since etag {} (now {etag}); read it again",
-                            update.name, update.etag
+                            update.name,
+                            echo(&update.etag)
                         ),
                     ));
                 }
