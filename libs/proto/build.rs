@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files = Vec::new();
     collect(&root.join("custodia"), &mut files)?;
     files.sort();
+    // The error details custodia sends (ErrorInfo, BadRequest, RetryInfo): in the
+    // descriptor set so the Connect side can show them as JSON.
+    files.push(root.join("google/rpc/error_details.proto"));
     println!("cargo:rerun-if-changed={}", root.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -182,6 +182,17 @@ pub struct ServerConfig {
     pub keepalive_timeout_secs: u64,
     /// HTTP/2 MAX_CONCURRENT_STREAMS: calls a client may open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Browsers allowed to call the Connect and gRPC-Web sides (CORS).
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin calls from browsers (`[server.cors]`): off unless origins are
+/// listed. Credentials (cookies) are never allowed; callers send a bearer token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed, e.g. `https://www.example.edu`; `*` for any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -199,6 +210,7 @@ impl Default for ServerConfig {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             max_concurrent_streams: 256,
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -446,6 +458,21 @@ impl Config {
             ));
         }
         let server = &self.server;
+        for origin in &server.cors.allowed_origins {
+            let valid = origin == "*"
+                || (origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin
+                        .trim_start_matches("https://")
+                        .trim_start_matches("http://")
+                        .contains('/')
+                    && http::HeaderValue::from_str(origin).is_ok();
+            if !valid {
+                return Err(ConfigError(format!(
+                    "server.cors.allowed_origins: {origin:?} is not an origin \
+                     (scheme://host[:port], or *)"
+                )));
+            }
+        }
         for (key, value) in [
             ("server.max_connections", server.max_connections as u64),
             ("server.handshake_timeout_ms", server.handshake_timeout_ms),

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connect;
 pub mod connections;
 pub mod decode_errors;
 pub mod echo;

@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::{service::RoutesBuilder, transport::server::Router};
 use tonic_health::ServingStatus;
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     Config, ServiceName,
@@ -19,6 +20,7 @@ use crate::{
         layer::{AuthLayer, Denial, DenialRecorder},
         scopes::ScopeTable,
     },
+    connect::{ConnectLayer, MethodTable},
     connections::{ActivityLayer, Connections},
     decode_errors::DecodeErrorLayer,
     keys::{self, Origin},
@@ -143,12 +145,24 @@ fn resolve_secrets(config: &Config) -> anyhow::Result<Secrets> {
 }
 
 /// The tower layers around every call: activity (outermost: a call is in flight
-/// on its connection, see [`crate::connections`]), auth, then decode errors.
-type Layers = tower::layer::util::Stack<
+/// on its connection, see [`crate::connections`]), CORS (when configured),
+/// Connect and gRPC-Web (each a translation to gRPC, see [`crate::connect`]),
+/// auth, then decode errors: whatever the encoding, a call meets the same auth,
+/// limits and access logging.
+type Layers = Stack<
     DecodeErrorLayer,
-    tower::layer::util::Stack<
+    Stack<
         AuthLayer,
-        tower::layer::util::Stack<ActivityLayer, tower::layer::util::Identity>,
+        Stack<
+            tonic_web::GrpcWebLayer,
+            Stack<
+                ConnectLayer,
+                Stack<
+                    tower::util::Either<tower_http::cors::CorsLayer, Identity>,
+                    Stack<ActivityLayer, Identity>,
+                >,
+            >,
+        >,
     >,
 >;
 
@@ -293,8 +307,21 @@ impl Application {
             .max_concurrent_streams(server.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(server.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(server.keepalive_timeout_secs)))
+            .accept_http1(true)
             .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
             .layer(ActivityLayer)
+            .layer(tower::util::option_layer(cors_layer(&server.cors)))
+            .layer(ConnectLayer::new(
+                MethodTable::new(
+                    crate::connect::methods::pool(),
+                    &services
+                        .iter()
+                        .map(|d| d.name.grpc_name())
+                        .collect::<Vec<_>>(),
+                ),
+                server.max_request_bytes,
+            ))
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(auth)
             .layer(DecodeErrorLayer)
             .add_routes(routes.routes().prepare());
@@ -571,6 +598,53 @@ fn admitted(
                 }
             }
         },
+    )
+}
+
+/// CORS for the configured origins (none: no CORS layer, browsers of other
+/// origins are refused by their own same-origin rule). Credentials (cookies) are
+/// never allowed; the headers a Connect, gRPC-Web or gRPC caller sends are.
+fn cors_layer(config: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origins = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let names = |list: &[&'static str]| -> Vec<http::HeaderName> {
+        list.iter()
+            .map(|h| http::HeaderName::from_static(h))
+            .collect()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([http::Method::GET, http::Method::POST])
+            .allow_headers(names(&[
+                "authorization",
+                "content-type",
+                "connect-protocol-version",
+                "connect-timeout-ms",
+                "grpc-timeout",
+                "x-grpc-web",
+                "x-user-agent",
+                "traceparent",
+                "tracestate",
+            ]))
+            .expose_headers(names(&[
+                "grpc-status",
+                "grpc-message",
+                "grpc-status-details-bin",
+            ]))
+            .max_age(Duration::from_secs(7200)),
     )
 }
 

@@ -1,0 +1,573 @@
+//! The Connect protocol (connectrpc.com/docs/protocol) on the gRPC port, for
+//! callers that cannot speak gRPC: a PHP Moodle plugin with curl, a CRM's JSON
+//! webhook glue, a browser.
+//!
+//! A translation in front of the same tower stack, derived from the descriptor
+//! set: a Connect call is turned into the gRPC call it stands for (the message
+//! re-encoded as protobuf, framed, `content-type: application/grpc`) and sent
+//! through the very services a gRPC caller reaches (auth by proto scope,
+//! limits, timeouts, access events, idempotency), and the gRPC answer is turned
+//! back. No handler is written twice and no route is written per RPC.
+//!
+//! - Unary: `POST /pkg.Service/Method` with `application/json` (proto3 JSON
+//!   mapping; lowerCamelCase or original field names; unknown fields refused)
+//!   or `application/proto`, over HTTP/1.1 or HTTP/2.
+//! - Methods marked `idempotency_level = NO_SIDE_EFFECTS` also as `GET
+//!   ...?encoding=json&message=...` (`base64=1` for binary).
+//! - Server streaming: `application/connect+json` or `+proto`, enveloped
+//!   messages and an end-of-stream message carrying the error and trailers.
+//! - Errors: `{"code","message","details"}` with the Connect HTTP statuses.
+//!
+//! gRPC-Web is tonic-web's translation, layered just outside this one.
+
+pub mod error;
+pub mod methods;
+mod stream;
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::{BoxFuture, Either};
+use http::{HeaderMap, HeaderName, HeaderValue, Method as HttpMethod, StatusCode, header};
+use http_body_util::BodyExt;
+use prost::Message;
+use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+
+pub use methods::{Method, MethodTable};
+
+use crate::error::ApiError;
+
+/// The message encodings of the Connect protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Proto3 JSON mapping.
+    Json,
+    /// Protobuf binary.
+    Proto,
+}
+
+/// Tower layer answering Connect calls (see the module docs); gRPC calls pass
+/// through untouched.
+#[derive(Clone)]
+pub struct ConnectLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    methods: MethodTable,
+    max_request_bytes: usize,
+    /// Documents served at fixed paths (`/openapi.json`).
+    documents: Vec<(&'static str, &'static str, Bytes)>,
+}
+
+impl std::fmt::Debug for ConnectLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectLayer").finish_non_exhaustive()
+    }
+}
+
+impl ConnectLayer {
+    /// A layer for `methods`, refusing request bodies over `max_request_bytes`.
+    pub fn new(methods: MethodTable, max_request_bytes: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                methods,
+                max_request_bytes,
+                documents: Vec::new(),
+            }),
+        }
+    }
+
+    /// Also serves `body` (of `content_type`) on `GET path`, without a token.
+    pub fn with_document(
+        mut self,
+        path: &'static str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("documents are added before the layer is shared")
+            .documents
+            .push((path, content_type, body));
+        self
+    }
+}
+
+impl<S> Layer<S> for ConnectLayer {
+    type Service = Connect<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Connect {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service produced by [`ConnectLayer`].
+#[derive(Clone)]
+pub struct Connect<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for Connect<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect").finish_non_exhaustive()
+    }
+}
+
+/// What an incoming request is, for this layer.
+enum Kind {
+    /// gRPC (or anything that is not ours): passed through.
+    Grpc,
+    /// A document served at a fixed path.
+    Document(usize),
+    /// A Connect unary call (POST or GET).
+    Unary(Arc<Method>, Codec),
+    /// A Connect server-streaming call.
+    Streaming(Arc<Method>, Codec),
+    /// Refused before the services see it.
+    Refused(StatusCode, Status),
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The media type without parameters (`; charset=utf-8`), lowercased.
+fn media_type(headers: &HeaderMap) -> String {
+    content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn refused(http: StatusCode, code: Code, message: impl Into<String>) -> Kind {
+    Kind::Refused(http, Status::new(code, message))
+}
+
+impl<S> Connect<S> {
+    fn classify<B>(&self, request: &http::Request<B>) -> Kind {
+        let path = request.uri().path();
+        if content_type(request.headers()).starts_with("application/grpc") {
+            return Kind::Grpc;
+        }
+        if request.method() == HttpMethod::GET
+            && let Some(i) = self
+                .shared
+                .documents
+                .iter()
+                .position(|(p, _, _)| *p == path)
+        {
+            return Kind::Document(i);
+        }
+        let Some(method) = self.shared.methods.get(path) else {
+            let what = if methods::looks_like_rpc(path) {
+                "no such method is served here"
+            } else {
+                "nothing is served at this path"
+            };
+            return refused(
+                StatusCode::NOT_FOUND,
+                Code::Unimplemented,
+                format!("{what}: {}", crate::echo::echo(path)),
+            );
+        };
+        if let Some(version) = request.headers().get("connect-protocol-version")
+            && version != "1"
+        {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                "connect-protocol-version must be 1",
+            );
+        }
+        if method.client_streaming {
+            return refused(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::Unimplemented,
+                "client-streaming methods are served over gRPC only",
+            );
+        }
+        match *request.method() {
+            HttpMethod::GET => {
+                if !method.no_side_effects {
+                    return refused(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        Code::Unimplemented,
+                        format!("{} has side effects: call it with POST", method.name),
+                    );
+                }
+                if method.server_streaming {
+                    return refused(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        Code::Unimplemented,
+                        "streaming methods cannot be called with GET",
+                    );
+                }
+                let query = request.uri().query().unwrap_or_default();
+                let encoding = form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "encoding")
+                    .map(|(_, v)| v.into_owned());
+                match encoding.as_deref() {
+                    Some("json") => Kind::Unary(method.clone(), Codec::Json),
+                    Some("proto") => Kind::Unary(method.clone(), Codec::Proto),
+                    _ => refused(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        Code::InvalidArgument,
+                        "encoding must be json or proto",
+                    ),
+                }
+            }
+            HttpMethod::POST => {
+                let streaming = method.server_streaming;
+                match (media_type(request.headers()).as_str(), streaming) {
+                    ("application/json", false) => Kind::Unary(method.clone(), Codec::Json),
+                    ("application/proto", false) => Kind::Unary(method.clone(), Codec::Proto),
+                    ("application/connect+json", true) => {
+                        Kind::Streaming(method.clone(), Codec::Json)
+                    }
+                    ("application/connect+proto", true) => {
+                        Kind::Streaming(method.clone(), Codec::Proto)
+                    }
+                    (other, streaming) => refused(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        Code::InvalidArgument,
+                        format!(
+                            "content type {} is not accepted here: use {}",
+                            crate::echo::echo(other),
+                            if streaming {
+                                "application/connect+json or application/connect+proto"
+                            } else {
+                                "application/json or application/proto"
+                            }
+                        ),
+                    ),
+                }
+            }
+            _ => refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                "use POST (or GET for reads)",
+            ),
+        }
+    }
+}
+
+impl<S, E> Service<http::Request<Body>> for Connect<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = E>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    E: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = E;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Self::Response, E>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let kind = self.classify(&request);
+        if matches!(kind, Kind::Grpc) {
+            return Either::Left(self.inner.call(request));
+        }
+        // The clone that was polled ready is the one we call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Either::Right(Box::pin(async move {
+            Ok(match kind {
+                Kind::Grpc => unreachable!("passed through above"),
+                Kind::Document(i) => {
+                    let (_, content_type, body) = &shared.documents[i];
+                    let mut response =
+                        http::Response::new(Body::new(http_body_util::Full::new(body.clone())));
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    response
+                }
+                Kind::Refused(http, status) => error::error_response(http, &status),
+                Kind::Unary(method, codec) => unary(inner, &shared, method, codec, request).await?,
+                Kind::Streaming(method, codec) => {
+                    stream::call(inner, &shared, method, codec, request).await?
+                }
+            })
+        }))
+    }
+}
+
+/// Reads the request body, at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, (StatusCode, Status)> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Status::resource_exhausted(format!(
+                "the request body is over {limit} bytes (server.max_request_bytes)"
+            )),
+        )),
+        Err(_) => Err((
+            StatusCode::BAD_REQUEST,
+            Status::invalid_argument("the request body could not be read"),
+        )),
+    }
+}
+
+/// The protobuf bytes of a request `message` sent in `codec`.
+fn to_protobuf(input: &MessageDescriptor, codec: Codec, message: &[u8]) -> Result<Bytes, Status> {
+    match codec {
+        Codec::Proto => Ok(Bytes::copy_from_slice(message)),
+        Codec::Json => {
+            if message.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Bytes::new());
+            }
+            let mut de = serde_json::Deserializer::from_slice(message);
+            let options = DeserializeOptions::new().deny_unknown_fields(true);
+            let parsed = DynamicMessage::deserialize_with_options(input.clone(), &mut de, &options)
+                .and_then(|m| de.end().map(|()| m));
+            match parsed {
+                Ok(m) => Ok(Bytes::from(m.encode_to_vec())),
+                Err(e) => Err(ApiError::invalid(
+                    "request",
+                    format!("is not a valid {} in JSON: {e}", input.full_name()),
+                )
+                .into()),
+            }
+        }
+    }
+}
+
+/// A response message's bytes in `codec`.
+fn from_protobuf(
+    output: &MessageDescriptor,
+    codec: Codec,
+    message: Bytes,
+) -> Result<Bytes, Status> {
+    match codec {
+        Codec::Proto => Ok(message),
+        Codec::Json => {
+            let decoded = DynamicMessage::decode(output.clone(), message)
+                .map_err(|e| ApiError::internal(anyhow::anyhow!("answer does not decode: {e}")))?;
+            serde_json::to_vec(&decoded)
+                .map(Bytes::from)
+                .map_err(|e| ApiError::internal(anyhow::anyhow!("answer to JSON: {e}")).into())
+        }
+    }
+}
+
+/// One gRPC length-prefixed message.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.put_slice(message);
+    frame.freeze()
+}
+
+/// Request headers a Connect call carries that mean nothing to gRPC.
+const CONNECT_ONLY: &[&str] = &[
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
+    "accept-encoding",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "accept",
+];
+
+/// The gRPC request a Connect call stands for: the same path, headers (token,
+/// trace context, ...) and extensions (the connection), `message` framed.
+fn grpc_request(parts: http::request::Parts, message: Bytes) -> http::Request<Body> {
+    let mut parts = parts;
+    let timeout = parts
+        .headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    for name in CONNECT_ONLY {
+        parts.headers.remove(*name);
+    }
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert(header::TE, HeaderValue::from_static("trailers"));
+    if let Some(ms) = timeout
+        && let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999)))
+    {
+        parts.headers.insert("grpc-timeout", v);
+    }
+    parts.method = HttpMethod::POST;
+    // What gRPC runs on; the gRPC-Web layer inside passes HTTP/2 through.
+    parts.version = http::Version::HTTP_2;
+    parts.uri = parts
+        .uri
+        .path()
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    http::Request::from_parts(
+        parts,
+        Body::new(http_body_util::Full::new(grpc_frame(&message))),
+    )
+}
+
+/// The request message of a Connect call: the body of a POST, the `message`
+/// query parameter of a GET.
+async fn request_message(
+    parts: &http::request::Parts,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, Status)> {
+    if parts.method != HttpMethod::GET {
+        if let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING)
+            && encoding != "identity"
+        {
+            return Err((
+                StatusCode::NOT_IMPLEMENTED,
+                Status::unimplemented("compressed requests are not accepted (send identity)"),
+            ));
+        }
+        return read_body(body, limit).await;
+    }
+    let query = parts.uri.query().unwrap_or_default();
+    if query.len() > limit {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Status::resource_exhausted("the request is over server.max_request_bytes"),
+        ));
+    }
+    let mut message = None;
+    let mut base64 = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "message" => message = Some(v.into_owned()),
+            "base64" => base64 = v == "1",
+            "compression" if v != "identity" => {
+                return Err((
+                    StatusCode::NOT_IMPLEMENTED,
+                    Status::unimplemented("compressed requests are not accepted"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let message = message.unwrap_or_default();
+    if base64 {
+        use base64::Engine;
+        let trimmed = message.trim_end_matches('=');
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(trimmed)
+            .map(Bytes::from)
+            .map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    Status::invalid_argument("message is not base64url"),
+                )
+            })
+    } else {
+        Ok(Bytes::from(message))
+    }
+}
+
+/// The grpc-status carried by `trailers`, or by the headers of a
+/// trailers-only answer.
+fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Status {
+    trailers
+        .and_then(Status::from_header_map)
+        .or_else(|| Status::from_header_map(headers))
+        .unwrap_or_else(|| Status::internal("the answer carried no status"))
+}
+
+/// Headers of a gRPC answer that are gRPC's own, not the application's.
+fn is_grpc_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("grpc-") || n == "content-type" || n == "te" || n == "trailer"
+}
+
+/// A Connect unary call: translated to gRPC, answered, translated back.
+async fn unary<S, E>(
+    mut inner: S,
+    shared: &Shared,
+    method: Arc<Method>,
+    codec: Codec,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, E>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = E>,
+{
+    let (parts, body) = request.into_parts();
+    let message = match request_message(&parts, body, shared.max_request_bytes).await {
+        Ok(m) => m,
+        Err((http, status)) => return Ok(error::error_response(http, &status)),
+    };
+    let message = match to_protobuf(&method.input, codec, &message) {
+        Ok(m) => m,
+        Err(status) => return Ok(error::unary_error(&status)),
+    };
+    let response = inner.call(grpc_request(parts, message)).await?;
+    let (parts, body) = response.into_parts();
+    let collected = match body.collect().await {
+        Ok(c) => c,
+        Err(status) => return Ok(error::unary_error(&status)),
+    };
+    let trailers = collected.trailers().cloned();
+    let status = status_of(&parts.headers, trailers.as_ref());
+    if status.code() != Code::Ok {
+        return Ok(error::unary_error(&status));
+    }
+    let data = collected.to_bytes();
+    if data.len() < 5 || data[0] != 0 {
+        return Ok(error::unary_error(&Status::internal(
+            "the answer was not one uncompressed message",
+        )));
+    }
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    let message = data.slice(5..(5 + len).min(data.len()));
+    let body = match from_protobuf(&method.output, codec, message) {
+        Ok(b) => b,
+        Err(status) => return Ok(error::unary_error(&status)),
+    };
+    let mut out = http::Response::new(Body::new(http_body_util::Full::new(body)));
+    for (name, value) in &parts.headers {
+        if !is_grpc_header(name) {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    if let Some(trailers) = &trailers {
+        for (name, value) in trailers {
+            if !is_grpc_header(name)
+                && let Ok(name) = HeaderName::from_bytes(format!("trailer-{name}").as_bytes())
+            {
+                out.headers_mut().append(name, value.clone());
+            }
+        }
+    }
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(match codec {
+            Codec::Json => "application/json",
+            Codec::Proto => "application/proto",
+        }),
+    );
+    Ok(out)
+}
