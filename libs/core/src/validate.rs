@@ -54,6 +54,18 @@ impl Validator {
         self
     }
 
+    /// `len`, the number of entries of the repeated field `field`, must be at most
+    /// `max`. Returns whether it is, so a caller can skip checking each entry of a
+    /// list it is refusing anyway (100,000 entries would each cost a check and a
+    /// violation).
+    pub fn max_items(&mut self, field: &str, len: usize, max: usize) -> bool {
+        let ok = len <= max;
+        if !ok {
+            self.add(field, format!("has {len} entries; the limit is {max}"));
+        }
+        ok
+    }
+
     /// Records `description` against `field` when `ok` is false.
     pub fn check(&mut self, ok: bool, field: &str, description: &str) -> &mut Self {
         if !ok {
@@ -98,5 +110,22 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(v.finish().is_ok(), "finish drains the list");
+    }
+
+    #[test]
+    fn max_items_allows_the_maximum_and_names_the_field_beyond_it() {
+        let mut v = Validator::new();
+        assert!(v.max_items("purposes", 0, 100));
+        assert!(v.max_items("purposes", 100, 100));
+        assert!(v.is_ok(), "up to the maximum is fine");
+        assert!(!v.max_items("subject_identifiers", 100_001, 100));
+        match v.finish() {
+            Err(ApiError::InvalidArgument(list)) => {
+                assert_eq!(list.len(), 1);
+                assert_eq!(list[0].field, "subject_identifiers");
+                assert_eq!(list[0].description, "has 100001 entries; the limit is 100");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
