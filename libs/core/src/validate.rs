@@ -7,6 +7,8 @@ use crate::error::{ApiError, FieldViolation};
 pub const MAX_TEXT: usize = 4096;
 /// Upper bound for identifiers and names, in bytes.
 pub const MAX_ID: usize = 256;
+/// Most paths of an update mask: more than any updatable message has fields.
+pub const MAX_MASK_PATHS: usize = 100;
 
 /// Accumulates field violations; [`Validator::finish`] turns them into an error.
 #[derive(Debug, Default)]
@@ -55,9 +57,9 @@ impl Validator {
     }
 
     /// `len`, the number of entries of the repeated field `field`, must be at most
-    /// `max`. Returns whether it is, so a caller can skip checking each entry of a
-    /// list it is refusing anyway (100,000 entries would each cost a check and a
-    /// violation).
+    /// `max`; returns whether it is. (Callers check the entries of a list with
+    /// `.take(max)`: 100,000 entries of a list refused anyway would each cost a
+    /// check and perhaps a violation.)
     pub fn max_items(&mut self, field: &str, len: usize, max: usize) -> bool {
         let ok = len <= max;
         if !ok {

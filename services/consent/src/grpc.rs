@@ -10,7 +10,7 @@ use custodia_core::{
     pagination,
     server::ServiceContext,
     storage::{from_micros, to_micros},
-    validate::Validator,
+    validate::{MAX_MASK_PATHS, Validator},
 };
 use custodia_proto::{
     common::v1::ExportFormat,
@@ -307,7 +307,8 @@ impl ConsentService for Api {
             .into());
         }
         let mut v = Validator::new();
-        for (i, path) in paths.iter().enumerate() {
+        v.max_items("update_mask.paths", paths.len(), MAX_MASK_PATHS);
+        for (i, path) in paths.iter().enumerate().take(MAX_MASK_PATHS) {
             if !UPDATABLE.contains(&path.as_str()) {
                 v.add(
                     format!("update_mask.paths[{i}]"),
@@ -591,6 +592,9 @@ impl ConsentService for Api {
     ) -> Result<Response<watch::ChangeStream>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let mut v = Validator::new();
+        v.max_items("purposes", r.purposes.len(), crate::ops::MAX_PURPOSE_FILTER);
+        v.finish()?;
         let mut purposes = Vec::new();
         for (i, p) in r.purposes.iter().enumerate() {
             purposes.push(purpose_id(p, &format!("purposes[{i}]"))?.to_string());
