@@ -152,6 +152,12 @@ impl Api {
                 "at least one subject identifier is required",
             ));
         }
+        // One person's identifiers: a handful. (100,001 of them made one
+        // ListSubjectAccesses run 9 s and write as many access events.)
+        const MAX_SUBJECT_IDENTIFIERS: usize = 100;
+        let mut v = Validator::new();
+        v.max_items(field, refs.len(), MAX_SUBJECT_IDENTIFIERS);
+        v.finish()?;
         refs.iter()
             .enumerate()
             .map(|(i, r)| {
