@@ -11,6 +11,7 @@ mod consent_register;
 mod consent_writes;
 mod dsar;
 mod idempotency;
+mod limits;
 mod outbox;
 mod platform;
 mod storage;
