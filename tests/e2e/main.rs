@@ -14,6 +14,7 @@ mod idempotency;
 mod limits;
 mod outbox;
 mod platform;
+mod quota;
 mod storage;
 
 /// All four services, as `custodia serve` runs them by default.

@@ -58,6 +58,15 @@ pub enum ApiError {
     /// A dependency is down; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A quota is used up; `retry_after` says when the call would fit again
+    /// (`RetryInfo`), unset when it never can (the call alone exceeds the quota).
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What is used up, naming the quota.
+        message: String,
+        /// When to retry.
+        retry_after: Option<std::time::Duration>,
+    },
     /// Anything else: logged in full, reported to the caller only by reference.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -123,6 +132,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            ApiError::ResourceExhausted { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
             ApiError::Internal(_) => (Code::Internal, "INTERNAL"),
         }
     }
@@ -146,6 +156,13 @@ impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         let (code, reason) = err.code_and_reason();
         let mut details = ErrorDetails::new();
+        if let ApiError::ResourceExhausted {
+            retry_after: Some(after),
+            ..
+        } = &err
+        {
+            details.set_retry_info(Some(*after));
+        }
         let message = match &err {
             ApiError::Internal(cause) => {
                 let reference = uuid::Uuid::new_v4();
@@ -252,6 +269,24 @@ mod tests {
         let info = status.get_error_details().error_info().cloned().unwrap();
         assert_eq!(info.reason, "INTERNAL");
         assert!(info.metadata.contains_key("reference"));
+    }
+
+    #[test]
+    fn resource_exhausted_says_when_to_retry() {
+        let status = Status::from(ApiError::ResourceExhausted {
+            message: "quota used up".into(),
+            retry_after: Some(std::time::Duration::from_secs(3)),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let retry = details.retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(3)));
+        assert_eq!(details.error_info().unwrap().reason, "RESOURCE_EXHAUSTED");
+        let never = Status::from(ApiError::ResourceExhausted {
+            message: "the call alone exceeds the quota".into(),
+            retry_after: None,
+        });
+        assert!(never.get_error_details().retry_info().is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod legal_time;
 pub mod outbox;
 pub mod pagination;
+pub mod quota;
 pub mod server;
 pub mod signing;
 pub mod storage;

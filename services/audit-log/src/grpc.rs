@@ -597,6 +597,9 @@ impl AuditLogService for Api {
         let (filter, subject) = self.event_filter(&r).await?;
         let fingerprint = format!("{filter:?}");
         let after: Option<u64> = pagination::decode(&r.page_token, &fingerprint)?;
+        self.ctx
+            .quota
+            .take(call.principal.name(), usize::from(subject.is_some()))?;
         let mut entries = self
             .log
             .store()
@@ -666,6 +669,7 @@ impl AuditLogService for Api {
         let to_us = r.end_time.as_ref().and_then(micros_of);
         let fingerprint = format!("{subjects:?}{from_us:?}{to_us:?}");
         let offset: usize = pagination::decode(&r.page_token, &fingerprint)?.unwrap_or(0);
+        self.ctx.quota.take(call.principal.name(), subjects.len())?;
 
         // (actor, service, action, purpose) -> (first, last, count)
         let mut summary: BTreeMap<(String, String, String, String), (i64, i64, i64)> =

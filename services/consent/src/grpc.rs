@@ -489,6 +489,7 @@ impl ConsentService for Api {
         let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
         let fingerprint = format!("{hashes:?}{purpose:?}");
         let after: Option<i64> = pagination::decode(&r.page_token, &fingerprint)?;
+        self.ctx.quota.take(call.principal.name(), ids.len())?;
         let mut events = self
             .store
             .events(&hashes, purpose.as_deref(), after, size + 1)
@@ -531,6 +532,7 @@ impl ConsentService for Api {
             .collect::<Vec<_>>()
             .join(",");
         let after: Option<(usize, String)> = pagination::decode(&r.page_token, &filter)?;
+        self.ctx.quota.take(call.principal.name(), ids.len())?;
         let mut rest = self
             .subject_consents(&call, &ids)
             .await?

@@ -902,7 +902,8 @@ impl Api {
 
     /// Checks one purpose for several subjects: states from the cache or one query
     /// for the misses, and one access event per subject, all written in one
-    /// transaction before the answer.
+    /// transaction before the answer. Each subject counts against the caller's
+    /// quota of access events.
     pub async fn check_many(
         &self,
         call: &CallContext,
@@ -911,6 +912,9 @@ impl Api {
         method: &str,
     ) -> Result<Vec<CheckResult>, ApiError> {
         let (pid, cached) = self.check_purpose(purpose, "purpose").await?;
+        self.ctx()
+            .quota
+            .take(call.principal.name(), subjects.len())?;
         let now = self.ctx().clock.now();
         let now_us = to_micros(now);
         let material = cached.material_at(now_us);
