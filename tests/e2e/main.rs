@@ -15,8 +15,10 @@ mod dsar;
 mod errors;
 mod idempotency;
 mod identifiers;
+mod limits;
 mod outbox;
 mod platform;
+mod quota;
 mod storage;
 
 /// All four services, as `custodia serve` runs them by default.

@@ -365,6 +365,9 @@ pub struct AuditConfig {
     /// Unset (default): relaxed reads are inserted into the outbox table before the
     /// answer. Ignored on SQLite, whose journal always lies beside the database.
     pub read_event_journal_dir: Option<PathBuf>,
+    /// Most access events naming a subject that one principal's reads may cause
+    /// per minute, per process (see [`crate::quota`]); 0 turns the quota off.
+    pub max_subject_events_per_minute: u32,
 }
 
 /// See [`AuditConfig::read_event_sync`].
@@ -388,6 +391,7 @@ impl Default for AuditConfig {
             signing_key: None,
             read_event_sync: ReadEventSync::Relaxed,
             read_event_journal_dir: None,
+            max_subject_events_per_minute: 600_000,
         }
     }
 }

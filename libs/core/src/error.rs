@@ -80,6 +80,15 @@ pub enum ApiError {
     /// A dependency is down; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A quota is used up; `retry_after` says when the call would fit again
+    /// (`RetryInfo`), unset when it never can (the call alone exceeds the quota).
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What is used up, naming the quota.
+        message: String,
+        /// When to retry.
+        retry_after: Option<std::time::Duration>,
+    },
     /// Anything else: logged in full, reported to the caller only by reference.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -145,6 +154,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            ApiError::ResourceExhausted { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
             ApiError::Internal(_) => (Code::Internal, "INTERNAL"),
         }
     }
@@ -169,6 +179,13 @@ impl From<ApiError> for Status {
         let (code, reason) = err.code_and_reason();
         let mut details = ErrorDetails::new();
         let mut metadata = HashMap::new();
+        if let ApiError::ResourceExhausted {
+            retry_after: Some(after),
+            ..
+        } = &err
+        {
+            details.set_retry_info(Some(*after));
+        }
         let message = match err {
             ApiError::Internal(cause) => {
                 let reference = uuid::Uuid::new_v4();
@@ -213,6 +230,7 @@ impl From<ApiError> for Status {
             | ApiError::Unauthenticated(message)
             | ApiError::PermissionDenied(message)
             | ApiError::Unavailable(message) => bounded(&message, MAX_TEXT_BYTES),
+            ApiError::ResourceExhausted { message, .. } => bounded(&message, MAX_TEXT_BYTES),
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
         Status::with_error_details(code, cut(message, MAX_MESSAGE_BYTES), details)
@@ -322,6 +340,24 @@ mod tests {
         let info = status.get_error_details().error_info().cloned().unwrap();
         assert_eq!(info.reason, "INTERNAL");
         assert!(info.metadata.contains_key("reference"));
+    }
+
+    #[test]
+    fn resource_exhausted_says_when_to_retry() {
+        let status = Status::from(ApiError::ResourceExhausted {
+            message: "quota used up".into(),
+            retry_after: Some(std::time::Duration::from_secs(3)),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let retry = details.retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(3)));
+        assert_eq!(details.error_info().unwrap().reason, "RESOURCE_EXHAUSTED");
+        let never = Status::from(ApiError::ResourceExhausted {
+            message: "the call alone exceeds the quota".into(),
+            retry_after: None,
+        });
+        assert!(never.get_error_details().retry_info().is_none());
     }
 
     #[test]

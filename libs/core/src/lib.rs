@@ -19,6 +19,7 @@ pub mod legal_time;
 pub mod outbox;
 pub mod pagination;
 pub mod private_files;
+pub mod quota;
 pub mod reflection;
 pub mod server;
 pub mod signing;

@@ -56,6 +56,9 @@ pub struct ServiceContext {
     /// Becomes `true` when the server starts shutting down: long-lived streams end
     /// then, so a rollout is not held up by idle watchers.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Each principal's allowance of access events naming subjects, shared by
+    /// the process's services.
+    pub quota: crate::quota::SubjectQuota,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -239,6 +242,10 @@ impl Application {
         let mut tasks = Vec::new();
         let mut dbs = Vec::new();
         let mut outboxes = HashMap::new();
+        let quota = crate::quota::SubjectQuota::new(
+            config.audit.max_subject_events_per_minute,
+            clock.clone(),
+        );
         for def in services {
             health_reporter
                 .set_service_status(def.name.grpc_name(), ServingStatus::NotServing)
@@ -267,6 +274,7 @@ impl Application {
                 self_endpoint: self_endpoint.clone(),
                 internal_token: secrets.forwarder_token.clone(),
                 shutdown: shutdown_rx.clone(),
+                quota: quota.clone(),
             };
             let mounted = (def.mount)(ctx)
                 .await

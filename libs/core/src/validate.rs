@@ -7,6 +7,8 @@ use crate::error::{ApiError, FieldViolation};
 pub const MAX_TEXT: usize = 4096;
 /// Upper bound for identifiers and names, in bytes.
 pub const MAX_ID: usize = 256;
+/// Most paths of an update mask: more than any updatable message has fields.
+pub const MAX_MASK_PATHS: usize = 100;
 
 /// Accumulates field violations; [`Validator::finish`] turns them into an error.
 #[derive(Debug, Default)]
@@ -54,6 +56,18 @@ impl Validator {
         self
     }
 
+    /// `len`, the number of entries of the repeated field `field`, must be at most
+    /// `max`; returns whether it is. (Callers check the entries of a list with
+    /// `.take(max)`: 100,000 entries of a list refused anyway would each cost a
+    /// check and perhaps a violation.)
+    pub fn max_items(&mut self, field: &str, len: usize, max: usize) -> bool {
+        let ok = len <= max;
+        if !ok {
+            self.add(field, format!("has {len} entries; the limit is {max}"));
+        }
+        ok
+    }
+
     /// Records `description` against `field` when `ok` is false.
     pub fn check(&mut self, ok: bool, field: &str, description: &str) -> &mut Self {
         if !ok {
@@ -98,5 +112,22 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(v.finish().is_ok(), "finish drains the list");
+    }
+
+    #[test]
+    fn max_items_allows_the_maximum_and_names_the_field_beyond_it() {
+        let mut v = Validator::new();
+        assert!(v.max_items("purposes", 0, 100));
+        assert!(v.max_items("purposes", 100, 100));
+        assert!(v.is_ok(), "up to the maximum is fine");
+        assert!(!v.max_items("subject_identifiers", 100_001, 100));
+        match v.finish() {
+            Err(ApiError::InvalidArgument(list)) => {
+                assert_eq!(list.len(), 1);
+                assert_eq!(list[0].field, "subject_identifiers");
+                assert_eq!(list[0].description, "has 100001 entries; the limit is 100");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -16,7 +16,7 @@ use custodia_core::{
     outbox::{AccessEvent, OutboxStore, Outcome, SqlOutbox},
     pagination,
     storage::{from_micros, to_micros},
-    validate::{MAX_ID, MAX_TEXT, Validator},
+    validate::{MAX_ID, MAX_MASK_PATHS, MAX_TEXT, Validator},
 };
 use custodia_proto::{
     breach::v1::{
@@ -243,6 +243,7 @@ impl Api {
         match &r.update_mask {
             None => v.add("update_mask", "is required"),
             Some(m) if m.paths.is_empty() => v.add("update_mask.paths", "must name a field"),
+            Some(m) if !v.max_items("update_mask.paths", m.paths.len(), MAX_MASK_PATHS) => {}
             Some(m) => {
                 for (i, p) in m.paths.iter().enumerate() {
                     if !model::UPDATABLE.contains(&p.as_str()) {
@@ -407,7 +408,7 @@ impl Api {
         if r.members.len() > 100 {
             v.add("members", "has more than 100 entries");
         }
-        for (i, m) in r.members.iter().enumerate() {
+        for (i, m) in r.members.iter().enumerate().take(100) {
             let f = |n: &str| format!("members[{i}].{n}");
             enum_value(
                 &mut v,
@@ -489,7 +490,7 @@ impl Api {
         if e.evidence.len() > 50 {
             v.add("entry.evidence", "has more than 50 entries");
         }
-        for (i, x) in e.evidence.iter().enumerate() {
+        for (i, x) in e.evidence.iter().enumerate().take(50) {
             let f = |n: &str| format!("entry.evidence[{i}].{n}");
             if x.description.trim().is_empty() && x.location.trim().is_empty() {
                 v.add(f("description"), "is required (or a location)");

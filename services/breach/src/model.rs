@@ -84,11 +84,16 @@ pub fn validate_contact(v: &mut Validator, field: &str, c: &Contact) {
     );
 }
 
+/// Most natures of a breach: each at most once makes three, and room for new ones.
+const MAX_NATURES: usize = 10;
+/// Most affected countries: every country and territory of ISO 3166-1 (249).
+const MAX_COUNTRIES: usize = 250;
+
 fn list(v: &mut Validator, field: &str, values: &[String]) {
     if values.len() > 100 {
         v.add(field, "has more than 100 entries");
     }
-    for (i, s) in values.iter().enumerate() {
+    for (i, s) in values.iter().enumerate().take(100) {
         v.required(&format!("{field}[{i}]"), s, MAX_ID);
     }
 }
@@ -127,7 +132,8 @@ pub fn validate_record(
     if let Some(c) = &b.dpo_contact {
         validate_contact(v, &f("dpo_contact"), c);
     }
-    for (i, n) in b.natures.iter().enumerate() {
+    v.max_items(&f("natures"), b.natures.len(), MAX_NATURES);
+    for (i, n) in b.natures.iter().enumerate().take(MAX_NATURES) {
         match BreachNature::try_from(*n) {
             Ok(BreachNature::Unspecified) | Err(_) => v.add(
                 format!("{prefix}.natures[{i}]"),
@@ -146,7 +152,12 @@ pub fn validate_record(
     list(v, &f("data_categories"), &b.data_categories);
     list(v, &f("subject_categories"), &b.subject_categories);
     list(v, &f("systems"), &b.systems);
-    for (i, c) in b.affected_countries.iter().enumerate() {
+    v.max_items(
+        &f("affected_countries"),
+        b.affected_countries.len(),
+        MAX_COUNTRIES,
+    );
+    for (i, c) in b.affected_countries.iter().enumerate().take(MAX_COUNTRIES) {
         if !(c.len() == 2 && c.chars().all(|x| x.is_ascii_uppercase())) {
             v.add(
                 format!("{prefix}.affected_countries[{i}]"),

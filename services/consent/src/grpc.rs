@@ -11,7 +11,7 @@ use custodia_core::{
     pagination,
     server::ServiceContext,
     storage::{from_micros, to_micros},
-    validate::Validator,
+    validate::{MAX_MASK_PATHS, Validator},
 };
 use custodia_proto::{
     common::v1::ExportFormat,
@@ -308,7 +308,8 @@ impl ConsentService for Api {
             .into());
         }
         let mut v = Validator::new();
-        for (i, path) in paths.iter().enumerate() {
+        v.max_items("update_mask.paths", paths.len(), MAX_MASK_PATHS);
+        for (i, path) in paths.iter().enumerate().take(MAX_MASK_PATHS) {
             if !UPDATABLE.contains(&path.as_str()) {
                 v.add(
                     format!("update_mask.paths[{i}]"),
@@ -489,6 +490,7 @@ impl ConsentService for Api {
         let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
         let fingerprint = format!("{hashes:?}{purpose:?}");
         let after: Option<i64> = pagination::decode(&r.page_token, &fingerprint)?;
+        self.ctx.quota.take(call.principal.name(), ids.len())?;
         let mut events = self
             .store
             .events(&hashes, purpose.as_deref(), after, size + 1)
@@ -531,6 +533,7 @@ impl ConsentService for Api {
             .collect::<Vec<_>>()
             .join(",");
         let after: Option<(usize, String)> = pagination::decode(&r.page_token, &filter)?;
+        self.ctx.quota.take(call.principal.name(), ids.len())?;
         let mut rest = self
             .subject_consents(&call, &ids)
             .await?
@@ -592,6 +595,9 @@ impl ConsentService for Api {
     ) -> Result<Response<watch::ChangeStream>, Status> {
         let call = CallContext::of(&request)?.clone();
         let r = request.into_inner();
+        let mut v = Validator::new();
+        v.max_items("purposes", r.purposes.len(), crate::ops::MAX_PURPOSE_FILTER);
+        v.finish()?;
         let mut purposes = Vec::new();
         for (i, p) in r.purposes.iter().enumerate() {
             purposes.push(purpose_id(p, &format!("purposes[{i}]"))?.to_string());

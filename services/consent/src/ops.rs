@@ -38,6 +38,14 @@ const SERVICE: &str = "custodia.consent.v1.ConsentService";
 const MAX_PROOF: usize = 64 * 1024;
 /// Largest notice text.
 const MAX_NOTICE: usize = 1024 * 1024;
+/// Most identifiers of one person in a call (ListConsentEvents,
+/// ListSubjectConsents, EraseSubject): a person has a handful.
+pub const MAX_SUBJECT_IDENTIFIERS: usize = 100;
+/// Most purposes one withdrawal or objection names, as RecordConsent's decisions.
+const MAX_PURPOSES: usize = 100;
+/// Most purposes one notice covers or one change stream filters on: a whole
+/// register of processing.
+pub const MAX_PURPOSE_FILTER: usize = 1000;
 /// Tolerated clock skew for evidence times.
 const SKEW_US: i64 = 60_000_000;
 
@@ -325,7 +333,8 @@ impl Api {
             );
         }
         let mut purpose_ids = Vec::new();
-        for (i, p) in notice.purposes.iter().enumerate() {
+        v.max_items("notice.purposes", notice.purposes.len(), MAX_PURPOSE_FILTER);
+        for (i, p) in notice.purposes.iter().enumerate().take(MAX_PURPOSE_FILTER) {
             match purpose_id(p, &format!("notice.purposes[{i}]")) {
                 Ok(id) => purpose_ids.push(id.to_string()),
                 Err(ApiError::InvalidArgument(list)) => {
@@ -681,7 +690,8 @@ impl Api {
             );
         }
         let mut ids = Vec::new();
-        for (i, p) in purposes.iter().enumerate() {
+        v.max_items("purposes", purposes.len(), MAX_PURPOSES);
+        for (i, p) in purposes.iter().enumerate().take(MAX_PURPOSES) {
             match purpose_id(p, &format!("purposes[{i}]")) {
                 Ok(id) => ids.push(id.to_string()),
                 Err(ApiError::InvalidArgument(list)) => {
@@ -894,7 +904,8 @@ impl Api {
 
     /// Checks one purpose for several subjects: states from the cache or one query
     /// for the misses, and one access event per subject, all written in one
-    /// transaction before the answer.
+    /// transaction before the answer. Each subject counts against the caller's
+    /// quota of access events.
     pub async fn check_many(
         &self,
         call: &CallContext,
@@ -903,6 +914,9 @@ impl Api {
         method: &str,
     ) -> Result<Vec<CheckResult>, ApiError> {
         let (pid, cached) = self.check_purpose(purpose, "purpose").await?;
+        self.ctx()
+            .quota
+            .take(call.principal.name(), subjects.len())?;
         let now = self.ctx().clock.now();
         let now_us = to_micros(now);
         let material = cached.material_at(now_us);
@@ -1069,6 +1083,9 @@ impl Api {
                 "at least one identifier is required",
             ));
         }
+        let mut v = Validator::new();
+        v.max_items("subject_identifiers", refs.len(), MAX_SUBJECT_IDENTIFIERS);
+        v.finish()?;
         refs.iter()
             .enumerate()
             .map(|(i, r)| self.subject(Some(r), &format!("subject_identifiers[{i}]")))

@@ -287,6 +287,23 @@ impl ConsentStore {
         purpose_ids: &[String],
         limit: usize,
     ) -> anyhow::Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>> {
+        if purpose_ids.len() <= VALUES_PER_QUERY {
+            return self.changes_of(after_seq, purpose_ids, limit).await;
+        }
+        let mut out = Vec::new();
+        for chunk in purpose_ids.chunks(VALUES_PER_QUERY) {
+            out.extend(self.changes_of(after_seq, chunk, limit).await?);
+        }
+        Ok(first_by_seq(out, |c| c.0, limit))
+    }
+
+    /// [`Self::changes`] in one statement.
+    async fn changes_of(
+        &self,
+        after_seq: i64,
+        purpose_ids: &[String],
+        limit: usize,
+    ) -> anyhow::Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>> {
         let mut p = Params::new();
         let mut clauses = vec![format!("seq > {}", p.int(after_seq))];
         if !purpose_ids.is_empty() {
@@ -543,6 +560,26 @@ impl ConsentStore {
         after_seq: Option<i64>,
         limit: usize,
     ) -> anyhow::Result<Vec<(i64, ConsentEvent)>> {
+        if subject_hashes.len() <= VALUES_PER_QUERY {
+            return self
+                .events_of(subject_hashes, purpose_id, after_seq, limit)
+                .await;
+        }
+        let mut out = Vec::new();
+        for chunk in subject_hashes.chunks(VALUES_PER_QUERY) {
+            out.extend(self.events_of(chunk, purpose_id, after_seq, limit).await?);
+        }
+        Ok(first_by_seq(out, |e| e.0, limit))
+    }
+
+    /// [`Self::events`] in one statement.
+    async fn events_of(
+        &self,
+        subject_hashes: &[String],
+        purpose_id: Option<&str>,
+        after_seq: Option<i64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(i64, ConsentEvent)>> {
         let mut p = Params::new();
         let hashes: Vec<String> = subject_hashes.iter().map(|h| p.text(h.clone())).collect();
         let mut clauses = vec![format!("subject_hash IN ({})", hashes.join(", "))];
@@ -568,6 +605,21 @@ impl ConsentStore {
             })
             .collect()
     }
+}
+
+/// Most values of a request list (subjects' hashes, purposes) bound in one
+/// statement: SQLite refuses more than 32,766 parameters, PostgreSQL 65,535.
+/// The API's own maxima keep lists under it; a longer list is read in chunks.
+const VALUES_PER_QUERY: usize = 1000;
+
+/// The first `limit` rows by change number of the rows that chunks of one list
+/// found (each chunk's own first `limit`): a row found by two chunks (a value
+/// given twice) counts once.
+fn first_by_seq<T>(mut rows: Vec<T>, seq: impl Fn(&T) -> i64, limit: usize) -> Vec<T> {
+    rows.sort_unstable_by_key(|r| seq(r));
+    rows.dedup_by_key(|r| seq(r));
+    rows.truncate(limit);
+    rows
 }
 
 /// A receipt to store with a consent write.

@@ -68,6 +68,13 @@ fn country(v: &mut Validator, field: &str, code: &str, required: bool) {
     }
 }
 
+/// Most recipients of one purpose (its processors and other recipients).
+const MAX_RECIPIENTS: usize = 100;
+/// Most international transfers of one purpose.
+const MAX_TRANSFERS: usize = 100;
+/// Most cookies of one purpose: its K-4 table, a few dozen on most sites.
+const MAX_COOKIES: usize = 500;
+
 /// Validates the caller-settable fields of `p`, naming fields under `prefix`
 /// (e.g. `purpose.`); `now` bounds the review time.
 pub fn validate(p: &Purpose, prefix: &str, now: DateTime<Utc>, v: &mut Validator) {
@@ -104,7 +111,10 @@ pub fn validate(p: &Purpose, prefix: &str, now: DateTime<Utc>, v: &mut Validator
             v.required(&f(&format!("{name}[{i}]")), item, MAX_ID);
         }
     }
-    for (i, r) in p.recipients.iter().enumerate() {
+    v.max_items(&f("recipients"), p.recipients.len(), MAX_RECIPIENTS);
+    v.max_items(&f("transfers"), p.transfers.len(), MAX_TRANSFERS);
+    v.max_items(&f("cookies"), p.cookies.len(), MAX_COOKIES);
+    for (i, r) in p.recipients.iter().enumerate().take(MAX_RECIPIENTS) {
         v.required(&f(&format!("recipients[{i}].name")), &r.name, MAX_ID);
         country(
             v,
@@ -118,7 +128,7 @@ pub fn validate(p: &Purpose, prefix: &str, now: DateTime<Utc>, v: &mut Validator
             MAX_TEXT,
         );
     }
-    for (i, t) in p.transfers.iter().enumerate() {
+    for (i, t) in p.transfers.iter().enumerate().take(MAX_TRANSFERS) {
         v.required(
             &f(&format!("transfers[{i}].recipient")),
             &t.recipient,
@@ -151,7 +161,7 @@ pub fn validate(p: &Purpose, prefix: &str, now: DateTime<Utc>, v: &mut Validator
     }
     period(v, &f("reconsent_interval"), &p.reconsent_interval, false);
     period(v, &f("cookie_lifetime"), &p.cookie_lifetime, true);
-    for (i, c) in p.cookies.iter().enumerate() {
+    for (i, c) in p.cookies.iter().enumerate().take(MAX_COOKIES) {
         v.required(&f(&format!("cookies[{i}].name")), &c.name, MAX_ID);
         v.max_len(&f(&format!("cookies[{i}].provider")), &c.provider, MAX_ID);
         period(v, &f(&format!("cookies[{i}].lifetime")), &c.lifetime, true);

@@ -48,6 +48,10 @@ pub use custodia_core::idempotency::MAX_REQUEST_ID;
 const MAX_DETAILS: usize = 16 * 1024;
 /// Most subject identifiers per request.
 const MAX_IDENTIFIERS: usize = 20;
+/// Most corrections, purposes or categories of a request.
+const MAX_LIST: usize = 100;
+/// Most states a ListRequests filter names (each at most once makes six).
+const MAX_STATES: usize = 10;
 /// Size of one GetExport chunk.
 const CHUNK: usize = 1024 * 1024;
 
@@ -265,7 +269,12 @@ impl Api {
                 format!("has more than {MAX_IDENTIFIERS} entries"),
             );
         }
-        for (i, s) in req.subject_identifiers.iter().enumerate() {
+        for (i, s) in req
+            .subject_identifiers
+            .iter()
+            .enumerate()
+            .take(MAX_IDENTIFIERS)
+        {
             let field = format!("request.subject_identifiers[{i}]");
             if let Some(id) = merge(&mut v, SubjectId::parse(&s.r#type, &s.value, &field)) {
                 let hash = self.subjects.hash(&id);
@@ -337,10 +346,10 @@ impl Api {
                 "is only accepted for a RECTIFICATION request",
             );
         }
-        if req.corrections.len() > 100 {
+        if req.corrections.len() > MAX_LIST {
             v.add("request.corrections", "has more than 100 entries");
         }
-        for (i, c) in req.corrections.iter().enumerate() {
+        for (i, c) in req.corrections.iter().enumerate().take(MAX_LIST) {
             v.required(
                 &format!("request.corrections[{i}].category"),
                 &c.category,
@@ -353,16 +362,16 @@ impl Api {
                 MAX_ID,
             );
         }
-        if req.purposes.len() > 100 {
+        if req.purposes.len() > MAX_LIST {
             v.add("request.purposes", "has more than 100 entries");
         }
-        for (i, p) in req.purposes.iter().enumerate() {
+        for (i, p) in req.purposes.iter().enumerate().take(MAX_LIST) {
             check_purpose(&mut v, &format!("request.purposes[{i}]"), p);
         }
-        if req.categories.len() > 100 {
+        if req.categories.len() > MAX_LIST {
             v.add("request.categories", "has more than 100 entries");
         }
-        for (i, c) in req.categories.iter().enumerate() {
+        for (i, c) in req.categories.iter().enumerate().take(MAX_LIST) {
             v.required(&format!("request.categories[{i}]"), c, 128);
         }
         let received = optional_time(
@@ -478,7 +487,8 @@ impl Api {
             n => (n as usize).min(500),
         };
         let mut states = Vec::new();
-        for (i, s) in r.states.iter().enumerate() {
+        v.max_items("states", r.states.len(), MAX_STATES);
+        for (i, s) in r.states.iter().enumerate().take(MAX_STATES) {
             if let Some(s) = enum_value(
                 &mut v,
                 &format!("states[{i}]"),

@@ -211,12 +211,17 @@ pub fn task_settled(t: &pb::SourceTask) -> bool {
     )
 }
 
+/// Most retained-data entries of one source or request.
+const MAX_RETAINED: usize = 100;
+/// Most per-category counts of one source.
+const MAX_COUNTS: usize = 1000;
+
 /// Validates a list of retained-data entries (from a caller or a connector).
 pub fn validate_retained(v: &mut Validator, field: &str, list: &[RetainedData]) {
-    if list.len() > 100 {
+    if list.len() > MAX_RETAINED {
         v.add(field, "has more than 100 entries");
     }
-    for (i, r) in list.iter().enumerate() {
+    for (i, r) in list.iter().enumerate().take(MAX_RETAINED) {
         let f = |n: &str| format!("{field}[{i}].{n}");
         v.required(&f("category"), &r.category, 128);
         if r.ground == 0 || custodia_proto::common::v1::RetentionGround::try_from(r.ground).is_err()
@@ -246,10 +251,10 @@ pub fn validate_counts(
     field: &str,
     list: &[custodia_proto::connector::v1::CategoryCount],
 ) {
-    if list.len() > 1000 {
+    if list.len() > MAX_COUNTS {
         v.add(field, "has more than 1000 entries");
     }
-    for (i, c) in list.iter().enumerate() {
+    for (i, c) in list.iter().enumerate().take(MAX_COUNTS) {
         v.required(&format!("{field}[{i}].category"), &c.category, 128);
         if c.count < 0 {
             v.add(format!("{field}[{i}].count"), "must not be negative");

@@ -32,6 +32,9 @@ use crate::{
     store::Done,
 };
 
+/// Most data sources or purposes an ApplyRetention call names.
+const MAX_FILTER: usize = 1000;
+
 /// `t` minus `period`: months and years as calendar units (the end of the
 /// month when the day does not exist), then days and time.
 pub fn before(t: DateTime<Utc>, p: &CalendarPeriod) -> DateTime<Utc> {
@@ -79,7 +82,9 @@ impl Api {
         let mut v = Validator::new();
         v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
         let mut sources = Vec::new();
-        for (i, s) in r.data_sources.iter().enumerate() {
+        v.max_items("data_sources", r.data_sources.len(), MAX_FILTER);
+        v.max_items("purposes", r.purposes.len(), MAX_FILTER);
+        for (i, s) in r.data_sources.iter().enumerate().take(MAX_FILTER) {
             if let Some(id) = merge(
                 &mut v,
                 model::parse_source_name(&format!("data_sources[{i}]"), s),
@@ -87,7 +92,7 @@ impl Api {
                 sources.push(id);
             }
         }
-        for (i, p) in r.purposes.iter().enumerate() {
+        for (i, p) in r.purposes.iter().enumerate().take(MAX_FILTER) {
             check_purpose(&mut v, &format!("purposes[{i}]"), p);
         }
         v.finish()?;

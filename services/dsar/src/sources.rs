@@ -12,7 +12,7 @@ use custodia_core::{
     pagination,
     storage::to_micros,
     subject::KNOWN_TYPES,
-    validate::{MAX_ID, MAX_TEXT, Validator},
+    validate::{MAX_ID, MAX_MASK_PATHS, MAX_TEXT, Validator},
 };
 use custodia_proto::{
     connector::v1::Capability,
@@ -113,6 +113,10 @@ pub fn resolve_credentials(
     }
 }
 
+/// Most entries of each list of a data source (capabilities, identifier types,
+/// data categories, purposes, recipients).
+const MAX_LIST: usize = 200;
+
 fn validate_source(v: &mut Validator, f: &str, s: &pb::DataSource, paths: Option<&[String]>) {
     let checks = |p: &str| paths.is_none_or(|list| list.iter().any(|x| x == p));
     if checks("display_name") {
@@ -148,7 +152,7 @@ fn validate_source(v: &mut Validator, f: &str, s: &pb::DataSource, paths: Option
         );
     }
     if checks("capabilities") {
-        for (i, c) in s.capabilities.iter().enumerate() {
+        for (i, c) in s.capabilities.iter().enumerate().take(MAX_LIST) {
             enum_value(
                 v,
                 &format!("{f}.capabilities[{i}]"),
@@ -159,7 +163,7 @@ fn validate_source(v: &mut Validator, f: &str, s: &pb::DataSource, paths: Option
         }
     }
     if checks("identifier_types") {
-        for (i, t) in s.identifier_types.iter().enumerate() {
+        for (i, t) in s.identifier_types.iter().enumerate().take(MAX_LIST) {
             if t.is_empty()
                 || t.len() > 64
                 || !t.starts_with(|c: char| c.is_ascii_lowercase())
@@ -175,17 +179,17 @@ fn validate_source(v: &mut Validator, f: &str, s: &pb::DataSource, paths: Option
         }
     }
     if checks("data_categories") {
-        for (i, c) in s.data_categories.iter().enumerate() {
+        for (i, c) in s.data_categories.iter().enumerate().take(MAX_LIST) {
             v.required(&format!("{f}.data_categories[{i}]"), c, 128);
         }
     }
     if checks("purposes") {
-        for (i, p) in s.purposes.iter().enumerate() {
+        for (i, p) in s.purposes.iter().enumerate().take(MAX_LIST) {
             check_purpose(v, &format!("{f}.purposes[{i}]"), p);
         }
     }
     if checks("recipients") {
-        for (i, r) in s.recipients.iter().enumerate() {
+        for (i, r) in s.recipients.iter().enumerate().take(MAX_LIST) {
             v.required(&format!("{f}.recipients[{i}]"), r, MAX_ID);
         }
     }
@@ -209,7 +213,7 @@ fn validate_source(v: &mut Validator, f: &str, s: &pb::DataSource, paths: Option
         ("recipients", s.recipients.len()),
     ];
     for (name, len) in lists {
-        if len > 200 {
+        if len > MAX_LIST {
             v.add(format!("{f}.{name}"), "has more than 200 entries");
         }
     }
@@ -390,6 +394,9 @@ impl Api {
             }
             Some(m) if m.paths.is_empty() => {
                 v.add("update_mask.paths", "must name a field");
+                Vec::new()
+            }
+            Some(m) if !v.max_items("update_mask.paths", m.paths.len(), MAX_MASK_PATHS) => {
                 Vec::new()
             }
             Some(m) => {
