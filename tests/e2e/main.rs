@@ -5,6 +5,7 @@ mod audit_api;
 mod audit_batches;
 mod audit_store;
 mod breach;
+mod connect;
 mod connections;
 mod connector_sql;
 mod consent_records;

@@ -291,7 +291,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         Either::Right(Box::pin(async move {
-            Ok(match kind {
+            let mut response = match kind {
                 Kind::Grpc => unreachable!("passed through above"),
                 Kind::Document(i) => {
                     let (_, content_type, body) = &shared.documents[i];
@@ -307,7 +307,12 @@ where
                 Kind::Streaming(method, codec) => {
                     stream::call(inner, &shared, method, codec, request).await?
                 }
-            })
+            };
+            // Answers hold personal data: no cache keeps them (GET calls included).
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
         }))
     }
 }
@@ -343,11 +348,19 @@ fn to_protobuf(input: &MessageDescriptor, codec: Codec, message: &[u8]) -> Resul
                 .and_then(|m| de.end().map(|()| m));
             match parsed {
                 Ok(m) => Ok(Bytes::from(m.encode_to_vec())),
-                Err(e) => Err(ApiError::invalid(
-                    "request",
-                    format!("is not a valid {} in JSON: {e}", input.full_name()),
-                )
-                .into()),
+                Err(e) => {
+                    // "unrecognized field name 'x' at line 1 column 8": name the field.
+                    let text = e.to_string();
+                    let field = text
+                        .split_once("unrecognized field name '")
+                        .and_then(|(_, rest)| rest.split_once('\''))
+                        .map_or("request".to_string(), |(name, _)| name.to_string());
+                    Err(ApiError::invalid(
+                        field,
+                        format!("is not a valid {} in JSON: {text}", input.full_name()),
+                    )
+                    .into())
+                }
             }
         }
     }
