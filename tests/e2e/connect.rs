@@ -702,3 +702,31 @@ async fn cors_only_for_configured_origins() {
     );
     app.stop().await;
 }
+
+/// The OpenAPI document is served without a token and describes the served
+/// RPCs only, each with its scope (validated by a real validator in
+/// tests/clients/run.sh).
+#[tokio::test]
+async fn openapi_document_of_the_served_rpcs() {
+    let app = TestApp::spawn(Backend::Sqlite, &[custodia_consent::SERVICE]).await;
+    let get = Request::get(format!("{}/openapi.json", app.endpoint))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(&http1(), get).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["content-type"], "application/json");
+    let doc: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let check = &doc["paths"]["/custodia.consent.v1.ConsentService/CheckConsent"];
+    assert_eq!(check["post"]["x-custodia-scope"], "consent.check");
+    assert!(check["get"].is_object());
+    assert!(
+        doc["paths"]["/custodia.dsar.v1.DsarService/SubmitRequest"].is_null(),
+        "dsar is not served here"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    app.stop().await;
+}

@@ -307,6 +307,20 @@ impl Application {
             outboxes,
             clock: clock.clone(),
         };
+        let methods = MethodTable::new(
+            crate::connect::methods::pool(),
+            &services
+                .iter()
+                .map(|d| d.name.grpc_name())
+                .collect::<Vec<_>>(),
+        );
+        let openapi =
+            crate::connect::openapi::document(&methods, &scopes, env!("CARGO_PKG_VERSION"));
+        let connect = ConnectLayer::new(methods, config.server.max_request_bytes).with_document(
+            "/openapi.json",
+            "application/json",
+            serde_json::to_vec_pretty(&openapi)?.into(),
+        );
         let auth = AuthLayer::new(Arc::new(tokens), scopes, Some(Arc::new(denials)));
         let server = &config.server;
         let router = tonic::transport::Server::builder()
@@ -319,16 +333,7 @@ impl Application {
             .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
             .layer(ActivityLayer)
             .layer(tower::util::option_layer(cors_layer(&server.cors)))
-            .layer(ConnectLayer::new(
-                MethodTable::new(
-                    crate::connect::methods::pool(),
-                    &services
-                        .iter()
-                        .map(|d| d.name.grpc_name())
-                        .collect::<Vec<_>>(),
-                ),
-                server.max_request_bytes,
-            ))
+            .layer(connect)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(auth)
             .layer(DecodeErrorLayer)

@@ -71,6 +71,9 @@ enum Command {
     /// Reference connectors (custodia.connector.v1.DataSource) for external systems.
     #[command(subcommand)]
     Connector(ConnectorCommand),
+    /// Print the OpenAPI 3.1 document of the JSON (Connect) API of every service,
+    /// as a server serves it at GET /openapi.json.
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +221,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in custodia_consent::presets::seed(&endpoint, &token, &preset).await? {
                 println!("{line}");
             }
+        }
+        Command::Openapi => {
+            let scopes = ScopeTable::from_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)?;
+            let names: Vec<&str> = ServiceName::ALL.iter().map(|s| s.grpc_name()).collect();
+            let methods = custodia_core::connect::MethodTable::new(
+                custodia_core::connect::methods::pool(),
+                &names,
+            );
+            let doc = custodia_core::connect::openapi::document(
+                &methods,
+                &scopes,
+                env!("CARGO_PKG_VERSION"),
+            );
+            println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Command::Auth(AuthCommand::Scopes) => {
             let config = load_config(&cli.global, None)?;

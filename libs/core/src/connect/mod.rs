@@ -22,6 +22,7 @@
 
 pub mod error;
 pub mod methods;
+pub mod openapi;
 mod stream;
 
 use std::{
