@@ -46,6 +46,41 @@ pub struct Config {
     pub consent: ConsentConfig,
     /// Data-subject requests: fan-out to connectors, export packages.
     pub dsar: DsarConfig,
+    /// Calls custodia makes to other servers (connectors, audit-log apart).
+    pub outbound: OutboundConfig,
+}
+
+/// Calls custodia makes to other servers (`[outbound]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// TLS of `https://` endpoints.
+    pub tls: OutboundTlsConfig,
+}
+
+/// TLS of outbound `https://` calls (`[outbound.tls]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundTlsConfig {
+    /// Trust the system's roots (and Mozilla's); true by default.
+    pub system_roots: bool,
+    /// A PEM file of further CA certificates to trust (an institution's own CA).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) to present, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for OutboundTlsConfig {
+    fn default() -> Self {
+        Self {
+            system_roots: true,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
 }
 
 /// Data-subject request processing (`[dsar]`).
@@ -409,6 +444,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             consent: ConsentConfig::default(),
             dsar: DsarConfig::default(),
+            outbound: OutboundConfig::default(),
         }
     }
 }
@@ -451,6 +487,8 @@ impl Config {
     /// files (a generated admin token).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_server_limits()?;
+        crate::outbound::Outbound::from_config(&self.outbound.tls)
+            .map_err(|e| ConfigError(format!("{e:#}")))?;
         if self.server.max_request_bytes < 1024 {
             return Err(ConfigError(
                 "server.max_request_bytes must be at least 1024".into(),

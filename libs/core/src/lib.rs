@@ -16,6 +16,7 @@ pub mod invisible;
 pub mod json_struct;
 pub mod keys;
 pub mod legal_time;
+pub mod outbound;
 pub mod outbox;
 pub mod pagination;
 pub mod private_files;

@@ -25,6 +25,7 @@ use crate::{
     decode_errors::DecodeErrorLayer,
     keys::{self, Origin},
     legal_time::{Clock, LegalCalendar, SystemClock},
+    outbound::Outbound,
     outbox::{
         AccessEvent, OutboxStore, Outcome, SqlOutbox, forwarder::Forwarder, grpc_sink::GrpcSink,
     },
@@ -53,6 +54,8 @@ pub struct ServiceContext {
     pub self_endpoint: String,
     /// Token for calls to other custodia services (the admin or forwarder token).
     pub internal_token: Option<SecretString>,
+    /// How calls to other servers are made (TLS of `https://` endpoints).
+    pub outbound: Outbound,
     /// Becomes `true` when the server starts shutting down: long-lived streams end
     /// then, so a rollout is not held up by idle watchers.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -213,6 +216,7 @@ impl Application {
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let secrets = resolve_secrets(&config)?;
         let calendar = Arc::new(LegalCalendar::from_config(&config.legal)?);
+        let outbound = Outbound::from_config(&config.outbound.tls)?;
         let subjects = SubjectHasher::new(secrets.subject_key.clone());
         let scopes = ScopeTable::from_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)?;
         let tokens = StaticTokens::from_config(&config.auth, secrets.admin_token.as_ref())?;
@@ -273,6 +277,7 @@ impl Application {
                 calendar: calendar.clone(),
                 self_endpoint: self_endpoint.clone(),
                 internal_token: secrets.forwarder_token.clone(),
+                outbound: outbound.clone(),
                 shutdown: shutdown_rx.clone(),
                 quota: quota.clone(),
             };
@@ -282,7 +287,7 @@ impl Application {
             (mounted.register)(&mut routes);
             tasks.extend(mounted.tasks);
             if let Some(token) = &secrets.forwarder_token {
-                let sink = GrpcSink::new(&audit_endpoint, token.clone())?;
+                let sink = GrpcSink::new(&outbound, &audit_endpoint, token.clone())?;
                 let forwarder = Forwarder::new(outbox.clone(), sink, config.audit.batch_size);
                 tasks.push(Box::pin(forwarder.run()));
             } else {

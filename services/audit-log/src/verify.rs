@@ -444,7 +444,9 @@ pub struct RemoteLog {
 impl RemoteLog {
     /// Connects to `endpoint` with a token holding `audit.read`.
     pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        // https:// is verified against the system's roots.
+        let channel = custodia_core::outbound::Outbound::default()
+            .endpoint(endpoint)?
             .connect()
             .await?;
         Ok(Self {

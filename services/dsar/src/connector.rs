@@ -94,6 +94,8 @@ pub struct Target {
     pub token: Option<SecretString>,
     /// Deadline of one call (or of each stream message).
     pub timeout: Duration,
+    /// How the channel is made (TLS of `https://` endpoints).
+    pub outbound: custodia_core::outbound::Outbound,
 }
 
 /// What to ask of a source.
@@ -129,7 +131,9 @@ fn authed<T>(msg: T, token: &Option<SecretString>, timeout: Duration) -> Request
 }
 
 async fn channel(t: &Target) -> Result<Channel, Failure> {
-    let endpoint = tonic::transport::Endpoint::from_shared(t.endpoint.clone())
+    let endpoint = t
+        .outbound
+        .endpoint(&t.endpoint)
         .map_err(|_| {
             Failure::new(
                 Code::InvalidArgument,

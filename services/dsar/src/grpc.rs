@@ -68,6 +68,8 @@ pub struct Api {
     pub(crate) consent_endpoint: String,
     /// custodia's audit-log service (`dsar.audit_endpoint`).
     pub(crate) audit_endpoint: String,
+    /// How channels to connectors and custodia's services are made (TLS).
+    pub(crate) outbound: custodia_core::outbound::Outbound,
     pub(crate) custodia_token: Option<secrecy::SecretString>,
     pub(crate) wake: Arc<Notify>,
 }

@@ -77,6 +77,7 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
                 .clone()
                 .or_else(|| ctx.internal_token.clone()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            outbound: ctx.outbound.clone(),
         };
         let export_dir = ctx
             .config

@@ -175,7 +175,9 @@ impl Api {
             code: tonic::Code::Unavailable,
             message: m.to_string(),
         };
-        let channel = tonic::transport::Endpoint::from_shared(self.consent_endpoint.clone())
+        let channel = self
+            .outbound
+            .endpoint(&self.consent_endpoint)
             .map_err(|_| failure("the consent register's endpoint is not a valid URI"))?
             .connect()
             .await

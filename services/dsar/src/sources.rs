@@ -488,6 +488,7 @@ impl Api {
                 endpoint: source.endpoint.clone(),
                 token,
                 timeout,
+                outbound: self.outbound.clone(),
             },
             source,
         ))

@@ -72,15 +72,7 @@ impl FakeSource {
         records: &[(&str, usize)],
         retained: Vec<RetainedData>,
     ) -> Self {
-        let state = Arc::new(State {
-            mode: Mutex::new(Mode::Normal),
-            records: records.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
-            retained,
-            erasures: Mutex::new(HashMap::new()),
-            calls: Mutex::new(Vec::new()),
-            retention: Mutex::new(Vec::new()),
-            email: email.to_string(),
-        });
+        let state = Self::state(email, records, retained);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let svc = Svc(state.clone());
@@ -91,6 +83,42 @@ impl FakeSource {
                 .await;
         });
         Self { endpoint, state }
+    }
+
+    /// Like [`Self::start`], serving TLS with `identity` (a certificate for
+    /// `localhost`): the endpoint is `https://localhost:<port>`.
+    pub async fn start_tls(email: &str, identity: tonic::transport::Identity) -> Self {
+        let plain = Self::state(email, &[("contacts", 2)], vec![]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!(
+            "https://localhost:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let svc = Svc(plain.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("TLS configuration")
+                .add_service(DataSourceServer::new(svc))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        Self {
+            endpoint,
+            state: plain,
+        }
+    }
+
+    fn state(email: &str, records: &[(&str, usize)], retained: Vec<RetainedData>) -> Arc<State> {
+        Arc::new(State {
+            mode: Mutex::new(Mode::Normal),
+            records: records.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            retained,
+            erasures: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
+            retention: Mutex::new(Vec::new()),
+            email: email.to_string(),
+        })
     }
 
     /// Changes the behaviour.

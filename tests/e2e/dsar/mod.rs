@@ -8,6 +8,7 @@ mod requests;
 mod restart;
 mod retention;
 mod sql_sources;
+mod tls;
 
 use chrono::{DateTime, Utc};
 use custodia_proto::{

@@ -26,8 +26,13 @@ impl std::fmt::Debug for GrpcSink {
 impl GrpcSink {
     /// A sink for `endpoint` (`http://host:port`); connects lazily, so audit-log may
     /// be down at start-up.
-    pub fn new(endpoint: &str, token: SecretString) -> anyhow::Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+    pub fn new(
+        outbound: &crate::outbound::Outbound,
+        endpoint: &str,
+        token: SecretString,
+    ) -> anyhow::Result<Self> {
+        let channel = outbound
+            .endpoint(endpoint)?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30))
             .connect_lazy();
