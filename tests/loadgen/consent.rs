@@ -139,6 +139,10 @@ enum PhaseArg {
     /// clock starts, one thread): random subjects like `check`, at a client cost
     /// near h2load's, every answer decoded and checked.
     Lean,
+    /// CheckConsent over Connect JSON (HTTP/1.1 keep-alive, a connection per
+    /// call in flight) from the JSON twin of the lean client, the same mix of
+    /// subjects: what an integrator's plain HTTP client gets, beside `lean`.
+    Json,
 }
 
 const TARGET_CHECKS_PER_SEC: f64 = 40_000.0;
@@ -545,6 +549,32 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         None
     };
 
+    // 2d. The same checks over Connect JSON, HTTP/1.1.
+    let json = if wants(PhaseArg::Json) {
+        let Some((w, ..)) = writes.as_ref() else {
+            anyhow::bail!("the json phase checks recorded subjects: record them first");
+        };
+        anyhow::ensure!(
+            w.errors == 0,
+            "the json phase needs a record phase without errors"
+        );
+        let sure = w.slot_ok_min.unwrap_or(0) * concurrency;
+        anyhow::ensure!(sure > 0, "the record phase recorded no subject");
+        eprintln!("CheckConsent over Connect JSON for {} s ...", args.seconds);
+        let cpu0 = Cpu::now(pid);
+        let (outcome, elapsed) = crate::json::run(json_checks(&server.endpoint, sure, args))?;
+        let phase = Phase {
+            latencies: outcome.latencies,
+            ok: outcome.ok,
+            errors: outcome.errors,
+            first_error: outcome.first_error,
+            slot_ok_min: None,
+        };
+        Some((phase, elapsed, cpu0.since(pid)))
+    } else {
+        None
+    };
+
     // 3. BatchCheckConsent of 10,000 subjects, one call at a time.
     let batch_calls = if wants(PhaseArg::Batch) {
         args.batch_calls
@@ -648,6 +678,25 @@ async fn run_on(env: &BenchEnv, args: &Args) -> anyhow::Result<()> {
         );
         report_checks(checks);
     }
+    if let Some(checks) = &json {
+        header("CheckConsent over Connect JSON, HTTP/1.1 keep-alive (the lean phase's mix)");
+        report_checks(checks);
+        if let Some(grpc) = &lean {
+            let rate = |(p, e, _): &(Phase, Duration, Cpu)| p.ok as f64 / e.as_secs_f64();
+            let share = rate(checks) / rate(grpc);
+            let p99 = |(p, _, _): &(Phase, Duration, Cpu)| p.latencies.quantile(0.99).as_secs_f64();
+            let ratio = p99(checks) / p99(grpc);
+            line(
+                "against the lean gRPC phase",
+                format!(
+                    "{:.0} % of its throughput [target >= 60 %: {}], p99 {ratio:.2}x [target <= 2x: {}]",
+                    share * 100.0,
+                    verdict(share >= 0.6),
+                    verdict(ratio <= 2.0)
+                ),
+            );
+        }
+    }
     if batch_calls == 0 {
         return Ok(());
     }
@@ -716,6 +765,48 @@ fn lean_checks(endpoint: &str, sure: u64, args: &Args) -> crate::lean::Calls {
             }
         },
         connections: connection_count(args),
+        concurrency: args.concurrency,
+        seconds: args.seconds,
+        pick: |slot, n, len| (Rng::new(0x1EA2 ^ (slot << 32) ^ n).next_u64() % len as u64) as usize,
+    }
+}
+
+/// The messages of the json phase: the lean phase's mix, as Connect JSON bodies.
+fn json_checks(endpoint: &str, sure: u64, args: &Args) -> crate::json::Calls {
+    const MESSAGES: u64 = 1 << 18;
+    let mut rng = Rng::new(0x1EA2);
+    let messages = (0..MESSAGES)
+        .map(|j| {
+            let i = if j % 4 == 3 {
+                10_000_000 + rng.below(1_000_000)
+            } else {
+                rng.below(sure)
+            };
+            bytes::Bytes::from(
+                serde_json::json!({
+                    "subject": { "type": "email", "value": email(i) },
+                    "purpose": PURPOSE,
+                })
+                .to_string(),
+            )
+        })
+        .collect();
+    crate::json::Calls {
+        endpoint: endpoint.to_string(),
+        path: "/custodia.consent.v1.ConsentService/CheckConsent".into(),
+        bearer: ADMIN_TOKEN.into(),
+        messages,
+        check: |j, answer| {
+            let json: serde_json::Value =
+                serde_json::from_slice(answer).map_err(|e| format!("not JSON: {e}"))?;
+            let allowed = json["result"]["allowed"].as_bool().unwrap_or(false);
+            let want = j % 4 != 3;
+            if allowed == want {
+                Ok(())
+            } else {
+                Err(format!("message {j}: allowed = {allowed}, expected {want}"))
+            }
+        },
         concurrency: args.concurrency,
         seconds: args.seconds,
         pick: |slot, n, len| (Rng::new(0x1EA2 ^ (slot << 32) ^ n).next_u64() % len as u64) as usize,

@@ -19,6 +19,7 @@
 mod append;
 mod consent;
 mod dsar;
+mod json;
 mod lean;
 mod proofs;
 mod server;
