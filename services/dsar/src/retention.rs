@@ -9,10 +9,12 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     echo::echo,
-    idempotency::RequestKey,
+    fields::absorb,
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, Outcome as EventOutcome},
     pagination,
+    proto_time::timestamp,
     storage::to_micros,
     validate::Validator,
 };
@@ -26,9 +28,9 @@ use custodia_proto::{
 use secrecy::ExposeSecret;
 
 use crate::{
+    api::{Api, SERVICE_NAME},
     connector,
-    grpc::{Api, MAX_REQUEST_ID, SERVICE_NAME, check_purpose, merge},
-    model::{self, SYSTEM_PRINCIPAL, ts},
+    model::{self, SYSTEM_PRINCIPAL, check_purpose},
     store::Done,
 };
 
@@ -85,7 +87,7 @@ impl Api {
         v.max_items("data_sources", r.data_sources.len(), MAX_FILTER);
         v.max_items("purposes", r.purposes.len(), MAX_FILTER);
         for (i, s) in r.data_sources.iter().enumerate().take(MAX_FILTER) {
-            if let Some(id) = merge(
+            if let Some(id) = absorb(
                 &mut v,
                 model::parse_source_name(&format!("data_sources[{i}]"), s),
             ) {
@@ -131,7 +133,7 @@ impl Api {
             state: RetentionRunState::Running as i32,
             scheduled,
             actor: Some(model::actor(principal)),
-            start_time: Some(ts(now)),
+            start_time: Some(timestamp(now)),
             end_time: None,
             results: Vec::new(),
         };
@@ -265,14 +267,14 @@ impl Api {
                         let mut result = pb::RetentionResult {
                             data_source: s.name.clone(),
                             purpose: purpose.clone(),
-                            cutoff_time: Some(ts(cutoff)),
+                            cutoff_time: Some(timestamp(cutoff)),
                             ..Default::default()
                         };
                         let rule = RetentionRule {
                             rule_id: purpose.clone(),
                             categories: Vec::new(),
                             policy: Some(policy.clone()),
-                            cutoff_time: Some(ts(cutoff)),
+                            cutoff_time: Some(timestamp(cutoff)),
                         };
                         let request_id = format!(
                             "retention-{id}-{sid}-{}",
@@ -326,8 +328,8 @@ impl Api {
         } else {
             RetentionRunState::Succeeded
         } as i32;
-        run.end_time = Some(ts(self.clock.now()));
-        self.store.finish_run(id, &run, &events).await
+        run.end_time = Some(timestamp(self.clock.now()));
+        Ok(self.store.finish_run(id, &run, &events).await?)
     }
 
     pub(crate) async fn get_run(
