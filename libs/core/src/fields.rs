@@ -1,12 +1,66 @@
 //! Checks of request fields that recur across services, each adding its
 //! violations to a [`Validator`] so a caller hears of every bad field at once:
-//! enum values, optional timestamps, and the errors of a parser (a resource
-//! name, a subject identifier) folded into the same list.
+//! enum values, optional timestamps, page sizes, resource names, and the
+//! errors of a parser (a resource name, a subject identifier) folded into the
+//! same list.
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-use crate::{error::ApiError, proto_time::instant, validate::Validator};
+use crate::{echo::echo, error::ApiError, proto_time::instant, validate::Validator};
+
+/// Page size of a listing that names none.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page of a listing; a larger `page_size` is cut to it.
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// The page size a listing asked for: [`DEFAULT_PAGE_SIZE`] for 0, at most
+/// [`MAX_PAGE_SIZE`], a violation of `page_size` when negative.
+pub fn page_size(v: &mut Validator, requested: i32) -> usize {
+    match requested {
+        n if n < 0 => {
+            v.add("page_size", "must not be negative");
+            0
+        }
+        0 => DEFAULT_PAGE_SIZE,
+        n => (n as usize).min(MAX_PAGE_SIZE),
+    }
+}
+
+/// The `{id}` of resource name `name` (`{prefix}{id}`, e.g. `requests/` and
+/// an id) when `valid(id)`; else INVALID_ARGUMENT on `field`: "is required"
+/// for an empty name, or that it is not a `what` name of the form `pattern`
+/// (`requests/{request}`).
+pub fn resource_id(
+    field: &str,
+    name: &str,
+    prefix: &str,
+    what: &str,
+    pattern: &str,
+    valid: impl Fn(&str) -> bool,
+) -> Result<String, ApiError> {
+    let id = name.strip_prefix(prefix).unwrap_or_default();
+    if !valid(id) {
+        return Err(ApiError::invalid(
+            field,
+            if name.is_empty() {
+                "is required".to_string()
+            } else {
+                format!("`{}` is not a {what} name (`{pattern}`)", echo(name))
+            },
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// The fields an INVALID_ARGUMENT names, in order; none for any other
+/// result. What a test of a validation looks at.
+pub fn violated_fields<T>(r: &Result<T, ApiError>) -> Vec<&str> {
+    match r {
+        Err(ApiError::InvalidArgument(list)) => list.iter().map(|f| f.field.as_str()).collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// The value of enum field `field`, or a violation listing the accepted
 /// `names` when `value` is unknown or `unspecified`.
@@ -72,6 +126,38 @@ pub fn absorb<T>(v: &mut Validator, r: Result<T, ApiError>) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_sizes_default_cap_and_refuse_negatives() {
+        let mut v = Validator::new();
+        assert_eq!(page_size(&mut v, 0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(&mut v, 7), 7);
+        assert_eq!(page_size(&mut v, 100_000), MAX_PAGE_SIZE);
+        assert!(v.is_ok());
+        page_size(&mut v, -1);
+        assert_eq!(violated_fields(&v.finish()), ["page_size"]);
+    }
+
+    #[test]
+    fn resource_names_say_what_they_should_look_like() {
+        let parse = |name| {
+            resource_id("name", name, "things/", "thing", "things/{thing}", |id| {
+                !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase())
+            })
+        };
+        assert_eq!(parse("things/abc").unwrap(), "abc");
+        let message = |r: Result<String, ApiError>| match r {
+            Err(ApiError::InvalidArgument(list)) => list[0].description.clone(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(message(parse("")), "is required");
+        assert_eq!(
+            message(parse("things/ABC")),
+            "`things/ABC` is not a thing name (`things/{thing}`)"
+        );
+        assert_eq!(violated_fields(&parse("other/abc")), ["name"]);
+        assert!(violated_fields(&parse("things/abc")).is_empty());
+    }
 
     fn fields(v: &mut Validator) -> Vec<(String, String)> {
         match v.finish() {

@@ -13,6 +13,7 @@ pub mod echo;
 pub mod error;
 pub mod fields;
 pub mod group_commit;
+pub mod handler_macros;
 pub mod idempotency;
 pub mod invisible;
 pub mod json_struct;

@@ -13,12 +13,13 @@ use custodia_core::{
     ApiError,
     access::{self, call_event},
     auth::CallContext,
-    echo::echo,
-    idempotency::RequestKey,
+    fields::resource_id,
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::Clock,
     outbox::{AccessEvent, SqlOutbox},
     proto_time::timestamp,
     storage::to_micros,
+    validate::Validator,
 };
 use custodia_proto::breach::v1::{self as pb, TimelineEntryKind};
 
@@ -40,26 +41,41 @@ pub struct Api {
 
 /// The id in `breaches/{id}`, or a violation of `field`.
 pub(crate) fn breach_id(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = name.strip_prefix("breaches/").unwrap_or_default();
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ApiError::invalid(
-            field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a breach name (`breaches/{{breach}}`)",
-                    echo(name)
-                )
-            },
-        ));
-    }
-    Ok(id.to_string())
+    resource_id(
+        field,
+        name,
+        "breaches/",
+        "breach",
+        "breaches/{breach}",
+        |id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        },
+    )
+}
+
+/// The first checks of a change of a breach: the breach's id (its name in
+/// `name_field`), then the idempotency key's length in the returned
+/// validator, which the change goes on filling.
+pub(crate) fn named_change(
+    name_field: &str,
+    name: &str,
+    request_id: &str,
+) -> Result<(String, Validator), ApiError> {
+    let id = breach_id(name_field, name)?;
+    let mut v = Validator::new();
+    v.max_len("request_id", request_id, MAX_REQUEST_ID);
+    Ok((id, v))
+}
+
+/// A message field the request must carry, or INVALID_ARGUMENT on `field`.
+pub(crate) fn required<'a, T>(value: &'a Option<T>, field: &str) -> Result<&'a T, ApiError> {
+    value
+        .as_ref()
+        .ok_or_else(|| ApiError::invalid(field, "is required"))
 }
 
 /// `breaches/{id}`.
@@ -76,6 +92,25 @@ pub(crate) fn system_entry(now: DateTime<Utc>, principal: &str, text: String) ->
         author: Some(actor(principal)),
         ..Default::default()
     }
+}
+
+/// `write`, then the SYSTEM timeline entry that says what it did.
+pub(crate) fn and_entry(
+    write: Write,
+    now: DateTime<Utc>,
+    principal: &str,
+    text: String,
+) -> Vec<Write> {
+    vec![
+        write,
+        Write::Timeline(Box::new(system_entry(now, principal, text))),
+    ]
+}
+
+/// The instant the unit tests of this crate's validations run at.
+#[cfg(test)]
+pub(crate) fn test_now() -> DateTime<Utc> {
+    "2026-03-28T22:30:00Z".parse().unwrap()
 }
 
 /// `t` as the timeline and reports write it (seconds, `Z`).

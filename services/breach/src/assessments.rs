@@ -12,7 +12,7 @@ use custodia_core::{
 use custodia_proto::breach::v1::{self as pb, RiskLevel};
 
 use crate::{
-    api::{Api, breach_id, system_entry},
+    api::{Api, and_entry, breach_id},
     model::actor,
     risk,
     state::{self},
@@ -111,10 +111,12 @@ impl Api {
         );
         self.change(call, "AssessRisk", &id, key.as_ref(), now, move |b| {
             state::require_open(b, "be assessed")?;
-            Ok(vec![
+            Ok(and_entry(
                 Write::Assessment(Box::new(assessment)),
-                Write::Timeline(Box::new(system_entry(now, &principal, text))),
-            ])
+                now,
+                &principal,
+                text,
+            ))
         })
         .await
     }
@@ -122,14 +124,9 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use custodia_core::fields::violated_fields;
 
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
+    use super::*;
 
     #[test]
     fn an_override_needs_a_justification_and_a_justification_an_override() {
@@ -142,11 +139,11 @@ mod tests {
             ..Default::default()
         };
         let justification = "assessment.override_justification";
-        assert!(fields(validate_assess(&r)).contains(&justification.to_string()));
+        assert!(violated_fields(&validate_assess(&r)).contains(&justification));
         let a = r.assessment.as_mut().unwrap();
         a.override_risk_level = 0;
         a.override_justification = "because".into();
-        assert!(fields(validate_assess(&r)).contains(&justification.to_string()));
+        assert!(violated_fields(&validate_assess(&r)).contains(&justification));
     }
 
     #[test]
@@ -160,13 +157,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        let got = fields(validate_assess(&r));
-        assert_eq!(got.last().map(String::as_str), Some("name"));
-        assert!(got.contains(&"assessment.override_risk_level".to_string()));
+        let result = validate_assess(&r);
+        let got = violated_fields(&result);
+        assert_eq!(got.last(), Some(&"name"));
+        assert!(got.contains(&"assessment.override_risk_level"));
         let missing = pb::AssessRiskRequest {
             name: "breaches/abc".into(),
             ..Default::default()
         };
-        assert_eq!(fields(validate_assess(&missing)), ["assessment"]);
+        assert_eq!(violated_fields(&validate_assess(&missing)), ["assessment"]);
     }
 }

@@ -8,7 +8,7 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     echo::echo,
-    fields::{enum_value, optional_time},
+    fields::{enum_value, optional_time, page_size},
     idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::breach_authority_deadline,
     pagination,
@@ -90,14 +90,7 @@ pub(crate) fn validate_list(
     now: DateTime<Utc>,
 ) -> Result<ValidList, ApiError> {
     let mut v = Validator::new();
-    let size = match r.page_size {
-        n if n < 0 => {
-            v.add("page_size", "must not be negative");
-            0
-        }
-        0 => 50,
-        n => (n as usize).min(500),
-    };
+    let size = page_size(&mut v, r.page_size);
     let state = match r.state {
         0 => None,
         s => enum_value(
@@ -302,25 +295,16 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
-    use custodia_core::proto_time::timestamp;
+    use custodia_core::{fields::violated_fields, proto_time::timestamp};
 
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        "2026-03-28T22:30:00Z".parse().unwrap()
-    }
-
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
+    use crate::api::test_now as now;
 
     #[test]
     fn a_report_needs_a_breach_and_is_aware_at_detection() {
         let mut r = pb::ReportBreachRequest::default();
-        assert_eq!(fields(validate_report(&r, now())), ["breach"]);
+        assert_eq!(violated_fields(&validate_report(&r, now())), ["breach"]);
         r.breach = Some(pb::Breach {
             description: "Laptop stolen".into(),
             detect_time: Some(timestamp(now())),
@@ -338,18 +322,21 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(fields(validate_update(&r)), ["update_mask"]);
+        assert_eq!(violated_fields(&validate_update(&r)), ["update_mask"]);
         r.update_mask = Some(prost_types::FieldMask {
             paths: vec!["title".into(), "state".into()],
         });
-        assert_eq!(fields(validate_update(&r)), ["update_mask.paths[1]"]);
+        assert_eq!(
+            violated_fields(&validate_update(&r)),
+            ["update_mask.paths[1]"]
+        );
         r.update_mask = Some(prost_types::FieldMask {
             paths: vec!["title".into()],
         });
         let (id, _, paths) = validate_update(&r).unwrap();
         assert_eq!((id.as_str(), paths), ("abc", vec!["title".to_string()]));
         r.breach.as_mut().unwrap().name = "nope".into();
-        assert_eq!(fields(validate_update(&r)), ["breach.name"]);
+        assert_eq!(violated_fields(&validate_update(&r)), ["breach.name"]);
     }
 
     #[test]
@@ -372,7 +359,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_list(&bad, now())),
+            violated_fields(&validate_list(&bad, now())),
             ["page_size", "state", "risk_level"]
         );
     }

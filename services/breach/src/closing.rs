@@ -2,26 +2,20 @@
 //! period ([`crate::state::RETENTION_YEARS`]), then may be deleted.
 
 use custodia_core::{
-    ApiError,
-    auth::CallContext,
-    idempotency::{MAX_REQUEST_ID, RequestKey},
-    legal_time::retention_until,
-    storage::to_micros,
-    validate::{MAX_TEXT, Validator},
+    ApiError, auth::CallContext, idempotency::RequestKey, legal_time::retention_until,
+    storage::to_micros, validate::MAX_TEXT,
 };
 use custodia_proto::breach::v1 as pb;
 
 use crate::{
-    api::{Api, breach_id, resource, rfc3339, system_entry},
+    api::{Api, named_change, resource, rfc3339, system_entry},
     state::{self, RETENTION_YEARS},
     store::Write,
 };
 
 /// Checks a CloseBreach: the breach's id.
 pub(crate) fn validate_close(r: &pb::CloseBreachRequest) -> Result<String, ApiError> {
-    let id = breach_id("name", &r.name)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+    let (id, mut v) = named_change("name", &r.name, &r.request_id)?;
     v.required("lessons_learned", &r.lessons_learned, MAX_TEXT);
     v.finish()?;
     Ok(id)
@@ -29,9 +23,7 @@ pub(crate) fn validate_close(r: &pb::CloseBreachRequest) -> Result<String, ApiEr
 
 /// Checks a DeleteBreach: the breach's id.
 pub(crate) fn validate_delete(r: &pb::DeleteBreachRequest) -> Result<String, ApiError> {
-    let id = breach_id("name", &r.name)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+    let (id, mut v) = named_change("name", &r.name, &r.request_id)?;
     v.finish()?;
     Ok(id)
 }

@@ -15,7 +15,7 @@
 //! stores through [`crate::store`], whose transaction also claims the
 //! idempotency key and enqueues the access event.
 
-use custodia_core::auth::CallContext;
+use custodia_core::{auth::CallContext, listing_rpc, unary_rpc};
 use custodia_proto::breach::v1::{self as pb, breach_service_server::BreachService};
 use tonic::{Request, Response, Status};
 
@@ -23,93 +23,81 @@ pub use crate::api::{Api, SERVICE_NAME};
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Calls use case `$method` with the caller and the request, and wraps its
-/// result in `$resp { $field }`.
-macro_rules! unary {
-    ($self:ident, $request:ident, $method:ident, $resp:ident, $field:ident) => {{
-        let call = CallContext::of(&$request)?.clone();
-        let out = Api::$method($self, &call, $request.into_inner()).await?;
-        Ok(Response::new(pb::$resp { $field: Some(out) }))
-    }};
-}
-
-/// Calls use case `$method`, whose result is the response.
-macro_rules! listing {
-    ($self:ident, $request:ident, $method:ident) => {{
-        let call = CallContext::of(&$request)?.clone();
-        Ok(Response::new(
-            Api::$method($self, &call, $request.into_inner()).await?,
-        ))
-    }};
-}
-
 #[tonic::async_trait]
 impl BreachService for Api {
     async fn report_breach(
         &self,
         request: Request<pb::ReportBreachRequest>,
     ) -> Reply<pb::ReportBreachResponse> {
-        unary!(self, request, report, ReportBreachResponse, breach)
+        unary_rpc!(Api, self, request, report, pb::ReportBreachResponse, breach)
     }
 
     async fn get_breach(
         &self,
         request: Request<pb::GetBreachRequest>,
     ) -> Reply<pb::GetBreachResponse> {
-        unary!(self, request, get, GetBreachResponse, breach)
+        unary_rpc!(Api, self, request, get, pb::GetBreachResponse, breach)
     }
 
     async fn list_breaches(
         &self,
         request: Request<pb::ListBreachesRequest>,
     ) -> Reply<pb::ListBreachesResponse> {
-        listing!(self, request, list)
+        listing_rpc!(Api, self, request, list)
     }
 
     async fn update_breach(
         &self,
         request: Request<pb::UpdateBreachRequest>,
     ) -> Reply<pb::UpdateBreachResponse> {
-        unary!(self, request, update, UpdateBreachResponse, breach)
+        unary_rpc!(Api, self, request, update, pb::UpdateBreachResponse, breach)
     }
 
     async fn assess_risk(
         &self,
         request: Request<pb::AssessRiskRequest>,
     ) -> Reply<pb::AssessRiskResponse> {
-        unary!(self, request, assess, AssessRiskResponse, breach)
+        unary_rpc!(Api, self, request, assess, pb::AssessRiskResponse, breach)
     }
 
     async fn assign_team(
         &self,
         request: Request<pb::AssignTeamRequest>,
     ) -> Reply<pb::AssignTeamResponse> {
-        unary!(self, request, assign, AssignTeamResponse, breach)
+        unary_rpc!(Api, self, request, assign, pb::AssignTeamResponse, breach)
     }
 
     async fn add_timeline_entry(
         &self,
         request: Request<pb::AddTimelineEntryRequest>,
     ) -> Reply<pb::AddTimelineEntryResponse> {
-        unary!(self, request, add_entry, AddTimelineEntryResponse, entry)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            add_entry,
+            pb::AddTimelineEntryResponse,
+            entry
+        )
     }
 
     async fn list_timeline_entries(
         &self,
         request: Request<pb::ListTimelineEntriesRequest>,
     ) -> Reply<pb::ListTimelineEntriesResponse> {
-        listing!(self, request, list_timeline)
+        listing_rpc!(Api, self, request, list_timeline)
     }
 
     async fn record_authority_notification(
         &self,
         request: Request<pb::RecordAuthorityNotificationRequest>,
     ) -> Reply<pb::RecordAuthorityNotificationResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             record_notification,
-            RecordAuthorityNotificationResponse,
+            pb::RecordAuthorityNotificationResponse,
             breach
         )
     }
@@ -118,11 +106,12 @@ impl BreachService for Api {
         &self,
         request: Request<pb::GenerateAuthorityReportRequest>,
     ) -> Reply<pb::GenerateAuthorityReportResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             generate_report,
-            GenerateAuthorityReportResponse,
+            pb::GenerateAuthorityReportResponse,
             document
         )
     }
@@ -131,11 +120,12 @@ impl BreachService for Api {
         &self,
         request: Request<pb::RecordSubjectCommunicationRequest>,
     ) -> Reply<pb::RecordSubjectCommunicationResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             record_communication,
-            RecordSubjectCommunicationResponse,
+            pb::RecordSubjectCommunicationResponse,
             breach
         )
     }
@@ -144,11 +134,12 @@ impl BreachService for Api {
         &self,
         request: Request<pb::RecordCommunicationWaiverRequest>,
     ) -> Reply<pb::RecordCommunicationWaiverResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             record_waiver,
-            RecordCommunicationWaiverResponse,
+            pb::RecordCommunicationWaiverResponse,
             breach
         )
     }
@@ -157,7 +148,7 @@ impl BreachService for Api {
         &self,
         request: Request<pb::CloseBreachRequest>,
     ) -> Reply<pb::CloseBreachResponse> {
-        unary!(self, request, close, CloseBreachResponse, breach)
+        unary_rpc!(Api, self, request, close, pb::CloseBreachResponse, breach)
     }
 
     async fn delete_breach(

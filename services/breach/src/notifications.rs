@@ -8,17 +8,17 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     fields::{enum_value, optional_time},
-    idempotency::{MAX_REQUEST_ID, RequestKey},
+    idempotency::RequestKey,
     proto_time::timestamp,
     storage::{from_micros, to_micros},
-    validate::{MAX_ID, MAX_TEXT, Validator},
+    validate::{MAX_ID, MAX_TEXT},
 };
 use custodia_proto::breach::v1::{
     self as pb, CommunicationChannel, NotificationPhase, WaiverGround,
 };
 
 use crate::{
-    api::{Api, breach_id, rfc3339, system_entry},
+    api::{Api, and_entry, named_change, required, rfc3339},
     model::actor,
     state,
     store::Write,
@@ -41,12 +41,8 @@ pub(crate) fn validate_notification(
     ),
     ApiError,
 > {
-    let id = breach_id("name", &r.name)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
-    let Some(n) = &r.notification else {
-        return Err(ApiError::invalid("notification", "is required"));
-    };
+    let (id, mut v) = named_change("name", &r.name, &r.request_id)?;
+    let n = required(&r.notification, "notification")?;
     let phase = enum_value(
         &mut v,
         "notification.phase",
@@ -92,12 +88,8 @@ pub(crate) fn validate_communication(
     ),
     ApiError,
 > {
-    let id = breach_id("name", &r.name)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
-    let Some(c) = &r.communication else {
-        return Err(ApiError::invalid("communication", "is required"));
-    };
+    let (id, mut v) = named_change("name", &r.name, &r.request_id)?;
+    let c = required(&r.communication, "communication")?;
     let channel = enum_value(
         &mut v,
         "communication.channel",
@@ -129,12 +121,8 @@ pub(crate) fn validate_communication(
 pub(crate) fn validate_waiver(
     r: &pb::RecordCommunicationWaiverRequest,
 ) -> Result<(String, pb::CommunicationWaiver, WaiverGround), ApiError> {
-    let id = breach_id("name", &r.name)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
-    let Some(w) = &r.waiver else {
-        return Err(ApiError::invalid("waiver", "is required"));
-    };
+    let (id, mut v) = named_change("name", &r.name, &r.request_id)?;
+    let w = required(&r.waiver, "waiver")?;
     let ground = enum_value(
         &mut v,
         "waiver.ground",
@@ -180,10 +168,12 @@ fn notified(
             ""
         }
     );
-    Ok(vec![
+    Ok(and_entry(
         Write::Notification(Box::new(notification), to_micros(send)),
-        Write::Timeline(Box::new(system_entry(now, principal, text))),
-    ])
+        now,
+        principal,
+        text,
+    ))
 }
 
 impl Api {
@@ -244,10 +234,12 @@ impl Api {
             now,
             move |b| {
                 state::require_open(b, "record a subject communication")?;
-                Ok(vec![
+                Ok(and_entry(
                     Write::Communication(Box::new(communication)),
-                    Write::Timeline(Box::new(system_entry(now, &principal, text))),
-                ])
+                    now,
+                    &principal,
+                    text,
+                ))
             },
         )
         .await
@@ -281,10 +273,12 @@ impl Api {
             now,
             move |b| {
                 state::check_waiver(b, ground)?;
-                Ok(vec![
+                Ok(and_entry(
                     Write::Waiver(Box::new(waiver)),
-                    Write::Timeline(Box::new(system_entry(now, &principal, text))),
-                ])
+                    now,
+                    &principal,
+                    text,
+                ))
             },
         )
         .await
@@ -293,18 +287,11 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use custodia_core::fields::violated_fields;
+
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        "2026-03-28T22:30:00Z".parse().unwrap()
-    }
-
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
+    use crate::api::test_now as now;
 
     #[test]
     fn notifications_have_a_phase_an_authority_and_a_past_send_time() {
@@ -317,7 +304,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_notification(&r, now())),
+            violated_fields(&validate_notification(&r, now())),
             [
                 "notification.phase",
                 "notification.authority",
@@ -344,7 +331,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_communication(&r, now())),
+            violated_fields(&validate_communication(&r, now())),
             ["communication.reached_count", "communication.message"]
         );
     }
@@ -357,10 +344,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_waiver(&r)),
+            violated_fields(&validate_waiver(&r)),
             ["waiver.ground", "waiver.justification"]
         );
         r.waiver = None;
-        assert_eq!(fields(validate_waiver(&r)), ["waiver"]);
+        assert_eq!(violated_fields(&validate_waiver(&r)), ["waiver"]);
     }
 }

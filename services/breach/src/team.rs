@@ -1,16 +1,12 @@
 //! AssignTeam: the response team of an open breach, replaced as a whole.
 
 use custodia_core::{
-    ApiError,
-    auth::CallContext,
-    fields::enum_value,
-    idempotency::{MAX_REQUEST_ID, RequestKey},
-    validate::{MAX_ID, Validator},
+    ApiError, auth::CallContext, fields::enum_value, idempotency::RequestKey, validate::MAX_ID,
 };
 use custodia_proto::breach::v1::{self as pb, TeamRole};
 
 use crate::{
-    api::{Api, breach_id, system_entry},
+    api::{Api, and_entry, named_change},
     model, state,
     store::Write,
 };
@@ -20,9 +16,7 @@ const MAX_MEMBERS: usize = 100;
 
 /// Checks an AssignTeam: the breach's id.
 pub(crate) fn validate_assign(r: &pb::AssignTeamRequest) -> Result<String, ApiError> {
-    let id = breach_id("name", &r.name)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+    let (id, mut v) = named_change("name", &r.name, &r.request_id)?;
     if r.members.len() > MAX_MEMBERS {
         v.add("members", "has more than 100 entries");
     }
@@ -85,14 +79,12 @@ impl Api {
         let members = r.members;
         self.change(call, "AssignTeam", &id, key.as_ref(), now, move |b| {
             state::require_open(b, "change its team")?;
-            Ok(vec![
+            Ok(and_entry(
                 Write::Team(members),
-                Write::Timeline(Box::new(system_entry(
-                    now,
-                    &principal,
-                    format!("Response team set: {summary}"),
-                ))),
-            ])
+                now,
+                &principal,
+                format!("Response team set: {summary}"),
+            ))
         })
         .await
     }

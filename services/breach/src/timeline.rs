@@ -4,19 +4,13 @@
 
 use chrono::{DateTime, Utc};
 use custodia_core::{
-    ApiError,
-    auth::CallContext,
-    fields::optional_time,
-    idempotency::{MAX_REQUEST_ID, RequestKey},
-    pagination,
-    proto_time::timestamp,
-    storage::to_micros,
-    validate::{MAX_TEXT, Validator},
+    ApiError, auth::CallContext, fields::optional_time, idempotency::RequestKey, pagination,
+    proto_time::timestamp, storage::to_micros, validate::MAX_TEXT,
 };
 use custodia_proto::breach::v1::{self as pb, TimelineEntryKind};
 
 use crate::{
-    api::{Api, breach_id, resource},
+    api::{Api, breach_id, named_change, required, resource},
     model::actor,
     state,
     store::{Done, Write},
@@ -31,12 +25,8 @@ pub(crate) fn validate_add_entry(
     r: &pb::AddTimelineEntryRequest,
     now: DateTime<Utc>,
 ) -> Result<(String, pb::TimelineEntry, DateTime<Utc>), ApiError> {
-    let id = breach_id("parent", &r.parent)?;
-    let mut v = Validator::new();
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
-    let Some(e) = &r.entry else {
-        return Err(ApiError::invalid("entry", "is required"));
-    };
+    let (id, mut v) = named_change("parent", &r.parent, &r.request_id)?;
+    let e = required(&r.entry, "entry")?;
     match TimelineEntryKind::try_from(e.kind) {
         Ok(TimelineEntryKind::Unspecified) | Err(_) => v.add(
             "entry.kind",
@@ -139,18 +129,11 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use custodia_core::fields::violated_fields;
+
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        "2026-03-28T22:30:00Z".parse().unwrap()
-    }
-
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
+    use crate::api::test_now as now;
 
     #[test]
     fn callers_write_no_system_entries_and_hash_evidence_in_hex() {
@@ -169,7 +152,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_add_entry(&r, now())),
+            violated_fields(&validate_add_entry(&r, now())),
             ["entry.kind", "entry.evidence[0].sha256"]
         );
         let e = r.entry.as_mut().unwrap();

@@ -47,6 +47,12 @@ pub struct Api {
     pub(crate) wake: Arc<Notify>,
 }
 
+/// The instant the unit tests of this crate's validations run at.
+#[cfg(test)]
+pub(crate) fn test_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap()
+}
+
 impl Api {
     /// The access event of `call` to `method` on `resource`, naming `subject`.
     pub(crate) fn event(

@@ -15,7 +15,7 @@
 //! Every use case stores through [`crate::store`], whose transaction also
 //! claims the idempotency key and enqueues the access event.
 
-use custodia_core::auth::CallContext;
+use custodia_core::{auth::CallContext, listing_rpc, unary_rpc};
 use custodia_proto::dsar::v1::{self as pb, dsar_service_server::DsarService};
 use tonic::{Request, Response, Status};
 
@@ -30,100 +30,130 @@ use crate::download::{ExportStream, stream_file};
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Calls use case `$method` with the caller and the request, and wraps its
-/// result in `$resp { $field }`.
-macro_rules! unary {
-    ($self:ident, $request:ident, $method:ident, $resp:ident, $field:ident) => {{
-        let call = CallContext::of(&$request)?.clone();
-        let out = Api::$method($self, &call, $request.into_inner()).await?;
-        Ok(Response::new(pb::$resp { $field: Some(out) }))
-    }};
-}
-
-/// Calls use case `$method`, whose result is the response.
-macro_rules! listing {
-    ($self:ident, $request:ident, $method:ident) => {{
-        let call = CallContext::of(&$request)?.clone();
-        Ok(Response::new(
-            Api::$method($self, &call, $request.into_inner()).await?,
-        ))
-    }};
-}
-
 #[tonic::async_trait]
 impl DsarService for Api {
     async fn submit_request(
         &self,
         request: Request<pb::SubmitRequestRequest>,
     ) -> Reply<pb::SubmitRequestResponse> {
-        unary!(self, request, submit, SubmitRequestResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            submit,
+            pb::SubmitRequestResponse,
+            request
+        )
     }
 
     async fn get_request(
         &self,
         request: Request<pb::GetRequestRequest>,
     ) -> Reply<pb::GetRequestResponse> {
-        unary!(self, request, get, GetRequestResponse, request)
+        unary_rpc!(Api, self, request, get, pb::GetRequestResponse, request)
     }
 
     async fn list_requests(
         &self,
         request: Request<pb::ListRequestsRequest>,
     ) -> Reply<pb::ListRequestsResponse> {
-        listing!(self, request, list)
+        listing_rpc!(Api, self, request, list)
     }
 
     async fn verify_identity(
         &self,
         request: Request<pb::VerifyIdentityRequest>,
     ) -> Reply<pb::VerifyIdentityResponse> {
-        unary!(self, request, verify, VerifyIdentityResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            verify,
+            pb::VerifyIdentityResponse,
+            request
+        )
     }
 
     async fn start_processing(
         &self,
         request: Request<pb::StartProcessingRequest>,
     ) -> Reply<pb::StartProcessingResponse> {
-        unary!(self, request, start, StartProcessingResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            start,
+            pb::StartProcessingResponse,
+            request
+        )
     }
 
     async fn extend_deadline(
         &self,
         request: Request<pb::ExtendDeadlineRequest>,
     ) -> Reply<pb::ExtendDeadlineResponse> {
-        unary!(self, request, extend, ExtendDeadlineResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            extend,
+            pb::ExtendDeadlineResponse,
+            request
+        )
     }
 
     async fn reject_request(
         &self,
         request: Request<pb::RejectRequestRequest>,
     ) -> Reply<pb::RejectRequestResponse> {
-        unary!(self, request, reject, RejectRequestResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            reject,
+            pb::RejectRequestResponse,
+            request
+        )
     }
 
     async fn cancel_request(
         &self,
         request: Request<pb::CancelRequestRequest>,
     ) -> Reply<pb::CancelRequestResponse> {
-        unary!(self, request, cancel, CancelRequestResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            cancel,
+            pb::CancelRequestResponse,
+            request
+        )
     }
 
     async fn complete_request(
         &self,
         request: Request<pb::CompleteRequestRequest>,
     ) -> Reply<pb::CompleteRequestResponse> {
-        unary!(self, request, complete, CompleteRequestResponse, request)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            complete,
+            pb::CompleteRequestResponse,
+            request
+        )
     }
 
     async fn mark_source_handled_manually(
         &self,
         request: Request<pb::MarkSourceHandledManuallyRequest>,
     ) -> Reply<pb::MarkSourceHandledManuallyResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             mark_manual,
-            MarkSourceHandledManuallyResponse,
+            pb::MarkSourceHandledManuallyResponse,
             request
         )
     }
@@ -132,18 +162,19 @@ impl DsarService for Api {
         &self,
         request: Request<pb::RetrySourceRequest>,
     ) -> Reply<pb::RetrySourceResponse> {
-        unary!(self, request, retry, RetrySourceResponse, request)
+        unary_rpc!(Api, self, request, retry, pb::RetrySourceResponse, request)
     }
 
     async fn record_recipient_notification(
         &self,
         request: Request<pb::RecordRecipientNotificationRequest>,
     ) -> Reply<pb::RecordRecipientNotificationResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             notify_recipient,
-            RecordRecipientNotificationResponse,
+            pb::RecordRecipientNotificationResponse,
             request
         )
     }
@@ -158,11 +189,12 @@ impl DsarService for Api {
         &self,
         request: Request<pb::ExportRegisterRequest>,
     ) -> Reply<pb::ExportRegisterResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             export_register,
-            ExportRegisterResponse,
+            pb::ExportRegisterResponse,
             document
         )
     }
@@ -171,11 +203,12 @@ impl DsarService for Api {
         &self,
         request: Request<pb::RegisterDataSourceRequest>,
     ) -> Reply<pb::RegisterDataSourceResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             register_source,
-            RegisterDataSourceResponse,
+            pb::RegisterDataSourceResponse,
             data_source
         )
     }
@@ -184,11 +217,12 @@ impl DsarService for Api {
         &self,
         request: Request<pb::GetDataSourceRequest>,
     ) -> Reply<pb::GetDataSourceResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             get_source,
-            GetDataSourceResponse,
+            pb::GetDataSourceResponse,
             data_source
         )
     }
@@ -197,18 +231,19 @@ impl DsarService for Api {
         &self,
         request: Request<pb::ListDataSourcesRequest>,
     ) -> Reply<pb::ListDataSourcesResponse> {
-        listing!(self, request, list_sources)
+        listing_rpc!(Api, self, request, list_sources)
     }
 
     async fn update_data_source(
         &self,
         request: Request<pb::UpdateDataSourceRequest>,
     ) -> Reply<pb::UpdateDataSourceResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             update_source,
-            UpdateDataSourceResponse,
+            pb::UpdateDataSourceResponse,
             data_source
         )
     }
@@ -217,11 +252,12 @@ impl DsarService for Api {
         &self,
         request: Request<pb::ApplyRetentionRequest>,
     ) -> Reply<pb::ApplyRetentionResponse> {
-        unary!(
+        unary_rpc!(
+            Api,
             self,
             request,
             apply_retention_rpc,
-            ApplyRetentionResponse,
+            pb::ApplyRetentionResponse,
             run
         )
     }
@@ -230,13 +266,20 @@ impl DsarService for Api {
         &self,
         request: Request<pb::GetRetentionRunRequest>,
     ) -> Reply<pb::GetRetentionRunResponse> {
-        unary!(self, request, get_run, GetRetentionRunResponse, run)
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            get_run,
+            pb::GetRetentionRunResponse,
+            run
+        )
     }
 
     async fn list_retention_runs(
         &self,
         request: Request<pb::ListRetentionRunsRequest>,
     ) -> Reply<pb::ListRetentionRunsResponse> {
-        listing!(self, request, list_runs)
+        listing_rpc!(Api, self, request, list_runs)
     }
 }

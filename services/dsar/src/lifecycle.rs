@@ -553,18 +553,11 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use custodia_core::fields::violated_fields;
+
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
-    }
-
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
+    use crate::api::test_now as now;
 
     const NAME: &str = "requests/0190abc";
 
@@ -579,14 +572,20 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(fields(validate_verify(&r)), ["verification.description"]);
+        assert_eq!(
+            violated_fields(&validate_verify(&r)),
+            ["verification.description"]
+        );
         r.verification.as_mut().unwrap().description = "video call".into();
         let valid = validate_verify(&r).unwrap();
         assert_eq!(valid.id, "0190abc");
         assert_eq!(valid.outcome, IdentityVerificationOutcome::Verified);
         r.name = "nope".into();
         r.verification = None;
-        assert_eq!(fields(validate_verify(&r)), ["name", "verification"]);
+        assert_eq!(
+            violated_fields(&validate_verify(&r)),
+            ["name", "verification"]
+        );
     }
 
     #[test]
@@ -597,7 +596,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_extend(&r, now())),
+            violated_fields(&validate_extend(&r, now())),
             ["months", "reasons", "subject_notify_time"]
         );
         r.months = 2;
@@ -608,7 +607,10 @@ mod tests {
             ("0190abc".into(), now())
         );
         r.subject_notify_time = Some(timestamp(now() + chrono::Duration::hours(1)));
-        assert_eq!(fields(validate_extend(&r, now())), ["subject_notify_time"]);
+        assert_eq!(
+            violated_fields(&validate_extend(&r, now())),
+            ["subject_notify_time"]
+        );
     }
 
     #[test]
@@ -618,7 +620,7 @@ mod tests {
             reason: RejectionReason::Other as i32,
             ..Default::default()
         };
-        assert_eq!(fields(validate_reject(&r)), ["explanation"]);
+        assert_eq!(violated_fields(&validate_reject(&r)), ["explanation"]);
         r.reason = RejectionReason::Excessive as i32;
         assert_eq!(
             validate_reject(&r).unwrap(),
@@ -633,20 +635,23 @@ mod tests {
             name: String::new(),
             request_id: long.clone(),
         };
-        assert_eq!(fields(validate_start(&start)), ["name", "request_id"]);
+        assert_eq!(
+            violated_fields(&validate_start(&start)),
+            ["name", "request_id"]
+        );
         let cancel = pb::CancelRequestRequest {
             name: NAME.into(),
             request_id: long,
             ..Default::default()
         };
-        assert_eq!(fields(validate_cancel(&cancel)), ["request_id"]);
+        assert_eq!(violated_fields(&validate_cancel(&cancel)), ["request_id"]);
         let complete = pb::CompleteRequestRequest {
             name: NAME.into(),
             response_time: Some(timestamp(now() + chrono::Duration::days(1))),
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_complete(&complete, now())),
+            violated_fields(&validate_complete(&complete, now())),
             ["response_time"]
         );
     }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     echo::echo,
-    fields::absorb,
+    fields::{absorb, resource_id},
     idempotency::MAX_REQUEST_ID,
     proto_time::{instant, timestamp},
     validate::{MAX_TEXT, Validator},
@@ -54,40 +54,26 @@ fn is_id(id: &str, max: usize) -> bool {
 
 /// The id in `requests/{id}`, or a violation of `field`.
 pub fn parse_request_name(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = request_id_of(name);
-    if !is_id(id, 64) {
-        return Err(ApiError::invalid(
-            field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a request name (`requests/{{request}}`)",
-                    echo(name)
-                )
-            },
-        ));
-    }
-    Ok(id.to_string())
+    resource_id(
+        field,
+        name,
+        "requests/",
+        "request",
+        "requests/{request}",
+        |id| is_id(id, 64),
+    )
 }
 
 /// The id in `dataSources/{id}`, or a violation of `field`.
 pub fn parse_source_name(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = source_id_of(name);
-    if !is_id(id, 63) {
-        return Err(ApiError::invalid(
-            field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a data source name (`dataSources/{{data_source}}`)",
-                    echo(name)
-                )
-            },
-        ));
-    }
-    Ok(id.to_string())
+    resource_id(
+        field,
+        name,
+        "dataSources/",
+        "data source",
+        "dataSources/{data_source}",
+        |id| is_id(id, 63),
+    )
 }
 
 /// The request a change names and the length of its idempotency key, the

@@ -132,18 +132,11 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use custodia_core::fields::violated_fields;
+
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
-    }
-
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
+    use crate::api::test_now as now;
 
     #[test]
     fn a_notification_that_could_not_be_made_says_why() {
@@ -157,7 +150,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_notify_recipient(&r, now())),
+            violated_fields(&validate_notify_recipient(&r, now())),
             ["notification.details"]
         );
         let n = r.notification.as_mut().unwrap();
@@ -170,7 +163,7 @@ mod tests {
         assert_eq!(n.notify_time, Some(timestamp(now())), "unset means now");
         r.notification = None;
         assert_eq!(
-            fields(validate_notify_recipient(&r, now())),
+            violated_fields(&validate_notify_recipient(&r, now())),
             ["notification"]
         );
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
-    fields::{absorb, enum_value, optional_time},
+    fields::{absorb, enum_value, optional_time, page_size},
     idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::Deadline,
     pagination,
@@ -309,14 +309,7 @@ pub(crate) fn validate_list(
     now: DateTime<Utc>,
 ) -> Result<ValidList, ApiError> {
     let mut v = Validator::new();
-    let size = match r.page_size {
-        n if n < 0 => {
-            v.add("page_size", "must not be negative");
-            0
-        }
-        0 => 50,
-        n => (n as usize).min(500),
-    };
+    let size = page_size(&mut v, r.page_size);
     let mut states = Vec::new();
     v.max_items("states", r.states.len(), MAX_STATES);
     for (i, s) in r.states.iter().enumerate().take(MAX_STATES) {
@@ -462,11 +455,11 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use custodia_core::fields::violated_fields;
+
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
-    }
+    use crate::api::test_now as now;
 
     fn hasher() -> SubjectHasher {
         SubjectHasher::new("test key".to_string().into())
@@ -502,13 +495,6 @@ mod tests {
         )
     }
 
-    fn fields(r: Result<impl std::fmt::Debug, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
-
     #[test]
     fn a_minimal_access_request_is_received_now() {
         let valid = submit(access_request()).unwrap();
@@ -531,7 +517,7 @@ mod tests {
         r.purposes = vec!["marketing".into()];
         r.receive_time = Some(timestamp(now() + chrono::Duration::days(1)));
         assert_eq!(
-            fields(submit(r)),
+            violated_fields(&submit(r)),
             [
                 "request.type",
                 "request.subject_identifiers[1]",
@@ -548,14 +534,14 @@ mod tests {
     fn corrections_belong_to_rectification_only() {
         let mut r = access_request();
         r.r#type = RequestType::Rectification as i32;
-        assert_eq!(fields(submit(r.clone())), ["request.corrections"]);
+        assert_eq!(violated_fields(&submit(r.clone())), ["request.corrections"]);
         r.r#type = RequestType::Erasure as i32;
         r.corrections = vec![Correction {
             category: "contact".into(),
             field: "email".into(),
             ..Default::default()
         }];
-        assert_eq!(fields(submit(r.clone())), ["request.corrections"]);
+        assert_eq!(violated_fields(&submit(r.clone())), ["request.corrections"]);
         r.r#type = RequestType::Rectification as i32;
         assert!(submit(r).is_ok());
     }
@@ -566,7 +552,10 @@ mod tests {
             request: None,
             request_id: "x".repeat(MAX_REQUEST_ID + 1),
         };
-        assert_eq!(fields(validate_submit(&r, &hasher(), now())), ["request"]);
+        assert_eq!(
+            violated_fields(&validate_submit(&r, &hasher(), now())),
+            ["request"]
+        );
     }
 
     #[test]
@@ -588,7 +577,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_list(&bad, &hasher(), now())),
+            violated_fields(&validate_list(&bad, &hasher(), now())),
             ["page_size", "states[0]", "states[1]", "type"]
         );
     }

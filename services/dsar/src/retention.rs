@@ -8,8 +8,7 @@ use chrono::{DateTime, Datelike, Months, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
-    echo::echo,
-    fields::absorb,
+    fields::{absorb, page_size, resource_id},
     idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, Outcome as EventOutcome},
@@ -56,22 +55,18 @@ fn run_name(id: &str) -> String {
 }
 
 fn parse_run_name(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = name.strip_prefix("retentionRuns/").unwrap_or_default();
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(ApiError::invalid(
-            field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a retention run name (`retentionRuns/{{retention_run}}`)",
-                    echo(name)
-                )
-            },
-        ));
-    }
-    Ok(id.to_string())
+    resource_id(
+        field,
+        name,
+        "retentionRuns/",
+        "retention run",
+        "retentionRuns/{retention_run}",
+        |id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        },
+    )
 }
 
 impl Api {
@@ -353,11 +348,9 @@ impl Api {
         call: &CallContext,
         r: pb::ListRetentionRunsRequest,
     ) -> Result<pb::ListRetentionRunsResponse, ApiError> {
-        let size = match r.page_size {
-            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
-            0 => 50,
-            n => (n as usize).min(500),
-        };
+        let mut v = Validator::new();
+        let size = page_size(&mut v, r.page_size);
+        v.finish()?;
         let after: Option<(i64, String)> = pagination::decode(&r.page_token, "retentionRuns")?;
         let mut runs = self.store.list_runs(after, size + 1).await?;
         let next = (runs.len() > size).then(|| {

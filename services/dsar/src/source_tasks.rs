@@ -186,16 +186,10 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+    use custodia_core::fields::violated_fields;
     use custodia_proto::connector::v1::CategoryCount;
 
     use super::*;
-
-    fn fields<T: std::fmt::Debug>(r: Result<T, ApiError>) -> Vec<String> {
-        match r {
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
-        }
-    }
 
     #[test]
     fn handling_by_hand_says_why_and_counts_nothing_negative() {
@@ -209,7 +203,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(validate_mark_manual(&r)),
+            violated_fields(&validate_mark_manual(&r)),
             ["reason", "affected[0].count"]
         );
         r.reason = "paper files".into();
@@ -227,6 +221,6 @@ mod tests {
             data_source: "crm".into(),
             ..Default::default()
         };
-        assert_eq!(fields(validate_retry(&r)), ["data_source"]);
+        assert_eq!(violated_fields(&validate_retry(&r)), ["data_source"]);
     }
 }
