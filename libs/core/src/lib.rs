@@ -3,6 +3,7 @@
 //! outbox and the gRPC server bootstrap. Each module has one job.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod connect;
@@ -10,7 +11,9 @@ pub mod connections;
 pub mod decode_errors;
 pub mod echo;
 pub mod error;
+pub mod fields;
 pub mod group_commit;
+pub mod handler_macros;
 pub mod idempotency;
 pub mod invisible;
 pub mod json_struct;
@@ -20,7 +23,9 @@ pub mod outbound;
 pub mod outbox;
 pub mod pagination;
 pub mod private_files;
+pub mod proto_time;
 pub mod quota;
+pub mod recorded_write;
 pub mod reflection;
 pub mod server;
 pub mod signing;

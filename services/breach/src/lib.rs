@@ -1,12 +1,19 @@
 //! breach service: breach register, risk assessment, the 72-hour clock and notifications.
 #![forbid(unsafe_code)]
 
+mod api;
+mod assessments;
+mod breaches;
+mod closing;
 pub mod grpc;
 pub mod model;
+mod notifications;
 pub mod report;
 pub mod risk;
 pub mod state;
 pub mod store;
+mod team;
+mod timeline;
 
 use custodia_core::{
     Config, ServiceName,

@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use custodia_core::{
-    storage::{from_micros, to_micros},
+    fields::optional_time,
+    proto_time::{timestamp, timestamp_micros},
+    storage::from_micros,
     validate::{MAX_ID, MAX_TEXT, Validator},
 };
 use custodia_proto::{
@@ -12,23 +14,6 @@ use custodia_proto::{
 };
 
 use crate::{state, store::Stored};
-
-/// A `Timestamp` from µs since the epoch.
-pub fn timestamp(us: i64) -> prost_types::Timestamp {
-    let t = from_micros(us);
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// The instant of a `Timestamp`, `None` when out of range.
-pub fn instant(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    if !(0..=999_999_999).contains(&t.nanos) {
-        return None;
-    }
-    DateTime::from_timestamp(t.seconds, t.nanos as u32)
-}
 
 /// A `Duration` from a chrono duration (non-negative).
 pub fn duration(d: chrono::Duration) -> prost_types::Duration {
@@ -44,28 +29,6 @@ pub fn actor(principal: &str) -> Actor {
     Actor {
         principal: principal.to_string(),
         user: String::new(),
-    }
-}
-
-/// An optional timestamp field: `None` when unset; a violation when invalid
-/// or (with `not_after`) later than it.
-pub fn optional_time(
-    v: &mut Validator,
-    field: &str,
-    t: Option<&prost_types::Timestamp>,
-    not_after: Option<DateTime<Utc>>,
-) -> Option<DateTime<Utc>> {
-    let t = t?;
-    match instant(t) {
-        None => {
-            v.add(field, "is not a valid timestamp");
-            None
-        }
-        Some(at) if not_after.is_some_and(|now| at > now) => {
-            v.add(field, "must not be in the future");
-            None
-        }
-        Some(at) => Some(at),
     }
 }
 
@@ -264,8 +227,8 @@ pub fn clock(b: &Stored, now: DateTime<Utc>) -> NotificationClock {
     let deadline = from_micros(b.deadline_us);
     let left = deadline - now;
     NotificationClock {
-        deadline_time: Some(timestamp(b.deadline_us)),
-        evaluate_time: Some(timestamp(to_micros(now))),
+        deadline_time: Some(timestamp_micros(b.deadline_us)),
+        evaluate_time: Some(timestamp(now)),
         remaining: Some(duration(left)),
         overdue: Some(duration(-left)),
         status: state::clock_status(b, now) as i32,
@@ -277,7 +240,7 @@ pub fn to_proto(b: &Stored, now: DateTime<Utc>) -> pb::Breach {
     let mut out = b.record.clone();
     out.name = format!("breaches/{}", b.id);
     out.state = b.state.to_proto() as i32;
-    out.awareness_time = Some(timestamp(b.awareness_us));
+    out.awareness_time = Some(timestamp_micros(b.awareness_us));
     out.reporter = Some(actor(&b.reporter));
     out.risk_assessments = b.assessments.clone();
     out.risk_level = b.risk_level as i32;
@@ -287,17 +250,17 @@ pub fn to_proto(b: &Stored, now: DateTime<Utc>) -> pb::Breach {
     out.subject_communications = b.communications.clone();
     out.communication_waiver = b.waiver.clone();
     out.lessons_learned = b.lessons_learned.clone();
-    out.close_time = b.close_us.map(timestamp);
-    out.retain_until_time = b.retain_until_us.map(timestamp);
-    out.create_time = Some(timestamp(b.create_us));
-    out.update_time = Some(timestamp(b.update_us));
+    out.close_time = b.close_us.map(timestamp_micros);
+    out.retain_until_time = b.retain_until_us.map(timestamp_micros);
+    out.create_time = Some(timestamp_micros(b.create_us));
+    out.update_time = Some(timestamp_micros(b.update_us));
     out.etag = format!("\"{}\"", b.version);
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use custodia_core::ApiError;
+    use custodia_core::{ApiError, storage::to_micros};
 
     use super::*;
 
@@ -316,7 +279,7 @@ mod tests {
     fn a_minimal_report_is_enough_and_awareness_defaults_to_detection() {
         let b = pb::Breach {
             description: "Laptop stolen".into(),
-            detect_time: Some(timestamp(to_micros(now()))),
+            detect_time: Some(timestamp(now())),
             ..Default::default()
         };
         let mut v = Validator::new();
@@ -326,7 +289,7 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let later = timestamp(to_micros(now()) + 1);
+        let later = timestamp_micros(to_micros(now()) + 1);
         let b = pb::Breach {
             detect_time: Some(later),
             natures: vec![1, 0, 9],
@@ -337,8 +300,8 @@ mod tests {
                 email: "not an email".into(),
                 ..Default::default()
             }),
-            start_time: Some(timestamp(10)),
-            end_time: Some(timestamp(5)),
+            start_time: Some(timestamp_micros(10)),
+            end_time: Some(timestamp_micros(5)),
             ..Default::default()
         };
         let mut v = Validator::new();

@@ -1,22 +1,27 @@
-//! The Art. 33(3) report for the supervisory authority, rendered from the
-//! record as structured JSON or a readable Markdown document.
+//! GenerateAuthorityReport: the Art. 33(3) report for the supervisory
+//! authority, rendered from the record as structured JSON or a readable
+//! Markdown document.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use custodia_core::storage::from_micros;
+use custodia_core::{ApiError, auth::CallContext, proto_time::instant, storage::from_micros};
 use custodia_proto::{
-    breach::v1::{BreachNature, ClockStatus, NotificationPhase},
-    common::v1::Contact,
+    breach::v1::{self as pb, BreachNature, ClockStatus, NotificationPhase},
+    common::v1::{Contact, Document, ExportFormat},
 };
 use serde_json::{Value, json};
 
-use crate::{model, state, store::Stored};
+use crate::{
+    api::{Api, breach_id, resource},
+    state,
+    store::Stored,
+};
 
 fn rfc3339(us: i64) -> String {
     from_micros(us).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 fn ts(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    t.and_then(model::instant)
+    t.and_then(instant)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
@@ -342,6 +347,68 @@ pub fn markdown(b: &Stored, now: DateTime<Utc>, language: Language) -> String {
         }
     }
     out
+}
+
+/// A GenerateAuthorityReport that passed validation.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ValidReport {
+    pub id: String,
+    pub markdown: bool,
+    pub language: Language,
+}
+
+/// Checks a GenerateAuthorityReport: the breach, the format (JSON or
+/// Markdown) and the language.
+pub(crate) fn validate_report_request(
+    r: &pb::GenerateAuthorityReportRequest,
+) -> Result<ValidReport, ApiError> {
+    let id = breach_id("name", &r.name)?;
+    let markdown = match ExportFormat::try_from(r.format) {
+        Ok(ExportFormat::Unspecified | ExportFormat::Json) => false,
+        Ok(ExportFormat::Markdown) => true,
+        _ => return Err(ApiError::invalid("format", "must be JSON or MARKDOWN")),
+    };
+    let language = Language::parse(&r.language)
+        .ok_or_else(|| ApiError::invalid("language", "reports are available in `en` and `fr`"))?;
+    Ok(ValidReport {
+        id,
+        markdown,
+        language,
+    })
+}
+
+impl Api {
+    /// GenerateAuthorityReport: the Art. 33 report of a breach as it is now.
+    pub(crate) async fn generate_report(
+        &self,
+        call: &CallContext,
+        r: pb::GenerateAuthorityReportRequest,
+    ) -> Result<Document, ApiError> {
+        let now = self.clock.now();
+        let ValidReport {
+            id,
+            markdown,
+            language,
+        } = validate_report_request(&r)?;
+        let b = self.load(&id).await?;
+        let document = if markdown {
+            Document {
+                content_type: "text/markdown; charset=utf-8".into(),
+                filename: format!("breach-{id}-art33.md"),
+                content: self::markdown(&b, now, language).into_bytes(),
+            }
+        } else {
+            Document {
+                content_type: "application/json".into(),
+                filename: format!("breach-{id}-art33.json"),
+                content: serde_json::to_vec_pretty(&self::json(&b, now))
+                    .map_err(ApiError::internal)?,
+            }
+        };
+        self.record_read(call, "GenerateAuthorityReport", resource(&id))
+            .await?;
+        Ok(document)
+    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,16 @@
 //! timeline entries) and its `breach_team`. Every change runs in one
 //! transaction that first claims the idempotency key, then locks the breach
 //! row, checks the rules on the current state, applies its writes and enqueues
-//! the access event: a refused or failed change leaves nothing behind.
+//! the access event ([`RecordedWrite`]): a refused or failed change leaves
+//! nothing behind. Every method answers [`ApiError`]; a database failure is
+//! INTERNAL. No statement differs by backend, so there is no per-backend module.
 
 use custodia_core::{
     ApiError,
-    idempotency::{self, Claim, RequestKey},
-    outbox::{AccessEvent, SqlOutbox, enqueue_in},
+    idempotency::{self, RequestKey},
+    outbox::{AccessEvent, SqlOutbox},
+    proto_time::timestamp_micros,
+    recorded_write::RecordedWrite,
     storage::{Db, Params},
 };
 use custodia_proto::breach::v1::{
@@ -112,17 +116,18 @@ pub struct BreachStore {
     outbox: SqlOutbox,
 }
 
-fn decode<M: Message + Default>(bytes: &[u8]) -> anyhow::Result<M> {
-    Ok(M::decode(bytes)?)
+/// A stored protobuf message; one that does not decode is INTERNAL.
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
+    M::decode(bytes).map_err(ApiError::internal)
 }
 
-fn stored_from_row(r: &AnyRow) -> anyhow::Result<Stored> {
+fn stored_from_row(r: &AnyRow) -> Result<Stored, ApiError> {
     let record: Vec<u8> = r.try_get("record")?;
     let state: String = r.try_get("state")?;
     let risk: i64 = r.try_get("risk_level")?;
     Ok(Stored {
         id: r.try_get("id")?,
-        state: State::parse(&state)?,
+        state: State::parse(&state).map_err(ApiError::Internal)?,
         record: decode(&record)?,
         reporter: r.try_get("reporter")?,
         awareness_us: r.try_get("awareness_us")?,
@@ -143,7 +148,7 @@ const COLUMNS: &str = "id, state, record, reporter, awareness_us, deadline_us, r
     first_notice_us, lessons_learned, close_us, retain_until_us, version, create_us, update_us";
 
 /// Loads breach `id` with its kept items and team.
-async fn load(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Stored>> {
+async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Stored>, ApiError> {
     let sql = format!("SELECT {COLUMNS} FROM breaches WHERE id = $1");
     let Some(row) = sqlx::query(AssertSqlSafe(sql))
         .bind(id.to_string())
@@ -168,7 +173,11 @@ async fn load(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Store
             "notification" => b.notifications.push(decode(&body)?),
             "communication" => b.communications.push(decode(&body)?),
             "waiver" => b.waiver = Some(decode(&body)?),
-            other => anyhow::bail!("unknown breach item kind {other:?}"),
+            other => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "unknown breach item kind {other:?}"
+                )));
+            }
         }
     }
     let team = sqlx::query("SELECT body FROM breach_team WHERE breach_id = $1 ORDER BY position")
@@ -187,7 +196,7 @@ async fn append_item(
     kind: &str,
     body: Vec<u8>,
     now_us: i64,
-) -> anyhow::Result<i64> {
+) -> Result<i64, ApiError> {
     let seq: i64 = sqlx::query(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM breach_items WHERE breach_id = $1 AND kind = $2",
     )
@@ -220,7 +229,7 @@ async fn apply(
     write: Write,
     now_us: i64,
     entries: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<(), ApiError> {
     match write {
         Write::Record(record, awareness_us, deadline_us) => {
             sqlx::query(
@@ -283,7 +292,7 @@ async fn apply(
             .await?
             .try_get(0)?;
             entry.name = entry_name(id, seq);
-            entry.create_time = Some(crate::model::timestamp(now_us));
+            entry.create_time = Some(timestamp_micros(now_us));
             sqlx::query(
                 "INSERT INTO breach_items (breach_id, kind, seq, body, create_us) \
                  VALUES ($1, 'timeline', $2, $3, $4)",
@@ -363,11 +372,11 @@ impl BreachStore {
         event: &AccessEvent,
         now_us: i64,
     ) -> Result<Done, ApiError> {
-        let mut tx = self.db.begin_write().await?;
         let name = format!("breaches/{id}");
-        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
-            return self.replay(tx, event, earlier.resource).await;
-        }
+        let mut tx = match self.begin(key, &name, event, now_us).await? {
+            Ok(w) => w,
+            Err(done) => return Ok(done),
+        };
         sqlx::query(
             "INSERT INTO breaches (id, state, record, reporter, awareness_us, deadline_us, \
              risk_level, version, create_us, update_us) VALUES ($1, 'OPEN', $2, $3, $4, $5, 0, 1, $6, $6)",
@@ -389,26 +398,27 @@ impl BreachStore {
             &mut entries,
         )
         .await?;
-        enqueue_in(&mut tx, event).await?;
-        tx.commit().await?;
-        self.outbox.wake();
+        tx.commit(&[event]).await?;
         Ok(Done::Applied(entries))
     }
 
-    async fn replay(
+    /// The write of a change of `resource` keyed by `key`, or, for a retry of
+    /// an earlier call, that call's resource (the replay recorded with `event`).
+    async fn begin(
         &self,
-        mut tx: custodia_core::storage::WriteTx,
+        key: Option<&RequestKey>,
+        resource: &str,
         event: &AccessEvent,
-        earlier: String,
-    ) -> Result<Done, ApiError> {
-        let mut event = event.clone();
-        // The breach the first call touched (`breaches/{id}`, also for an entry).
-        event.resource = earlier.split('/').take(2).collect::<Vec<_>>().join("/");
-        event.detail = serde_json::json!({ "replay_of": earlier }).to_string();
-        enqueue_in(&mut tx, &event).await?;
-        tx.commit().await?;
-        self.outbox.wake();
-        Ok(Done::Replayed(earlier))
+        now_us: i64,
+    ) -> Result<Result<RecordedWrite<'_>, Done>, ApiError> {
+        let claimed = RecordedWrite::claim(&self.db, &self.outbox, key, resource, now_us).await?;
+        // The replay names the breach the first call touched (`breaches/{id}`,
+        // also when it wrote a timeline entry).
+        let breach_of = |earlier: &str| earlier.split('/').take(2).collect::<Vec<_>>().join("/");
+        Ok(claimed
+            .write_or_replay(Some(event), breach_of)
+            .await?
+            .map_err(Done::Replayed))
     }
 
     /// Changes breach `id`: `decide` sees the current state and returns the
@@ -425,12 +435,12 @@ impl BreachStore {
     where
         F: FnOnce(&Stored) -> Result<Vec<Write>, ApiError>,
     {
-        let mut tx = self.db.begin_write().await?;
         let name = format!("breaches/{id}");
         // The key binds the body, which names the breach: a replay is of this one.
-        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, &name, now_us).await? {
-            return self.replay(tx, event, earlier.resource).await;
-        }
+        let mut tx = match self.begin(key, &name, event, now_us).await? {
+            Ok(w) => w,
+            Err(done) => return Ok(done),
+        };
         // Lock the row first (a write), so concurrent changes serialise.
         let touched =
             sqlx::query("UPDATE breaches SET version = version + 1, update_us = $2 WHERE id = $1")
@@ -457,14 +467,12 @@ impl BreachStore {
         {
             idempotency::set_resource(&mut tx, key, entry).await?;
         }
-        enqueue_in(&mut tx, event).await?;
-        tx.commit().await?;
-        self.outbox.wake();
+        tx.commit(&[event]).await?;
         Ok(Done::Applied(entries))
     }
 
     /// Breach `id`, if it exists.
-    pub async fn get(&self, id: &str) -> anyhow::Result<Option<Stored>> {
+    pub async fn get(&self, id: &str) -> Result<Option<Stored>, ApiError> {
         let mut conn = self.db.pool().acquire().await?;
         load(&mut conn, id).await
     }
@@ -476,7 +484,7 @@ impl BreachStore {
         filter: &BreachFilter,
         after: Option<(i64, String)>,
         limit: usize,
-    ) -> anyhow::Result<Vec<Stored>> {
+    ) -> Result<Vec<Stored>, ApiError> {
         let mut p = Params::new();
         let mut clauses: Vec<String> = Vec::new();
         if let Some(state) = filter.state {
@@ -534,7 +542,7 @@ impl BreachStore {
         id: &str,
         after: i64,
         limit: usize,
-    ) -> anyhow::Result<Vec<(i64, TimelineEntry)>> {
+    ) -> Result<Vec<(i64, TimelineEntry)>, ApiError> {
         let rows = sqlx::query(
             "SELECT seq, body FROM breach_items WHERE breach_id = $1 AND kind = 'timeline' \
              AND seq > $2 ORDER BY seq LIMIT $3",
@@ -554,7 +562,7 @@ impl BreachStore {
         &self,
         id: &str,
         seq: i64,
-    ) -> anyhow::Result<Option<TimelineEntry>> {
+    ) -> Result<Option<TimelineEntry>, ApiError> {
         let row = sqlx::query(
             "SELECT body FROM breach_items WHERE breach_id = $1 AND kind = 'timeline' AND seq = $2",
         )

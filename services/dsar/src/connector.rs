@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use custodia_core::{json_struct::struct_to_json_text, private_files};
+use custodia_core::{json_struct::struct_to_json_text, private_files, proto_time::instant};
 use custodia_proto::{
     audit::v1::{
         ListSubjectAccessesRequest, ShredSubjectRequest,
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tonic::{Code, Request, transport::Channel};
 
-use crate::model::{BUILTIN_AUDIT, BUILTIN_CONSENT, instant, validate_counts, validate_retained};
+use crate::model::{BUILTIN_AUDIT, BUILTIN_CONSENT, validate_counts, validate_retained};
 
 /// Why a call failed: a code and a message safe to record (never a secret).
 #[derive(Debug, Clone)]

@@ -1,12 +1,18 @@
 //! dsar service: data-subject requests with legal deadlines, fanned out to connected systems.
 #![forbid(unsafe_code)]
 
+mod api;
 pub mod connector;
+mod download;
 pub mod export;
 pub mod grpc;
+mod lifecycle;
 pub mod model;
+mod recipients;
 pub mod register;
+mod requests;
 pub mod retention;
+mod source_tasks;
 pub mod sources;
 pub mod state;
 pub mod store;

@@ -1,11 +1,13 @@
-//! Resource names, time conversions, validation of shared input shapes and
+//! Resource names, validation of shared input shapes and
 //! the assembly of the API's `Request` from what is stored.
 
 use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     echo::echo,
-    storage::from_micros,
+    fields::{absorb, resource_id},
+    idempotency::MAX_REQUEST_ID,
+    proto_time::{instant, timestamp},
     validate::{MAX_TEXT, Validator},
 };
 use custodia_proto::{
@@ -52,94 +54,58 @@ fn is_id(id: &str, max: usize) -> bool {
 
 /// The id in `requests/{id}`, or a violation of `field`.
 pub fn parse_request_name(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = request_id_of(name);
-    if !is_id(id, 64) {
-        return Err(ApiError::invalid(
-            field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a request name (`requests/{{request}}`)",
-                    echo(name)
-                )
-            },
-        ));
-    }
-    Ok(id.to_string())
+    resource_id(
+        field,
+        name,
+        "requests/",
+        "request",
+        "requests/{request}",
+        |id| is_id(id, 64),
+    )
 }
 
 /// The id in `dataSources/{id}`, or a violation of `field`.
 pub fn parse_source_name(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = source_id_of(name);
-    if !is_id(id, 63) {
-        return Err(ApiError::invalid(
+    resource_id(
+        field,
+        name,
+        "dataSources/",
+        "data source",
+        "dataSources/{data_source}",
+        |id| is_id(id, 63),
+    )
+}
+
+/// The request a change names and the length of its idempotency key, the
+/// first checks of every change of a request: the request's id.
+pub fn named_change(v: &mut Validator, name: &str, request_id: &str) -> Option<String> {
+    let id = absorb(v, parse_request_name("name", name));
+    v.max_len("request_id", request_id, MAX_REQUEST_ID);
+    id
+}
+
+/// Validates `purposes/{purpose}`.
+pub fn check_purpose(v: &mut Validator, field: &str, p: &str) {
+    let id = p.strip_prefix("purposes/").unwrap_or_default();
+    if id.is_empty()
+        || id.len() > 63
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        v.add(
             field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a data source name (`dataSources/{{data_source}}`)",
-                    echo(name)
-                )
-            },
-        ));
+            format!(
+                "`{}` is not a purpose name (`purposes/{{purpose}}`)",
+                echo(p)
+            ),
+        );
     }
-    Ok(id.to_string())
 }
 
 /// Whether `id` is a valid new data source id (`[a-z0-9-]{1,63}`).
 pub fn valid_source_id(id: &str) -> bool {
     is_id(id, 63) && !id.starts_with('-')
-}
-
-/// A protobuf timestamp of `us` microseconds since the epoch.
-pub fn timestamp(us: i64) -> prost_types::Timestamp {
-    let t = from_micros(us);
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// A protobuf timestamp of `t`.
-pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    timestamp(t.timestamp_micros())
-}
-
-/// The instant of a `Timestamp`, `None` when out of range.
-pub fn instant(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    if !(0..=999_999_999).contains(&t.nanos) {
-        return None;
-    }
-    DateTime::from_timestamp(t.seconds, t.nanos as u32)
-}
-
-/// Microseconds of a timestamp (0 when out of range).
-pub fn micros_of(t: &prost_types::Timestamp) -> i64 {
-    instant(t).map(|t| t.timestamp_micros()).unwrap_or_default()
-}
-
-/// An optional timestamp field: `None` when unset; a violation when invalid
-/// or (with `not_after`) later than it.
-pub fn optional_time(
-    v: &mut Validator,
-    field: &str,
-    t: Option<&prost_types::Timestamp>,
-    not_after: Option<DateTime<Utc>>,
-) -> Option<DateTime<Utc>> {
-    let t = t?;
-    match instant(t) {
-        None => {
-            v.add(field, "is not a valid timestamp");
-            None
-        }
-        Some(at) if not_after.is_some_and(|now| at > now) => {
-            v.add(field, "must not be in the future");
-            None
-        }
-        Some(at) => Some(at),
-    }
 }
 
 /// An actor for `principal`.
@@ -160,7 +126,7 @@ pub fn action(
     data_source: &str,
 ) -> ActionEntry {
     ActionEntry {
-        time: Some(ts(now)),
+        time: Some(timestamp(now)),
         actor: Some(actor(principal)),
         action: what.to_string(),
         result: result as i32,

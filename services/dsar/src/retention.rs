@@ -8,11 +8,12 @@ use chrono::{DateTime, Datelike, Months, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
-    echo::echo,
-    idempotency::RequestKey,
+    fields::{absorb, page_size, resource_id},
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, Outcome as EventOutcome},
     pagination,
+    proto_time::timestamp,
     storage::to_micros,
     validate::Validator,
 };
@@ -26,9 +27,9 @@ use custodia_proto::{
 use secrecy::ExposeSecret;
 
 use crate::{
+    api::{Api, SERVICE_NAME},
     connector,
-    grpc::{Api, MAX_REQUEST_ID, SERVICE_NAME, check_purpose, merge},
-    model::{self, SYSTEM_PRINCIPAL, ts},
+    model::{self, SYSTEM_PRINCIPAL, check_purpose},
     store::Done,
 };
 
@@ -54,22 +55,18 @@ fn run_name(id: &str) -> String {
 }
 
 fn parse_run_name(field: &str, name: &str) -> Result<String, ApiError> {
-    let id = name.strip_prefix("retentionRuns/").unwrap_or_default();
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(ApiError::invalid(
-            field,
-            if name.is_empty() {
-                "is required".to_string()
-            } else {
-                format!(
-                    "`{}` is not a retention run name (`retentionRuns/{{retention_run}}`)",
-                    echo(name)
-                )
-            },
-        ));
-    }
-    Ok(id.to_string())
+    resource_id(
+        field,
+        name,
+        "retentionRuns/",
+        "retention run",
+        "retentionRuns/{retention_run}",
+        |id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        },
+    )
 }
 
 impl Api {
@@ -85,7 +82,7 @@ impl Api {
         v.max_items("data_sources", r.data_sources.len(), MAX_FILTER);
         v.max_items("purposes", r.purposes.len(), MAX_FILTER);
         for (i, s) in r.data_sources.iter().enumerate().take(MAX_FILTER) {
-            if let Some(id) = merge(
+            if let Some(id) = absorb(
                 &mut v,
                 model::parse_source_name(&format!("data_sources[{i}]"), s),
             ) {
@@ -131,7 +128,7 @@ impl Api {
             state: RetentionRunState::Running as i32,
             scheduled,
             actor: Some(model::actor(principal)),
-            start_time: Some(ts(now)),
+            start_time: Some(timestamp(now)),
             end_time: None,
             results: Vec::new(),
         };
@@ -265,14 +262,14 @@ impl Api {
                         let mut result = pb::RetentionResult {
                             data_source: s.name.clone(),
                             purpose: purpose.clone(),
-                            cutoff_time: Some(ts(cutoff)),
+                            cutoff_time: Some(timestamp(cutoff)),
                             ..Default::default()
                         };
                         let rule = RetentionRule {
                             rule_id: purpose.clone(),
                             categories: Vec::new(),
                             policy: Some(policy.clone()),
-                            cutoff_time: Some(ts(cutoff)),
+                            cutoff_time: Some(timestamp(cutoff)),
                         };
                         let request_id = format!(
                             "retention-{id}-{sid}-{}",
@@ -326,8 +323,8 @@ impl Api {
         } else {
             RetentionRunState::Succeeded
         } as i32;
-        run.end_time = Some(ts(self.clock.now()));
-        self.store.finish_run(id, &run, &events).await
+        run.end_time = Some(timestamp(self.clock.now()));
+        Ok(self.store.finish_run(id, &run, &events).await?)
     }
 
     pub(crate) async fn get_run(
@@ -351,11 +348,9 @@ impl Api {
         call: &CallContext,
         r: pb::ListRetentionRunsRequest,
     ) -> Result<pb::ListRetentionRunsResponse, ApiError> {
-        let size = match r.page_size {
-            n if n < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
-            0 => 50,
-            n => (n as usize).min(500),
-        };
+        let mut v = Validator::new();
+        let size = page_size(&mut v, r.page_size);
+        v.finish()?;
         let after: Option<(i64, String)> = pagination::decode(&r.page_token, "retentionRuns")?;
         let mut runs = self.store.list_runs(after, size + 1).await?;
         let next = (runs.len() > size).then(|| {

@@ -8,8 +8,10 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     echo::echo,
-    idempotency::RequestKey,
+    fields::{absorb, enum_value},
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     pagination,
+    proto_time::timestamp_micros,
     storage::to_micros,
     subject::KNOWN_TYPES,
     validate::{MAX_ID, MAX_MASK_PATHS, MAX_TEXT, Validator},
@@ -24,8 +26,8 @@ use std::time::Duration;
 use crate::connector::{Failure, Target};
 
 use crate::{
-    grpc::{Api, MAX_REQUEST_ID, check_purpose, enum_value, merge},
-    model::{self, BUILTIN_AUDIT, BUILTIN_CONSENT, timestamp},
+    api::Api,
+    model::{self, BUILTIN_AUDIT, BUILTIN_CONSENT, check_purpose},
     store::Done,
 };
 
@@ -250,8 +252,8 @@ fn with_meta(
     create_us: i64,
     update_us: i64,
 ) -> pb::DataSource {
-    s.create_time = Some(timestamp(create_us));
-    s.update_time = Some(timestamp(update_us));
+    s.create_time = Some(timestamp_micros(create_us));
+    s.update_time = Some(timestamp_micros(update_us));
     s.etag = format!("\"{version}\"");
     s.builtin = false;
     s
@@ -383,7 +385,7 @@ impl Api {
             v.finish()?;
             unreachable!("finish fails with a violation");
         };
-        let id = merge(
+        let id = absorb(
             &mut v,
             model::parse_source_name("data_source.name", &update.name),
         );

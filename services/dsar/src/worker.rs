@@ -13,8 +13,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
+    access::name_subject,
     idempotency::RequestKey,
     outbox::{AccessEvent, Outcome as EventOutcome},
+    proto_time::{micros_of, timestamp},
     storage::to_micros,
 };
 use custodia_proto::{
@@ -25,10 +27,10 @@ use custodia_proto::{
 use tokio::task::JoinSet;
 
 use crate::{
+    api::{Api, SERVICE_NAME},
     connector::{self, Ask, Failure},
     export,
-    grpc::{Api, SERVICE_NAME},
-    model::{self, SYSTEM_PRINCIPAL, action, ts},
+    model::{self, SYSTEM_PRINCIPAL, action},
     state::is_terminal,
     store::{Changes, ExportRow},
 };
@@ -105,7 +107,7 @@ impl Worker {
                         if t.state() == SourceTaskState::Running {
                             let mut t = t.clone();
                             t.state = SourceTaskState::Pending as i32;
-                            t.next_attempt_time = Some(ts(now));
+                            t.next_attempt_time = Some(timestamp(now));
                             changes.actions.push(action(
                                 now,
                                 SYSTEM_PRINCIPAL,
@@ -248,7 +250,7 @@ impl WorkerRef {
                     SourceTaskState::Failed => task
                         .next_attempt_time
                         .as_ref()
-                        .is_none_or(|t| model::micros_of(t) <= to_micros(now)),
+                        .is_none_or(|t| micros_of(t) <= to_micros(now)),
                     _ => false,
                 };
                 if !due || l.state() != RequestState::InProgress {
@@ -257,7 +259,7 @@ impl WorkerRef {
                 let mut task = task;
                 task.state = SourceTaskState::Running as i32;
                 task.attempt_count += 1;
-                task.last_attempt_time = Some(ts(now));
+                task.last_attempt_time = Some(timestamp(now));
                 out = Some(Claimed {
                     request_id: request_id.to_string(),
                     source_id: source_id.to_string(),
@@ -324,8 +326,11 @@ impl WorkerRef {
         event.action = verb_name.to_string();
         event.resource = c.request.name.clone();
         event.detail = serde_json::json!({ "data_source": source_name }).to_string();
-        self.api
-            .set_subject(&mut event, c.request.subject_identifiers.first());
+        name_subject(
+            &mut event,
+            &self.api.subjects,
+            c.request.subject_identifiers.first(),
+        );
         self.api
             .store
             .change(&c.request_id, None, None, to_micros(now), |l| {
@@ -346,7 +351,7 @@ impl WorkerRef {
                         task.correction_results = o.corrections.clone();
                         task.last_error = None;
                         task.next_attempt_time = None;
-                        task.complete_time = Some(ts(now));
+                        task.complete_time = Some(timestamp(now));
                         let text = match c.operation {
                             Capability::Export => format!("{} records exported", o.exported),
                             _ => {
@@ -394,7 +399,7 @@ impl WorkerRef {
                             message: f.message.clone(),
                             details: Vec::new(),
                         });
-                        task.next_attempt_time = Some(ts(next));
+                        task.next_attempt_time = Some(timestamp(next));
                         entry = action(
                             now,
                             SYSTEM_PRINCIPAL,
@@ -499,8 +504,8 @@ impl WorkerRef {
                     size_bytes: b.size,
                     sha256: b.sha256.clone(),
                     record_count: b.record_count,
-                    create_time: Some(ts(now)),
-                    expire_time: Some(ts(now + ttl)),
+                    create_time: Some(timestamp(now)),
+                    expire_time: Some(timestamp(now + ttl)),
                 };
                 self.set_export(
                     request_id,
