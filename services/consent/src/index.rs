@@ -36,8 +36,8 @@ use custodia_proto::consent::v1::ConsentState;
 use crate::{
     cache::CachedState,
     decision::StateRow,
-    records::{DIRECT_MARKETING, StateRowOf},
     store::ConsentStore,
+    store::{DIRECT_MARKETING, StateRowOf},
 };
 
 const SHARDS: usize = 64;
