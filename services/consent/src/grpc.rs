@@ -122,8 +122,7 @@ impl Api {
                     self.receipts.public_key().as_bytes(),
                     now_us,
                 )
-                .await
-                .map_err(ApiError::internal)?;
+                .await?;
             self.receipt_key_stored.store(true, Ordering::Release);
         }
         Ok(())
@@ -165,8 +164,7 @@ impl Api {
         let stored = self
             .store
             .purpose(id)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or_else(|| ApiError::not_found("purpose", purpose_name(id)))?;
         Ok(self.output(stored))
     }
@@ -276,8 +274,7 @@ impl ConsentService for Api {
         let mut rows = self
             .store
             .purposes(&filter, after.as_deref(), size + 1)
-            .await
-            .map_err(ApiError::internal)?;
+            .await?;
         let next =
             (rows.len() > size).then(|| pagination::encode(&rows[size - 1].id, &fingerprint));
         rows.truncate(size);
@@ -319,14 +316,9 @@ impl ConsentService for Api {
         }
         v.max_len("request_id", &r.request_id, 128);
         v.finish()?;
-        let current = self
-            .store
-            .purpose(&id)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::not_found("purpose", purpose_name(&id)).in_field("purpose.name")
-            })?;
+        let current = self.store.purpose(&id).await?.ok_or_else(|| {
+            ApiError::not_found("purpose", purpose_name(&id)).in_field("purpose.name")
+        })?;
         let mut merged = current.purpose.clone();
         for path in &paths {
             apply_mask(&mut merged, &update, path);
@@ -386,8 +378,7 @@ impl ConsentService for Api {
         let mut notices = self
             .store
             .notices(notice_id, purpose.as_deref(), after, size + 1)
-            .await
-            .map_err(ApiError::internal)?;
+            .await?;
         let next = (notices.len() > size).then(|| {
             let last = &notices[size - 1];
             let id = last.name.split('/').nth(1).unwrap_or_default().to_string();
@@ -494,8 +485,7 @@ impl ConsentService for Api {
         let mut events = self
             .store
             .events(&hashes, purpose.as_deref(), after, size + 1)
-            .await
-            .map_err(ApiError::internal)?;
+            .await?;
         let next =
             (events.len() > size).then(|| pagination::encode(&events[size - 1].0, &fingerprint));
         events.truncate(size);
@@ -610,12 +600,11 @@ impl ConsentService for Api {
                     let from = to_micros(register::from_timestamp(t));
                     self.store
                         .first_change_at_or_after(from)
-                        .await
-                        .map_err(ApiError::internal)?
+                        .await?
                         .map_or(i64::MAX, |seq| seq - 1)
-                        .min(self.store.last_change().await.map_err(ApiError::internal)?)
+                        .min(self.store.last_change().await?)
                 }
-                None => self.store.last_change().await.map_err(ApiError::internal)?,
+                None => self.store.last_change().await?,
             },
         };
         let access = self.access(&call, "WatchConsentChanges", None, "");
@@ -650,23 +639,14 @@ impl ConsentService for Api {
             0 => 1000,
             n => (n as usize).min(10_000),
         };
-        if self
-            .store
-            .purpose(&pid)
-            .await
-            .map_err(ApiError::internal)?
-            .is_none()
-        {
+        if self.store.purpose(&pid).await?.is_none() {
             return Err(ApiError::not_found("purpose", purpose_name(&pid))
                 .in_field("purpose")
                 .into());
         }
         let now_us = to_micros(self.ctx.clock.now());
         let material = if r.include_reconfirmation_required {
-            self.store
-                .material_notice_us(&pid, now_us)
-                .await
-                .map_err(ApiError::internal)?
+            self.store.material_notice_us(&pid, now_us).await?
         } else {
             None
         };
@@ -675,8 +655,7 @@ impl ConsentService for Api {
         let mut rows = self
             .store
             .reconsent_due(&pid, before, material, after, size + 1)
-            .await
-            .map_err(ApiError::internal)?;
+            .await?;
         let next = (rows.len() > size).then(|| {
             let (exp, hash, _, _) = &rows[size - 1];
             pagination::encode(&(*exp, hash.clone()), &fingerprint)
@@ -715,8 +694,7 @@ impl ConsentService for Api {
         let receipt = self
             .store
             .receipt(id)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or_else(|| ApiError::not_found("receipt", name.clone()).in_field("name"))?;
         let mut access = self.access(&call, "GetReceipt", None, "");
         access.resource = name;
@@ -737,11 +715,7 @@ impl ConsentService for Api {
         let r = request.into_inner();
         let size = pagination::page_size_or(r.page_size, 100)?;
         let from: usize = pagination::decode(&r.page_token, "receipt-keys")?.unwrap_or(0);
-        let stored = self
-            .store
-            .receipt_keys()
-            .await
-            .map_err(ApiError::internal)?;
+        let stored = self.store.receipt_keys().await?;
         let current = self.receipts.key_id();
         // The key this process signs with first, until it has signed (then the
         // store has it: create_time is its first receipt).
@@ -802,11 +776,7 @@ impl ConsentService for Api {
                 .map_err(ApiError::internal)?;
             return Ok(Response::new(first));
         }
-        let (erased, receipts) = self
-            .store
-            .erase(&hashes)
-            .await
-            .map_err(ApiError::internal)?;
+        let (erased, receipts) = self.store.erase(&hashes).await?;
         for hash in &hashes {
             self.cache.forget(hash);
         }
@@ -842,11 +812,7 @@ impl ConsentService for Api {
         let mut purposes = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self
-                .store
-                .purposes(&filter, after.as_deref(), 500)
-                .await
-                .map_err(ApiError::internal)?;
+            let page = self.store.purposes(&filter, after.as_deref(), 500).await?;
             let done = page.len() < 500;
             after = page.last().map(|s| s.id.clone());
             purposes.extend(page.into_iter().map(|s| self.output(s)));

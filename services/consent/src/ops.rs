@@ -214,13 +214,7 @@ impl Api {
                 Some((id, version)) => {
                     // A published version never changes, so once seen it is known.
                     if !self.cache.knows_notice(&e.notice) {
-                        if self
-                            .store()
-                            .notice(id, Some(version))
-                            .await
-                            .map_err(ApiError::internal)?
-                            .is_none()
-                        {
+                        if self.store().notice(id, Some(version)).await?.is_none() {
                             return Err(ApiError::not_found("notice", e.notice.clone())
                                 .in_field("evidence.notice"));
                         }
@@ -345,13 +339,7 @@ impl Api {
         }
         v.finish()?;
         for (i, id) in purpose_ids.iter().enumerate() {
-            if self
-                .store()
-                .purpose(id)
-                .await
-                .map_err(ApiError::internal)?
-                .is_none()
-            {
+            if self.store().purpose(id).await?.is_none() {
                 return Err(ApiError::invalid(
                     format!("notice.purposes[{i}]"),
                     format!("purposes/{id} is not in the register"),
@@ -400,8 +388,7 @@ impl Api {
         };
         self.store()
             .notice(id, version)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or_else(|| ApiError::not_found("notice", name.to_string()).in_field("name"))
     }
 
@@ -718,8 +705,7 @@ impl Api {
             for s in self
                 .store()
                 .subject_states(std::slice::from_ref(&hash))
-                .await
-                .map_err(ApiError::internal)?
+                .await?
             {
                 if s.0 == DIRECT_MARKETING || ids.contains(&s.0) {
                     continue;
@@ -816,8 +802,7 @@ impl Api {
                 Err(_) => Arc::new(
                     self.store()
                         .purpose(&r.purpose_id)
-                        .await
-                        .map_err(ApiError::internal)?
+                        .await?
                         .map(|s| s.purpose)
                         .unwrap_or_default(),
                 ),
@@ -871,7 +856,7 @@ impl Api {
         }
         match receipt::id_of(name) {
             None => Ok(None),
-            Some(id) => self.store().receipt(id).await.map_err(ApiError::internal),
+            Some(id) => self.store().receipt(id).await,
         }
     }
 
@@ -936,11 +921,7 @@ impl Api {
                 .iter()
                 .map(|(i, _)| subjects[*i].1.as_str())
                 .collect();
-            let found = self
-                .store()
-                .states_together(&hashes, &pid)
-                .await
-                .map_err(ApiError::internal)?;
+            let found = self.store().states_together(&hashes, &pid).await?;
             for (i, ticket) in misses {
                 let hash = &subjects[i].1;
                 let state = found.get(hash).cloned().unwrap_or_default();
@@ -1000,19 +981,10 @@ impl Api {
         match self.cache.purpose(&id) {
             Ok(cached) => Ok((id, cached)),
             Err(ticket) => {
-                let stored = self
-                    .store()
-                    .purpose(&id)
-                    .await
-                    .map_err(ApiError::internal)?
-                    .ok_or_else(|| {
-                        ApiError::not_found("purpose", purpose_name(&id)).in_field(field)
-                    })?;
-                let material = self
-                    .store()
-                    .material_notices(&id)
-                    .await
-                    .map_err(ApiError::internal)?;
+                let stored = self.store().purpose(&id).await?.ok_or_else(|| {
+                    ApiError::not_found("purpose", purpose_name(&id)).in_field(field)
+                })?;
+                let material = self.store().material_notices(&id).await?;
                 let cached = CachedPurpose::new(stored.purpose, material);
                 self.cache.fill_purpose(ticket, &id, cached.clone());
                 Ok((id, cached))
@@ -1051,19 +1023,13 @@ impl Api {
         now_us: i64,
         out: &mut Vec<((usize, String), SubjectConsent)>,
     ) -> Result<(), ApiError> {
-        for (pid, decision_us, expire_us, event) in self
-            .store()
-            .subject_states(&[hash.to_string()])
-            .await
-            .map_err(ApiError::internal)?
+        for (pid, decision_us, expire_us, event) in
+            self.store().subject_states(&[hash.to_string()]).await?
         {
             let material = if pid == DIRECT_MARKETING {
                 None
             } else {
-                self.store()
-                    .material_notice_us(&pid, now_us)
-                    .await
-                    .map_err(ApiError::internal)?
+                self.store().material_notice_us(&pid, now_us).await?
             };
             let reconfirm = event.state == ConsentState::Granted as i32
                 && material.is_some_and(|m| m > decision_us);

@@ -28,11 +28,18 @@ mod states;
 
 use std::sync::Arc;
 
-use custodia_core::storage::Db;
+use custodia_core::{ApiError, storage::Db};
 use custodia_proto::consent::v1::Purpose;
+use prost::Message;
 
 pub use group_commit::{NewRecord, Receipt, StateReads, WriteJob, WriteResult, Writes};
 pub use states::{StateRowOf, States};
+
+/// A stored protobuf body, decoded; one that does not decode is an internal
+/// error like any other failure of the database.
+fn decode<M: Message + Default>(body: &[u8]) -> Result<M, ApiError> {
+    M::decode(body).map_err(ApiError::internal)
+}
 
 /// Pseudo purpose id under which a blanket objection to direct marketing is kept.
 pub const DIRECT_MARKETING: &str = "@direct-marketing";

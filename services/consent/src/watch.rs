@@ -104,7 +104,7 @@ impl Watch {
                 }
                 Err(e) => {
                     self.failed = true;
-                    return Some((Err(custodia_core::ApiError::internal(e).into()), self));
+                    return Some((Err(e.into()), self));
                 }
             }
         }

@@ -1,12 +1,12 @@
 //! The change log: events in change-number order, for streams, trails and the
 //! replicas' cache followers.
 
-use custodia_core::storage::Params;
+use custodia_core::{ApiError, storage::Params};
 use custodia_proto::consent::v1::ConsentEvent;
-use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::ConsentStore;
+use super::decode;
 
 impl ConsentStore {
     /// Changes after `after_seq` (all subjects), optionally for some purposes only.
@@ -15,7 +15,7 @@ impl ConsentStore {
         after_seq: i64,
         purpose_ids: &[String],
         limit: usize,
-    ) -> anyhow::Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>> {
+    ) -> Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>, ApiError> {
         if purpose_ids.len() <= VALUES_PER_QUERY {
             return self.changes_of(after_seq, purpose_ids, limit).await;
         }
@@ -32,7 +32,7 @@ impl ConsentStore {
         after_seq: i64,
         purpose_ids: &[String],
         limit: usize,
-    ) -> anyhow::Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>> {
+    ) -> Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>, ApiError> {
         let mut p = Params::new();
         let mut clauses = vec![format!("seq > {}", p.int(after_seq))];
         if !purpose_ids.is_empty() {
@@ -51,7 +51,7 @@ impl ConsentStore {
         rows.iter()
             .map(|r| {
                 let body: Vec<u8> = r.try_get(2)?;
-                let event = ConsentEvent::decode(body.as_slice())?;
+                let event = decode::<ConsentEvent>(&body)?;
                 let expire_us = event
                     .expire_time
                     .as_ref()
@@ -62,7 +62,7 @@ impl ConsentStore {
     }
 
     /// The first change recorded at or after `record_us`.
-    pub async fn first_change_at_or_after(&self, record_us: i64) -> anyhow::Result<Option<i64>> {
+    pub async fn first_change_at_or_after(&self, record_us: i64) -> Result<Option<i64>, ApiError> {
         let row = sqlx::query("SELECT MIN(seq) FROM consent_events WHERE record_us >= $1")
             .bind(record_us)
             .fetch_one(self.db().pool())
@@ -71,7 +71,7 @@ impl ConsentStore {
     }
 
     /// The newest change number (0 when there is none).
-    pub async fn last_change(&self) -> anyhow::Result<i64> {
+    pub async fn last_change(&self) -> Result<i64, ApiError> {
         let next: i64 = sqlx::query("SELECT next FROM consent_change_seq WHERE id = 1")
             .fetch_one(self.db().pool())
             .await?
@@ -85,7 +85,7 @@ impl ConsentStore {
         &self,
         after_seq: i64,
         limit: i64,
-    ) -> anyhow::Result<(Vec<String>, i64, i64)> {
+    ) -> Result<(Vec<String>, i64, i64), ApiError> {
         let rows = sqlx::query(
             "SELECT seq, subject_hash FROM consent_events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
@@ -103,7 +103,7 @@ impl ConsentStore {
     }
 
     /// How many erasures have been made (moves with each).
-    pub async fn erasure_epoch(&self) -> anyhow::Result<i64> {
+    pub async fn erasure_epoch(&self) -> Result<i64, ApiError> {
         let row = sqlx::query("SELECT erasures FROM consent_cache_epoch WHERE id = 1")
             .fetch_one(self.db().pool())
             .await?;
@@ -117,7 +117,7 @@ impl ConsentStore {
         purpose_id: Option<&str>,
         after_seq: Option<i64>,
         limit: usize,
-    ) -> anyhow::Result<Vec<(i64, ConsentEvent)>> {
+    ) -> Result<Vec<(i64, ConsentEvent)>, ApiError> {
         if subject_hashes.len() <= VALUES_PER_QUERY {
             return self
                 .events_of(subject_hashes, purpose_id, after_seq, limit)
@@ -137,7 +137,7 @@ impl ConsentStore {
         purpose_id: Option<&str>,
         after_seq: Option<i64>,
         limit: usize,
-    ) -> anyhow::Result<Vec<(i64, ConsentEvent)>> {
+    ) -> Result<Vec<(i64, ConsentEvent)>, ApiError> {
         let mut p = Params::new();
         let hashes: Vec<String> = subject_hashes.iter().map(|h| p.text(h.clone())).collect();
         let mut clauses = vec![format!("subject_hash IN ({})", hashes.join(", "))];
@@ -159,7 +159,7 @@ impl ConsentStore {
         rows.iter()
             .map(|r| {
                 let body: Vec<u8> = r.try_get(1)?;
-                Ok((r.try_get(0)?, ConsentEvent::decode(body.as_slice())?))
+                Ok((r.try_get(0)?, decode::<ConsentEvent>(&body)?))
             })
             .collect()
     }

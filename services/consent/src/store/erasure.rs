@@ -1,10 +1,11 @@
 //! Erasure of a subject's consent records.
 
+use custodia_core::ApiError;
 use custodia_proto::consent::v1::ConsentEvent;
-use prost::Message;
 use sqlx::Row;
 
 use super::ConsentStore;
+use super::decode;
 
 impl ConsentStore {
     /// Erases every consent record of the subjects (D-7, D-9): events, current
@@ -18,7 +19,7 @@ impl ConsentStore {
     /// The ids come from the very events deleted (`RETURNING`), so a consent
     /// committed by another replica meanwhile either goes with its receipt or
     /// stays with it.
-    pub async fn erase(&self, subject_hashes: &[String]) -> anyhow::Result<(i64, i64)> {
+    pub async fn erase(&self, subject_hashes: &[String]) -> Result<(i64, i64), ApiError> {
         let mut tx = self.db().begin_write().await?;
         let mut erased = 0;
         let mut receipts = 0;
@@ -32,7 +33,7 @@ impl ConsentStore {
             let mut ids = std::collections::BTreeSet::new();
             for row in events {
                 let body: Vec<u8> = row.try_get(0)?;
-                let event = ConsentEvent::decode(body.as_slice())?;
+                let event = decode::<ConsentEvent>(&body)?;
                 if let Some(id) = crate::receipt::id_of(&event.receipt) {
                     ids.insert(id.to_string());
                 }

@@ -10,6 +10,7 @@ use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::ConsentStore;
+use super::decode;
 
 impl ConsentStore {
     /// Publishes the next version of notice `id`; returns it. Idempotent by `key`.
@@ -80,7 +81,7 @@ impl ConsentStore {
     }
 
     /// Version `version` of notice `id` (the latest when `None`).
-    pub async fn notice(&self, id: &str, version: Option<i64>) -> anyhow::Result<Option<Notice>> {
+    pub async fn notice(&self, id: &str, version: Option<i64>) -> Result<Option<Notice>, ApiError> {
         let row =
             match version {
                 Some(v) => {
@@ -97,7 +98,7 @@ impl ConsentStore {
                 .fetch_optional(self.db().pool())
                 .await?,
             };
-        row.map(|r| Ok(Notice::decode(r.try_get::<Vec<u8>, _>(0)?.as_slice())?))
+        row.map(|r| decode(&r.try_get::<Vec<u8>, _>(0)?))
             .transpose()
     }
 
@@ -108,7 +109,7 @@ impl ConsentStore {
         purpose_id: Option<&str>,
         after: Option<(String, i64)>,
         limit: usize,
-    ) -> anyhow::Result<Vec<Notice>> {
+    ) -> Result<Vec<Notice>, ApiError> {
         let mut p = Params::new();
         let mut clauses = Vec::new();
         if let Some(id) = notice_id {
@@ -143,7 +144,7 @@ impl ConsentStore {
             .fetch_all(self.db().pool())
             .await?;
         rows.iter()
-            .map(|r| Ok(Notice::decode(r.try_get::<Vec<u8>, _>(0)?.as_slice())?))
+            .map(|r| decode(&r.try_get::<Vec<u8>, _>(0)?))
             .collect()
     }
 
@@ -153,7 +154,7 @@ impl ConsentStore {
         &self,
         purpose_id: &str,
         now_us: i64,
-    ) -> anyhow::Result<Option<i64>> {
+    ) -> Result<Option<i64>, ApiError> {
         let row = sqlx::query(
             "SELECT MAX(n.effective_us) FROM notices n JOIN notice_purposes np \
              ON np.notice_id = n.notice_id AND np.version = n.version \
@@ -171,7 +172,7 @@ impl ConsentStore {
     pub async fn material_notices(
         &self,
         purpose_id: &str,
-    ) -> anyhow::Result<Vec<(i64, String, i64)>> {
+    ) -> Result<Vec<(i64, String, i64)>, ApiError> {
         let rows = sqlx::query(
             "SELECT n.effective_us, n.notice_id, n.version FROM notices n JOIN notice_purposes np \
              ON np.notice_id = n.notice_id AND np.version = n.version \

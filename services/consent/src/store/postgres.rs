@@ -179,7 +179,7 @@ pub(super) async fn write_postgres(
 }
 
 /// A row of PostgreSQL's query of [`state_rows`].
-fn state_row_of(r: &sqlx::postgres::PgRow) -> anyhow::Result<StateRowOf> {
+fn state_row_of(r: &sqlx::postgres::PgRow) -> Result<StateRowOf, ApiError> {
     let state = ConsentState::try_from(r.try_get::<i64, _>(2)? as i32).unwrap_or_default();
     Ok((
         r.try_get(0)?,
@@ -198,7 +198,7 @@ pub(super) async fn state_rows(
     pool: &sqlx::PgPool,
     chunk: Vec<String>,
     purpose_id: Option<String>,
-) -> anyhow::Result<Vec<StateRowOf>> {
+) -> Result<Vec<StateRowOf>, ApiError> {
     let rows = match &purpose_id {
         Some(pid) => {
             sqlx::query(
@@ -231,7 +231,7 @@ pub(super) async fn state_rows_after(
     hash: String,
     pid: String,
     limit: i64,
-) -> anyhow::Result<(Vec<StateRowOf>, Option<(String, String)>)> {
+) -> Result<(Vec<StateRowOf>, Option<(String, String)>), ApiError> {
     let rows = sqlx::query(
         "SELECT subject_hash, purpose_id, state, decision_us, expire_us FROM subject_consents \
          WHERE (subject_hash, purpose_id) > ($1, $2) \
@@ -244,7 +244,7 @@ pub(super) async fn state_rows_after(
     .await?
     .iter()
     .map(state_row_of)
-    .collect::<anyhow::Result<Vec<_>>>()?;
+    .collect::<Result<Vec<_>, ApiError>>()?;
     // Rows arrive in the ORDER BY of the key's collation.
     let last = rows.last().map(|r| (r.0.clone(), r.1.clone()));
     Ok((rows, last))

@@ -9,17 +9,18 @@ use custodia_proto::consent::v1::Purpose;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
+use super::decode;
 use super::{ConsentStore, PurposeFilter, StoredPurpose, Written};
 
 fn etag() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn row_to_purpose(r: &AnyRow) -> anyhow::Result<StoredPurpose> {
+fn row_to_purpose(r: &AnyRow) -> Result<StoredPurpose, ApiError> {
     let body: Vec<u8> = r.try_get("body")?;
     Ok(StoredPurpose {
         id: r.try_get("id")?,
-        purpose: Purpose::decode(body.as_slice())?,
+        purpose: decode::<Purpose>(&body)?,
         create_us: r.try_get("create_us")?,
         update_us: r.try_get("update_us")?,
         etag: r.try_get("etag")?,
@@ -79,7 +80,7 @@ impl ConsentStore {
     }
 
     /// Purpose `id`, if it exists.
-    pub async fn purpose(&self, id: &str) -> anyhow::Result<Option<StoredPurpose>> {
+    pub async fn purpose(&self, id: &str) -> Result<Option<StoredPurpose>, ApiError> {
         let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.to_string())
@@ -94,7 +95,7 @@ impl ConsentStore {
         filter: &PurposeFilter,
         after: Option<&str>,
         limit: usize,
-    ) -> anyhow::Result<Vec<StoredPurpose>> {
+    ) -> Result<Vec<StoredPurpose>, ApiError> {
         let mut p = Params::new();
         let mut clauses: Vec<String> = Vec::new();
         if let Some(t) = filter.review_due_before_us {

@@ -1,9 +1,10 @@
 //! Receipts and the keys that signed them.
 
-use prost::Message;
+use custodia_core::ApiError;
 use sqlx::Row;
 
 use super::ConsentStore;
+use super::decode;
 
 impl ConsentStore {
     /// Adds a receipt-signing key to the keys ListReceiptKeys hands out, first
@@ -13,7 +14,7 @@ impl ConsentStore {
         key_id: &str,
         public_key: &[u8],
         now_us: i64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ApiError> {
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO receipt_keys (key_id, public_key, first_used_us) VALUES ($1, $2, $3) \
@@ -30,7 +31,7 @@ impl ConsentStore {
 
     /// Every key that has signed receipts, newest first: (key id, public key,
     /// first use in µs).
-    pub async fn receipt_keys(&self) -> anyhow::Result<Vec<(String, Vec<u8>, i64)>> {
+    pub async fn receipt_keys(&self) -> Result<Vec<(String, Vec<u8>, i64)>, ApiError> {
         let rows = sqlx::query(
             "SELECT key_id, public_key, first_used_us FROM receipt_keys \
              ORDER BY first_used_us DESC, key_id",
@@ -46,16 +47,14 @@ impl ConsentStore {
     pub async fn receipt(
         &self,
         id: &str,
-    ) -> anyhow::Result<Option<custodia_proto::consent::v1::ConsentReceipt>> {
+    ) -> Result<Option<custodia_proto::consent::v1::ConsentReceipt>, ApiError> {
         let row = sqlx::query("SELECT body FROM receipts WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(self.db().pool())
             .await?;
         row.map(|r| {
             let body: Vec<u8> = r.try_get(0)?;
-            Ok(custodia_proto::consent::v1::ConsentReceipt::decode(
-                body.as_slice(),
-            )?)
+            decode::<custodia_proto::consent::v1::ConsentReceipt>(&body)
         })
         .transpose()
     }

@@ -9,9 +9,9 @@ use custodia_core::{
     storage::{Backend, Script, ScriptTx, placeholders},
 };
 use custodia_proto::consent::v1::ConsentEvent;
-use prost::Message;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
+use super::decode;
 use super::group_commit::{
     Earlier, KeyOf, MAX_STATEMENT_PARAMS, ROWS_PER_STATEMENT, Receipt, WriteJob, event_id,
     event_ids, last_of_each, numbered,
@@ -228,7 +228,7 @@ pub(super) async fn events_by_id(
         }
         for row in q.fetch_all(&mut *conn).await? {
             let body: Vec<u8> = row.try_get(1)?;
-            let event = ConsentEvent::decode(body.as_slice()).map_err(ApiError::internal)?;
+            let event = decode::<ConsentEvent>(&body)?;
             out.insert(row.try_get(0)?, event);
         }
     }

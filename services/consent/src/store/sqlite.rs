@@ -1,14 +1,18 @@
 //! SQLite's own paths.
 
-use custodia_core::storage::{Db, placeholders};
+use custodia_core::{
+    ApiError,
+    storage::{Db, placeholders},
+};
 use custodia_proto::consent::v1::ConsentState;
 use sqlx::AssertSqlSafe;
 
 use super::{DIRECT_MARKETING, StateRowOf};
 
 /// Rows aggregated by SQLite's `json_group_array(json_array(...))`.
-fn rows_of_json(json: &str) -> anyhow::Result<Vec<StateRowOf>> {
-    let rows: Vec<(String, String, i32, i64, Option<i64>)> = serde_json::from_str(json)?;
+fn rows_of_json(json: &str) -> Result<Vec<StateRowOf>, ApiError> {
+    let rows: Vec<(String, String, i32, i64, Option<i64>)> =
+        serde_json::from_str(json).map_err(ApiError::internal)?;
     Ok(rows
         .into_iter()
         .map(|(h, p, s, d, e)| (h, p, ConsentState::try_from(s).unwrap_or_default(), d, e))
@@ -24,7 +28,7 @@ pub(super) async fn state_rows(
     db: &Db,
     chunk: Vec<String>,
     purpose_id: Option<String>,
-) -> anyhow::Result<Vec<StateRowOf>> {
+) -> Result<Vec<StateRowOf>, ApiError> {
     let backend = db.backend();
     let (purposes, first) = match &purpose_id {
         Some(_) => (
@@ -55,7 +59,7 @@ pub(super) async fn state_rows_after(
     hash: String,
     pid: String,
     limit: i64,
-) -> anyhow::Result<(Vec<StateRowOf>, Option<(String, String)>)> {
+) -> Result<(Vec<StateRowOf>, Option<(String, String)>), ApiError> {
     let json: String = sqlx::query_scalar(
         "SELECT json_group_array(json_array(subject_hash, purpose_id, state, decision_us, expire_us)) \
          FROM (SELECT * FROM subject_consents WHERE (subject_hash, purpose_id) > ($1, $2) \

@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 
-use custodia_core::storage::{Db, NATIVE_PG_CONNECTIONS, Params};
+use custodia_core::{
+    ApiError,
+    storage::{Db, NATIVE_PG_CONNECTIONS, Params},
+};
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState};
-use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::decode;
 use super::{ConsentStore, DIRECT_MARKETING, postgres, sqlite};
 use crate::{cache::CachedState, decision::StateRow};
 
@@ -16,7 +19,7 @@ impl ConsentStore {
     pub async fn subject_states(
         &self,
         subject_hashes: &[String],
-    ) -> anyhow::Result<Vec<(String, i64, Option<i64>, ConsentEvent)>> {
+    ) -> Result<Vec<(String, i64, Option<i64>, ConsentEvent)>, ApiError> {
         let mut out = Vec::new();
         for hash in subject_hashes {
             let rows = sqlx::query(
@@ -33,7 +36,7 @@ impl ConsentStore {
                     r.try_get(0)?,
                     r.try_get(1)?,
                     r.try_get(2)?,
-                    ConsentEvent::decode(body.as_slice())?,
+                    decode::<ConsentEvent>(&body)?,
                 ));
             }
         }
@@ -50,7 +53,7 @@ impl ConsentStore {
         decided_before_us: Option<i64>,
         after: Option<(i64, String)>,
         limit: usize,
-    ) -> anyhow::Result<Vec<(i64, String, i64, ConsentEvent)>> {
+    ) -> Result<Vec<(i64, String, i64, ConsentEvent)>, ApiError> {
         let mut p = Params::new();
         let granted = ConsentState::Granted as i32;
         let mut due = format!("COALESCE(expire_us, {}) < {}", i64::MAX, p.int(before_us));
@@ -90,7 +93,7 @@ impl ConsentStore {
                     r.try_get(0)?,
                     r.try_get(1)?,
                     r.try_get(2)?,
-                    ConsentEvent::decode(body.as_slice())?,
+                    decode::<ConsentEvent>(&body)?,
                 ))
             })
             .collect()
@@ -103,7 +106,7 @@ impl ConsentStore {
         &self,
         subject_hashes: &[&str],
         purpose_id: &str,
-    ) -> anyhow::Result<States> {
+    ) -> Result<States, ApiError> {
         let keys = subject_hashes
             .iter()
             .map(|h| (purpose_id.to_string(), h.to_string()))
@@ -123,7 +126,7 @@ impl ConsentStore {
         &self,
         subject_hashes: &[&str],
         purpose_id: &str,
-    ) -> anyhow::Result<States> {
+    ) -> Result<States, ApiError> {
         states_in(self.db(), subject_hashes, purpose_id).await
     }
 
@@ -131,7 +134,7 @@ impl ConsentStore {
     pub async fn rows_of_subjects(
         &self,
         subject_hashes: &[String],
-    ) -> anyhow::Result<Vec<StateRowOf>> {
+    ) -> Result<Vec<StateRowOf>, ApiError> {
         let mut out = Vec::new();
         for chunk in subject_hashes.chunks(STATE_READ_CHUNK) {
             out.extend(state_rows(self.db().clone(), chunk.to_vec(), None).await?);
@@ -146,7 +149,7 @@ impl ConsentStore {
         &self,
         after: Option<&(String, String)>,
         limit: i64,
-    ) -> anyhow::Result<(Vec<StateRowOf>, Option<(String, String)>)> {
+    ) -> Result<(Vec<StateRowOf>, Option<(String, String)>), ApiError> {
         let (hash, pid) = after
             .map(|(h, p)| (h.clone(), p.clone()))
             .unwrap_or_default();
@@ -175,7 +178,7 @@ pub(super) async fn states_in(
     db: &Db,
     subject_hashes: &[&str],
     purpose_id: &str,
-) -> anyhow::Result<States> {
+) -> Result<States, ApiError> {
     use futures::{StreamExt, TryStreamExt};
     let mut out = States::with_capacity_and_hasher(subject_hashes.len(), Default::default());
     // Chunks go to the database a few at a time, on connections of their own: on
@@ -223,7 +226,7 @@ async fn state_rows(
     db: Db,
     chunk: Vec<String>,
     purpose_id: Option<String>,
-) -> anyhow::Result<Vec<StateRowOf>> {
+) -> Result<Vec<StateRowOf>, ApiError> {
     match db.native_postgres() {
         Some(pool) => postgres::state_rows(pool, chunk, purpose_id).await,
         None => sqlite::state_rows(&db, chunk, purpose_id).await,
