@@ -1,17 +1,25 @@
 //! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cache;
+pub mod checks;
 pub mod decision;
+pub mod erasure;
+pub mod evidence;
 pub mod export;
 pub mod grpc;
+pub mod history;
 pub mod index;
-pub mod ops;
+pub mod notices;
 mod par;
 pub mod presets;
+pub mod purposes;
 pub mod receipt;
+pub mod receipts;
 pub mod records;
 pub mod register;
+pub mod rules;
 pub mod store;
 pub mod watch;
 
@@ -58,7 +66,7 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
             ctx.config.consent.state_index_max_rows,
         ));
         let follower = cache::follow(cache.clone(), store.clone(), ctx.shutdown.clone());
-        let api = grpc::Api::new(ctx.clone(), store, receipts, cache);
+        let api = api::Api::new(ctx.clone(), store, receipts, cache);
         let server = ConsentServiceServer::new(api)
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {
