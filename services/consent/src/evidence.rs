@@ -110,18 +110,10 @@ pub(crate) fn check_evidence<'e>(
 
 #[cfg(test)]
 mod tests {
-    use custodia_core::ApiError;
+    use crate::test_support::violations;
     use custodia_proto::common::v1::Document;
 
     use super::*;
-
-    fn violations(v: &mut Validator) -> Vec<String> {
-        match v.finish() {
-            Ok(()) => Vec::new(),
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            Err(other) => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn ips_are_truncated() {
@@ -132,13 +124,14 @@ mod tests {
         );
     }
 
+    fn at(seconds: i64) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos: 0 }
+    }
+
     #[test]
     fn evidence_as_stored() {
         let mut e = Evidence {
-            collect_time: Some(prost_types::Timestamp {
-                seconds: 100,
-                nanos: 0,
-            }),
+            collect_time: Some(at(100)),
             channel: pb::ConsentChannel::WebForm as i32,
             notice: "notices/privacy/versions/2".into(),
             source_ip: "192.0.2.77".into(),
@@ -164,10 +157,7 @@ mod tests {
     #[test]
     fn evidence_violations_in_field_order() {
         let mut e = Evidence {
-            collect_time: Some(prost_types::Timestamp {
-                seconds: 1_000,
-                nanos: 0,
-            }),
+            collect_time: Some(at(1_000)),
             notice: "privacy".into(),
             source_ip: "not an ip".into(),
             proof: Some(Document {

@@ -209,13 +209,7 @@ pub(crate) async fn list_reconsent_due(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field(e: ApiError) -> String {
-        match e {
-            ApiError::InvalidArgument(v) => v[0].field.clone(),
-            other => panic!("not INVALID_ARGUMENT: {other:?}"),
-        }
-    }
+    use crate::test_support::fields;
 
     #[test]
     fn purpose_filters_are_optional_names() {
@@ -225,7 +219,7 @@ mod tests {
             Some("newsletter".to_string())
         );
         assert_eq!(
-            field(purpose_filter("newsletter", "purpose").unwrap_err()),
+            fields(purpose_filter("newsletter", "purpose").unwrap_err())[0],
             "purpose"
         );
     }
@@ -247,13 +241,13 @@ mod tests {
         );
         assert_eq!(validate_reconsent_due(&r(50_000)).unwrap().2, 10_000);
         assert_eq!(
-            field(validate_reconsent_due(&r(-1)).unwrap_err()),
+            fields(validate_reconsent_due(&r(-1)).unwrap_err())[0],
             "page_size"
         );
         let mut no_time = r(0);
         no_time.expire_before_time = None;
         assert_eq!(
-            field(validate_reconsent_due(&no_time).unwrap_err()),
+            fields(validate_reconsent_due(&no_time).unwrap_err())[0],
             "expire_before_time"
         );
     }

@@ -1,4 +1,13 @@
 //! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
+//!
+//! Where things are: `grpc.rs` maps each RPC to the use case of its resource
+//! (its header has the table), in `purposes`, `notices`, `records`, `history`,
+//! `checks`, `receipts`, `erasure` and `watch`; each use case validates its
+//! request with pure functions beside it (`rules` and `evidence` hold what a
+//! decision must meet), decides, and calls the store. [`store::ConsentStore`]
+//! is the one storage interface, its backend paths in `store/postgres.rs` and
+//! `store/sqlite.rs`, its group commit in `store/group_commit.rs`. Checks read
+//! through the [`cache`] and its [`index`]; [`decision`] decides them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -21,6 +30,8 @@ pub mod records;
 pub mod register;
 pub mod rules;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod watch;
 
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     api::{Api, MAX_PURPOSE_FILTER},
-    register::{checked_purpose_id, purpose_id, timestamp, valid_id},
+    register::{check_id, checked_purpose_id, purpose_id, timestamp, valid_id},
 };
 
 /// Largest notice text.
@@ -37,11 +37,7 @@ fn validate_publish(
     r: pb::PublishNoticeRequest,
 ) -> Result<(String, Notice, Vec<String>), ApiError> {
     let mut v = Validator::new();
-    v.check(
-        valid_id(&r.notice_id),
-        "notice_id",
-        "must be 1-63 lowercase letters, digits or hyphens, starting with a letter",
-    );
+    check_id(&mut v, "notice_id", &r.notice_id);
     v.max_len("request_id", &r.request_id, 128);
     let mut notice = r
         .notice
@@ -232,13 +228,7 @@ pub(crate) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(e: ApiError) -> Vec<String> {
-        match e {
-            ApiError::InvalidArgument(v) => v.into_iter().map(|f| f.field).collect(),
-            other => panic!("not INVALID_ARGUMENT: {other:?}"),
-        }
-    }
+    use crate::test_support::fields;
 
     fn request(notice: Notice) -> pb::PublishNoticeRequest {
         pb::PublishNoticeRequest {

@@ -20,7 +20,7 @@ use custodia_proto::{
 use crate::{
     api::Api,
     export,
-    register::{self, purpose_id, purpose_name, valid_id},
+    register::{self, purpose_id, purpose_name},
     store::{PurposeFilter, StoredPurpose, Written},
 };
 
@@ -79,11 +79,7 @@ fn validate_create(
     now: DateTime<Utc>,
 ) -> Result<(String, Purpose), ApiError> {
     let mut v = Validator::new();
-    v.check(
-        valid_id(&r.purpose_id),
-        "purpose_id",
-        "must be 1-63 lowercase letters, digits or hyphens, starting with a letter",
-    );
+    register::check_id(&mut v, "purpose_id", &r.purpose_id);
     v.max_len("request_id", &r.request_id, 128);
     let Some(purpose) = r.purpose else {
         v.add("purpose", "is required");
@@ -119,9 +115,8 @@ pub(crate) async fn create(
         .store
         .create_purpose(&id, &purpose, next, key.as_ref(), now_us)
         .await?;
-    api.cache.forget_register();
     Ok(pb::CreatePurposeResponse {
-        purpose: Some(written_purpose(api, written).await?),
+        purpose: Some(registered(api, written).await?),
     })
 }
 
@@ -257,9 +252,8 @@ pub(crate) async fn update(
         .store
         .update_purpose(&id, &merged, next, etag, key.as_ref(), now_us)
         .await?;
-    api.cache.forget_register();
     Ok(pb::UpdatePurposeResponse {
-        purpose: Some(written_purpose(api, written).await?),
+        purpose: Some(registered(api, written).await?),
     })
 }
 
@@ -325,9 +319,11 @@ async fn purpose_by_id(api: &Api, id: &str) -> Result<Purpose, ApiError> {
     Ok(output(api, stored))
 }
 
-/// What a create or update answers: the purpose written, or the one a retry's
-/// first call wrote.
-async fn written_purpose(api: &Api, w: Written) -> Result<Purpose, ApiError> {
+/// What a create or update answers once the register changed (the check
+/// cache forgets it): the purpose written, or the one a retry's first call
+/// wrote.
+async fn registered(api: &Api, w: Written) -> Result<Purpose, ApiError> {
+    api.cache.forget_register();
     match w {
         Written::Done(s) => Ok(output(api, *s)),
         Written::Replayed(id) => purpose_by_id(api, &id).await,
@@ -336,19 +332,13 @@ async fn written_purpose(api: &Api, w: Written) -> Result<Purpose, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::fields;
     use prost_types::FieldMask;
 
     use super::*;
 
     fn now() -> DateTime<Utc> {
         "2026-03-01T12:00:00Z".parse().unwrap()
-    }
-
-    fn fields(e: ApiError) -> Vec<String> {
-        match e {
-            ApiError::InvalidArgument(v) => v.into_iter().map(|f| f.field).collect(),
-            other => panic!("not INVALID_ARGUMENT: {other:?}"),
-        }
     }
 
     fn valid_purpose() -> Purpose {

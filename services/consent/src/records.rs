@@ -4,10 +4,12 @@
 //! evidence's in [`crate::evidence`]; the store's side is
 //! `store/group_commit.rs`.
 
+use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
     idempotency::RequestKey,
+    outbox::AccessEvent,
     storage::{from_micros, to_micros},
     subject::SubjectId,
     validate::{MAX_ID, MAX_TEXT, Validator},
@@ -195,6 +197,28 @@ fn new_event(
     }
 }
 
+/// Writes `records` with their receipt and access event (see
+/// [`crate::store::ConsentStore::record`]), then drops the subject `hash` from the
+/// check cache, wakes the outbox and the change streams.
+async fn persist(
+    api: &Api,
+    key: Option<&RequestKey>,
+    records: &[NewRecord],
+    receipt: Option<(&str, &str, Vec<u8>)>,
+    access: &AccessEvent,
+    now: DateTime<Utc>,
+    hash: &str,
+) -> Result<Vec<ConsentEvent>, ApiError> {
+    let events = api
+        .store
+        .record(key, records, receipt, access, to_micros(now))
+        .await?;
+    api.cache.forget(hash);
+    api.ctx.outbox.wake();
+    api.notify_changed();
+    Ok(events)
+}
+
 /// `refusal`, unless the call retries one that was recorded (an earlier call
 /// with its `request_id` stored events): then that call's answer, as the
 /// idempotency of RecordConsent promises, even if the register changed since
@@ -288,19 +312,17 @@ pub(crate) async fn record(
         .unwrap_or_default()
         .to_string();
     let body = prost::Message::encode_to_vec(&receipt);
-    let events = api
-        .store
-        .record(
-            key.as_ref(),
-            &records,
-            Some((&id, &hash, body)),
-            &access,
-            to_micros(now),
-        )
-        .await?;
-    api.cache.forget(&hash);
-    api.ctx.outbox.wake();
-    api.notify_changed();
+    let receipt_row = Some((id.as_str(), hash.as_str(), body));
+    let events = persist(
+        api,
+        key.as_ref(),
+        &records,
+        receipt_row,
+        &access,
+        now,
+        &hash,
+    )
+    .await?;
     let receipt = receipts::answered(api, &events, Some(receipt)).await?;
     Ok(pb::RecordConsentResponse { events, receipt })
 }
@@ -312,21 +334,18 @@ pub(crate) async fn withdraw(
     r: pb::WithdrawConsentRequest,
 ) -> Result<pb::WithdrawConsentResponse, ApiError> {
     let key = RequestKey::of(call, "WithdrawConsent", &r.request_id, &r);
-    let (events, receipt) = withdraw_or_object(
-        api,
-        call,
-        "WithdrawConsent",
-        r.subject.as_ref(),
-        &r.purposes,
-        r.all_purposes,
-        false,
-        r.evidence,
-        &r.reason,
-        &r.request_id,
-        key.as_ref(),
-        ConsentState::Withdrawn,
-    )
-    .await?;
+    let change = Change {
+        method: "WithdrawConsent",
+        subject: r.subject.as_ref(),
+        purposes: &r.purposes,
+        all_purposes: r.all_purposes,
+        direct_marketing: false,
+        evidence: r.evidence,
+        reason: &r.reason,
+        request_id: &r.request_id,
+        state: ConsentState::Withdrawn,
+    };
+    let (events, receipt) = withdraw_or_object(api, call, key.as_ref(), change).await?;
     Ok(pb::WithdrawConsentResponse { events, receipt })
 }
 
@@ -337,40 +356,52 @@ pub(crate) async fn object(
     r: pb::RecordObjectionRequest,
 ) -> Result<pb::RecordObjectionResponse, ApiError> {
     let key = RequestKey::of(call, "RecordObjection", &r.request_id, &r);
-    let (events, _) = withdraw_or_object(
-        api,
-        call,
-        "RecordObjection",
-        r.subject.as_ref(),
-        &r.purposes,
-        false,
-        r.direct_marketing,
-        r.evidence,
-        &r.grounds,
-        &r.request_id,
-        key.as_ref(),
-        ConsentState::Objected,
-    )
-    .await?;
+    let change = Change {
+        method: "RecordObjection",
+        subject: r.subject.as_ref(),
+        purposes: &r.purposes,
+        all_purposes: false,
+        direct_marketing: r.direct_marketing,
+        evidence: r.evidence,
+        reason: &r.grounds,
+        request_id: &r.request_id,
+        state: ConsentState::Objected,
+    };
+    let (events, _) = withdraw_or_object(api, call, key.as_ref(), change).await?;
     Ok(pb::RecordObjectionResponse { events })
 }
 
-/// WithdrawConsent and RecordObjection share this: set `state` on purposes.
-#[allow(clippy::too_many_arguments)]
-async fn withdraw_or_object(
-    api: &Api,
-    call: &CallContext,
-    method: &str,
-    subject: Option<&SubjectRef>,
-    purposes: &[String],
+/// What a WithdrawConsent or RecordObjection asks: `state` set on purposes.
+struct Change<'a> {
+    method: &'static str,
+    subject: Option<&'a SubjectRef>,
+    purposes: &'a [String],
     all_purposes: bool,
     direct_marketing: bool,
     evidence: Option<Evidence>,
-    reason: &str,
-    request_id: &str,
-    key: Option<&RequestKey>,
+    reason: &'a str,
+    request_id: &'a str,
     state: ConsentState,
+}
+
+/// WithdrawConsent and RecordObjection share this: set `state` on purposes.
+async fn withdraw_or_object(
+    api: &Api,
+    call: &CallContext,
+    key: Option<&RequestKey>,
+    change: Change<'_>,
 ) -> Result<(Vec<ConsentEvent>, Option<pb::ConsentReceipt>), ApiError> {
+    let Change {
+        method,
+        subject,
+        purposes,
+        all_purposes,
+        direct_marketing,
+        evidence,
+        reason,
+        request_id,
+        state,
+    } = change;
     let mut v = Validator::new();
     let (subject, hash) = api.subject(subject, "subject")?;
     let mut ids = validate_targets(
@@ -452,21 +483,10 @@ async fn withdraw_or_object(
         let id = receipt::id_of(&r.name).unwrap_or_default().to_string();
         (id, prost::Message::encode_to_vec(r))
     });
-    let events = api
-        .store
-        .record(
-            key,
-            &records,
-            receipt
-                .as_ref()
-                .map(|(id, body)| (id.as_str(), hash.as_str(), body.clone())),
-            &access,
-            to_micros(now),
-        )
-        .await?;
-    api.cache.forget(&hash);
-    api.ctx.outbox.wake();
-    api.notify_changed();
+    let receipt_row = receipt
+        .as_ref()
+        .map(|(id, body)| (id.as_str(), hash.as_str(), body.clone()));
+    let events = persist(api, key, &records, receipt_row, &access, now, &hash).await?;
     let receipt = receipts::answered(api, &events, issued).await?;
     Ok((events, receipt))
 }
@@ -474,14 +494,7 @@ async fn withdraw_or_object(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn violations(v: &mut Validator) -> Vec<String> {
-        match v.finish() {
-            Ok(()) => Vec::new(),
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|f| f.field).collect(),
-            Err(other) => panic!("{other:?}"),
-        }
-    }
+    use crate::test_support::violations;
 
     #[test]
     fn decisions_name_each_purpose_once() {

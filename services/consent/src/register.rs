@@ -48,6 +48,15 @@ pub fn checked_purpose_id<'a>(v: &mut Validator, name: &'a str, field: &str) -> 
     id
 }
 
+/// Checks that `id` (request field `field`) is a [`valid_id`].
+pub fn check_id(v: &mut Validator, field: &str, id: &str) {
+    v.check(
+        valid_id(id),
+        field,
+        "must be 1-63 lowercase letters, digits or hyphens, starting with a letter",
+    );
+}
+
 /// AIP-122 style ids: lowercase letters, digits and hyphens, starting with a letter.
 pub fn valid_id(id: &str) -> bool {
     (1..=63).contains(&id.len())

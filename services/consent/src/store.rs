@@ -28,17 +28,31 @@ mod states;
 
 use std::sync::Arc;
 
-use custodia_core::{ApiError, storage::Db};
+use custodia_core::{
+    ApiError,
+    storage::{Db, Params},
+};
 use custodia_proto::consent::v1::Purpose;
 use prost::Message;
+use sqlx::{AssertSqlSafe, ColumnIndex, Row, any::AnyRow};
 
 pub use group_commit::{NewRecord, Receipt, StateReads, WriteJob, WriteResult, Writes};
 pub use states::{StateRowOf, States};
 
-/// A stored protobuf body, decoded; one that does not decode is an internal
-/// error like any other failure of the database.
-fn decode<M: Message + Default>(body: &[u8]) -> Result<M, ApiError> {
-    M::decode(body).map_err(ApiError::internal)
+/// The protobuf body in column `i` of `row`, decoded; one that does not decode
+/// is an internal error like any other failure of the database.
+fn body<M: Message + Default>(row: &AnyRow, i: impl ColumnIndex<AnyRow>) -> Result<M, ApiError> {
+    let bytes: Vec<u8> = row.try_get(i)?;
+    M::decode(bytes.as_slice()).map_err(ApiError::internal)
+}
+
+/// `WHERE` and the `clauses` joined by `AND`; nothing when there are none.
+fn where_clause(clauses: &[String]) -> String {
+    if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    }
 }
 
 /// Pseudo purpose id under which a blanket objection to direct marketing is kept.
@@ -113,5 +127,12 @@ impl ConsentStore {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The rows of `sql`, whose parameters `p` holds, read from the pool.
+    async fn rows(&self, p: Params, sql: String) -> Result<Vec<AnyRow>, ApiError> {
+        Ok(p.bind(sqlx::query(AssertSqlSafe(sql)))
+            .fetch_all(self.db.pool())
+            .await?)
     }
 }

@@ -3,10 +3,10 @@
 
 use custodia_core::{ApiError, storage::Params};
 use custodia_proto::consent::v1::ConsentEvent;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{Row, any::AnyRow};
 
 use super::ConsentStore;
-use super::decode;
+use super::body;
 
 impl ConsentStore {
     /// Changes after `after_seq` (all subjects), optionally for some purposes only.
@@ -39,19 +39,12 @@ impl ConsentStore {
             let ids: Vec<String> = purpose_ids.iter().map(|id| p.text(id.clone())).collect();
             clauses.push(format!("purpose_id IN ({})", ids.join(", ")));
         }
-        let sql = format!(
-            "SELECT seq, decision_us, body FROM consent_events WHERE {} ORDER BY seq LIMIT {}",
-            clauses.join(" AND "),
-            p.int(limit as i64)
-        );
-        let rows = p
-            .bind(sqlx::query(AssertSqlSafe(sql)))
-            .fetch_all(self.db().pool())
+        let rows = self
+            .events_where("seq, decision_us, body", &clauses, p, limit)
             .await?;
         rows.iter()
             .map(|r| {
-                let body: Vec<u8> = r.try_get(2)?;
-                let event = decode::<ConsentEvent>(&body)?;
+                let event: ConsentEvent = body(r, 2)?;
                 let expire_us = event
                     .expire_time
                     .as_ref()
@@ -59,6 +52,23 @@ impl ConsentStore {
                 Ok((r.try_get(0)?, r.try_get(1)?, expire_us, event))
             })
             .collect()
+    }
+
+    /// The `columns` of the first `limit` events (by change number) matching
+    /// every one of `clauses`, whose parameters `p` holds.
+    async fn events_where(
+        &self,
+        columns: &str,
+        clauses: &[String],
+        mut p: Params,
+        limit: usize,
+    ) -> Result<Vec<AnyRow>, ApiError> {
+        let sql = format!(
+            "SELECT {columns} FROM consent_events WHERE {} ORDER BY seq LIMIT {}",
+            clauses.join(" AND "),
+            p.int(limit as i64)
+        );
+        self.rows(p, sql).await
     }
 
     /// The first change recorded at or after `record_us`.
@@ -147,20 +157,9 @@ impl ConsentStore {
         if let Some(after) = after_seq {
             clauses.push(format!("seq > {}", p.int(after)));
         }
-        let sql = format!(
-            "SELECT seq, body FROM consent_events WHERE {} ORDER BY seq LIMIT {}",
-            clauses.join(" AND "),
-            p.int(limit as i64)
-        );
-        let rows = p
-            .bind(sqlx::query(AssertSqlSafe(sql)))
-            .fetch_all(self.db().pool())
-            .await?;
+        let rows = self.events_where("seq, body", &clauses, p, limit).await?;
         rows.iter()
-            .map(|r| {
-                let body: Vec<u8> = r.try_get(1)?;
-                Ok((r.try_get(0)?, decode::<ConsentEvent>(&body)?))
-            })
+            .map(|r| Ok((r.try_get(0)?, body(r, 1)?)))
             .collect()
     }
 }

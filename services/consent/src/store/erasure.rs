@@ -2,10 +2,9 @@
 
 use custodia_core::ApiError;
 use custodia_proto::consent::v1::ConsentEvent;
-use sqlx::Row;
 
 use super::ConsentStore;
-use super::decode;
+use super::body;
 
 impl ConsentStore {
     /// Erases every consent record of the subjects (D-7, D-9): events, current
@@ -32,8 +31,7 @@ impl ConsentStore {
             erased += events.len() as i64;
             let mut ids = std::collections::BTreeSet::new();
             for row in events {
-                let body: Vec<u8> = row.try_get(0)?;
-                let event = decode::<ConsentEvent>(&body)?;
+                let event: ConsentEvent = body(&row, 0)?;
                 if let Some(id) = crate::receipt::id_of(&event.receipt) {
                     ids.insert(id.to_string());
                 }

@@ -7,10 +7,10 @@ use custodia_core::{
 };
 use custodia_proto::consent::v1::Notice;
 use prost::Message;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use super::ConsentStore;
-use super::decode;
+use super::{body, where_clause};
 
 impl ConsentStore {
     /// Publishes the next version of notice `id`; returns it. Idempotent by `key`.
@@ -98,8 +98,7 @@ impl ConsentStore {
                 .fetch_optional(self.db().pool())
                 .await?,
             };
-        row.map(|r| decode(&r.try_get::<Vec<u8>, _>(0)?))
-            .transpose()
+        row.map(|r| body(&r, 0)).transpose()
     }
 
     /// Notices by (id, version), optionally of one notice id or covering one purpose.
@@ -130,22 +129,13 @@ impl ConsentStore {
                 "(n.notice_id > {a} OR (n.notice_id = {b} AND n.version > {v}))"
             ));
         }
-        let where_clause = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
+        let where_clause = where_clause(&clauses);
         let sql = format!(
             "SELECT n.body FROM notices n {where_clause} ORDER BY n.notice_id, n.version LIMIT {}",
             p.int(limit as i64)
         );
-        let rows = p
-            .bind(sqlx::query(AssertSqlSafe(sql)))
-            .fetch_all(self.db().pool())
-            .await?;
-        rows.iter()
-            .map(|r| decode(&r.try_get::<Vec<u8>, _>(0)?))
-            .collect()
+        let rows = self.rows(p, sql).await?;
+        rows.iter().map(|r| body(r, 0)).collect()
     }
 
     /// Effective time of the latest material notice version covering `purpose_id`

@@ -9,18 +9,17 @@ use custodia_proto::consent::v1::Purpose;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
-use super::decode;
 use super::{ConsentStore, PurposeFilter, StoredPurpose, Written};
+use super::{body, where_clause};
 
 fn etag() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 fn row_to_purpose(r: &AnyRow) -> Result<StoredPurpose, ApiError> {
-    let body: Vec<u8> = r.try_get("body")?;
     Ok(StoredPurpose {
         id: r.try_get("id")?,
-        purpose: decode::<Purpose>(&body)?,
+        purpose: body(r, "body")?,
         create_us: r.try_get("create_us")?,
         update_us: r.try_get("update_us")?,
         etag: r.try_get("etag")?,
@@ -28,6 +27,19 @@ fn row_to_purpose(r: &AnyRow) -> Result<StoredPurpose, ApiError> {
 }
 
 const PURPOSE_COLUMNS: &str = "id, body, create_us, update_us, etag";
+
+/// Purpose `id` as `executor` (the pool, or a transaction) sees it.
+async fn purpose_in<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: &str,
+) -> Result<Option<StoredPurpose>, ApiError> {
+    let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .fetch_optional(executor)
+        .await?;
+    row.as_ref().map(row_to_purpose).transpose()
+}
 
 impl ConsentStore {
     /// Creates purpose `id`; ALREADY_EXISTS when taken. Idempotent by `key`.
@@ -81,12 +93,7 @@ impl ConsentStore {
 
     /// Purpose `id`, if it exists.
     pub async fn purpose(&self, id: &str) -> Result<Option<StoredPurpose>, ApiError> {
-        let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(row_to_purpose).transpose()
+        purpose_in(self.db.pool(), id).await
     }
 
     /// Purposes matching `filter` with id after `after`, by id, at most `limit`.
@@ -114,17 +121,12 @@ impl ConsentStore {
         if let Some(after) = after {
             clauses.push(format!("id > {}", p.text(after)));
         }
-        let where_clause = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
+        let where_clause = where_clause(&clauses);
         let sql = format!(
             "SELECT {PURPOSE_COLUMNS} FROM purposes {where_clause} ORDER BY id LIMIT {}",
             p.int(limit as i64)
         );
-        let q = p.bind(sqlx::query(AssertSqlSafe(sql)));
-        let rows = q.fetch_all(self.db.pool()).await?;
+        let rows = self.rows(p, sql).await?;
         rows.iter().map(row_to_purpose).collect()
     }
 
@@ -143,14 +145,8 @@ impl ConsentStore {
         if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, id, now_us).await? {
             return Ok(Written::Replayed(earlier.resource));
         }
-        let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
-        let current = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
+        let current = purpose_in(&mut *tx, id)
             .await?
-            .as_ref()
-            .map(row_to_purpose)
-            .transpose()?
             .ok_or_else(|| ApiError::not_found("purpose", format!("purposes/{id}")))?;
         if let Some(expected) = expected_etag
             && expected != current.etag

@@ -4,7 +4,7 @@ use custodia_core::ApiError;
 use sqlx::Row;
 
 use super::ConsentStore;
-use super::decode;
+use super::body;
 
 impl ConsentStore {
     /// Adds a receipt-signing key to the keys ListReceiptKeys hands out, first
@@ -52,10 +52,6 @@ impl ConsentStore {
             .bind(id.to_string())
             .fetch_optional(self.db().pool())
             .await?;
-        row.map(|r| {
-            let body: Vec<u8> = r.try_get(0)?;
-            decode::<custodia_proto::consent::v1::ConsentReceipt>(&body)
-        })
-        .transpose()
+        row.map(|r| body(&r, 0)).transpose()
     }
 }

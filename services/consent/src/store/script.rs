@@ -11,7 +11,7 @@ use custodia_core::{
 use custodia_proto::consent::v1::ConsentEvent;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::decode;
+use super::body;
 use super::group_commit::{
     Earlier, KeyOf, MAX_STATEMENT_PARAMS, ROWS_PER_STATEMENT, Receipt, WriteJob, event_id,
     event_ids, last_of_each, numbered,
@@ -227,8 +227,7 @@ pub(super) async fn events_by_id(
             q = q.bind(id.to_string());
         }
         for row in q.fetch_all(&mut *conn).await? {
-            let body: Vec<u8> = row.try_get(1)?;
-            let event = decode::<ConsentEvent>(&body)?;
+            let event: ConsentEvent = body(&row, 1)?;
             out.insert(row.try_get(0)?, event);
         }
     }

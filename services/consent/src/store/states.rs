@@ -8,9 +8,9 @@ use custodia_core::{
     storage::{Db, NATIVE_PG_CONNECTIONS, Params},
 };
 use custodia_proto::consent::v1::{ConsentEvent, ConsentState};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
-use super::decode;
+use super::body;
 use super::{ConsentStore, DIRECT_MARKETING, postgres, sqlite};
 use crate::{cache::CachedState, decision::StateRow};
 
@@ -31,13 +31,7 @@ impl ConsentStore {
             .fetch_all(self.db().pool())
             .await?;
             for r in rows {
-                let body: Vec<u8> = r.try_get(3)?;
-                out.push((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    decode::<ConsentEvent>(&body)?,
-                ));
+                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, body(&r, 3)?));
             }
         }
         Ok(out)
@@ -82,20 +76,9 @@ impl ConsentStore {
             p.int(limit as i64),
             max = i64::MAX
         );
-        let rows = p
-            .bind(sqlx::query(AssertSqlSafe(sql)))
-            .fetch_all(self.db().pool())
-            .await?;
+        let rows = self.rows(p, sql).await?;
         rows.iter()
-            .map(|r| {
-                let body: Vec<u8> = r.try_get(3)?;
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    decode::<ConsentEvent>(&body)?,
-                ))
-            })
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, body(r, 3)?)))
             .collect()
     }
 
