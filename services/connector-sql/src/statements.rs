@@ -10,7 +10,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::{
     Table,
-    config::{EraseAction, RestrictionKind},
+    config::{AnonymiseConfig, EraseAction, RestrictionKind},
     db::{Backend, Bind, ColKind, Sql, execute, q},
     values::{fixed_bind, timestamp},
 };
@@ -111,12 +111,26 @@ impl Table {
             .iter()
             .map(|c| format!("t.{} IS NOT NULL", q(c)))
             .collect();
-        for (c, v) in &a.set {
-            let col = self.schema.col(c).clone();
-            let p = sql.param_for(&col, fixed_bind(v));
+        for (c, p) in self.anonymised_values(sql, a) {
             terms.push(format!("(t.{} IS NULL OR t.{} <> {p})", q(c), q(c)));
         }
         format!("({})", terms.join(" OR "))
+    }
+
+    /// The columns anonymisation `a` sets to a value, each with the placeholder
+    /// of its value (bound in `sql`, cast for the column).
+    fn anonymised_values<'a>(
+        &self,
+        sql: &mut Sql,
+        a: &'a AnonymiseConfig,
+    ) -> Vec<(&'a String, String)> {
+        a.set
+            .iter()
+            .map(|(c, v)| {
+                let col = self.schema.col(c).clone();
+                (c, sql.param_for(&col, fixed_bind(v)))
+            })
+            .collect()
     }
 
     /// Deletes or anonymises the rows matching `cond` (built in `sql`); the count.
@@ -155,9 +169,7 @@ impl Table {
                     .iter()
                     .map(|c| format!("{} = NULL", q(c)))
                     .collect();
-                for (c, v) in &a.set {
-                    let col = self.schema.col(c).clone();
-                    let p = sql.param_for(&col, fixed_bind(v));
+                for (c, p) in self.anonymised_values(&mut sql, a) {
                     sets.push(format!("{} = {p}", q(c)));
                 }
                 let not_yet = self.not_anonymised(&mut sql);
