@@ -16,14 +16,13 @@ impl ConsentStore {
         purpose_ids: &[String],
         limit: usize,
     ) -> Result<Vec<(i64, i64, Option<i64>, ConsentEvent)>, ApiError> {
-        if purpose_ids.len() <= VALUES_PER_QUERY {
-            return self.changes_of(after_seq, purpose_ids, limit).await;
-        }
-        let mut out = Vec::new();
-        for chunk in purpose_ids.chunks(VALUES_PER_QUERY) {
-            out.extend(self.changes_of(after_seq, chunk, limit).await?);
-        }
-        Ok(first_by_seq(out, |c| c.0, limit))
+        in_chunks(
+            purpose_ids,
+            limit,
+            |chunk| self.changes_of(after_seq, chunk, limit),
+            |c| c.0,
+        )
+        .await
     }
 
     /// [`Self::changes`] in one statement.
@@ -128,16 +127,13 @@ impl ConsentStore {
         after_seq: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, ConsentEvent)>, ApiError> {
-        if subject_hashes.len() <= VALUES_PER_QUERY {
-            return self
-                .events_of(subject_hashes, purpose_id, after_seq, limit)
-                .await;
-        }
-        let mut out = Vec::new();
-        for chunk in subject_hashes.chunks(VALUES_PER_QUERY) {
-            out.extend(self.events_of(chunk, purpose_id, after_seq, limit).await?);
-        }
-        Ok(first_by_seq(out, |e| e.0, limit))
+        in_chunks(
+            subject_hashes,
+            limit,
+            |chunk| self.events_of(chunk, purpose_id, after_seq, limit),
+            |e| e.0,
+        )
+        .await
     }
 
     /// [`Self::events`] in one statement.
@@ -168,6 +164,28 @@ impl ConsentStore {
 /// statement: SQLite refuses more than 32,766 parameters, PostgreSQL 65,535.
 /// The API's own maxima keep lists under it; a longer list is read in chunks.
 const VALUES_PER_QUERY: usize = 1000;
+
+/// `read` of `list`, whose statement binds every value: in one statement, or,
+/// for a list longer than [`VALUES_PER_QUERY`], one per chunk, keeping the
+/// first `limit` rows by change number (`seq`) of them all.
+async fn in_chunks<'a, T, Fut>(
+    list: &'a [String],
+    limit: usize,
+    read: impl Fn(&'a [String]) -> Fut,
+    seq: impl Fn(&T) -> i64,
+) -> Result<Vec<T>, ApiError>
+where
+    Fut: Future<Output = Result<Vec<T>, ApiError>>,
+{
+    if list.len() <= VALUES_PER_QUERY {
+        return read(list).await;
+    }
+    let mut out = Vec::new();
+    for chunk in list.chunks(VALUES_PER_QUERY) {
+        out.extend(read(chunk).await?);
+    }
+    Ok(first_by_seq(out, seq, limit))
+}
 
 /// The first `limit` rows by change number of the rows that chunks of one list
 /// found (each chunk's own first `limit`): a row found by two chunks (a value
