@@ -16,12 +16,22 @@
 //! `custodia_connector_requests`, keeps each first response).
 #![forbid(unsafe_code)]
 
+mod capabilities;
 pub mod config;
 mod db;
+mod erasure;
+mod export;
+mod idempotency;
+mod rectification;
+mod restriction;
+mod retention;
 mod service;
+mod statements;
 mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod validate;
+mod values;
 
 use std::sync::Arc;
 

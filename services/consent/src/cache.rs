@@ -6,7 +6,7 @@
 //!   subject objected to direct marketing), by subject hash. A write on this replica
 //!   drops the subject's entries after its transaction commits and before it answers,
 //!   so the very next check reads the new state. Writes on other replicas reach this
-//!   one through [`CheckCache::follow`]: it tails `consent_events` (whose `seq` is
+//!   one through [`follow`]: it tails `consent_events` (whose `seq` is
 //!   gap-free and in commit order) every [`FOLLOW_POLL`] and drops the subjects it
 //!   sees, and it clears everything when `consent_cache_epoch` moves (erasure, which
 //!   deletes events and so leaves nothing to tail). A withdrawal on one replica is

@@ -31,13 +31,14 @@ use std::{
     },
 };
 
+use custodia_core::ApiError;
 use custodia_proto::consent::v1::ConsentState;
 
 use crate::{
     cache::CachedState,
     decision::StateRow,
-    records::{DIRECT_MARKETING, StateRowOf},
     store::ConsentStore,
+    store::{DIRECT_MARKETING, StateRowOf},
 };
 
 const SHARDS: usize = 64;
@@ -288,12 +289,12 @@ impl StateIndex {
     }
 
     /// Loads every state row (see the module docs). Errors leave it not serving.
-    pub async fn load(&self, store: &ConsentStore) -> anyhow::Result<()> {
+    pub async fn load(&self, store: &ConsentStore) -> Result<(), ApiError> {
         self.load_pages(store, LOAD_PAGE).await
     }
 
     /// [`Self::load`], `page` rows per query.
-    pub async fn load_pages(&self, store: &ConsentStore, page: i64) -> anyhow::Result<()> {
+    pub async fn load_pages(&self, store: &ConsentStore, page: i64) -> Result<(), ApiError> {
         if !self.wants_load() {
             return Ok(());
         }
@@ -339,7 +340,7 @@ impl StateIndex {
 
     /// Reads the stale subjects again and clears the marks that did not move
     /// meanwhile; then serves if loaded (called after each poll of the follower).
-    pub async fn refresh(&self, store: &ConsentStore) -> anyhow::Result<()> {
+    pub async fn refresh(&self, store: &ConsentStore) -> Result<(), ApiError> {
         let phase = self.phase.load(Ordering::Acquire);
         if phase != LOADED && phase != SERVING {
             return Ok(());

@@ -1,18 +1,37 @@
 //! consent service: the register of processing, notices, consent with evidence, withdrawal and checks.
+//!
+//! Where things are: `grpc.rs` maps each RPC to the use case of its resource
+//! (its header has the table), in `purposes`, `notices`, `records`, `history`,
+//! `checks`, `receipts`, `erasure` and `watch`; each use case validates its
+//! request with pure functions beside it (`rules` and `evidence` hold what a
+//! decision must meet), decides, and calls the store. [`store::ConsentStore`]
+//! is the one storage interface, its backend paths in `store/postgres.rs` and
+//! `store/sqlite.rs`, its group commit in `store/group_commit.rs`. Checks read
+//! through the [`cache`] and its [`index`]; [`decision`] decides them.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cache;
+pub mod checks;
 pub mod decision;
+pub mod erasure;
+pub mod evidence;
 pub mod export;
 pub mod grpc;
+pub mod history;
 pub mod index;
-pub mod ops;
+pub mod notices;
 mod par;
 pub mod presets;
+pub mod purposes;
 pub mod receipt;
+pub mod receipts;
 pub mod records;
 pub mod register;
+pub mod rules;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod watch;
 
 use std::sync::Arc;
@@ -58,7 +77,7 @@ fn mount(ctx: ServiceContext) -> BoxFuture<'static, anyhow::Result<Mounted>> {
             ctx.config.consent.state_index_max_rows,
         ));
         let follower = cache::follow(cache.clone(), store.clone(), ctx.shutdown.clone());
-        let api = grpc::Api::new(ctx.clone(), store, receipts, cache);
+        let api = api::Api::new(ctx.clone(), store, receipts, cache);
         let server = ConsentServiceServer::new(api)
             .max_decoding_message_size(ctx.config.server.max_request_bytes);
         Ok(Mounted {

@@ -28,11 +28,33 @@ pub fn purpose_name(id: &str) -> String {
     format!("purposes/{id}")
 }
 
+/// What a field naming a purpose must hold.
+const PURPOSE_NAME: &str = "must be `purposes/{id}`";
+
 /// The id in a `purposes/{id}` name; INVALID_ARGUMENT on `field` otherwise.
 pub fn purpose_id<'a>(name: &'a str, field: &str) -> Result<&'a str, custodia_core::ApiError> {
     name.strip_prefix("purposes/")
         .filter(|id| valid_id(id))
-        .ok_or_else(|| custodia_core::ApiError::invalid(field, "must be `purposes/{id}`"))
+        .ok_or_else(|| custodia_core::ApiError::invalid(field, PURPOSE_NAME))
+}
+
+/// Like [`purpose_id`] for one entry of a list: the violation goes to `v`, so
+/// that every bad entry is named at once.
+pub fn checked_purpose_id<'a>(v: &mut Validator, name: &'a str, field: &str) -> Option<&'a str> {
+    let id = name.strip_prefix("purposes/").filter(|id| valid_id(id));
+    if id.is_none() {
+        v.add(field, PURPOSE_NAME);
+    }
+    id
+}
+
+/// Checks that `id` (request field `field`) is a [`valid_id`].
+pub fn check_id(v: &mut Validator, field: &str, id: &str) {
+    v.check(
+        valid_id(id),
+        field,
+        "must be 1-63 lowercase letters, digits or hyphens, starting with a letter",
+    );
 }
 
 /// AIP-122 style ids: lowercase letters, digits and hyphens, starting with a letter.
@@ -256,5 +278,19 @@ mod tests {
             "newsletter"
         );
         assert!(purpose_id("newsletter", "name").is_err());
+        let mut v = Validator::new();
+        assert_eq!(
+            checked_purpose_id(&mut v, "purposes/newsletter", "p[0]"),
+            Some("newsletter")
+        );
+        assert!(v.is_ok());
+        assert_eq!(checked_purpose_id(&mut v, "purposes/News", "p[1]"), None);
+        let Err(custodia_core::ApiError::InvalidArgument(list)) = v.finish() else {
+            panic!("a bad name accepted");
+        };
+        assert_eq!(
+            (list[0].field.as_str(), list[0].description.as_str()),
+            ("p[1]", PURPOSE_NAME)
+        );
     }
 }

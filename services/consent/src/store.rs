@@ -1,16 +1,62 @@
-//! Storage of the consent service on SQLite or PostgreSQL (portable SQL over
-//! `sqlx::Any`).
+//! Storage of the consent service on SQLite or PostgreSQL.
+//!
+//! [`ConsentStore`] is the one interface the service uses. Its methods are
+//! written once in portable SQL (`sqlx::Any`), one module per kind of data;
+//! where the backends differ, the method picks the backend's module:
+//!
+//! - `purposes`, `notices`, `receipts`, `erasure`: the register, notices,
+//!   receipts and the erasure of a subject;
+//! - `changes`: the change log (change streams, trails, cache followers);
+//! - `states`: subjects' current states (checks, the state index);
+//! - `group_commit`: consent writes committed in groups, and state reads of
+//!   concurrent checks shared;
+//! - `postgres`: PostgreSQL's native paths (one statement binding arrays);
+//! - `sqlite`: SQLite's own paths (rows aggregated as JSON);
+//! - `script`: the portable write path (SQLite's only one, PostgreSQL's
+//!   second attempt of a group).
+
+mod changes;
+mod erasure;
+mod group_commit;
+mod notices;
+mod postgres;
+mod purposes;
+mod receipts;
+mod script;
+mod sqlite;
+mod states;
 
 use std::sync::Arc;
 
 use custodia_core::{
     ApiError,
-    idempotency::{self, Claim, RequestKey},
     storage::{Db, Params},
 };
 use custodia_proto::consent::v1::Purpose;
 use prost::Message;
-use sqlx::{AssertSqlSafe, Row, any::AnyRow};
+use sqlx::{AssertSqlSafe, ColumnIndex, Row, any::AnyRow};
+
+pub use group_commit::{NewRecord, Receipt, StateReads, WriteJob, WriteResult, Writes};
+pub use states::{StateRowOf, States};
+
+/// The protobuf body in column `i` of `row`, decoded; one that does not decode
+/// is an internal error like any other failure of the database.
+fn body<M: Message + Default>(row: &AnyRow, i: impl ColumnIndex<AnyRow>) -> Result<M, ApiError> {
+    let bytes: Vec<u8> = row.try_get(i)?;
+    M::decode(bytes.as_slice()).map_err(ApiError::internal)
+}
+
+/// `WHERE` and the `clauses` joined by `AND`; nothing when there are none.
+fn where_clause(clauses: &[String]) -> String {
+    if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    }
+}
+
+/// Pseudo purpose id under which a blanket objection to direct marketing is kept.
+pub const DIRECT_MARKETING: &str = "@direct-marketing";
 
 /// A purpose as stored, with its bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,46 +99,28 @@ pub enum Written {
 #[derive(Debug, Clone)]
 pub struct ConsentStore {
     db: Db,
-    /// Consent writes of concurrent calls, committed together (see
-    /// [`crate::records::WriteJob`]).
-    writes: Arc<crate::records::Writes>,
+    /// Consent writes of concurrent calls, committed together (see [`WriteJob`]).
+    writes: Arc<Writes>,
     /// Reads of subjects' states by concurrent checks, one query per group (see
-    /// [`crate::records::StateReads`]).
-    reads: Arc<crate::records::StateReads>,
+    /// [`StateReads`]).
+    reads: Arc<StateReads>,
 }
-
-fn etag() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-fn row_to_purpose(r: &AnyRow) -> anyhow::Result<StoredPurpose> {
-    let body: Vec<u8> = r.try_get("body")?;
-    Ok(StoredPurpose {
-        id: r.try_get("id")?,
-        purpose: Purpose::decode(body.as_slice())?,
-        create_us: r.try_get("create_us")?,
-        update_us: r.try_get("update_us")?,
-        etag: r.try_get("etag")?,
-    })
-}
-
-const PURPOSE_COLUMNS: &str = "id, body, create_us, update_us, etag";
 
 impl ConsentStore {
     /// The store in `db` (migrated).
     pub fn new(db: Db) -> Self {
-        let writes = Arc::new(crate::records::writes(db.clone()));
-        let reads = Arc::new(crate::records::state_reads(db.clone()));
+        let writes = Arc::new(group_commit::writes(db.clone()));
+        let reads = Arc::new(group_commit::state_reads(db.clone()));
         Self { db, writes, reads }
     }
 
     /// The group-commit queue of consent writes.
-    pub(crate) fn writes(&self) -> &crate::records::Writes {
+    pub(crate) fn writes(&self) -> &Writes {
         &self.writes
     }
 
     /// The queue of state reads.
-    pub(crate) fn reads(&self) -> &crate::records::StateReads {
+    pub(crate) fn reads(&self) -> &StateReads {
         &self.reads
     }
 
@@ -101,194 +129,10 @@ impl ConsentStore {
         &self.db
     }
 
-    /// Creates purpose `id`; ALREADY_EXISTS when taken. Idempotent by `key`.
-    pub async fn create_purpose(
-        &self,
-        id: &str,
-        purpose: &Purpose,
-        next_review_us: i64,
-        key: Option<&RequestKey>,
-        now_us: i64,
-    ) -> Result<Written, ApiError> {
-        let mut tx = self.db.begin_write().await?;
-        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, id, now_us).await? {
-            return Ok(Written::Replayed(earlier.resource));
-        }
-        let exists = sqlx::query("SELECT 1 FROM purposes WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(ApiError::AlreadyExists {
-                resource: "purpose",
-                name: format!("purposes/{id}"),
-            });
-        }
-        let stored = StoredPurpose {
-            id: id.to_string(),
-            purpose: purpose.clone(),
-            create_us: now_us,
-            update_us: now_us,
-            etag: etag(),
-        };
-        sqlx::query(
-            "INSERT INTO purposes (id, body, lawful_basis, category, state, next_review_us, create_us, update_us, etag) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(id.to_string())
-        .bind(purpose.encode_to_vec())
-        .bind(i64::from(purpose.lawful_basis))
-        .bind(i64::from(purpose.category))
-        .bind(i64::from(purpose.state))
-        .bind(next_review_us)
-        .bind(now_us)
-        .bind(now_us)
-        .bind(stored.etag.clone())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Written::Done(Box::new(stored)))
-    }
-
-    /// Adds a receipt-signing key to the keys ListReceiptKeys hands out, first
-    /// used at `now_us`; a key already there keeps its first use.
-    pub async fn add_receipt_key(
-        &self,
-        key_id: &str,
-        public_key: &[u8],
-        now_us: i64,
-    ) -> anyhow::Result<()> {
-        let mut tx = self.db.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO receipt_keys (key_id, public_key, first_used_us) VALUES ($1, $2, $3) \
-             ON CONFLICT (key_id) DO NOTHING",
-        )
-        .bind(key_id.to_string())
-        .bind(public_key.to_vec())
-        .bind(now_us)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Every key that has signed receipts, newest first: (key id, public key,
-    /// first use in µs).
-    pub async fn receipt_keys(&self) -> anyhow::Result<Vec<(String, Vec<u8>, i64)>> {
-        let rows = sqlx::query(
-            "SELECT key_id, public_key, first_used_us FROM receipt_keys \
-             ORDER BY first_used_us DESC, key_id",
-        )
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
-    }
-
-    /// Purpose `id`, if it exists.
-    pub async fn purpose(&self, id: &str) -> anyhow::Result<Option<StoredPurpose>> {
-        let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(row_to_purpose).transpose()
-    }
-
-    /// Purposes matching `filter` with id after `after`, by id, at most `limit`.
-    pub async fn purposes(
-        &self,
-        filter: &PurposeFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<StoredPurpose>> {
-        let mut p = Params::new();
-        let mut clauses: Vec<String> = Vec::new();
-        if let Some(t) = filter.review_due_before_us {
-            clauses.push(format!("next_review_us < {}", p.int(t)));
-        }
-        if let Some(b) = filter.lawful_basis {
-            clauses.push(format!("lawful_basis = {}", p.int(i64::from(b))));
-        }
-        if let Some(c) = filter.category {
-            clauses.push(format!("category = {}", p.int(i64::from(c))));
-        }
-        if !filter.include_retired {
-            let retired = custodia_proto::consent::v1::PurposeState::Retired as i32;
-            clauses.push(format!("state <> {}", p.int(i64::from(retired))));
-        }
-        if let Some(after) = after {
-            clauses.push(format!("id > {}", p.text(after)));
-        }
-        let where_clause = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        let sql = format!(
-            "SELECT {PURPOSE_COLUMNS} FROM purposes {where_clause} ORDER BY id LIMIT {}",
-            p.int(limit as i64)
-        );
-        let q = p.bind(sqlx::query(AssertSqlSafe(sql)));
-        let rows = q.fetch_all(self.db.pool()).await?;
-        rows.iter().map(row_to_purpose).collect()
-    }
-
-    /// Replaces purpose `id` by `purpose` if its etag is still `expected_etag`
-    /// (when given). Idempotent by `key`.
-    pub async fn update_purpose(
-        &self,
-        id: &str,
-        purpose: &Purpose,
-        next_review_us: i64,
-        expected_etag: Option<&str>,
-        key: Option<&RequestKey>,
-        now_us: i64,
-    ) -> Result<Written, ApiError> {
-        let mut tx = self.db.begin_write().await?;
-        if let Claim::Replay(earlier) = idempotency::claim(&mut tx, key, id, now_us).await? {
-            return Ok(Written::Replayed(earlier.resource));
-        }
-        let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE id = $1");
-        let current = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .as_ref()
-            .map(row_to_purpose)
-            .transpose()?
-            .ok_or_else(|| ApiError::not_found("purpose", format!("purposes/{id}")))?;
-        if let Some(expected) = expected_etag
-            && expected != current.etag
-        {
-            return Err(ApiError::precondition(
-                "ETAG_MISMATCH",
-                "the purpose changed since it was read (etag differs); read it again and retry",
-            ));
-        }
-        let stored = StoredPurpose {
-            id: id.to_string(),
-            purpose: purpose.clone(),
-            create_us: current.create_us,
-            update_us: now_us,
-            etag: etag(),
-        };
-        sqlx::query(
-            "UPDATE purposes SET body = $1, lawful_basis = $2, category = $3, state = $4, \
-             next_review_us = $5, update_us = $6, etag = $7 WHERE id = $8",
-        )
-        .bind(purpose.encode_to_vec())
-        .bind(i64::from(purpose.lawful_basis))
-        .bind(i64::from(purpose.category))
-        .bind(i64::from(purpose.state))
-        .bind(next_review_us)
-        .bind(now_us)
-        .bind(stored.etag.clone())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Written::Done(Box::new(stored)))
+    /// The rows of `sql`, whose parameters `p` holds, read from the pool.
+    async fn rows(&self, p: Params, sql: String) -> Result<Vec<AnyRow>, ApiError> {
+        Ok(p.bind(sqlx::query(AssertSqlSafe(sql)))
+            .fetch_all(self.db.pool())
+            .await?)
     }
 }

@@ -8,13 +8,22 @@
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
-use custodia_core::pagination;
-use custodia_proto::consent::v1::{ConsentEvent, WatchConsentChangesResponse};
+use custodia_core::{
+    ApiError, auth::CallContext, pagination, storage::to_micros, validate::Validator,
+};
+use custodia_proto::consent::v1::{
+    ConsentEvent, WatchConsentChangesRequest, WatchConsentChangesResponse,
+};
 use futures::Stream;
 use tokio::{sync::Notify, time::Instant};
 use tonic::Status;
 
-use crate::{records::subject_consent, store::ConsentStore};
+use crate::{
+    api::{Api, MAX_PURPOSE_FILTER},
+    records::subject_consent,
+    register::{from_timestamp, purpose_id},
+    store::ConsentStore,
+};
 
 /// Poll interval for changes made elsewhere.
 const POLL: Duration = Duration::from_millis(250);
@@ -33,13 +42,55 @@ pub fn cursor(seq: i64) -> String {
 }
 
 /// Decodes a cursor; INVALID_ARGUMENT naming `cursor` when it is not one of ours.
-pub fn parse_cursor(text: &str) -> Result<Option<i64>, custodia_core::ApiError> {
-    pagination::decode(text, CURSOR_KIND).map_err(|_| {
-        custodia_core::ApiError::invalid(
-            "cursor",
-            "is not a cursor returned by WatchConsentChanges",
-        )
-    })
+pub fn parse_cursor(text: &str) -> Result<Option<i64>, ApiError> {
+    pagination::decode(text, CURSOR_KIND)
+        .map_err(|_| ApiError::invalid("cursor", "is not a cursor returned by WatchConsentChanges"))
+}
+
+/// The purposes a stream is filtered on (`purposes/{id}` names), as ids.
+fn purpose_filter(purposes: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut v = Validator::new();
+    v.max_items("purposes", purposes.len(), MAX_PURPOSE_FILTER);
+    v.finish()?;
+    let mut ids = Vec::new();
+    for (i, p) in purposes.iter().enumerate() {
+        ids.push(purpose_id(p, &format!("purposes[{i}]"))?.to_string());
+    }
+    Ok(ids)
+}
+
+/// WatchConsentChanges: the stream from the cursor, from the first change at or
+/// after `start_time`, or from now.
+pub(crate) async fn watch_consent_changes(
+    api: &Api,
+    call: &CallContext,
+    r: WatchConsentChangesRequest,
+) -> Result<ChangeStream, ApiError> {
+    let purposes = purpose_filter(&r.purposes)?;
+    let after = match parse_cursor(&r.cursor)? {
+        Some(seq) => seq,
+        None => match &r.start_time {
+            // Replay from a time: every change recorded at or after it.
+            Some(t) => {
+                let from = to_micros(from_timestamp(t));
+                api.store
+                    .first_change_at_or_after(from)
+                    .await?
+                    .map_or(i64::MAX, |seq| seq - 1)
+                    .min(api.store.last_change().await?)
+            }
+            None => api.store.last_change().await?,
+        },
+    };
+    api.record_access(&api.access(call, "WatchConsentChanges", None, ""))
+        .await?;
+    Ok(stream(
+        api.ctx.shutdown.clone(),
+        api.store.clone(),
+        api.changed.clone(),
+        after,
+        purposes,
+    ))
 }
 
 struct Watch {
@@ -104,7 +155,7 @@ impl Watch {
                 }
                 Err(e) => {
                     self.failed = true;
-                    return Some((Err(custodia_core::ApiError::internal(e).into()), self));
+                    return Some((Err(e.into()), self));
                 }
             }
         }
@@ -130,4 +181,32 @@ pub fn stream(
         failed: false,
     };
     Box::pin(futures::stream::unfold(state, Watch::next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(parse_cursor(&cursor(42)).unwrap(), Some(42));
+        assert_eq!(parse_cursor("").unwrap(), None);
+        assert!(parse_cursor("not-a-cursor").is_err());
+    }
+
+    #[test]
+    fn filters_are_purpose_names() {
+        assert_eq!(
+            purpose_filter(&["purposes/newsletter".into()]).unwrap(),
+            ["newsletter"]
+        );
+        let Err(ApiError::InvalidArgument(v)) =
+            purpose_filter(&["purposes/newsletter".into(), "analytics".into()])
+        else {
+            panic!("a bare id accepted");
+        };
+        assert_eq!(v[0].field, "purposes[1]");
+        let all = vec!["purposes/a".to_string(); MAX_PURPOSE_FILTER + 1];
+        assert!(purpose_filter(&all).is_err());
+    }
 }
