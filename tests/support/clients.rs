@@ -1,0 +1,68 @@
+//! Typed clients of a [`TestApp`] that call as the admin principal, so a
+//! scenario says what it asks, not how it authenticates:
+//! `app.consent().await.check_consent(request)`.
+
+use custodia_proto::{
+    audit::v1::audit_log_service_client::AuditLogServiceClient,
+    breach::v1::breach_service_client::BreachServiceClient,
+    consent::v1::consent_service_client::ConsentServiceClient,
+    dsar::v1::dsar_service_client::DsarServiceClient,
+};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+use crate::{ADMIN_TOKEN, TestApp};
+
+/// Sends the admin token with every call that carries no `authorization` of its
+/// own: a call wrapped in [`crate::authed`] with another principal's token keeps it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdminToken;
+
+impl Interceptor for AdminToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if !request.metadata().contains_key("authorization") {
+            let value: MetadataValue<_> = format!("Bearer {ADMIN_TOKEN}")
+                .parse()
+                .expect("ascii token");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+type Admin = InterceptedService<Channel, AdminToken>;
+
+/// ConsentService, as the admin.
+pub type ConsentClient = ConsentServiceClient<Admin>;
+/// DsarService, as the admin.
+pub type DsarClient = DsarServiceClient<Admin>;
+/// BreachService, as the admin.
+pub type BreachClient = BreachServiceClient<Admin>;
+/// AuditLogService, as the admin.
+pub type AuditClient = AuditLogServiceClient<Admin>;
+
+impl TestApp {
+    /// A ConsentService client calling as the admin.
+    pub async fn consent(&self) -> ConsentClient {
+        ConsentServiceClient::with_interceptor(self.channel().await, AdminToken)
+    }
+
+    /// A DsarService client calling as the admin.
+    pub async fn dsar(&self) -> DsarClient {
+        DsarServiceClient::with_interceptor(self.channel().await, AdminToken)
+    }
+
+    /// A BreachService client calling as the admin.
+    pub async fn breach(&self) -> BreachClient {
+        BreachServiceClient::with_interceptor(self.channel().await, AdminToken)
+    }
+
+    /// An AuditLogService client calling as the admin.
+    pub async fn audit(&self) -> AuditClient {
+        AuditLogServiceClient::with_interceptor(self.channel().await, AdminToken)
+    }
+}

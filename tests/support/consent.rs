@@ -1,0 +1,70 @@
+//! The starting point of most consent scenarios: `purposes/newsletter`, the
+//! privacy notice covering it, and a grant collected under that notice.
+
+use custodia_proto::consent::v1::{
+    ConsentChannel, CreatePurposeRequest, Decision, Evidence, LawfulBasis, Notice,
+    PublishNoticeRequest, Purpose, PurposeCategory, PurposeDecision, RecordConsentRequest,
+    notice::Content,
+};
+
+use crate::{TestApp, email};
+
+/// CreatePurpose of `purposes/newsletter`: a communication purpose whose lawful
+/// basis is consent, as the consent tests and the load generator use it.
+pub fn newsletter_purpose() -> CreatePurposeRequest {
+    CreatePurposeRequest {
+        purpose_id: "newsletter".into(),
+        purpose: Some(Purpose {
+            display_name: "Newsletter".into(),
+            lawful_basis: LawfulBasis::Consent as i32,
+            category: PurposeCategory::Communication as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
+/// RecordConsent granting `purposes/newsletter` to `who` (an e-mail address),
+/// collected now through a web form showing `notice`.
+pub fn grant(app: &TestApp, who: &str, notice: &str) -> RecordConsentRequest {
+    RecordConsentRequest {
+        subject: Some(email(who)),
+        decisions: vec![PurposeDecision {
+            purpose: "purposes/newsletter".into(),
+            decision: Decision::Granted as i32,
+        }],
+        evidence: Some(Evidence {
+            collect_time: Some(app.timestamp()),
+            channel: ConsentChannel::WebForm as i32,
+            notice: notice.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl TestApp {
+    /// Creates `purposes/newsletter` ([`newsletter_purpose`]) and publishes the
+    /// privacy notice covering it; returns the notice's name
+    /// (`notices/privacy/versions/1`).
+    pub async fn newsletter_notice(&self) -> String {
+        let mut c = self.consent().await;
+        c.create_purpose(newsletter_purpose()).await.unwrap();
+        c.publish_notice(PublishNoticeRequest {
+            notice_id: "privacy".into(),
+            notice: Some(Notice {
+                title: "Privacy policy".into(),
+                content: Some(Content::Text("We send a monthly newsletter.".into())),
+                purposes: vec!["purposes/newsletter".into()],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .notice
+        .unwrap()
+        .name
+    }
+}
