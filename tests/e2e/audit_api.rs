@@ -18,19 +18,12 @@ use custodia_proto::{
     common::v1::{Actor, SubjectRef},
     consent::v1::{ListPurposesRequest, consent_service_client::ConsentServiceClient},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, email, eventually};
 use tonic::{Code, transport::Channel};
 
 use crate::all_services;
 
 type Client = AuditLogServiceClient<Channel>;
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
-}
 
 fn access(id: &str, subject: Option<SubjectRef>) -> AccessEvent {
     AccessEvent {
@@ -354,15 +347,7 @@ async fn audit_api(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn audit_api_sqlite() {
-    audit_api(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn audit_api_postgres() {
-    audit_api(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(audit_api);
 
 /// Reads `n` events of `service` from a WatchEvents stream started at sequence 0.
 async fn watch_n(client: &mut Client, service: &str, n: usize) -> Vec<AccessEvent> {
@@ -620,12 +605,4 @@ async fn signing_keys_page(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn signing_keys_page_sqlite() {
-    signing_keys_page(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn signing_keys_page_postgres() {
-    signing_keys_page(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(signing_keys_page);

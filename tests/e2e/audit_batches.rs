@@ -202,4 +202,4 @@ async fn batch_is_one_entry(backend: Backend) {
     app.stop().await;
 }
 
-crate::dsar::both_backends!(batch_is_one_entry);
+custodia_tests::both_backends!(batch_is_one_entry);

@@ -23,7 +23,9 @@ use custodia_proto::{
     },
     common::v1::{Contact, ExportFormat},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed};
+use custodia_tests::{
+    ADMIN_TOKEN, Backend, TestApp, assert_code, at, audit_events_until, authed, time_of, ts,
+};
 use tonic::{Code, Status, transport::Channel};
 
 type Client = BreachServiceClient<Channel>;
@@ -34,33 +36,6 @@ const SERVICE: &str = "custodia.breach.v1.BreachService";
 /// next night, so the deadline 72 elapsed hours later is 00:30 CEST on 1 April.
 const AWARE: &str = "2026-03-28T22:30:00Z";
 const DEADLINE: &str = "2026-03-31T22:30:00Z";
-
-fn at(s: &str) -> DateTime<Utc> {
-    s.parse().expect("timestamp")
-}
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn time_of(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
-    let t = t.as_ref().expect("timestamp set");
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("valid")
-}
-
-fn assert_code(err: &Status, code: Code, needles: &[&str]) {
-    assert_eq!(err.code(), code, "{}", err.message());
-    for n in needles {
-        assert!(
-            err.message().contains(n),
-            "`{}` does not mention `{n}`",
-            err.message()
-        );
-    }
-}
 
 fn minimal(detect: DateTime<Utc>) -> Breach {
     Breach {
@@ -693,15 +668,7 @@ async fn lifecycle(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn breach_lifecycle_sqlite() {
-    lifecycle(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn breach_lifecycle_postgres() {
-    lifecycle(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(lifecycle);
 
 async fn clock_across_dst(backend: Backend) {
     let app = TestApp::spawn(backend, &[custodia_breach::SERVICE]).await;
@@ -899,15 +866,7 @@ async fn clock_across_dst(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn breach_clock_across_dst_sqlite() {
-    clock_across_dst(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn breach_clock_across_dst_postgres() {
-    clock_across_dst(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(clock_across_dst);
 
 const STAFF_TOKEN: &str = "staff-token-0123456789abcdef";
 
@@ -1131,15 +1090,7 @@ async fn waivers_overrides_and_append_only(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn breach_waivers_overrides_and_append_only_sqlite() {
-    waivers_overrides_and_append_only(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn breach_waivers_overrides_and_append_only_postgres() {
-    waivers_overrides_and_append_only(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(waivers_overrides_and_append_only);
 
 async fn concurrent_calls(backend: Backend) {
     let app = TestApp::spawn(backend, &[custodia_breach::SERVICE]).await;
@@ -1174,12 +1125,4 @@ async fn concurrent_calls(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn breach_concurrent_calls_sqlite() {
-    concurrent_calls(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn breach_concurrent_calls_postgres() {
-    concurrent_calls(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(concurrent_calls);

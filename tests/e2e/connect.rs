@@ -447,7 +447,7 @@ async fn json_calls_are_calls(backend: Backend) {
     app.stop().await;
 }
 
-crate::dsar::both_backends!(json_calls_are_calls);
+custodia_tests::both_backends!(json_calls_are_calls);
 
 /// Server streaming over Connect: a change recorded after the stream opened
 /// arrives as an enveloped JSON message; a refused stream ends with the error in

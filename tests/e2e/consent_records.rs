@@ -15,29 +15,16 @@ use custodia_proto::{
         consent_service_client::ConsentServiceClient, notice::Content,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, eventually};
+use custodia_tests::{
+    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, email, eventually,
+};
 use tonic::{Code, transport::Channel};
 
 type Client = ConsentServiceClient<Channel>;
 
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
-}
-
-fn now(app: &TestApp) -> prost_types::Timestamp {
-    let t = custodia_core::legal_time::Clock::now(&*app.clock);
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    }
-}
-
 fn evidence(app: &TestApp, notice: &str) -> Evidence {
     Evidence {
-        collect_time: Some(now(app)),
+        collect_time: Some(app.timestamp()),
         channel: ConsentChannel::WebForm as i32,
         notice: notice.into(),
         source_ip: "203.0.113.77".into(),
@@ -205,7 +192,7 @@ async fn records(backend: Backend) {
     assert!(err.message().contains("subject.value"), "{}", err.message());
     bad.subject = Some(email("ada@example.edu"));
     bad.evidence.as_mut().unwrap().collect_time = Some(prost_types::Timestamp {
-        seconds: now(&app).seconds + 3600,
+        seconds: app.timestamp().seconds + 3600,
         nanos: 0,
     });
     let err = c
@@ -710,15 +697,7 @@ async fn records(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn records_sqlite() {
-    records(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn records_postgres() {
-    records(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(records);
 
 async fn next_change(
     stream: &mut tonic::Streaming<custodia_proto::consent::v1::WatchConsentChangesResponse>,
@@ -952,15 +931,7 @@ async fn watch_and_erase(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn watch_and_erase_sqlite() {
-    watch_and_erase(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn watch_and_erase_postgres() {
-    watch_and_erase(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(watch_and_erase);
 
 async fn reconsent_due(backend: Backend) {
     use custodia_proto::consent::v1::ListReconsentDueRequest;
@@ -968,7 +939,7 @@ async fn reconsent_due(backend: Backend) {
     let mut c = ConsentServiceClient::new(app.channel().await);
     purpose(&mut c, "newsletter", LawfulBasis::Consent, false, "P1Y").await;
     let v1 = publish(&mut c, "Monthly news.", false).await;
-    let t0 = now(&app).seconds;
+    let t0 = app.timestamp().seconds;
     c.record_consent(authed(
         grant(
             &app,
@@ -1062,15 +1033,7 @@ async fn reconsent_due(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn reconsent_due_sqlite() {
-    reconsent_due(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn reconsent_due_postgres() {
-    reconsent_due(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(reconsent_due);
 
 /// BatchCheckConsent answers per subject, in order, with the same reasons as
 /// CheckConsent, and logs one access event per subject (delivered to audit-log
@@ -1260,15 +1223,7 @@ async fn batch_check(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn batch_check_sqlite() {
-    batch_check(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn batch_check_postgres() {
-    batch_check(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(batch_check);
 
 /// Decisions the register forbids are refused before anything is written: a purpose
 /// decided twice in one call, a strictly necessary purpose denied (K-1), a retired
@@ -1489,15 +1444,7 @@ async fn refused_decisions(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn refused_decisions_sqlite() {
-    refused_decisions(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn refused_decisions_postgres() {
-    refused_decisions(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(refused_decisions);
 
 /// Grants and withdrawals race on one subject while checkers check it without
 /// pause. Each round ends with a withdrawal; every check that started after that
@@ -1616,15 +1563,7 @@ async fn checks_racing_withdrawals(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn checks_racing_withdrawals_sqlite() {
-    checks_racing_withdrawals(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn checks_racing_withdrawals_postgres() {
-    checks_racing_withdrawals(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(checks_racing_withdrawals);
 
 /// The digital age of consent (Art. 8(1)) comes from the subject's country:
 /// configured (`consent.digital_consent_ages`), else the member states' laws,
@@ -1654,15 +1593,7 @@ async fn minors_by_country(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn minors_by_country_sqlite() {
-    minors_by_country(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn minors_by_country_postgres() {
-    minors_by_country(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(minors_by_country);
 
 /// The receipt-signing key is rotated (a process over the same data signs with a
 /// new key): ListReceiptKeys hands out both, newest first (by first receipt),
@@ -1761,15 +1692,7 @@ async fn receipt_keys_survive_rotation(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn receipt_keys_survive_rotation_sqlite() {
-    receipt_keys_survive_rotation(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn receipt_keys_survive_rotation_postgres() {
-    receipt_keys_survive_rotation(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(receipt_keys_survive_rotation);
 
 /// A RecordConsentRequest whose subject's value is not UTF-8 (prost would refuse
 /// to build it, so the bytes are laid out by hand): field 1, the subject, holds
@@ -1797,7 +1720,7 @@ async fn bad_input_names_the_field(backend: Backend) {
         assert!(err.message().contains(names), "{what}: {}", err.message());
     };
     let future = prost_types::Timestamp {
-        seconds: now(&app).seconds + 3600,
+        seconds: app.timestamp().seconds + 3600,
         nanos: 0,
     };
 
@@ -2089,12 +2012,4 @@ async fn bad_input_names_the_field(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_names_the_field_sqlite() {
-    bad_input_names_the_field(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn bad_input_names_the_field_postgres() {
-    bad_input_names_the_field(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(bad_input_names_the_field);

@@ -356,12 +356,4 @@ async fn register(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn register_sqlite() {
-    register(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn register_postgres() {
-    register(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(register);

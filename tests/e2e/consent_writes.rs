@@ -26,7 +26,7 @@ use custodia_proto::{
         consent_service_client::ConsentServiceClient, notice::Content,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, test_config};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, email, test_config};
 
 fn record(subject: &str, purpose: &str, state: ConsentState) -> NewRecord {
     NewRecord {
@@ -157,15 +157,7 @@ async fn keys_bound_to_caller_and_body(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn keys_bound_to_caller_and_body_sqlite() {
-    keys_bound_to_caller_and_body(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn keys_bound_to_caller_and_body_postgres() {
-    keys_bound_to_caller_and_body(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(keys_bound_to_caller_and_body);
 
 async fn group_of_jobs(backend: Backend) {
     let (config, _dir, pg) = test_config(backend).await;
@@ -389,22 +381,7 @@ async fn group_of_jobs(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn group_of_jobs_sqlite() {
-    group_of_jobs(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn group_of_jobs_postgres() {
-    group_of_jobs(Backend::Postgres).await;
-}
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
-}
+custodia_tests::both_backends!(group_of_jobs);
 
 /// One distinct write of the concurrency test; tasks with the same write send the
 /// same request (same request id), as a client retrying would.
@@ -668,15 +645,7 @@ async fn concurrent_writes(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_writes_sqlite() {
-    concurrent_writes(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn concurrent_writes_postgres() {
-    concurrent_writes(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(concurrent_writes);
 
 /// A database written before the evidence was read from `consent_events` (and, on
 /// SQLite, `subject_consents` lost its copy of the event bodies and became a table
@@ -829,15 +798,7 @@ async fn states_survive_the_state_table_migration(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn states_survive_the_state_table_migration_sqlite() {
-    states_survive_the_state_table_migration(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn states_survive_the_state_table_migration_postgres() {
-    states_survive_the_state_table_migration(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(states_survive_the_state_table_migration);
 
 /// Two replicas writing the same (subject, purpose) keys at the same moment, each
 /// in the opposite order, both succeed: their writes lock the keys in one order.
@@ -1053,12 +1014,4 @@ async fn state_index_follows_the_table(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn state_index_follows_the_table_sqlite() {
-    state_index_follows_the_table(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn state_index_follows_the_table_postgres() {
-    state_index_follows_the_table(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(state_index_follows_the_table);

@@ -11,7 +11,6 @@ use custodia_proto::{
         ListEventsRequest, ShredSubjectRequest, audit_log_service_client::AuditLogServiceClient,
     },
     breach::v1::{Breach, ReportBreachRequest, breach_service_client::BreachServiceClient},
-    common::v1::SubjectRef,
     consent::v1::{
         CheckConsentRequest, ConsentChannel, Decision, EraseSubjectRequest, Evidence, Notice,
         PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
@@ -23,7 +22,7 @@ use custodia_proto::{
     },
 };
 use custodia_tests::{
-    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, newsletter_purpose,
+    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, email, newsletter_purpose,
 };
 use prost::Message;
 use tonic::{Code, Status};
@@ -32,21 +31,6 @@ use crate::all_services;
 
 const CRM: &str = "crm-token-0123456789abcdef";
 const MOODLE: &str = "moodle-token-0123456789abcdef";
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
-}
-
-fn ts(app: &TestApp) -> prost_types::Timestamp {
-    let t = custodia_core::legal_time::Clock::now(&*app.clock);
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    }
-}
 
 /// Two calling systems with the same write scopes; `moodle` may not read requests.
 async fn spawn(backend: Backend) -> TestApp {
@@ -102,7 +86,7 @@ fn grant(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordCons
             decision: Decision::Granted as i32,
         }],
         evidence: Some(Evidence {
-            collect_time: Some(ts(app)),
+            collect_time: Some(app.timestamp()),
             channel: ConsentChannel::WebForm as i32,
             notice: notice.into(),
             ..Default::default()
@@ -347,7 +331,7 @@ async fn report_breach(backend: Backend) {
                 breach: Some(Breach {
                     title: title.into(),
                     description: "A laptop was stolen".into(),
-                    detect_time: Some(ts(&app)),
+                    detect_time: Some(app.timestamp()),
                     ..Default::default()
                 }),
                 request_id: "k3".into(),
@@ -383,4 +367,4 @@ async fn report_breach(backend: Backend) {
     app.stop().await;
 }
 
-crate::dsar::both_backends!(record_consent, submit_request, report_breach);
+custodia_tests::both_backends!(record_consent, submit_request, report_breach);

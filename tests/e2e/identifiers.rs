@@ -2,15 +2,12 @@
 //! are refused naming the field, and equivalent spellings of one identifier are
 //! one subject (issue 24, "ghost subjects").
 
-use custodia_proto::{
-    common::v1::SubjectRef,
-    consent::v1::{
-        CheckConsentRequest, ConsentChannel, Decision, Evidence, Notice, PublishNoticeRequest,
-        PurposeDecision, RecordConsentRequest, consent_service_client::ConsentServiceClient,
-        notice::Content,
-    },
+use custodia_proto::consent::v1::{
+    CheckConsentRequest, ConsentChannel, Decision, Evidence, Notice, PublishNoticeRequest,
+    PurposeDecision, RecordConsentRequest, consent_service_client::ConsentServiceClient,
+    notice::Content,
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, newsletter_purpose};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, email, newsletter_purpose};
 use tonic::{Code, transport::Channel};
 
 type Client = ConsentServiceClient<Channel>;
@@ -45,17 +42,10 @@ async fn newsletter(app: &TestApp) -> (Client, String) {
     (c, notice)
 }
 
-fn email(value: &str) -> Option<SubjectRef> {
-    Some(SubjectRef {
-        r#type: "email".into(),
-        value: value.into(),
-    })
-}
-
 fn grant(app: &TestApp, who: &str, notice: &str) -> RecordConsentRequest {
     let now = custodia_core::legal_time::Clock::now(&*app.clock);
     RecordConsentRequest {
-        subject: email(who),
+        subject: Some(email(who)),
         decisions: vec![PurposeDecision {
             purpose: "purposes/newsletter".into(),
             decision: Decision::Granted as i32,
@@ -76,7 +66,7 @@ fn grant(app: &TestApp, who: &str, notice: &str) -> RecordConsentRequest {
 async fn allowed(c: &mut Client, who: &str) -> bool {
     c.check_consent(authed(
         CheckConsentRequest {
-            subject: email(who),
+            subject: Some(email(who)),
             purpose: "purposes/newsletter".into(),
         },
         ADMIN_TOKEN,
@@ -120,12 +110,4 @@ async fn one_subject_however_spelled(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn one_subject_however_spelled_sqlite() {
-    one_subject_however_spelled(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn one_subject_however_spelled_postgres() {
-    one_subject_however_spelled(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(one_subject_however_spelled);

@@ -11,7 +11,6 @@ use custodia_consent::{
 };
 use custodia_core::{
     ServiceName,
-    legal_time::Clock,
     outbox::{AccessEvent, Outcome},
     storage,
 };
@@ -25,7 +24,7 @@ use custodia_proto::{
         ReportBreachRequest, TeamMember, TeamRole, TimelineEntry, TimelineEntryKind,
         UpdateBreachRequest, breach_service_client::BreachServiceClient,
     },
-    common::v1::{Contact, RetainedData, RetentionGround, SubjectRef},
+    common::v1::{Contact, RetainedData, RetentionGround},
     connector::v1::{Capability, CategoryCount, Correction},
     consent::v1::{
         self as consent, BatchCheckConsentRequest, ConsentChannel, ConsentEvent, ConsentState,
@@ -43,23 +42,12 @@ use custodia_proto::{
         dsar_service_client::DsarServiceClient,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, newsletter_purpose};
+use custodia_tests::{
+    ADMIN_TOKEN, Backend, TestApp, authed, newsletter_purpose, subject, subjects,
+};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-use crate::dsar::both_backends;
-
-fn email(i: usize) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: format!("subject-{i}@example.org"),
-    }
-}
-
-fn emails(n: usize) -> Vec<SubjectRef> {
-    (0..n).map(email).collect()
-}
 
 /// `n` distinct purpose names.
 fn purposes(n: usize) -> Vec<String> {
@@ -76,16 +64,9 @@ fn mask(n: usize, path: &str) -> Option<prost_types::FieldMask> {
     })
 }
 
-fn now(app: &TestApp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: app.clock.now().timestamp(),
-        nanos: 0,
-    }
-}
-
 fn evidence(app: &TestApp) -> Evidence {
     Evidence {
-        collect_time: Some(now(app)),
+        collect_time: Some(app.timestamp()),
         channel: ConsentChannel::EmailLink as i32,
         ..Default::default()
     }
@@ -107,7 +88,7 @@ fn purpose(with: impl FnOnce(&mut Purpose)) -> Option<Purpose> {
 fn request(with: impl FnOnce(&mut dsar::Request)) -> SubmitRequestRequest {
     let mut r = dsar::Request {
         r#type: RequestType::Access as i32,
-        subject_identifiers: emails(1),
+        subject_identifiers: subjects(1),
         requester: Some(Requester {
             role: RequesterRole::Subject as i32,
             ..Default::default()
@@ -139,7 +120,7 @@ fn source(with: impl FnOnce(&mut DataSource)) -> RegisterDataSourceRequest {
 fn breach(app: &TestApp, with: impl FnOnce(&mut Breach)) -> ReportBreachRequest {
     let mut b = Breach {
         description: "A laptop was stolen".into(),
-        detect_time: Some(now(app)),
+        detect_time: Some(app.timestamp()),
         ..Default::default()
     };
     with(&mut b);
@@ -272,7 +253,7 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     case!(
         "decisions",
         consent.record_consent(RecordConsentRequest {
-            subject: Some(email(0)),
+            subject: Some(subject(0)),
             decisions: purposes(101)
                 .into_iter()
                 .map(|purpose| PurposeDecision {
@@ -287,7 +268,7 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     case!(
         "purposes",
         consent.withdraw_consent(WithdrawConsentRequest {
-            subject: Some(email(0)),
+            subject: Some(subject(0)),
             purposes: purposes(101),
             evidence: Some(evidence(&app)),
             ..Default::default()
@@ -296,7 +277,7 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     case!(
         "purposes",
         consent.record_objection(RecordObjectionRequest {
-            subject: Some(email(0)),
+            subject: Some(subject(0)),
             purposes: purposes(101),
             evidence: Some(evidence(&app)),
             ..Default::default()
@@ -305,21 +286,21 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     case!(
         "subject_identifiers",
         consent.list_consent_events(ListConsentEventsRequest {
-            subject_identifiers: emails(101),
+            subject_identifiers: subjects(101),
             ..Default::default()
         })
     );
     case!(
         "subject_identifiers",
         consent.list_subject_consents(ListSubjectConsentsRequest {
-            subject_identifiers: emails(101),
+            subject_identifiers: subjects(101),
             ..Default::default()
         })
     );
     case!(
         "subject_identifiers",
         consent.erase_subject(EraseSubjectRequest {
-            subject_identifiers: emails(101),
+            subject_identifiers: subjects(101),
             ..Default::default()
         })
     );
@@ -327,7 +308,7 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
         "subjects",
         consent.batch_check_consent(BatchCheckConsentRequest {
             purpose: "purposes/newsletter".into(),
-            subjects: emails(10_001),
+            subjects: subjects(10_001),
         })
     );
     case!(
@@ -341,7 +322,7 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     // dsar
     case!(
         "request.subject_identifiers",
-        dsar.submit_request(request(|r| r.subject_identifiers = emails(21)))
+        dsar.submit_request(request(|r| r.subject_identifiers = subjects(21)))
     );
     case!(
         "request.corrections",
@@ -529,14 +510,14 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     case!(
         "subject_identifiers",
         audit.list_subject_accesses(ListSubjectAccessesRequest {
-            subject_identifiers: emails(101),
+            subject_identifiers: subjects(101),
             ..Default::default()
         })
     );
     case!(
         "subject_identifiers",
         audit.shred_subject(ShredSubjectRequest {
-            subject_identifiers: emails(101),
+            subject_identifiers: subjects(101),
             ..Default::default()
         })
     );
@@ -563,7 +544,7 @@ async fn the_probes_lists_of_100001_entries_are_invalid_argument() {
     let status = consent
         .list_consent_events(authed(
             ListConsentEventsRequest {
-                subject_identifiers: emails(100_001),
+                subject_identifiers: subjects(100_001),
                 ..Default::default()
             },
             ADMIN_TOKEN,
@@ -586,7 +567,7 @@ async fn the_probes_lists_of_100001_entries_are_invalid_argument() {
     let status = audit
         .list_subject_accesses(authed(
             ListSubjectAccessesRequest {
-                subject_identifiers: emails(100_001),
+                subject_identifiers: subjects(100_001),
                 ..Default::default()
             },
             ADMIN_TOKEN,
@@ -597,7 +578,7 @@ async fn the_probes_lists_of_100001_entries_are_invalid_argument() {
     app.stop().await;
 }
 
-both_backends!(lists_at_their_maximum_are_served);
+custodia_tests::both_backends!(lists_at_their_maximum_are_served);
 
 /// ListConsentEvents with 100 identifiers, WatchConsentChanges with 1,000
 /// purposes and ListSubjectAccesses with 100 identifiers answer as with one.
@@ -629,7 +610,7 @@ async fn lists_at_their_maximum_are_served(backend: Backend) {
     consent
         .withdraw_consent(authed(
             WithdrawConsentRequest {
-                subject: Some(email(99)),
+                subject: Some(subject(99)),
                 purposes: vec!["purposes/newsletter".into()],
                 evidence: Some(evidence(&app)),
                 ..Default::default()
@@ -646,7 +627,7 @@ async fn lists_at_their_maximum_are_served(backend: Backend) {
     let events = consent
         .list_consent_events(authed(
             ListConsentEventsRequest {
-                subject_identifiers: emails(100),
+                subject_identifiers: subjects(100),
                 ..Default::default()
             },
             ADMIN_TOKEN,
@@ -665,7 +646,7 @@ async fn lists_at_their_maximum_are_served(backend: Backend) {
             let accesses = audit
                 .list_subject_accesses(authed(
                     ListSubjectAccessesRequest {
-                        subject_identifiers: emails(100),
+                        subject_identifiers: subjects(100),
                         ..Default::default()
                     },
                     ADMIN_TOKEN,
@@ -690,7 +671,7 @@ async fn lists_at_their_maximum_are_served(backend: Backend) {
     app.stop().await;
 }
 
-both_backends!(store_reads_lists_longer_than_a_statement_binds_in_chunks);
+custodia_tests::both_backends!(store_reads_lists_longer_than_a_statement_binds_in_chunks);
 
 /// Records `state` of `subject` (a hash) for `purpose` through the store.
 async fn record(store: &ConsentStore, subject: &str, purpose: &str, state: ConsentState) -> String {

@@ -84,15 +84,7 @@ async fn platform_contract(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn platform_contract_sqlite() {
-    platform_contract(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn platform_contract_postgres() {
-    platform_contract(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(platform_contract);
 
 async fn auth_contract(backend: Backend) {
     let app = TestApp::spawn_with(backend, &all_services(), |c| {
@@ -186,15 +178,7 @@ async fn auth_contract(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn auth_contract_sqlite() {
-    auth_contract(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn auth_contract_postgres() {
-    auth_contract(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(auth_contract);
 
 #[tokio::test]
 async fn embedded_default_generates_the_admin_token_once() {

@@ -23,7 +23,7 @@ use super::{
     *,
 };
 
-both_backends!(access_end_to_end, failing_connectors, erasure_and_friends);
+custodia_tests::both_backends!(access_end_to_end, failing_connectors, erasure_and_friends);
 
 pub(super) async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_ms: Option<i64>) {
     c.register_data_source(authed(

@@ -20,56 +20,10 @@ use custodia_proto::{
         dsar_service_client::DsarServiceClient,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
-use tonic::{Code, Status, transport::Channel};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, assert_code, at, authed, email, time_of, ts};
+use tonic::{Status, transport::Channel};
 
 type Client = DsarServiceClient<Channel>;
-
-/// Runs a test body on both backends as `<name>::sqlite` and `<name>::postgres`.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$name(custodia_tests::Backend::Sqlite).await;
-                }
-                #[tokio::test]
-                async fn postgres() {
-                    super::$name(custodia_tests::Backend::Postgres).await;
-                }
-            }
-        )*
-    };
-}
-pub(crate) use both_backends;
-
-fn at(s: &str) -> DateTime<Utc> {
-    s.parse().expect("timestamp")
-}
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn time_of(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
-    let t = t.as_ref().expect("timestamp set");
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("valid")
-}
-
-fn assert_code(err: &Status, code: Code, needles: &[&str]) {
-    assert_eq!(err.code(), code, "{}", err.message());
-    for n in needles {
-        assert!(
-            err.message().contains(n),
-            "`{}` does not mention `{n}`",
-            err.message()
-        );
-    }
-}
 
 /// Starts audit-log, consent and dsar (the built-in sources need the first two).
 async fn spawn(backend: Backend) -> TestApp {
@@ -92,13 +46,6 @@ async fn spawn(backend: Backend) -> TestApp {
 
 async fn client(app: &TestApp) -> Client {
     DsarServiceClient::new(app.channel().await)
-}
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
 }
 
 fn new_request(kind: RequestType, subject: &str) -> Request {

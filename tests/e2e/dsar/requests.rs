@@ -20,7 +20,7 @@ use tonic::Code;
 
 use super::*;
 
-both_backends!(deadlines, lifecycle, bad_input, data_sources);
+custodia_tests::both_backends!(deadlines, lifecycle, bad_input, data_sources);
 
 async fn due_of(client: &mut Client, received: &str) -> (DateTime<Utc>, Request) {
     let mut r = new_request(RequestType::Access, "ada@example.edu");

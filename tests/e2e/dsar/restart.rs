@@ -19,7 +19,7 @@ use super::{
     *,
 };
 
-both_backends!(restart_resumes_fan_out);
+custodia_tests::both_backends!(restart_resumes_fan_out);
 
 struct Running {
     endpoint: String,

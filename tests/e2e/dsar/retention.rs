@@ -21,7 +21,7 @@ use super::{
     *,
 };
 
-both_backends!(retention_runs, scheduled_retention);
+custodia_tests::both_backends!(retention_runs, scheduled_retention);
 
 async fn purpose(app: &custodia_tests::TestApp, id: &str, period: &str) {
     let mut c = ConsentServiceClient::new(app.channel().await);

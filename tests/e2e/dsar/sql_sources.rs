@@ -23,7 +23,7 @@ use super::{
     *,
 };
 
-both_backends!(sql_connectors_as_crm_and_moodle);
+custodia_tests::both_backends!(sql_connectors_as_crm_and_moodle);
 
 const CRM_SEED: &str = r#"
 INSERT INTO contacts (id, email, first_name, last_name, phone, created_at, updated_at, last_activity_at)
