@@ -2,9 +2,12 @@
 //! PostgreSQL: deadlines, the state machine, bad input, data sources, the
 //! fan-out to real connector servers, export packages, erasure and retention.
 
+mod bad_input;
 mod connector;
+mod data_sources;
+mod deadlines;
 mod fanout;
-mod requests;
+mod lifecycle;
 mod restart;
 mod retention;
 mod sql_sources;
@@ -20,10 +23,10 @@ use custodia_proto::{
         dsar_service_client::DsarServiceClient,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, assert_code, at, authed, email, time_of, ts};
-use tonic::{Status, transport::Channel};
+use custodia_tests::{Backend, TestApp, assert_code, at, email, time_of, ts};
+use tonic::Status;
 
-type Client = DsarServiceClient<Channel>;
+type Client = custodia_tests::DsarClient;
 
 /// Starts audit-log, consent and dsar (the built-in sources need the first two).
 async fn spawn(backend: Backend) -> TestApp {
@@ -45,7 +48,7 @@ async fn spawn(backend: Backend) -> TestApp {
 }
 
 async fn client(app: &TestApp) -> Client {
-    DsarServiceClient::new(app.channel().await)
+    app.dsar().await
 }
 
 fn new_request(kind: RequestType, subject: &str) -> Request {
@@ -73,20 +76,17 @@ async fn submit(
     request_id: &str,
 ) -> Result<Request, Status> {
     client
-        .submit_request(authed(
-            SubmitRequestRequest {
-                request: Some(request),
-                request_id: request_id.into(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .submit_request(SubmitRequestRequest {
+            request: Some(request),
+            request_id: request_id.into(),
+        })
         .await
         .map(|r| r.into_inner().request.expect("request"))
 }
 
 async fn get(client: &mut Client, name: &str) -> Request {
     client
-        .get_request(authed(GetRequestRequest { name: name.into() }, ADMIN_TOKEN))
+        .get_request(GetRequestRequest { name: name.into() })
         .await
         .expect("get")
         .into_inner()
@@ -100,32 +100,26 @@ async fn verify(
     outcome: IdentityVerificationOutcome,
 ) -> Result<Request, Status> {
     client
-        .verify_identity(authed(
-            VerifyIdentityRequest {
-                name: name.into(),
-                verification: Some(IdentityVerification {
-                    method: IdentityVerificationMethod::AuthenticatedAccount as i32,
-                    outcome: outcome as i32,
-                    description: "Logged in through the student portal".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .verify_identity(VerifyIdentityRequest {
+            name: name.into(),
+            verification: Some(IdentityVerification {
+                method: IdentityVerificationMethod::AuthenticatedAccount as i32,
+                outcome: outcome as i32,
+                description: "Logged in through the student portal".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
         .await
         .map(|r| r.into_inner().request.expect("request"))
 }
 
 async fn start(client: &mut Client, name: &str) -> Result<Request, Status> {
     client
-        .start_processing(authed(
-            StartProcessingRequest {
-                name: name.into(),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .start_processing(StartProcessingRequest {
+            name: name.into(),
+            request_id: String::new(),
+        })
         .await
         .map(|r| r.into_inner().request.expect("request"))
 }

@@ -11,7 +11,7 @@ use custodia_core::{
     server::Application,
 };
 use custodia_proto::dsar::v1::{ActionResult, RequestType, SourceTaskState};
-use custodia_tests::{Backend, test_config};
+use custodia_tests::{AdminToken, Backend, test_config};
 
 use super::{
     connector::{FakeSource, Mode},
@@ -53,9 +53,12 @@ async fn run(config: Config) -> Running {
 }
 
 async fn connect(endpoint: &str) -> Client {
-    DsarServiceClient::connect(endpoint.to_string())
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect()
         .await
-        .expect("connects")
+        .expect("connects");
+    DsarServiceClient::with_interceptor(channel, AdminToken)
 }
 
 async fn restart_resumes_fan_out(backend: Backend) {
