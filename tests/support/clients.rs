@@ -17,52 +17,57 @@ use tonic::{
 
 use crate::{ADMIN_TOKEN, TestApp};
 
-/// Sends the admin token with every call that carries no `authorization` of its
-/// own: a call wrapped in [`crate::authed`] with another principal's token keeps it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AdminToken;
+/// Sends `Bearer <token>` with every call that carries no `authorization` of
+/// its own: a call wrapped in [`crate::authed`] with another principal's token
+/// keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bearer(pub &'static str);
 
-impl Interceptor for AdminToken {
+impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if !request.metadata().contains_key("authorization") {
-            let value: MetadataValue<_> = format!("Bearer {ADMIN_TOKEN}")
-                .parse()
-                .expect("ascii token");
+            let value: MetadataValue<_> =
+                format!("Bearer {}", self.0).parse().expect("ascii token");
             request.metadata_mut().insert("authorization", value);
         }
         Ok(request)
     }
 }
 
-type Admin = InterceptedService<Channel, AdminToken>;
+/// A channel whose calls carry a [`Bearer`] token: the transport of every typed
+/// client here (`ConsentServiceClient<Authed>`, a connector's `DataSourceClient<Authed>`).
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The [`Bearer`] of the admin principal of test servers.
+pub const ADMIN: Bearer = Bearer(ADMIN_TOKEN);
 
 /// ConsentService, as the admin.
-pub type ConsentClient = ConsentServiceClient<Admin>;
+pub type ConsentClient = ConsentServiceClient<Authed>;
 /// DsarService, as the admin.
-pub type DsarClient = DsarServiceClient<Admin>;
+pub type DsarClient = DsarServiceClient<Authed>;
 /// BreachService, as the admin.
-pub type BreachClient = BreachServiceClient<Admin>;
+pub type BreachClient = BreachServiceClient<Authed>;
 /// AuditLogService, as the admin.
-pub type AuditClient = AuditLogServiceClient<Admin>;
+pub type AuditClient = AuditLogServiceClient<Authed>;
 
 impl TestApp {
     /// A ConsentService client calling as the admin.
     pub async fn consent(&self) -> ConsentClient {
-        ConsentServiceClient::with_interceptor(self.channel().await, AdminToken)
+        ConsentServiceClient::with_interceptor(self.channel().await, ADMIN)
     }
 
     /// A DsarService client calling as the admin.
     pub async fn dsar(&self) -> DsarClient {
-        DsarServiceClient::with_interceptor(self.channel().await, AdminToken)
+        DsarServiceClient::with_interceptor(self.channel().await, ADMIN)
     }
 
     /// A BreachService client calling as the admin.
     pub async fn breach(&self) -> BreachClient {
-        BreachServiceClient::with_interceptor(self.channel().await, AdminToken)
+        BreachServiceClient::with_interceptor(self.channel().await, ADMIN)
     }
 
     /// An AuditLogService client calling as the admin.
     pub async fn audit(&self) -> AuditClient {
-        AuditLogServiceClient::with_interceptor(self.channel().await, AdminToken)
+        AuditLogServiceClient::with_interceptor(self.channel().await, ADMIN)
     }
 }

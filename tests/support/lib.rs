@@ -31,7 +31,7 @@ mod wait;
 use tonic::{Request, metadata::MetadataValue};
 
 pub use app::{Backend, TestApp, TestDatabase, postgres_admin_url, test_config};
-pub use clients::{AdminToken, AuditClient, BreachClient, ConsentClient, DsarClient};
+pub use clients::{ADMIN, AuditClient, Authed, Bearer, BreachClient, ConsentClient, DsarClient};
 pub use consent::{grant, newsletter_purpose};
 #[cfg(unix)]
 pub use files::assert_owner_only;

@@ -11,7 +11,7 @@ use custodia_core::{
     server::Application,
 };
 use custodia_proto::dsar::v1::{ActionResult, RequestType, SourceTaskState};
-use custodia_tests::{AdminToken, Backend, test_config};
+use custodia_tests::{ADMIN, Backend, test_config};
 
 use super::{
     connector::{FakeSource, Mode},
@@ -58,7 +58,7 @@ async fn connect(endpoint: &str) -> Client {
         .connect()
         .await
         .expect("connects");
-    DsarServiceClient::with_interceptor(channel, AdminToken)
+    DsarServiceClient::with_interceptor(channel, ADMIN)
 }
 
 async fn restart_resumes_fan_out(backend: Backend) {
