@@ -1,134 +1,32 @@
-//! Every repeated field of a request has a maximum (issue 24, finding 3): one
-//! entry more is INVALID_ARGUMENT naming the field, before any query or access
-//! event; a list at its maximum is served on both backends; and the store reads
-//! lists longer than one SQL statement may bind in chunks instead of failing.
+//! One entry over each maximum is INVALID_ARGUMENT naming the field.
 
 use std::{future::Future, pin::Pin};
 
-use custodia_consent::{
-    records::{NewRecord, WriteJob},
-    store::ConsentStore,
-};
-use custodia_core::{
-    ServiceName,
-    outbox::{AccessEvent, Outcome},
-    storage,
-};
 use custodia_proto::{
-    audit::v1::{
-        ListSubjectAccessesRequest, ShredSubjectRequest,
-        audit_log_service_client::AuditLogServiceClient,
-    },
+    audit::v1::{ListSubjectAccessesRequest, ShredSubjectRequest},
     breach::v1::{
         AddTimelineEntryRequest, AssignTeamRequest, Breach, BreachNature, EvidenceReference,
-        ReportBreachRequest, TeamMember, TeamRole, TimelineEntry, TimelineEntryKind,
-        UpdateBreachRequest, breach_service_client::BreachServiceClient,
+        TeamMember, TeamRole, TimelineEntry, TimelineEntryKind, UpdateBreachRequest,
     },
     common::v1::{Contact, RetainedData, RetentionGround},
     connector::v1::{Capability, CategoryCount, Correction},
     consent::v1::{
-        self as consent, BatchCheckConsentRequest, ConsentChannel, ConsentEvent, ConsentState,
-        Cookie, CreatePurposeRequest, Decision, EraseSubjectRequest, Evidence,
-        InternationalTransfer, LawfulBasis, ListConsentEventsRequest, ListSubjectConsentsRequest,
-        Notice, PublishNoticeRequest, Purpose, PurposeCategory, PurposeDecision, Recipient,
-        RecordConsentRequest, RecordObjectionRequest, TransferSafeguard, UpdatePurposeRequest,
-        WatchConsentChangesRequest, WithdrawConsentRequest,
-        consent_service_client::ConsentServiceClient,
+        self as consent, BatchCheckConsentRequest, Cookie, CreatePurposeRequest, Decision,
+        EraseSubjectRequest, InternationalTransfer, ListConsentEventsRequest,
+        ListSubjectConsentsRequest, Notice, PublishNoticeRequest, Purpose, PurposeDecision,
+        Recipient, RecordConsentRequest, RecordObjectionRequest, TransferSafeguard,
+        UpdatePurposeRequest, WatchConsentChangesRequest, WithdrawConsentRequest,
     },
     dsar::v1::{
-        self as dsar, ApplyRetentionRequest, DataSource, ListRequestsRequest,
-        MarkSourceHandledManuallyRequest, RegisterDataSourceRequest, RequestState, RequestType,
-        Requester, RequesterRole, SubmitRequestRequest, UpdateDataSourceRequest,
-        dsar_service_client::DsarServiceClient,
+        ApplyRetentionRequest, DataSource, ListRequestsRequest, MarkSourceHandledManuallyRequest,
+        RequestState, RequestType, UpdateDataSourceRequest,
     },
 };
-use custodia_tests::{
-    ADMIN_TOKEN, Backend, TestApp, authed, newsletter_purpose, subject, subjects,
-};
-use tokio_stream::StreamExt;
+use custodia_tests::{Backend, TestApp, subject, subjects};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-/// `n` distinct purpose names.
-fn purposes(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("purposes/p{i}")).collect()
-}
-
-fn texts(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("value-{i}")).collect()
-}
-
-fn mask(n: usize, path: &str) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: vec![path.to_string(); n],
-    })
-}
-
-fn evidence(app: &TestApp) -> Evidence {
-    Evidence {
-        collect_time: Some(app.timestamp()),
-        channel: ConsentChannel::EmailLink as i32,
-        ..Default::default()
-    }
-}
-
-/// A purpose that is valid but for the lists `with` sets.
-fn purpose(with: impl FnOnce(&mut Purpose)) -> Option<Purpose> {
-    let mut p = Purpose {
-        display_name: "Newsletter".into(),
-        lawful_basis: LawfulBasis::Consent as i32,
-        category: PurposeCategory::Communication as i32,
-        ..Default::default()
-    };
-    with(&mut p);
-    Some(p)
-}
-
-/// A data-subject request that is valid but for the lists `with` sets.
-fn request(with: impl FnOnce(&mut dsar::Request)) -> SubmitRequestRequest {
-    let mut r = dsar::Request {
-        r#type: RequestType::Access as i32,
-        subject_identifiers: subjects(1),
-        requester: Some(Requester {
-            role: RequesterRole::Subject as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    with(&mut r);
-    SubmitRequestRequest {
-        request: Some(r),
-        request_id: String::new(),
-    }
-}
-
-/// A data source that is valid but for the lists `with` sets.
-fn source(with: impl FnOnce(&mut DataSource)) -> RegisterDataSourceRequest {
-    let mut s = DataSource {
-        endpoint: "http://127.0.0.1:1".into(),
-        ..Default::default()
-    };
-    with(&mut s);
-    RegisterDataSourceRequest {
-        data_source_id: "crm".into(),
-        data_source: Some(s),
-        request_id: String::new(),
-    }
-}
-
-/// A breach that is valid but for the lists `with` sets.
-fn breach(app: &TestApp, with: impl FnOnce(&mut Breach)) -> ReportBreachRequest {
-    let mut b = Breach {
-        description: "A laptop was stolen".into(),
-        detect_time: Some(app.timestamp()),
-        ..Default::default()
-    };
-    with(&mut b);
-    ReportBreachRequest {
-        breach: Some(b),
-        request_id: String::new(),
-    }
-}
+use super::{breach, evidence, mask, purpose, purposes, request, source, texts};
 
 type Answer = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
@@ -151,17 +49,16 @@ fn assert_names(status: &Status, field: &str, case: &str) {
 async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
     let services = crate::all_services();
     let app = TestApp::spawn(Backend::Sqlite, &services).await;
-    let channel = app.channel().await;
-    let consent = ConsentServiceClient::new(channel.clone());
-    let dsar = DsarServiceClient::new(channel.clone());
-    let breach_client = BreachServiceClient::new(channel.clone());
-    let audit = AuditLogServiceClient::new(channel.clone());
+    let consent = app.consent().await;
+    let dsar = app.dsar().await;
+    let breach_client = app.breach().await;
+    let audit = app.audit().await;
 
     let mut cases: Vec<(&str, &str, Answer)> = Vec::new();
     macro_rules! case {
         ($field:expr, $client:ident . $method:ident ($request:expr)) => {{
             let mut client = $client.clone();
-            let request = authed($request, ADMIN_TOKEN);
+            let request = $request;
             cases.push((
                 stringify!($method),
                 $field,
@@ -538,225 +435,32 @@ async fn one_entry_over_each_maximum_is_invalid_argument_naming_the_field() {
 async fn the_probes_lists_of_100001_entries_are_invalid_argument() {
     let services = crate::all_services();
     let app = TestApp::spawn(Backend::Sqlite, &services).await;
-    let channel = app.channel().await;
-    let mut consent = ConsentServiceClient::new(channel.clone());
-    let mut audit = AuditLogServiceClient::new(channel);
+    let mut consent = app.consent().await;
+    let mut audit = app.audit().await;
     let status = consent
-        .list_consent_events(authed(
-            ListConsentEventsRequest {
-                subject_identifiers: subjects(100_001),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_consent_events(ListConsentEventsRequest {
+            subject_identifiers: subjects(100_001),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_names(&status, "subject_identifiers", "ListConsentEvents");
     let status = consent
-        .watch_consent_changes(authed(
-            WatchConsentChangesRequest {
-                purposes: purposes(100_001),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .watch_consent_changes(WatchConsentChangesRequest {
+            purposes: purposes(100_001),
+            ..Default::default()
+        })
         .await
         .map(drop)
         .unwrap_err();
     assert_names(&status, "purposes", "WatchConsentChanges");
     let status = audit
-        .list_subject_accesses(authed(
-            ListSubjectAccessesRequest {
-                subject_identifiers: subjects(100_001),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_subject_accesses(ListSubjectAccessesRequest {
+            subject_identifiers: subjects(100_001),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_names(&status, "subject_identifiers", "ListSubjectAccesses");
     app.stop().await;
-}
-
-custodia_tests::both_backends!(lists_at_their_maximum_are_served);
-
-/// ListConsentEvents with 100 identifiers, WatchConsentChanges with 1,000
-/// purposes and ListSubjectAccesses with 100 identifiers answer as with one.
-async fn lists_at_their_maximum_are_served(backend: Backend) {
-    let services = crate::all_services();
-    let app = TestApp::spawn(backend, &services).await;
-    let channel = app.channel().await;
-    let mut consent = ConsentServiceClient::new(channel.clone());
-    let audit = AuditLogServiceClient::new(channel);
-    consent
-        .create_purpose(authed(newsletter_purpose(), ADMIN_TOKEN))
-        .await
-        .unwrap();
-    let mut filter = purposes(999);
-    filter.push("purposes/newsletter".into());
-    let mut changes = consent
-        .watch_consent_changes(authed(
-            WatchConsentChangesRequest {
-                purposes: filter,
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-
-    // The last of 100 identifiers withdraws (recorded even without a grant).
-    consent
-        .withdraw_consent(authed(
-            WithdrawConsentRequest {
-                subject: Some(subject(99)),
-                purposes: vec!["purposes/newsletter".into()],
-                evidence: Some(evidence(&app)),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap();
-    let change = changes.next().await.expect("a change").unwrap();
-    let event = change.event.expect("an event, not a heartbeat");
-    assert_eq!(event.purpose, "purposes/newsletter");
-    assert_eq!(event.state, ConsentState::Withdrawn as i32);
-
-    let events = consent
-        .list_consent_events(authed(
-            ListConsentEventsRequest {
-                subject_identifiers: subjects(100),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].name, event.name);
-
-    // The withdrawal's access event, naming subject 99, is found among 100.
-    let accesses = custodia_tests::eventually(|| {
-        let mut audit = audit.clone();
-        async move {
-            let accesses = audit
-                .list_subject_accesses(authed(
-                    ListSubjectAccessesRequest {
-                        subject_identifiers: subjects(100),
-                        ..Default::default()
-                    },
-                    ADMIN_TOKEN,
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .accesses;
-            // (The reads' own access events come in too: wait for the write's.)
-            accesses
-                .iter()
-                .any(|a| a.action == "update")
-                .then_some(accesses)
-        }
-    })
-    .await;
-    let withdrawal = accesses.iter().find(|a| a.action == "update").unwrap();
-    assert_eq!(withdrawal.service, "custodia.consent.v1.ConsentService");
-    assert_eq!(withdrawal.purpose, "newsletter");
-    assert_eq!(withdrawal.access_count, 1, "{accesses:?}");
-    drop(changes);
-    app.stop().await;
-}
-
-custodia_tests::both_backends!(store_reads_lists_longer_than_a_statement_binds_in_chunks);
-
-/// Records `state` of `subject` (a hash) for `purpose` through the store.
-async fn record(store: &ConsentStore, subject: &str, purpose: &str, state: ConsentState) -> String {
-    let name = format!("consentEvents/{}", uuid::Uuid::now_v7().simple());
-    let job = WriteJob {
-        key: None,
-        records: vec![NewRecord {
-            subject_hash: subject.into(),
-            purpose_id: purpose.into(),
-            event: ConsentEvent {
-                name: name.clone(),
-                purpose: format!("purposes/{purpose}"),
-                state: state as i32,
-                ..Default::default()
-            },
-            decision_us: 1_000,
-            expire_us: None,
-        }],
-        receipt: None,
-        access: AccessEvent::new(
-            chrono::Utc::now(),
-            "test",
-            "custodia.consent.v1.ConsentService",
-            "RecordConsent",
-            Outcome::Ok,
-        ),
-        now_us: 2_000,
-    };
-    store.record_all(vec![job]).await.unwrap()[0]
-        .as_ref()
-        .expect("recorded");
-    name
-}
-
-/// The consent store's reads over a list of values (a subject's trail, the
-/// change feed for some purposes) stay under SQLite's 32,766 and PostgreSQL's
-/// 65,535 parameters of a statement whatever the list's length: 70,000 values
-/// are read in chunks, the rows the chunks find merged in change order.
-async fn store_reads_lists_longer_than_a_statement_binds_in_chunks(backend: Backend) {
-    let (config, _dir, database) = custodia_tests::test_config(backend).await;
-    let db = storage::open_service(&config, ServiceName::Consent)
-        .await
-        .unwrap();
-    db.migrate(&custodia_consent::MIGRATIONS).await.unwrap();
-    let store = ConsentStore::new(db.clone());
-    let first = record(&store, "ada", "newsletter", ConsentState::Granted).await;
-    let second = record(&store, "bob", "alumni", ConsentState::Granted).await;
-    record(&store, "cy", "other", ConsentState::Granted).await;
-    let third = record(&store, "ada", "alumni", ConsentState::Withdrawn).await;
-    let names = |rows: Vec<ConsentEvent>| rows.into_iter().map(|e| e.name).collect::<Vec<_>>();
-
-    // ada and bob far apart among 70,000 subjects, ada given twice.
-    let mut subjects: Vec<String> = (0..70_000).map(|i| format!("h{i}")).collect();
-    subjects[1] = "ada".into();
-    subjects[69_998] = "bob".into();
-    subjects.push("ada".into());
-    let events = store
-        .events(&subjects, None, None, 1000)
-        .await
-        .expect("70,000 subjects are read in chunks");
-    assert_eq!(
-        names(events.into_iter().map(|(_, e)| e).collect()),
-        [first.clone(), second.clone(), third.clone()],
-        "in change order, each once"
-    );
-    let events = store.events(&subjects, None, None, 2).await.unwrap();
-    assert_eq!(
-        names(events.into_iter().map(|(_, e)| e).collect()),
-        [first.clone(), second.clone()],
-        "the limit holds across chunks"
-    );
-
-    let mut filter: Vec<String> = (0..70_000).map(|i| format!("p{i}")).collect();
-    filter[2] = "newsletter".into();
-    filter[69_999] = "alumni".into();
-    let changes = store
-        .changes(0, &filter, 500)
-        .await
-        .expect("70,000 purposes are read in chunks");
-    assert_eq!(
-        names(changes.into_iter().map(|c| c.3).collect()),
-        [first.clone(), second.clone(), third.clone()]
-    );
-    db.close().await;
-    if let Some(database) = database {
-        database.drop_now().await;
-    }
 }
