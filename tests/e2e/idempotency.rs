@@ -7,23 +7,15 @@
 
 use custodia_core::config::PrincipalConfig;
 use custodia_proto::{
-    audit::v1::{
-        ListEventsRequest, ShredSubjectRequest, audit_log_service_client::AuditLogServiceClient,
-    },
+    audit::v1::{ListEventsRequest, ShredSubjectRequest},
     breach::v1::{Breach, ReportBreachRequest, breach_service_client::BreachServiceClient},
-    consent::v1::{
-        CheckConsentRequest, ConsentChannel, Decision, EraseSubjectRequest, Evidence, Notice,
-        PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
-        consent_service_client::ConsentServiceClient, notice::Content,
-    },
+    consent::v1::{CheckConsentRequest, EraseSubjectRequest, RecordConsentRequest},
     dsar::v1::{
         Request as DsarRequest, RequestType, Requester, RequesterRole, SubmitRequestRequest,
         dsar_service_client::DsarServiceClient,
     },
 };
-use custodia_tests::{
-    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, email, newsletter_purpose,
-};
+use custodia_tests::{Backend, TestApp, audit_events_until, authed, email, grant};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -78,53 +70,21 @@ fn assert_reused(err: Status) {
     assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
 }
 
-fn grant(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordConsentRequest {
+/// The newsletter grant of `who` under `notice`, sent with `request_id`.
+fn keyed(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordConsentRequest {
     RecordConsentRequest {
-        subject: Some(email(who)),
-        decisions: vec![PurposeDecision {
-            purpose: "purposes/newsletter".into(),
-            decision: Decision::Granted as i32,
-        }],
-        evidence: Some(Evidence {
-            collect_time: Some(app.timestamp()),
-            channel: ConsentChannel::WebForm as i32,
-            notice: notice.into(),
-            ..Default::default()
-        }),
         request_id: request_id.into(),
-        ..Default::default()
+        ..grant(app, who, notice)
     }
 }
 
 async fn record_consent(backend: Backend) {
     let app = spawn(backend).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    c.create_purpose(authed(newsletter_purpose(), ADMIN_TOKEN))
-        .await
-        .unwrap();
-    let notice = c
-        .publish_notice(authed(
-            PublishNoticeRequest {
-                notice_id: "privacy".into(),
-                notice: Some(Notice {
-                    title: "Privacy".into(),
-                    content: Some(Content::Text("Monthly newsletter.".into())),
-                    purposes: vec!["purposes/newsletter".into()],
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .notice
-        .unwrap()
-        .name;
+    let notice = app.newsletter_notice().await;
+    let mut c = app.consent().await;
 
     let first = c
-        .record_consent(authed(grant(&app, "ada@example.edu", &notice, "k1"), CRM))
+        .record_consent(authed(keyed(&app, "ada@example.edu", &notice, "k1"), CRM))
         .await
         .unwrap()
         .into_inner();
@@ -133,7 +93,7 @@ async fn record_consent(backend: Backend) {
     // the first call (its receipt names ada in clear) comes back.
     let other = c
         .record_consent(authed(
-            grant(&app, "bob@example.edu", &notice, "k1"),
+            keyed(&app, "bob@example.edu", &notice, "k1"),
             MOODLE,
         ))
         .await
@@ -168,7 +128,7 @@ async fn record_consent(backend: Backend) {
 
     // The same principal retrying the same body gets the first answer.
     let again = c
-        .record_consent(authed(grant(&app, "ada@example.edu", &notice, "k1"), CRM))
+        .record_consent(authed(keyed(&app, "ada@example.edu", &notice, "k1"), CRM))
         .await
         .unwrap()
         .into_inner();
@@ -177,7 +137,7 @@ async fn record_consent(backend: Backend) {
 
     // ...and reusing the key with another body is refused; nothing is recorded.
     let err = c
-        .record_consent(authed(grant(&app, "cy@example.edu", &notice, "k1"), CRM))
+        .record_consent(authed(keyed(&app, "cy@example.edu", &notice, "k1"), CRM))
         .await
         .unwrap_err();
     assert_reused(err);
@@ -189,15 +149,10 @@ async fn record_consent(backend: Backend) {
     // Erasure: a retry answers what the first call erased (a second erasure
     // would find nothing), another body with the key is refused, and the
     // audit log's shredding keeps its first answer the same way.
-    let erase = |who: &str| {
-        authed(
-            EraseSubjectRequest {
-                subject_identifiers: vec![email(who)],
-                dsar_request: String::new(),
-                request_id: "e1".into(),
-            },
-            ADMIN_TOKEN,
-        )
+    let erase = |who: &str| EraseSubjectRequest {
+        subject_identifiers: vec![email(who)],
+        dsar_request: String::new(),
+        request_id: "e1".into(),
     };
     let erased = c
         .erase_subject(erase("bob@example.edu"))
@@ -213,16 +168,11 @@ async fn record_consent(backend: Backend) {
     assert_eq!(retried, erased);
     assert_reused(c.erase_subject(erase("ada@example.edu")).await.unwrap_err());
     assert!(allowed("ada@example.edu").await, "ada was not erased");
-    let mut audit = AuditLogServiceClient::new(app.channel().await);
-    let shred = |who: &str| {
-        authed(
-            ShredSubjectRequest {
-                subject_identifiers: vec![email(who)],
-                dsar_request: String::new(),
-                request_id: "s1".into(),
-            },
-            ADMIN_TOKEN,
-        )
+    let mut audit = app.audit().await;
+    let shred = |who: &str| ShredSubjectRequest {
+        subject_identifiers: vec![email(who)],
+        dsar_request: String::new(),
+        request_id: "s1".into(),
     };
     let shredded = audit
         .shred_subject(shred("bob@example.edu"))
