@@ -118,6 +118,17 @@ impl TestApp {
         init_tracing();
         let (mut config, dir, database) = test_config(backend).await;
         adjust(&mut config);
+        Self::start(config, services, dir, database).await
+    }
+
+    /// Runs `services` with `config` over `dir` and `database`, its clock at
+    /// 2026-11-02T09:00:00Z.
+    async fn start(
+        config: Config,
+        services: &[ServiceDef],
+        dir: tempfile::TempDir,
+        database: Option<TestDatabase>,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(
             "2026-11-02T09:00:00Z".parse().expect("timestamp"),
         ));
@@ -142,6 +153,15 @@ impl TestApp {
             _dir: dir,
             database,
         }
+    }
+
+    /// A process restart: stops the server gracefully (work in flight is torn
+    /// down after `server.shutdown_grace_secs`) and starts `services` again over
+    /// the same configuration, data directory and database, on a new port, the
+    /// clock back at its start.
+    pub async fn restart(mut self, services: &[ServiceDef]) -> Self {
+        self.shut_down().await;
+        Self::start(self.config, services, self._dir, self.database).await
     }
 
     /// Starts `services` on `backend` with the default test configuration.
@@ -170,6 +190,14 @@ impl TestApp {
 
     /// Stops the server gracefully and drops its Postgres database.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+        if let Some(db) = self.database.take() {
+            db.drop_now().await;
+        }
+    }
+
+    /// Stops the server gracefully; panics unless it stops cleanly.
+    async fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -177,9 +205,6 @@ impl TestApp {
             task.await
                 .expect("server task")
                 .expect("server stops cleanly");
-        }
-        if let Some(db) = self.database.take() {
-            db.drop_now().await;
         }
     }
 }

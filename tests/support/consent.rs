@@ -7,7 +7,7 @@ use custodia_proto::consent::v1::{
     notice::Content,
 };
 
-use crate::{TestApp, email};
+use crate::{ConsentClient, TestApp, email};
 
 /// CreatePurpose of `purposes/newsletter`: a communication purpose whose lawful
 /// basis is consent, as the consent tests and the load generator use it.
@@ -43,6 +43,28 @@ pub fn grant(app: &TestApp, who: &str, notice: &str) -> RecordConsentRequest {
     }
 }
 
+/// Publishes a version of the privacy notice (`notices/privacy`) covering
+/// `purposes/newsletter`, a material change or not; returns the version's name.
+pub async fn publish_privacy_notice(c: &mut ConsentClient, text: &str, material: bool) -> String {
+    c.publish_notice(PublishNoticeRequest {
+        notice_id: "privacy".into(),
+        notice: Some(Notice {
+            title: "Privacy policy".into(),
+            content: Some(Content::Text(text.into())),
+            purposes: vec!["purposes/newsletter".into()],
+            material_change: material,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .notice
+    .unwrap()
+    .name
+}
+
 impl TestApp {
     /// Creates `purposes/newsletter` ([`newsletter_purpose`]) and publishes the
     /// privacy notice covering it; returns the notice's name
@@ -50,21 +72,6 @@ impl TestApp {
     pub async fn newsletter_notice(&self) -> String {
         let mut c = self.consent().await;
         c.create_purpose(newsletter_purpose()).await.unwrap();
-        c.publish_notice(PublishNoticeRequest {
-            notice_id: "privacy".into(),
-            notice: Some(Notice {
-                title: "Privacy policy".into(),
-                content: Some(Content::Text("We send a monthly newsletter.".into())),
-                purposes: vec!["purposes/newsletter".into()],
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .notice
-        .unwrap()
-        .name
+        publish_privacy_notice(&mut c, "We send a monthly newsletter.", false).await
     }
 }

@@ -32,7 +32,7 @@ use tonic::{Request, metadata::MetadataValue};
 
 pub use app::{Backend, TestApp, TestDatabase, postgres_admin_url, test_config};
 pub use clients::{ADMIN, AuditClient, Authed, Bearer, BreachClient, ConsentClient, DsarClient};
-pub use consent::{grant, newsletter_purpose};
+pub use consent::{grant, newsletter_purpose, publish_privacy_notice};
 #[cfg(unix)]
 pub use files::assert_owner_only;
 pub use status::assert_code;

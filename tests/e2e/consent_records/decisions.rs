@@ -2,11 +2,13 @@
 //! trail keeps every event; an objection refuses a purpose that is not
 //! consent-based, and an objection to direct marketing refuses the newsletter
 //! whatever was granted; decisions the register forbids are refused before
-//! anything is written.
+//! anything is written; a minor's grant (Art. 8) needs a guardian's under the
+//! digital age of consent of the subject's country.
 
 use custodia_proto::consent::v1::{
-    CheckReason, ConsentState, CreatePurposeRequest, Decision, LawfulBasis,
-    ListSubjectConsentsRequest, Purpose, PurposeCategory, RecordObjectionRequest,
+    AgeAttestation, CheckReason, ConsentState, CreatePurposeRequest, Decision, GuardianConsent,
+    LawfulBasis, ListSubjectConsentsRequest, Purpose, PurposeCategory, RecordObjectionRequest,
+    age_attestation::Age,
 };
 use custodia_tests::{Backend, TestApp, email};
 use tonic::Code;
@@ -16,7 +18,13 @@ use super::{
     withdraw,
 };
 
-custodia_tests::both_backends!(withdrawal_wins_at_once, objections, refused_decisions);
+custodia_tests::both_backends!(
+    withdrawal_wins_at_once,
+    objections,
+    refused_decisions,
+    a_child_needs_a_guardian,
+    minors_by_country
+);
 
 /// A withdrawal is effective for the very next check; the subject's trail keeps
 /// the grant and the withdrawal, in order, without the raw identifier.
@@ -291,5 +299,61 @@ async fn refused_decisions(backend: Backend) {
     poll.request_id = "poll-2".into();
     let err = c.record_consent(poll).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    app.stop().await;
+}
+
+/// 14 in France needs a guardian; with one, the grant is stored linked to the
+/// guardian and the check allows.
+async fn a_child_needs_a_guardian(backend: Backend) {
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let (mut c, v1) = newsletter(&app).await;
+    let mut child = grant(&app, "dan@example.edu", &v1);
+    child.age = Some(AgeAttestation {
+        age: Some(Age::AgeYears(14)),
+        country_code: "FR".into(),
+    });
+    let err = c.record_consent(child.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("guardian"), "{}", err.message());
+    child.guardian = Some(GuardianConsent {
+        guardian: Some(email("parent@example.org")),
+        relationship: "mother".into(),
+        verification: "signed form".into(),
+    });
+    let ok = c.record_consent(child).await.unwrap().into_inner();
+    assert_eq!(
+        ok.events[0].guardian.as_ref().unwrap().relationship,
+        "mother"
+    );
+    assert!(check(&mut c, "dan@example.edu", "newsletter").await.0);
+
+    app.stop().await;
+}
+
+/// The digital age of consent (Art. 8(1)) comes from the subject's country:
+/// configured (`consent.digital_consent_ages`), else the member states' laws,
+/// else 16; without a country, the institution's jurisdiction (France here).
+async fn minors_by_country(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[custodia_consent::SERVICE], |config| {
+        config.consent.digital_consent_ages = [("DE".to_string(), 14)].into();
+    })
+    .await;
+    let (mut c, v1) = newsletter(&app).await;
+    let mut record = async |who: &str, years: i32, country: &str| {
+        let mut r = grant(&app, who, &v1);
+        r.age = Some(AgeAttestation {
+            age: Some(Age::AgeYears(years)),
+            country_code: country.into(),
+        });
+        c.record_consent(r).await
+    };
+    record("ines@example.edu", 15, "").await.unwrap();
+    let err = record("jo@example.edu", 15, "LU").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("(16)"), "{}", err.message());
+    record("kai@example.edu", 14, "DE").await.unwrap();
+    let err = record("lea@example.edu", 13, "de").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("(14)"), "{}", err.message());
     app.stop().await;
 }

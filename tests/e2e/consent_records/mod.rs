@@ -6,21 +6,18 @@
 
 mod bad_input;
 mod batch;
+mod changes;
 mod decisions;
-mod minors;
 mod notices;
 mod races;
 mod receipts;
-mod replicas;
-mod watch;
 
 use custodia_proto::consent::v1::{
     CheckConsentRequest, CheckReason, ConsentChannel, ConsentEvent, CreatePurposeRequest, Decision,
-    Evidence, LawfulBasis, ListConsentEventsRequest, Notice, PublishNoticeRequest, Purpose,
-    PurposeCategory, PurposeDecision, PurposeState, RecordConsentRequest, UpdatePurposeRequest,
-    WithdrawConsentRequest, notice::Content,
+    Evidence, LawfulBasis, ListConsentEventsRequest, Purpose, PurposeCategory, PurposeDecision,
+    PurposeState, RecordConsentRequest, UpdatePurposeRequest, WithdrawConsentRequest,
 };
-use custodia_tests::{TestApp, email};
+use custodia_tests::{TestApp, email, publish_privacy_notice as publish};
 
 type Client = custodia_tests::ConsentClient;
 
@@ -53,27 +50,6 @@ async fn purpose(c: &mut Client, id: &str, basis: LawfulBasis, dm: bool, reconse
     })
     .await
     .unwrap();
-}
-
-/// Publishes a version of the privacy notice covering the newsletter; its name.
-async fn publish(c: &mut Client, text: &str, material: bool) -> String {
-    c.publish_notice(PublishNoticeRequest {
-        notice_id: "privacy".into(),
-        notice: Some(Notice {
-            title: "Privacy policy".into(),
-            content: Some(Content::Text(text.into())),
-            purposes: vec!["purposes/newsletter".into()],
-            material_change: material,
-            ..Default::default()
-        }),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .notice
-    .unwrap()
-    .name
 }
 
 /// A client of `app`, with the consent-based direct-marketing purpose

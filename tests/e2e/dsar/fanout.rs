@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use custodia_proto::{
-    connector::v1::{Capability, Correction},
+    connector::v1::Correction,
     dsar::v1::{
         CompleteRequestRequest, DataSource, ExportState, GetExportRequest,
         MarkSourceHandledManuallyRequest, RecipientNotification, RecipientNotificationOutcome,
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 
 use super::{
-    connector::{FakeSource, Mode, invoices_kept},
+    connector::{FakeSource, Mode, every_capability, invoices_kept},
     *,
 };
 
@@ -31,16 +31,7 @@ pub(super) async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_m
         data_source: Some(DataSource {
             display_name: format!("{id} system"),
             endpoint: endpoint.into(),
-            capabilities: [
-                Capability::Export,
-                Capability::Erase,
-                Capability::Restrict,
-                Capability::Rectify,
-                Capability::Retention,
-            ]
-            .iter()
-            .map(|c| *c as i32)
-            .collect(),
+            capabilities: every_capability(),
             purposes: vec!["purposes/prospects".into()],
             recipients: vec!["MailChimp".into()],
             call_timeout: timeout_ms.map(|ms| prost_types::Duration {

@@ -14,13 +14,13 @@ mod sql_sources;
 mod tls;
 
 use chrono::{DateTime, Utc};
+use custodia_core::server::ServiceDef;
 use custodia_proto::{
     common::v1::SubjectRef,
     dsar::v1::{
         GetRequestRequest, IdentityVerification, IdentityVerificationMethod,
         IdentityVerificationOutcome, Request, RequestType, Requester, RequesterRole,
         StartProcessingRequest, SubmitRequestRequest, VerifyIdentityRequest,
-        dsar_service_client::DsarServiceClient,
     },
 };
 use custodia_tests::{Backend, TestApp, assert_code, at, email, time_of, ts};
@@ -28,22 +28,21 @@ use tonic::Status;
 
 type Client = custodia_tests::DsarClient;
 
-/// Starts audit-log, consent and dsar (the built-in sources need the first two).
+/// audit-log, consent and dsar (the built-in sources need the first two).
+const SERVICES: &[ServiceDef] = &[
+    custodia_audit_log::SERVICE,
+    custodia_consent::SERVICE,
+    custodia_dsar::SERVICE,
+];
+
+/// Starts [`SERVICES`], polling every 50 ms.
 async fn spawn(backend: Backend) -> TestApp {
-    TestApp::spawn_with(
-        backend,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        |c| {
-            c.dsar.poll_interval_ms = 50;
-            c.dsar.retry_initial_secs = 60;
-            c.dsar.retry_max_secs = 3600;
-            c.dsar.export_ttl_secs = 7 * 24 * 3600;
-        },
-    )
+    TestApp::spawn_with(backend, SERVICES, |c| {
+        c.dsar.poll_interval_ms = 50;
+        c.dsar.retry_initial_secs = 60;
+        c.dsar.retry_max_secs = 3600;
+        c.dsar.export_ttl_secs = 7 * 24 * 3600;
+    })
     .await
 }
 

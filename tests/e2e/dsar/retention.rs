@@ -166,18 +166,10 @@ async fn scheduled_runs(c: &Client) -> Vec<RetentionRun> {
 }
 
 async fn scheduled_retention(backend: Backend) {
-    let app = custodia_tests::TestApp::spawn_with(
-        backend,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        |c| {
-            c.dsar.poll_interval_ms = 50;
-            c.dsar.retention_interval_secs = 24 * 3600;
-        },
-    )
+    let app = custodia_tests::TestApp::spawn_with(backend, SERVICES, |c| {
+        c.dsar.poll_interval_ms = 50;
+        c.dsar.retention_interval_secs = 24 * 3600;
+    })
     .await;
     purpose(&app, "prospects", "P3Y").await;
     let mut c = client(&app).await;

@@ -72,22 +72,14 @@ async fn sql_connectors_as_crm_and_moodle(backend: Backend) {
         .await
         .expect("moodle");
     moodle.execute(MOODLE_SEED).await.expect("seed moodle");
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        |c| {
-            c.dsar.poll_interval_ms = 50;
-            for id in ["crm", "moodle"] {
-                c.dsar
-                    .credentials
-                    .insert(id.to_string(), DSAR_TOKEN.to_string().into());
-            }
-        },
-    )
+    let app = TestApp::spawn_with(backend, SERVICES, |c| {
+        c.dsar.poll_interval_ms = 50;
+        for id in ["crm", "moodle"] {
+            c.dsar
+                .credentials
+                .insert(id.to_string(), DSAR_TOKEN.to_string().into());
+        }
+    })
     .await;
     let mut c = client(&app).await;
     register(&mut c, "crm", &crm.endpoint).await;
