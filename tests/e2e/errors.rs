@@ -12,7 +12,7 @@ use custodia_proto::{
     },
     dsar::v1::{GetRequestRequest, dsar_service_client::DsarServiceClient},
 };
-use custodia_tests::{ADMIN, ADMIN_TOKEN, Backend, TestApp, authed};
+use custodia_tests::{ADMIN, Backend, TestApp};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -142,22 +142,13 @@ struct RawRecordConsent {
 #[tokio::test]
 async fn a_decode_error_names_the_proto_field_path() {
     let app = TestApp::spawn(Backend::Sqlite, &all_services()).await;
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.unwrap();
     // subject.type (field 1 of SubjectRef, length-delimited) = 0xFF 0xFE
-    let request = authed(
-        RawRecordConsent {
-            subject: vec![0x0a, 0x02, 0xff, 0xfe],
-        },
-        ADMIN_TOKEN,
-    );
-    let err = grpc
-        .unary::<_, custodia_proto::consent::v1::RecordConsentResponse, _>(
-            request,
-            "/custodia.consent.v1.ConsentService/RecordConsent"
-                .parse()
-                .unwrap(),
-            tonic_prost::ProstCodec::default(),
+    let err = app
+        .call_raw::<_, custodia_proto::consent::v1::RecordConsentResponse>(
+            "/custodia.consent.v1.ConsentService/RecordConsent",
+            RawRecordConsent {
+                subject: vec![0x0a, 0x02, 0xff, 0xfe],
+            },
         )
         .await
         .unwrap_err();

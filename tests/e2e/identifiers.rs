@@ -2,22 +2,12 @@
 //! are refused naming the field, and equivalent spellings of one identifier are
 //! one subject (issue 24, "ghost subjects").
 
-use custodia_proto::consent::v1::CheckConsentRequest;
-use custodia_tests::{Backend, ConsentClient, TestApp, email, grant};
+use custodia_tests::{Backend, ConsentClient, TestApp, check, grant};
 use tonic::Code;
 
 /// Whether `who` may get the newsletter.
 async fn allowed(c: &mut ConsentClient, who: &str) -> bool {
-    c.check_consent(CheckConsentRequest {
-        subject: Some(email(who)),
-        purpose: "purposes/newsletter".into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .result
-    .unwrap()
-    .allowed
+    check(c, who, "newsletter").await.0
 }
 
 async fn one_subject_however_spelled(backend: Backend) {

@@ -253,22 +253,13 @@ struct RawAppend {
 #[tokio::test]
 async fn invalid_utf8_is_invalid_argument_naming_the_field() {
     let app = TestApp::spawn(Backend::Sqlite, &all_services()).await;
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.unwrap();
     // event_id (field 1, length-delimited) = 0xFF 0xFE
-    let request = authed(
-        RawAppend {
-            events: vec![vec![0x0a, 0x02, 0xff, 0xfe]],
-        },
-        ADMIN_TOKEN,
-    );
-    let err = grpc
-        .unary::<_, custodia_proto::audit::v1::AppendEventsResponse, _>(
-            request,
-            "/custodia.audit.v1.AuditLogService/AppendEvents"
-                .parse()
-                .unwrap(),
-            tonic_prost::ProstCodec::default(),
+    let err = app
+        .call_raw::<_, custodia_proto::audit::v1::AppendEventsResponse>(
+            "/custodia.audit.v1.AuditLogService/AppendEvents",
+            RawAppend {
+                events: vec![vec![0x0a, 0x02, 0xff, 0xfe]],
+            },
         )
         .await
         .unwrap_err();

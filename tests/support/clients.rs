@@ -70,4 +70,23 @@ impl TestApp {
     pub async fn audit(&self) -> AuditClient {
         AuditLogServiceClient::with_interceptor(self.channel().await, ADMIN)
     }
+
+    /// Calls the unary RPC at `path` (`/package.Service/Method`) as the admin,
+    /// sending `message` as it encodes: a message declared by hand can carry bytes
+    /// the generated types would refuse to build (invalid UTF-8, say).
+    pub async fn call_raw<M, R>(&self, path: &'static str, message: M) -> Result<R, Status>
+    where
+        M: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel().await);
+        grpc.ready().await.expect("channel ready");
+        grpc.unary(
+            crate::authed(message, ADMIN_TOKEN),
+            path.parse().expect("method path"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
 }

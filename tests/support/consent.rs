@@ -2,9 +2,9 @@
 //! privacy notice covering it, and a grant collected under that notice.
 
 use custodia_proto::consent::v1::{
-    ConsentChannel, CreatePurposeRequest, Decision, Evidence, LawfulBasis, Notice,
-    PublishNoticeRequest, Purpose, PurposeCategory, PurposeDecision, RecordConsentRequest,
-    notice::Content,
+    CheckConsentRequest, CheckReason, ConsentChannel, ConsentEvent, CreatePurposeRequest, Decision,
+    Evidence, LawfulBasis, ListConsentEventsRequest, Notice, PublishNoticeRequest, Purpose,
+    PurposeCategory, PurposeDecision, RecordConsentRequest, notice::Content,
 };
 
 use crate::{ConsentClient, TestApp, email};
@@ -63,6 +63,35 @@ pub async fn publish_privacy_notice(c: &mut ConsentClient, text: &str, material:
     .notice
     .unwrap()
     .name
+}
+
+/// CheckConsent of `who` (an e-mail address) for purpose `purpose_id`: whether
+/// it is allowed, and why.
+pub async fn check(c: &mut ConsentClient, who: &str, purpose_id: &str) -> (bool, CheckReason) {
+    let r = c
+        .check_consent(CheckConsentRequest {
+            subject: Some(email(who)),
+            purpose: format!("purposes/{purpose_id}"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    (r.allowed, CheckReason::try_from(r.reason).unwrap())
+}
+
+/// The consent trail of `who` (an e-mail address), up to 1,000 events.
+pub async fn events_of(c: &mut ConsentClient, who: &str) -> Vec<ConsentEvent> {
+    c.list_consent_events(ListConsentEventsRequest {
+        subject_identifiers: vec![email(who)],
+        page_size: 1_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
 }
 
 impl TestApp {

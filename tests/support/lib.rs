@@ -9,7 +9,7 @@
 //! | `clients` | admin clients of a [`TestApp`]: `app.consent()`, `app.dsar()`, `app.breach()`, `app.audit()` |
 //! | `backends` | [`both_backends!`]: one test body, run as `<name>::sqlite` and `<name>::postgres` |
 //! | `store` | [`TestStore`]: one service's migrated database, for tests below the API |
-//! | `consent` | the newsletter purpose and notice most consent scenarios start from |
+//! | `consent` | the newsletter purpose and notice most consent scenarios start from, checks and trails |
 //! | `subject` | subject identifiers: [`email`], [`subject`], [`subjects`] |
 //! | `time` | [`at`], [`ts`], [`time_of`]: RFC 3339 text, `DateTime` and protobuf timestamps |
 //! | `status` | [`assert_code`]: an error's code and what its message names |
@@ -32,7 +32,7 @@ use tonic::{Request, metadata::MetadataValue};
 
 pub use app::{Backend, TestApp, TestDatabase, postgres_admin_url, test_config};
 pub use clients::{ADMIN, AuditClient, Authed, Bearer, BreachClient, ConsentClient, DsarClient};
-pub use consent::{grant, newsletter_purpose, publish_privacy_notice};
+pub use consent::{check, events_of, grant, newsletter_purpose, publish_privacy_notice};
 #[cfg(unix)]
 pub use files::assert_owner_only;
 pub use status::assert_code;

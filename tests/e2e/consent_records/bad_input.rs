@@ -6,7 +6,7 @@ use custodia_proto::consent::v1::{
     ListSubjectConsentsRequest, Notice, PublishNoticeRequest, RecordObjectionRequest,
     notice::Content,
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, email};
+use custodia_tests::{Backend, TestApp, email};
 use tonic::Code;
 
 use super::{check, decide, events_of, evidence, grant, newsletter, withdraw};
@@ -134,20 +134,12 @@ async fn bad_input_names_the_field(backend: Backend) {
         Code::NotFound,
         "`purposes/nope` not found (field `decisions[0].purpose`)",
     );
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.unwrap();
-    let r = grpc
-        .unary::<_, custodia_proto::consent::v1::RecordConsentResponse, _>(
-            authed(
-                RawRecordConsent {
-                    subject: [&[0x0a, 0x05][..], b"email", &[0x12, 0x02, 0xff, 0xfe]].concat(),
-                },
-                ADMIN_TOKEN,
-            ),
-            "/custodia.consent.v1.ConsentService/RecordConsent"
-                .parse()
-                .unwrap(),
-            tonic_prost::ProstCodec::default(),
+    let r = app
+        .call_raw::<_, custodia_proto::consent::v1::RecordConsentResponse>(
+            "/custodia.consent.v1.ConsentService/RecordConsent",
+            RawRecordConsent {
+                subject: [&[0x0a, 0x05][..], b"email", &[0x12, 0x02, 0xff, 0xfe]].concat(),
+            },
         )
         .await;
     expect(

@@ -13,11 +13,11 @@ mod races;
 mod receipts;
 
 use custodia_proto::consent::v1::{
-    CheckConsentRequest, CheckReason, ConsentChannel, ConsentEvent, CreatePurposeRequest, Decision,
-    Evidence, LawfulBasis, ListConsentEventsRequest, Purpose, PurposeCategory, PurposeDecision,
-    PurposeState, RecordConsentRequest, UpdatePurposeRequest, WithdrawConsentRequest,
+    ConsentChannel, CreatePurposeRequest, Decision, Evidence, LawfulBasis, Purpose,
+    PurposeCategory, PurposeDecision, PurposeState, RecordConsentRequest, UpdatePurposeRequest,
+    WithdrawConsentRequest,
 };
-use custodia_tests::{TestApp, email, publish_privacy_notice as publish};
+use custodia_tests::{TestApp, check, email, events_of, publish_privacy_notice as publish};
 
 type Client = custodia_tests::ConsentClient;
 
@@ -78,19 +78,6 @@ async fn retire(c: &mut Client, id: &str) {
     .unwrap();
 }
 
-/// The consent trail of subject `who` (up to 1,000 events).
-async fn events_of(c: &mut Client, who: &str) -> Vec<ConsentEvent> {
-    c.list_consent_events(ListConsentEventsRequest {
-        subject_identifiers: vec![email(who)],
-        page_size: 1_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
-}
-
 /// RecordConsent of `decision` on each of `purposes` by `who`, under `notice`.
 fn decide(
     app: &TestApp,
@@ -118,21 +105,6 @@ fn decide(
 /// RecordConsent granting the newsletter to `who` under `notice`.
 fn grant(app: &TestApp, who: &str, notice: &str) -> RecordConsentRequest {
     decide(app, who, &["newsletter"], Decision::Granted, notice, "")
-}
-
-/// CheckConsent of `who` for purpose `p`: allowed, and why.
-async fn check(c: &mut Client, who: &str, p: &str) -> (bool, CheckReason) {
-    let r = c
-        .check_consent(CheckConsentRequest {
-            subject: Some(email(who)),
-            purpose: format!("purposes/{p}"),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
-    (r.allowed, CheckReason::try_from(r.reason).unwrap())
 }
 
 /// WithdrawConsent of `who` from purpose `p`, through an unsubscribe link.

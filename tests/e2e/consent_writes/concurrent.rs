@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use custodia_consent::{records::NewRecord, store::ConsentStore};
 use custodia_core::{ServiceName, storage};
 use custodia_proto::consent::v1::{
-    CheckConsentRequest, ConsentChannel, ConsentEvent, ConsentState, CreatePurposeRequest,
-    Decision, Evidence, LawfulBasis, ListConsentEventsRequest, ListSubjectConsentsRequest, Purpose,
-    PurposeCategory, PurposeDecision, RecordConsentRequest, WatchConsentChangesRequest,
-    WithdrawConsentRequest,
+    ConsentChannel, ConsentEvent, ConsentState, CreatePurposeRequest, Decision, Evidence,
+    LawfulBasis, ListSubjectConsentsRequest, Purpose, PurposeCategory, PurposeDecision,
+    RecordConsentRequest, WatchConsentChangesRequest, WithdrawConsentRequest,
 };
-use custodia_tests::{Backend, TestApp, TestStore, email};
+use custodia_tests::{Backend, TestApp, TestStore, check, email, events_of};
 
 use super::{job, record};
 
@@ -171,17 +170,9 @@ async fn concurrent_writes(backend: Backend) {
     // purpose is its last event.
     let position: HashMap<&str, i64> = order.iter().map(|(s, n)| (n.as_str(), *s)).collect();
     for s in 0..8 {
-        let subject = email(&format!("s{s}@example.edu"));
-        let trail = c
-            .list_consent_events(ListConsentEventsRequest {
-                subject_identifiers: vec![subject.clone()],
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events;
+        let who = format!("s{s}@example.edu");
+        let subject = email(&who);
+        let trail = events_of(&mut c, &who).await;
         let seqs: Vec<i64> = trail.iter().map(|e| position[e.name.as_str()]).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
         let expected = by_write
@@ -209,17 +200,7 @@ async fn concurrent_writes(backend: Backend) {
             assert_eq!(consent.consent_event, event.name);
             assert_eq!(consent.state, event.state);
         }
-        let allowed = c
-            .check_consent(CheckConsentRequest {
-                subject: Some(subject),
-                purpose: "purposes/newsletter".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .result
-            .unwrap()
-            .allowed;
+        let (allowed, _) = check(&mut c, &who, "newsletter").await;
         assert_eq!(
             allowed,
             last["purposes/newsletter"].state == ConsentState::Granted as i32

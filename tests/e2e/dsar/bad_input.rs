@@ -22,13 +22,7 @@ custodia_tests::both_backends!(bad_input);
 async fn bad_input(backend: Backend) {
     let app = spawn(backend).await;
     let mut c = client(&app).await;
-    let ok = submit(
-        &mut c,
-        new_request(RequestType::Access, "ada@example.edu"),
-        "",
-    )
-    .await
-    .unwrap();
+    let ok = received(&mut c, RequestType::Access, "ada@example.edu").await;
     let name = ok.name.clone();
 
     async fn expect(r: Result<impl Sized, Status>, field: &str) {

@@ -112,24 +112,11 @@ async fn access_end_to_end(backend: Backend) {
     register(&mut c, "crm", &crm.endpoint, None).await;
     register(&mut c, "moodle", &moodle.endpoint, None).await;
 
-    let r = submit(
-        &mut c,
-        new_request(RequestType::Access, "ada@example.edu"),
-        "",
-    )
-    .await
-    .unwrap();
+    let r = received(&mut c, RequestType::Access, "ada@example.edu").await;
     // No data is released before the identity check.
     let err = download(&mut c, &r.name).await.unwrap_err();
     assert_code(&err, Code::FailedPrecondition, &["RECEIVED"]);
-    verify(
-        &mut c,
-        &r.name,
-        custodia_proto::dsar::v1::IdentityVerificationOutcome::Verified,
-    )
-    .await
-    .unwrap();
-    let started = start(&mut c, &r.name).await.unwrap();
+    let started = verify_and_start(&mut c, &r.name).await;
     assert_eq!(started.source_tasks.len(), 4, "{:?}", started.source_tasks);
     assert_eq!(
         started.export.as_ref().unwrap().state(),
@@ -509,14 +496,7 @@ async fn erasure_and_friends(backend: Backend) {
         }),
     }];
     let r = submit(&mut c, rect, "").await.unwrap();
-    verify(
-        &mut c,
-        &r.name,
-        custodia_proto::dsar::v1::IdentityVerificationOutcome::Verified,
-    )
-    .await
-    .unwrap();
-    start(&mut c, &r.name).await.unwrap();
+    verify_and_start(&mut c, &r.name).await;
     let done = wait_for(&c, &r.name, |r| {
         task(r, "crm").state() == SourceTaskState::Succeeded
     })

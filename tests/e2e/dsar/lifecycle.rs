@@ -144,13 +144,7 @@ async fn lifecycle(backend: Backend) {
     assert_code(&err, Code::FailedPrecondition, &["REJECTED"]);
 
     // A third request, cancelled; a fourth left open and overdue later.
-    let third = submit(
-        &mut c,
-        new_request(RequestType::Access, "cy@example.edu"),
-        "",
-    )
-    .await
-    .unwrap();
+    let third = received(&mut c, RequestType::Access, "cy@example.edu").await;
     let cancelled = c
         .cancel_request(CancelRequestRequest {
             name: third.name.clone(),
@@ -163,13 +157,7 @@ async fn lifecycle(backend: Backend) {
         .request
         .unwrap();
     assert_eq!(cancelled.state(), RequestState::Cancelled);
-    let open = submit(
-        &mut c,
-        new_request(RequestType::Access, "dee@example.edu"),
-        "",
-    )
-    .await
-    .unwrap();
+    let open = received(&mut c, RequestType::Access, "dee@example.edu").await;
 
     // Listings.
     let names = |list: Vec<Request>| list.into_iter().map(|r| r.name).collect::<Vec<_>>();

@@ -123,13 +123,23 @@ async fn start(client: &mut Client, name: &str) -> Result<Request, Status> {
         .map(|r| r.into_inner().request.expect("request"))
 }
 
+/// Submits a new request of `kind` for `subject`, without a request id.
+async fn received(client: &mut Client, kind: RequestType, subject: &str) -> Request {
+    submit(client, new_request(kind, subject), "")
+        .await
+        .unwrap()
+}
+
+/// Verifies the identity behind request `name` and starts processing it.
+async fn verify_and_start(client: &mut Client, name: &str) -> Request {
+    verify(client, name, IdentityVerificationOutcome::Verified)
+        .await
+        .unwrap();
+    start(client, name).await.unwrap()
+}
+
 /// Submits, verifies and starts a request.
 async fn started(client: &mut Client, kind: RequestType, subject: &str) -> Request {
-    let r = submit(client, new_request(kind, subject), "")
-        .await
-        .unwrap();
-    verify(client, &r.name, IdentityVerificationOutcome::Verified)
-        .await
-        .unwrap();
-    start(client, &r.name).await.unwrap()
+    let r = received(client, kind, subject).await;
+    verify_and_start(client, &r.name).await
 }
