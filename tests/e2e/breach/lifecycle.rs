@@ -10,11 +10,10 @@ use custodia_proto::{
     audit::v1::ListEventsRequest,
     breach::v1::{
         AddTimelineEntryRequest, AssignTeamRequest, Breach, BreachNature, BreachState, ClockStatus,
-        CommunicationChannel, CommunicationWaiver, EvidenceReference,
-        GenerateAuthorityReportRequest, ListBreachesRequest, ListTimelineEntriesRequest,
-        NotificationPhase, RecordCommunicationWaiverRequest, RecordSubjectCommunicationRequest,
-        RiskLevel, Severity, SubjectCommunication, TeamMember, TeamRole, TimelineEntry,
-        TimelineEntryKind, UpdateBreachRequest, WaiverGround,
+        CommunicationChannel, EvidenceReference, GenerateAuthorityReportRequest,
+        ListBreachesRequest, ListTimelineEntriesRequest, NotificationPhase, RiskLevel, Severity,
+        SubjectCommunication, TeamMember, TeamRole, TimelineEntry, TimelineEntryKind,
+        UpdateBreachRequest, WaiverGround,
     },
     common::v1::{Contact, ExportFormat},
 };
@@ -22,8 +21,8 @@ use custodia_tests::{Backend, TestApp, assert_code, at, audit_events_until, time
 use tonic::Code;
 
 use super::{
-    AWARE, Client, DEADLINE, SERVICE, assess, clock_status, close, delete, get, high_risk_inputs,
-    list, minimal, notify, report,
+    AWARE, Client, DEADLINE, SERVICE, assess, clock_status, close, communicate, delete, get,
+    high_risk_inputs, list, minimal, notify, report, waive,
 };
 
 custodia_tests::both_backends!(lifecycle);
@@ -328,42 +327,33 @@ async fn notify_the_authority_and_the_subjects(app: &TestApp, client: &mut Clien
         .unwrap();
     let err = close(client, name).await.unwrap_err();
     assert_code(&err, Code::FailedPrecondition, &["is OPEN", "HIGH_RISK"]);
-    let waive = |ground: WaiverGround| RecordCommunicationWaiverRequest {
-        name: name.into(),
-        waiver: Some(CommunicationWaiver {
-            ground: ground as i32,
-            justification: "240 former students without current addresses".into(),
-            ..Default::default()
-        }),
-        request_id: String::new(),
-    };
-    let err = client
-        .record_communication_waiver(waive(WaiverGround::DisproportionateEffort))
-        .await
-        .unwrap_err();
+    let justification = "240 former students without current addresses";
+    let err = waive(
+        client,
+        name,
+        WaiverGround::DisproportionateEffort,
+        justification,
+    )
+    .await
+    .unwrap_err();
     assert_code(&err, Code::FailedPrecondition, &["is OPEN", "PUBLIC"]);
-    let err = client
-        .record_communication_waiver(waive(WaiverGround::Unspecified))
+    let err = waive(client, name, WaiverGround::Unspecified, justification)
         .await
         .unwrap_err();
     assert_code(&err, Code::InvalidArgument, &["waiver.ground"]);
-    let told = client
-        .record_subject_communication(RecordSubjectCommunicationRequest {
-            name: name.into(),
-            communication: Some(SubjectCommunication {
-                channel: CommunicationChannel::Email as i32,
-                reached_count: 240,
-                message: "Your exam results were on a stolen laptop. What to do: ...".into(),
-                language: "fr".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
+    let told = communicate(
+        client,
+        name,
+        SubjectCommunication {
+            channel: CommunicationChannel::Email as i32,
+            reached_count: 240,
+            message: "Your exam results were on a stolen laptop. What to do: ...".into(),
+            language: "fr".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(told.subject_communications.len(), 1);
 }
 

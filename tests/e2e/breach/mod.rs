@@ -12,8 +12,10 @@ mod register;
 use chrono::{DateTime, Utc};
 use custodia_proto::breach::v1::{
     AssessRiskRequest, AuthorityNotification, Breach, ClockStatus, CloseBreachRequest,
-    DeleteBreachRequest, EnisaInputs, GetBreachRequest, ListBreachesRequest, NotificationPhase,
-    RecordAuthorityNotificationRequest, ReportBreachRequest, RiskAssessment, RiskLevel,
+    CommunicationWaiver, DeleteBreachRequest, EnisaInputs, GetBreachRequest, ListBreachesRequest,
+    NotificationPhase, RecordAuthorityNotificationRequest, RecordCommunicationWaiverRequest,
+    RecordSubjectCommunicationRequest, ReportBreachRequest, RiskAssessment, RiskLevel,
+    SubjectCommunication, WaiverGround,
 };
 use custodia_tests::ts;
 use tonic::Status;
@@ -103,6 +105,43 @@ async fn assess(
                 inputs: Some(inputs),
                 override_risk_level: override_level as i32,
                 override_justification: justification.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().breach.expect("breach"))
+}
+
+/// Records that the subjects of breach `name` were told through `communication`.
+async fn communicate(
+    client: &mut Client,
+    name: &str,
+    communication: SubjectCommunication,
+) -> Result<Breach, Status> {
+    client
+        .record_subject_communication(RecordSubjectCommunicationRequest {
+            name: name.into(),
+            communication: Some(communication),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().breach.expect("breach"))
+}
+
+/// Records a waiver of telling the subjects of breach `name`, on `ground`.
+async fn waive(
+    client: &mut Client,
+    name: &str,
+    ground: WaiverGround,
+    justification: &str,
+) -> Result<Breach, Status> {
+    client
+        .record_communication_waiver(RecordCommunicationWaiverRequest {
+            name: name.into(),
+            waiver: Some(CommunicationWaiver {
+                ground: ground as i32,
+                justification: justification.into(),
                 ..Default::default()
             }),
             request_id: String::new(),

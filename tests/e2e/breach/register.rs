@@ -5,15 +5,16 @@
 use std::collections::BTreeSet;
 
 use custodia_proto::breach::v1::{
-    Breach, CommunicationChannel, CommunicationWaiver, EnisaInputs, GetBreachRequest,
-    ListBreachesRequest, ListTimelineEntriesRequest, NotificationPhase,
-    RecordCommunicationWaiverRequest, RecordSubjectCommunicationRequest, ReportBreachRequest,
-    RiskLevel, SubjectCommunication, UpdateBreachRequest, WaiverGround,
+    Breach, CommunicationChannel, EnisaInputs, GetBreachRequest, ListBreachesRequest,
+    ListTimelineEntriesRequest, NotificationPhase, ReportBreachRequest, RiskLevel,
+    SubjectCommunication, UpdateBreachRequest, WaiverGround,
 };
 use custodia_tests::{Backend, TestApp, assert_code, at, authed, time_of, ts};
 use tonic::Code;
 
-use super::{AWARE, DEADLINE, assess, close, get, list, minimal, notify, report};
+use super::{
+    AWARE, DEADLINE, assess, close, communicate, get, list, minimal, notify, report, waive,
+};
 
 custodia_tests::both_backends!(waivers_overrides_and_append_only, concurrent_calls);
 
@@ -168,33 +169,25 @@ async fn waivers_overrides_and_append_only(backend: Backend) {
     notify(&mut client, &b.name, NotificationPhase::Initial, "")
         .await
         .unwrap();
-    client
-        .record_subject_communication(RecordSubjectCommunicationRequest {
-            name: b.name.clone(),
-            communication: Some(SubjectCommunication {
-                channel: CommunicationChannel::Public as i32,
-                message: "Notice on the institution's web site".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
-    let waived = client
-        .record_communication_waiver(RecordCommunicationWaiverRequest {
-            name: b.name.clone(),
-            waiver: Some(CommunicationWaiver {
-                ground: WaiverGround::DisproportionateEffort as i32,
-                justification: "Former students without known addresses".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
+    communicate(
+        &mut client,
+        &b.name,
+        SubjectCommunication {
+            channel: CommunicationChannel::Public as i32,
+            message: "Notice on the institution's web site".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let waived = waive(
+        &mut client,
+        &b.name,
+        WaiverGround::DisproportionateEffort,
+        "Former students without known addresses",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         waived.communication_waiver.unwrap().ground(),
         WaiverGround::DisproportionateEffort
