@@ -11,7 +11,7 @@ use custodia_proto::{
     },
 };
 use custodia_tests::{Backend, TestApp};
-use tonic::Code;
+use tonic::{Code, Status};
 
 type Client = custodia_tests::ConsentClient;
 
@@ -64,6 +64,13 @@ async fn list(c: &mut Client, r: ListPurposesRequest) -> (Vec<String>, String) {
     )
 }
 
+/// GetPurpose of `name`.
+async fn get(c: &mut Client, name: &str) -> Result<Purpose, Status> {
+    c.get_purpose(GetPurposeRequest { name: name.into() })
+        .await
+        .map(|r| r.into_inner().purpose.expect("purpose"))
+}
+
 async fn register(backend: Backend) {
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
     let mut c = app.consent().await;
@@ -113,29 +120,11 @@ async fn register(backend: Backend) {
     assert_eq!(dup.code(), Code::AlreadyExists);
 
     // Get, not found, malformed name.
-    let got = c
-        .get_purpose(GetPurposeRequest {
-            name: "purposes/newsletter".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .purpose
-        .unwrap();
+    let got = get(&mut c, "purposes/newsletter").await.unwrap();
     assert_eq!(got.transfers[0].recipient, "MailChimp");
-    let missing = c
-        .get_purpose(GetPurposeRequest {
-            name: "purposes/nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = get(&mut c, "purposes/nope").await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let malformed = c
-        .get_purpose(GetPurposeRequest {
-            name: "newsletter".into(),
-        })
-        .await
-        .unwrap_err();
+    let malformed = get(&mut c, "newsletter").await.unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument);
 
     // Update through a field mask; a stale etag and an unknown path are refused.
@@ -221,15 +210,7 @@ async fn register(backend: Backend) {
         ]
     );
     assert!(end.is_empty());
-    let analytics = c
-        .get_purpose(GetPurposeRequest {
-            name: "purposes/cookies-analytics".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .purpose
-        .unwrap();
+    let analytics = get(&mut c, "purposes/cookies-analytics").await.unwrap();
     assert_eq!(analytics.cookie_lifetime, "P13M");
     let (analytics_only, _) = list(
         &mut c,

@@ -230,90 +230,50 @@ fn dsar_request(who: &str) -> DsarRequest {
 async fn submit_request(backend: Backend) {
     let app = spawn(backend).await;
     let mut d = DsarServiceClient::new(app.channel().await);
-    let submit = |who: &str, token: &str| {
-        authed(
-            SubmitRequestRequest {
-                request: Some(dsar_request(who)),
-                request_id: "k2".into(),
-            },
-            token,
-        )
+    let mut submit = async |who: &str, token: &str| {
+        let request = SubmitRequestRequest {
+            request: Some(dsar_request(who)),
+            request_id: "k2".into(),
+        };
+        d.submit_request(authed(request, token))
+            .await
+            .map(|r| r.into_inner().request.expect("request"))
     };
-    let first = d
-        .submit_request(submit("ada@example.edu", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let first = submit("ada@example.edu", CRM).await.unwrap();
     // moodle (without dsar.read) gets a request of its own, not crm's.
-    let other = d
-        .submit_request(submit("bob@example.edu", MOODLE))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let other = submit("bob@example.edu", MOODLE).await.unwrap();
     assert_ne!(other.name, first.name);
     assert_eq!(other.subject_identifiers[0].value, "bob@example.edu");
-    let again = d
-        .submit_request(submit("ada@example.edu", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let again = submit("ada@example.edu", CRM).await.unwrap();
     assert_eq!(again.name, first.name);
-    assert_reused(
-        d.submit_request(submit("cy@example.edu", CRM))
-            .await
-            .unwrap_err(),
-    );
+    assert_reused(submit("cy@example.edu", CRM).await.unwrap_err());
     app.stop().await;
 }
 
 async fn report_breach(backend: Backend) {
     let app = spawn(backend).await;
     let mut b = BreachServiceClient::new(app.channel().await);
-    let report = |title: &str, token: &str| {
-        authed(
-            ReportBreachRequest {
-                breach: Some(Breach {
-                    title: title.into(),
-                    description: "A laptop was stolen".into(),
-                    detect_time: Some(app.timestamp()),
-                    ..Default::default()
-                }),
-                request_id: "k3".into(),
-            },
-            token,
-        )
+    let mut report = async |title: &str, token: &str| {
+        let request = ReportBreachRequest {
+            breach: Some(Breach {
+                title: title.into(),
+                description: "A laptop was stolen".into(),
+                detect_time: Some(app.timestamp()),
+                ..Default::default()
+            }),
+            request_id: "k3".into(),
+        };
+        b.report_breach(authed(request, token))
+            .await
+            .map(|r| r.into_inner().breach.expect("breach"))
     };
-    let first = b
-        .report_breach(report("Stolen laptop", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
-    let other = b
-        .report_breach(report("Lost USB key", MOODLE))
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
+    let first = report("Stolen laptop", CRM).await.unwrap();
+    let other = report("Lost USB key", MOODLE).await.unwrap();
     assert_ne!(other.name, first.name);
     assert_eq!(other.title, "Lost USB key");
-    let again = b
-        .report_breach(report("Stolen laptop", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
+    let again = report("Stolen laptop", CRM).await.unwrap();
     assert_eq!(again.name, first.name);
-    assert_reused(b.report_breach(report("Phishing", CRM)).await.unwrap_err());
+    assert_reused(report("Phishing", CRM).await.unwrap_err());
     app.stop().await;
 }
 

@@ -113,73 +113,68 @@ async fn data_sources(backend: Backend) {
     assert_eq!(rest.data_sources[0].name, "dataSources/custodia-consent");
 
     // Update by mask, with the etag.
-    let updated = c
-        .update_data_source(UpdateDataSourceRequest {
-            data_source: Some(DataSource {
-                name: "dataSources/crm".into(),
-                state: DataSourceState::Disabled as i32,
-                display_name: "ignored: not in the mask".into(),
-                etag: made.etag.clone(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["state".into()],
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .data_source
-        .unwrap();
+    let updated = update(
+        &mut c,
+        DataSource {
+            name: "dataSources/crm".into(),
+            state: DataSourceState::Disabled as i32,
+            display_name: "ignored: not in the mask".into(),
+            etag: made.etag.clone(),
+            ..Default::default()
+        },
+        "state",
+    )
+    .await
+    .unwrap();
     assert_eq!(updated.state(), DataSourceState::Disabled);
     assert_eq!(updated.display_name, "CRM");
     assert_ne!(updated.etag, made.etag);
-    let stale = c
-        .update_data_source(UpdateDataSourceRequest {
-            data_source: Some(DataSource {
-                name: "dataSources/crm".into(),
-                etag: made.etag.clone(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(stale.code(), Code::FailedPrecondition);
-    let builtin = c
-        .update_data_source(UpdateDataSourceRequest {
-            data_source: Some(DataSource {
-                name: "dataSources/custodia-consent".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["state".into()],
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(builtin.code(), Code::FailedPrecondition);
-    let got = c
-        .get_data_source(GetDataSourceRequest {
+    let stale = update(
+        &mut c,
+        DataSource {
             name: "dataSources/crm".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .data_source
-        .unwrap();
+            etag: made.etag.clone(),
+            ..Default::default()
+        },
+        "display_name",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let builtin = update(
+        &mut c,
+        DataSource {
+            name: "dataSources/custodia-consent".into(),
+            ..Default::default()
+        },
+        "state",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(builtin.code(), Code::FailedPrecondition);
+    let got = get_source(&mut c, "dataSources/crm").await.unwrap();
     assert_eq!(got.credentials_ref, "config:crm");
-    let missing = c
-        .get_data_source(GetDataSourceRequest {
-            name: "dataSources/nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = get_source(&mut c, "dataSources/nope").await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     app.stop().await;
+}
+
+/// UpdateDataSource of `source` through a mask of `path` alone.
+async fn update(c: &mut Client, source: DataSource, path: &str) -> Result<DataSource, Status> {
+    c.update_data_source(UpdateDataSourceRequest {
+        data_source: Some(source),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![path.into()],
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().data_source.expect("data source"))
+}
+
+/// GetDataSource of `name`.
+async fn get_source(c: &mut Client, name: &str) -> Result<DataSource, Status> {
+    c.get_data_source(GetDataSourceRequest { name: name.into() })
+        .await
+        .map(|r| r.into_inner().data_source.expect("data source"))
 }
