@@ -13,24 +13,17 @@ use custodia_proto::{
         AccessEvent, AccessOutcome, AppendEventsRequest, GetConsistencyProofRequest,
         GetInclusionProofRequest, GetSignedTreeHeadRequest, ListEventsRequest,
         ListSigningKeysRequest, ListSubjectAccessesRequest, ShredSubjectRequest,
-        WatchEventsRequest, audit_log_service_client::AuditLogServiceClient,
+        WatchEventsRequest,
     },
     common::v1::{Actor, SubjectRef},
     consent::v1::{ListPurposesRequest, consent_service_client::ConsentServiceClient},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
-use tonic::{Code, transport::Channel};
+use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, email, eventually};
+use tonic::Code;
 
 use crate::all_services;
 
-type Client = AuditLogServiceClient<Channel>;
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
-}
+type Client = custodia_tests::AuditClient;
 
 fn access(id: &str, subject: Option<SubjectRef>) -> AccessEvent {
     AccessEvent {
@@ -61,10 +54,7 @@ async fn head_of_at_least(
         let mut c = client.clone();
         async move {
             let head = c
-                .get_signed_tree_head(authed(
-                    GetSignedTreeHeadRequest { tree_size: 0 },
-                    ADMIN_TOKEN,
-                ))
+                .get_signed_tree_head(GetSignedTreeHeadRequest { tree_size: 0 })
                 .await
                 .ok()?
                 .into_inner()
@@ -81,17 +71,14 @@ fn hash(bytes: &[u8]) -> Hash {
 
 async fn audit_api(backend: Backend) {
     let app = TestApp::spawn(backend, &all_services()).await;
-    let mut audit = AuditLogServiceClient::new(app.channel().await);
+    let mut audit = app.audit().await;
 
     // Bad input is refused naming the field, and nothing is appended.
     let err = audit
-        .append_events(authed(
-            AppendEventsRequest {
-                events: vec![access("ok-1", None), access("", None)],
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .append_events(AppendEventsRequest {
+            events: vec![access("ok-1", None), access("", None)],
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -101,13 +88,10 @@ async fn audit_api(backend: Backend) {
         err.message()
     );
     let err = audit
-        .append_events(authed(
-            AppendEventsRequest {
-                events: vec![access("bad-subject", Some(email("not an email")))],
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .append_events(AppendEventsRequest {
+            events: vec![access("bad-subject", Some(email("not an email")))],
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert!(
@@ -123,25 +107,19 @@ async fn audit_api(backend: Backend) {
         access("m-3", Some(email("ada@example.edu"))),
     ];
     let first = audit
-        .append_events(authed(
-            AppendEventsRequest {
-                events: events.clone(),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .append_events(AppendEventsRequest {
+            events: events.clone(),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
         .results;
     let retry = audit
-        .append_events(authed(
-            AppendEventsRequest {
-                events,
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .append_events(AppendEventsRequest {
+            events,
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -154,13 +132,10 @@ async fn audit_api(backend: Backend) {
 
     // Search by subject (normalised, hashed); "who saw my data".
     let ada = audit
-        .list_events(authed(
-            ListEventsRequest {
-                subject: Some(email("ada@example.edu")),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_events(ListEventsRequest {
+            subject: Some(email("ada@example.edu")),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -175,13 +150,10 @@ async fn audit_api(backend: Backend) {
         "raw identifiers are never stored"
     );
     let seen = audit
-        .list_subject_accesses(authed(
-            ListSubjectAccessesRequest {
-                subject_identifiers: vec![email("ada@example.edu")],
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_subject_accesses(ListSubjectAccessesRequest {
+            subject_identifiers: vec![email("ada@example.edu")],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -206,7 +178,7 @@ async fn audit_api(backend: Backend) {
     let last = first.iter().map(|r| r.sequence).max().unwrap();
     let head = head_of_at_least(&mut audit, last + 1).await;
     let keys = audit
-        .list_signing_keys(authed(ListSigningKeysRequest::default(), ADMIN_TOKEN))
+        .list_signing_keys(ListSigningKeysRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -222,13 +194,10 @@ async fn audit_api(backend: Backend) {
     .expect("head signature verifies with the published key");
     for r in &first {
         let proof = audit
-            .get_inclusion_proof(authed(
-                GetInclusionProofRequest {
-                    sequence: r.sequence,
-                    tree_size: head.tree_size,
-                },
-                ADMIN_TOKEN,
-            ))
+            .get_inclusion_proof(GetInclusionProofRequest {
+                sequence: r.sequence,
+                tree_size: head.tree_size,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -243,24 +212,18 @@ async fn audit_api(backend: Backend) {
         .expect("inclusion proof verifies");
     }
     audit
-        .append_events(authed(
-            AppendEventsRequest {
-                events: vec![access("m-4", None)],
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .append_events(AppendEventsRequest {
+            events: vec![access("m-4", None)],
+            request_id: String::new(),
+        })
         .await
         .unwrap();
     let later = head_of_at_least(&mut audit, head.tree_size + 1).await;
     let consistency = audit
-        .get_consistency_proof(authed(
-            GetConsistencyProofRequest {
-                first_tree_size: head.tree_size,
-                second_tree_size: later.tree_size,
-            },
-            ADMIN_TOKEN,
-        ))
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first_tree_size: head.tree_size,
+            second_tree_size: later.tree_size,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -274,27 +237,21 @@ async fn audit_api(backend: Backend) {
     )
     .expect("consistency proof verifies");
     let err = audit
-        .get_inclusion_proof(authed(
-            GetInclusionProofRequest {
-                sequence: 10_000,
-                tree_size: 0,
-            },
-            ADMIN_TOKEN,
-        ))
+        .get_inclusion_proof(GetInclusionProofRequest {
+            sequence: 10_000,
+            tree_size: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Shredding: ada disappears from search; her entries stay, sealed; the log verifies.
     let shred = audit
-        .shred_subject(authed(
-            ShredSubjectRequest {
-                subject_identifiers: vec![email("ada@example.edu")],
-                dsar_request: "requests/1".into(),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .shred_subject(ShredSubjectRequest {
+            subject_identifiers: vec![email("ada@example.edu")],
+            dsar_request: "requests/1".into(),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -302,27 +259,21 @@ async fn audit_api(backend: Backend) {
     assert_eq!(shred.shredded_key_count, 1);
     assert!((2..=4).contains(&shred.affected_event_count), "{shred:?}");
     let after = audit
-        .list_events(authed(
-            ListEventsRequest {
-                subject: Some(email("ada@example.edu")),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_events(ListEventsRequest {
+            subject: Some(email("ada@example.edu")),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .events;
     assert!(after.is_empty());
     let all = audit
-        .list_events(authed(
-            ListEventsRequest {
-                actor: "moodle".into(),
-                page_size: 1000,
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_events(ListEventsRequest {
+            actor: "moodle".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -354,27 +305,16 @@ async fn audit_api(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn audit_api_sqlite() {
-    audit_api(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn audit_api_postgres() {
-    audit_api(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(audit_api);
 
 /// Reads `n` events of `service` from a WatchEvents stream started at sequence 0.
 async fn watch_n(client: &mut Client, service: &str, n: usize) -> Vec<AccessEvent> {
     let mut stream = client
-        .watch_events(authed(
-            WatchEventsRequest {
-                start_sequence: Some(0),
-                service: service.into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .watch_events(WatchEventsRequest {
+            start_sequence: Some(0),
+            service: service.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -418,7 +358,7 @@ async fn denied_calls_reach_the_log_and_an_outage_loses_nothing() {
         c.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
     })
     .await;
-    let mut audit_client = AuditLogServiceClient::new(audit.channel().await);
+    let mut audit_client = audit.audit().await;
     let arrived = watch_n(&mut audit_client, ServiceName::Consent.grpc_name(), 5).await;
     let ids: HashSet<_> = arrived.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(ids.len(), 5, "no duplicates");
@@ -443,13 +383,10 @@ async fn denied_calls_reach_the_log_and_an_outage_loses_nothing() {
     .await;
     db.close().await;
     let total = audit_client
-        .list_events(authed(
-            ListEventsRequest {
-                service: ServiceName::Consent.grpc_name().into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_events(ListEventsRequest {
+            service: ServiceName::Consent.grpc_name().into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -470,18 +407,15 @@ async fn two_replicas_on_one_postgres_share_one_log() {
         c.audit.signing_key = Some("42".repeat(32).into());
     })
     .await;
-    let mut ca = AuditLogServiceClient::new(a.channel().await);
-    let mut cb = AuditLogServiceClient::new(b.channel().await);
+    let mut ca = a.audit().await;
+    let mut cb = b.audit().await;
     let batch = |prefix: &str| AppendEventsRequest {
         events: (0..50)
             .map(|i| access(&format!("{prefix}-{i}"), Some(email("ada@example.edu"))))
             .collect(),
         request_id: String::new(),
     };
-    let (ra, rb) = tokio::join!(
-        ca.append_events(authed(batch("a"), ADMIN_TOKEN)),
-        cb.append_events(authed(batch("b"), ADMIN_TOKEN)),
-    );
+    let (ra, rb) = tokio::join!(ca.append_events(batch("a")), cb.append_events(batch("b")),);
     let mut seqs: Vec<i64> = ra
         .unwrap()
         .into_inner()
@@ -503,13 +437,10 @@ async fn two_replicas_on_one_postgres_share_one_log() {
     let head = head_of_at_least(&mut cb, max + 1).await;
     for client in [&mut ca, &mut cb] {
         let proof = client
-            .get_inclusion_proof(authed(
-                GetInclusionProofRequest {
-                    sequence: seqs[0],
-                    tree_size: head.tree_size,
-                },
-                ADMIN_TOKEN,
-            ))
+            .get_inclusion_proof(GetInclusionProofRequest {
+                sequence: seqs[0],
+                tree_size: head.tree_size,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -564,20 +495,20 @@ async fn signing_keys_page(backend: Backend) {
         }
     })
     .await;
-    let mut audit = AuditLogServiceClient::new(second.channel().await);
+    let mut audit = second.audit().await;
     let page = |page_token: String| ListSigningKeysRequest {
         page_size: 1,
         page_token,
     };
     let one = audit
-        .list_signing_keys(authed(page(String::new()), ADMIN_TOKEN))
+        .list_signing_keys(page(String::new()))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(one.keys.len(), 1);
     assert!(!one.next_page_token.is_empty());
     let two = audit
-        .list_signing_keys(authed(page(one.next_page_token.clone()), ADMIN_TOKEN))
+        .list_signing_keys(page(one.next_page_token.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -602,14 +533,14 @@ async fn signing_keys_page(backend: Backend) {
 
     // The whole list in one page by default.
     let all = audit
-        .list_signing_keys(authed(ListSigningKeysRequest::default(), ADMIN_TOKEN))
+        .list_signing_keys(ListSigningKeysRequest::default())
         .await
         .unwrap()
         .into_inner();
     assert_eq!((all.keys.len(), all.next_page_token.as_str()), (2, ""));
 
     let err = audit
-        .list_signing_keys(authed(page("not-a-token".into()), ADMIN_TOKEN))
+        .list_signing_keys(page("not-a-token".into()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -620,12 +551,4 @@ async fn signing_keys_page(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn signing_keys_page_sqlite() {
-    signing_keys_page(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn signing_keys_page_postgres() {
-    signing_keys_page(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(signing_keys_page);

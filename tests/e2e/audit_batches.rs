@@ -7,16 +7,11 @@
 use custodia_proto::{
     audit::v1::{
         ListEventsRequest, ListLeavesRequest, ListSubjectAccessesRequest, ShredSubjectRequest,
-        audit_log_service_client::AuditLogServiceClient,
     },
     common::v1::SubjectRef,
-    consent::v1::{
-        BatchCheckConsentRequest, CheckConsentRequest, consent_service_client::ConsentServiceClient,
-    },
+    consent::v1::{BatchCheckConsentRequest, CheckConsentRequest},
 };
-use custodia_tests::{
-    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, newsletter_purpose,
-};
+use custodia_tests::{Backend, TestApp, audit_events_until, newsletter_purpose};
 
 use crate::all_services;
 
@@ -29,16 +24,13 @@ fn email(i: usize) -> SubjectRef {
     }
 }
 
-async fn leaf_len(audit: &mut AuditLogServiceClient<tonic::transport::Channel>, seq: i64) -> usize {
+async fn leaf_len(audit: &mut custodia_tests::AuditClient, seq: i64) -> usize {
     audit
-        .list_leaves(authed(
-            ListLeavesRequest {
-                start_sequence: seq,
-                page_size: 1,
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_leaves(ListLeavesRequest {
+            start_sequence: seq,
+            page_size: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -49,29 +41,20 @@ async fn leaf_len(audit: &mut AuditLogServiceClient<tonic::transport::Channel>, 
 
 async fn batch_is_one_entry(backend: Backend) {
     let app = TestApp::spawn(backend, &all_services()).await;
-    let mut consent = ConsentServiceClient::new(app.channel().await);
+    let mut consent = app.consent().await;
+    consent.create_purpose(newsletter_purpose()).await.unwrap();
     consent
-        .create_purpose(authed(newsletter_purpose(), ADMIN_TOKEN))
-        .await
-        .unwrap();
-    consent
-        .check_consent(authed(
-            CheckConsentRequest {
-                subject: Some(email(0)),
-                purpose: "purposes/newsletter".into(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .check_consent(CheckConsentRequest {
+            subject: Some(email(0)),
+            purpose: "purposes/newsletter".into(),
+        })
         .await
         .unwrap();
     let results = consent
-        .batch_check_consent(authed(
-            BatchCheckConsentRequest {
-                purpose: "purposes/newsletter".into(),
-                subjects: (0..SUBJECTS).map(email).collect(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .batch_check_consent(BatchCheckConsentRequest {
+            purpose: "purposes/newsletter".into(),
+            subjects: (0..SUBJECTS).map(email).collect(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -108,7 +91,7 @@ async fn batch_is_one_entry(backend: Backend) {
     );
 
     // Bytes per subject: a small fraction of a single check's entry.
-    let mut audit = AuditLogServiceClient::new(app.channel().await);
+    let mut audit = app.audit().await;
     let per_subject = leaf_len(&mut audit, entry.sequence).await / SUBJECTS;
     let single_len = leaf_len(&mut audit, single.sequence).await;
     assert!(
@@ -122,13 +105,10 @@ async fn batch_is_one_entry(backend: Backend) {
         let mut audit = reader.clone();
         async move {
             audit
-                .list_subject_accesses(authed(
-                    ListSubjectAccessesRequest {
-                        subject_identifiers: vec![email(i)],
-                        ..Default::default()
-                    },
-                    ADMIN_TOKEN,
-                ))
+                .list_subject_accesses(ListSubjectAccessesRequest {
+                    subject_identifiers: vec![email(i)],
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -145,14 +125,11 @@ async fn batch_is_one_entry(backend: Backend) {
     assert_eq!(seen[0].action, "check");
     assert_eq!(seen[0].access_count, 1);
     let events_of_7 = audit
-        .list_events(authed(
-            ListEventsRequest {
-                subject: Some(email(7)),
-                service: "custodia.consent.v1.ConsentService".into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_events(ListEventsRequest {
+            subject: Some(email(7)),
+            service: "custodia.consent.v1.ConsentService".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -162,26 +139,20 @@ async fn batch_is_one_entry(backend: Backend) {
 
     // ...and is shredded alone: the others stay readable.
     audit
-        .shred_subject(authed(
-            ShredSubjectRequest {
-                subject_identifiers: vec![email(7)],
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .shred_subject(ShredSubjectRequest {
+            subject_identifiers: vec![email(7)],
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(by_consent(accesses(7).await).is_empty());
     assert_eq!(by_consent(accesses(8).await).len(), 1);
     let after = audit
-        .list_events(authed(
-            ListEventsRequest {
-                service: "custodia.consent.v1.ConsentService".into(),
-                action: "check".into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_events(ListEventsRequest {
+            service: "custodia.consent.v1.ConsentService".into(),
+            action: "check".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -202,4 +173,4 @@ async fn batch_is_one_entry(backend: Backend) {
     app.stop().await;
 }
 
-crate::dsar::both_backends!(batch_is_one_entry);
+custodia_tests::both_backends!(batch_is_one_entry);

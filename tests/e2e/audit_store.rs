@@ -17,7 +17,7 @@ use custodia_core::{
     legal_time::{Clock, ManualClock},
     storage::{self, Db},
 };
-use custodia_tests::TestDatabase;
+use custodia_tests::{Backend, TestDatabase};
 use sqlx::AssertSqlSafe;
 
 fn event(i: usize, subject: Option<&str>) -> NewEvent {
@@ -53,9 +53,9 @@ struct Fixture {
     pg: Option<TestDatabase>,
 }
 
-async fn fixture(postgres: bool) -> Fixture {
+async fn fixture(backend: Backend) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let (url, pg) = if postgres {
+    let (url, pg) = if backend == Backend::Postgres {
         let pg = TestDatabase::create().await;
         (pg.url.clone(), Some(pg))
     } else {
@@ -104,8 +104,8 @@ impl Fixture {
     }
 }
 
-async fn appends_proofs_and_shredding(postgres: bool) {
-    let f = fixture(postgres).await;
+async fn appends_proofs_and_shredding(backend: Backend) {
+    let f = fixture(backend).await;
     let alice = "a".repeat(64);
     let bob = "b".repeat(64);
 
@@ -215,21 +215,13 @@ async fn appends_proofs_and_shredding(postgres: bool) {
     f.done().await;
 }
 
-#[tokio::test]
-async fn appends_proofs_and_shredding_sqlite() {
-    appends_proofs_and_shredding(false).await;
-}
-
-#[tokio::test]
-async fn appends_proofs_and_shredding_postgres() {
-    appends_proofs_and_shredding(true).await;
-}
+custodia_tests::both_backends!(appends_proofs_and_shredding);
 
 /// Every key the log was opened with is kept, newest first, a key opened again
 /// keeping its first use (a replica restarted on the old key during a rotation),
 /// and the list is append-only in the database itself.
-async fn signing_keys_are_kept_newest_first(postgres: bool) {
-    let f = fixture(postgres).await;
+async fn signing_keys_are_kept_newest_first(backend: Backend) {
+    let f = fixture(backend).await;
     let old = f.log.signer().clone();
     f.clock.advance(chrono::Duration::hours(1));
     let new = HeadSigner::from_seed_text(&"43".repeat(32)).unwrap();
@@ -277,22 +269,14 @@ async fn signing_keys_are_kept_newest_first(postgres: bool) {
     f.done().await;
 }
 
-#[tokio::test]
-async fn signing_keys_are_kept_newest_first_sqlite() {
-    signing_keys_are_kept_newest_first(false).await;
-}
-
-#[tokio::test]
-async fn signing_keys_are_kept_newest_first_postgres() {
-    signing_keys_are_kept_newest_first(true).await;
-}
+custodia_tests::both_backends!(signing_keys_are_kept_newest_first);
 
 /// Appenders that meet the same new subjects at once (the group writers of a
 /// PostgreSQL replica create subject keys before taking the sequence lock, and so
 /// do other replicas) agree on one key per subject: every entry stays readable.
 #[tokio::test]
 async fn concurrent_appends_agree_on_new_subject_keys_postgres() {
-    let f = fixture(true).await;
+    let f = fixture(Backend::Postgres).await;
     let subjects: Vec<String> = (0..40).map(|i| format!("{i:064x}")).collect();
     // Two replicas' stores over one database, appending in parallel.
     let stores = [LogStore::new(f.db.clone()), LogStore::new(f.db.clone())];
@@ -335,8 +319,9 @@ async fn concurrent_appends_agree_on_new_subject_keys_postgres() {
 /// Builds a 20-entry log with heads at sizes 0, 8 and 20, then lets `tamper`
 /// change the database behind custodia's back (triggers dropped, as an
 /// administrator could) and returns the first bad sequence number reported.
-async fn tampered(postgres: bool, tamper: &str) -> Option<u64> {
-    let f = fixture(postgres).await;
+async fn tampered(backend: Backend, tamper: &str) -> Option<u64> {
+    let postgres = backend == Backend::Postgres;
+    let f = fixture(backend).await;
     f.log.integrate().await.unwrap();
     f.log
         .append(
@@ -389,7 +374,8 @@ async fn tampered(postgres: bool, tamper: &str) -> Option<u64> {
     seq
 }
 
-async fn tampering_is_located(postgres: bool) {
+async fn tampering_is_located(backend: Backend) {
+    let postgres = backend == Backend::Postgres;
     let blob = |hex: &str| {
         if postgres {
             format!("'\\x{hex}'::bytea")
@@ -403,17 +389,17 @@ async fn tampering_is_located(postgres: bool) {
     } else {
         "UPDATE audit_entries SET entry = CAST(substr(entry, 1, 29) || X'58' || substr(entry, 31) AS BLOB) WHERE seq = 5"
     };
-    assert_eq!(tampered(postgres, flip).await, Some(5), "bit flip");
+    assert_eq!(tampered(backend, flip).await, Some(5), "bit flip");
     // A deleted entry.
     assert_eq!(
-        tampered(postgres, "DELETE FROM audit_entries WHERE seq = 12").await,
+        tampered(backend, "DELETE FROM audit_entries WHERE seq = 12").await,
         Some(12),
         "delete"
     );
     // Two entries swapped (reordered).
     assert_eq!(
         tampered(
-            postgres,
+            backend,
             "UPDATE audit_entries SET seq = 1000 WHERE seq = 9; UPDATE audit_entries SET seq = 9 WHERE seq = 10; UPDATE audit_entries SET seq = 10 WHERE seq = 1000"
         )
         .await,
@@ -423,7 +409,7 @@ async fn tampering_is_located(postgres: bool) {
     // An entry inserted in the middle (later ones shifted up by one).
     assert_eq!(
         tampered(
-            postgres,
+            backend,
             "UPDATE audit_entries SET seq = seq + 100 WHERE seq >= 14; UPDATE audit_entries SET seq = seq - 99 WHERE seq >= 114; \
              INSERT INTO audit_entries SELECT 14, 'forged', entry, leaf_hash, time_us, actor, service, method, action, resource, purpose, outcome, appended_us FROM audit_entries WHERE seq = 13"
         )
@@ -433,7 +419,7 @@ async fn tampering_is_located(postgres: bool) {
     );
     // Truncated: the last entries removed.
     assert_eq!(
-        tampered(postgres, "DELETE FROM audit_entries WHERE seq >= 17").await,
+        tampered(backend, "DELETE FROM audit_entries WHERE seq >= 17").await,
         Some(17),
         "truncate"
     );
@@ -441,7 +427,7 @@ async fn tampering_is_located(postgres: bool) {
     // when the new value only moves characters between two columns.
     assert_eq!(
         tampered(
-            postgres,
+            backend,
             "UPDATE audit_entries SET actor = 'someone-else' WHERE seq = 7"
         )
         .await,
@@ -450,7 +436,7 @@ async fn tampering_is_located(postgres: bool) {
     );
     assert_eq!(
         tampered(
-            postgres,
+            backend,
             "UPDATE audit_entries SET actor = actor || service, service = '' WHERE seq = 3"
         )
         .await,
@@ -462,27 +448,19 @@ async fn tampering_is_located(postgres: bool) {
     let fork =
         format!("UPDATE audit_tree_heads SET root_hash = {forged_root} WHERE tree_size = 20");
     assert_eq!(
-        tampered(postgres, &fork).await,
+        tampered(backend, &fork).await,
         Some(8),
         "forked head: first entry after the last good head"
     );
 }
 
-#[tokio::test]
-async fn tampering_is_located_sqlite() {
-    tampering_is_located(false).await;
-}
-
-#[tokio::test]
-async fn tampering_is_located_postgres() {
-    tampering_is_located(true).await;
-}
+custodia_tests::both_backends!(tampering_is_located);
 
 /// A log with more heads than the verifier reads per page (1,000): every head is
 /// checked, and a forged one past the first page is still located.
 #[tokio::test]
 async fn verification_pages_through_many_heads() {
-    let f = fixture(false).await;
+    let f = fixture(Backend::Sqlite).await;
     let events: Vec<_> = (0..1_205).map(|i| event(i, None)).collect();
     f.log.append(&events).await.unwrap();
     f.log.sync_tree().await.unwrap();

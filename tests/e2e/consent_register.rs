@@ -8,13 +8,12 @@ use custodia_proto::{
     consent::v1::{
         CreatePurposeRequest, ExportRegisterRequest, GetPurposeRequest, InternationalTransfer,
         LawfulBasis, ListPurposesRequest, Purpose, PurposeCategory, UpdatePurposeRequest,
-        consent_service_client::ConsentServiceClient,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
-use tonic::{Code, transport::Channel};
+use custodia_tests::{Backend, TestApp};
+use tonic::{Code, Status};
 
-type Client = ConsentServiceClient<Channel>;
+type Client = custodia_tests::ConsentClient;
 
 fn newsletter() -> Purpose {
     Purpose {
@@ -48,33 +47,33 @@ async fn create(
     p: Purpose,
     request_id: &str,
 ) -> Result<Purpose, tonic::Status> {
-    c.create_purpose(authed(
-        CreatePurposeRequest {
-            purpose_id: id.into(),
-            purpose: Some(p),
-            request_id: request_id.into(),
-        },
-        ADMIN_TOKEN,
-    ))
+    c.create_purpose(CreatePurposeRequest {
+        purpose_id: id.into(),
+        purpose: Some(p),
+        request_id: request_id.into(),
+    })
     .await
     .map(|r| r.into_inner().purpose.unwrap())
 }
 
 async fn list(c: &mut Client, r: ListPurposesRequest) -> (Vec<String>, String) {
-    let r = c
-        .list_purposes(authed(r, ADMIN_TOKEN))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.list_purposes(r).await.unwrap().into_inner();
     (
         r.purposes.into_iter().map(|p| p.name).collect(),
         r.next_page_token,
     )
 }
 
+/// GetPurpose of `name`.
+async fn get(c: &mut Client, name: &str) -> Result<Purpose, Status> {
+    c.get_purpose(GetPurposeRequest { name: name.into() })
+        .await
+        .map(|r| r.into_inner().purpose.expect("purpose"))
+}
+
 async fn register(backend: Backend) {
     let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
+    let mut c = app.consent().await;
 
     // Bad input names every bad field; nothing is stored.
     let mut bad = newsletter();
@@ -121,38 +120,11 @@ async fn register(backend: Backend) {
     assert_eq!(dup.code(), Code::AlreadyExists);
 
     // Get, not found, malformed name.
-    let got = c
-        .get_purpose(authed(
-            GetPurposeRequest {
-                name: "purposes/newsletter".into(),
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .purpose
-        .unwrap();
+    let got = get(&mut c, "purposes/newsletter").await.unwrap();
     assert_eq!(got.transfers[0].recipient, "MailChimp");
-    let missing = c
-        .get_purpose(authed(
-            GetPurposeRequest {
-                name: "purposes/nope".into(),
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap_err();
+    let missing = get(&mut c, "purposes/nope").await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let malformed = c
-        .get_purpose(authed(
-            GetPurposeRequest {
-                name: "newsletter".into(),
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap_err();
+    let malformed = get(&mut c, "newsletter").await.unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument);
 
     // Update through a field mask; a stale etag and an unknown path are refused.
@@ -170,10 +142,7 @@ async fn register(backend: Backend) {
         ..Default::default()
     };
     let updated = c
-        .update_purpose(authed(
-            update(change.clone(), &["description"]),
-            ADMIN_TOKEN,
-        ))
+        .update_purpose(update(change.clone(), &["description"]))
         .await
         .unwrap()
         .into_inner()
@@ -185,19 +154,13 @@ async fn register(backend: Backend) {
         "fields outside the mask are kept"
     );
     let stale = c
-        .update_purpose(authed(
-            update(change.clone(), &["description"]),
-            ADMIN_TOKEN,
-        ))
+        .update_purpose(update(change.clone(), &["description"]))
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
     change.etag = String::new();
     let unknown = c
-        .update_purpose(authed(
-            update(change.clone(), &["create_time"]),
-            ADMIN_TOKEN,
-        ))
+        .update_purpose(update(change.clone(), &["create_time"]))
         .await
         .unwrap_err();
     assert!(
@@ -206,10 +169,7 @@ async fn register(backend: Backend) {
         unknown.message()
     );
     let invalid = c
-        .update_purpose(authed(
-            update(change.clone(), &["lawful_basis"]),
-            ADMIN_TOKEN,
-        ))
+        .update_purpose(update(change.clone(), &["lawful_basis"]))
         .await
         .unwrap_err();
     assert!(
@@ -250,18 +210,7 @@ async fn register(backend: Backend) {
         ]
     );
     assert!(end.is_empty());
-    let analytics = c
-        .get_purpose(authed(
-            GetPurposeRequest {
-                name: "purposes/cookies-analytics".into(),
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .purpose
-        .unwrap();
+    let analytics = get(&mut c, "purposes/cookies-analytics").await.unwrap();
     assert_eq!(analytics.cookie_lifetime, "P13M");
     let (analytics_only, _) = list(
         &mut c,
@@ -292,7 +241,7 @@ async fn register(backend: Backend) {
         }),
         ..Default::default()
     };
-    c.update_purpose(authed(update(reviewed, &["last_review_time"]), ADMIN_TOKEN))
+    c.update_purpose(update(reviewed, &["last_review_time"]))
         .await
         .unwrap();
     let (overdue, _) = list(
@@ -308,13 +257,10 @@ async fn register(backend: Backend) {
 
     // The export, as JSON and CSV.
     let json = c
-        .export_register(authed(
-            ExportRegisterRequest {
-                format: ExportFormat::Json as i32,
-                show_retired: false,
-            },
-            ADMIN_TOKEN,
-        ))
+        .export_register(ExportRegisterRequest {
+            format: ExportFormat::Json as i32,
+            show_retired: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -335,13 +281,10 @@ async fn register(backend: Backend) {
     );
     assert_eq!(n["retention"]["period"], "P3Y");
     let csv = c
-        .export_register(authed(
-            ExportRegisterRequest {
-                format: ExportFormat::Csv as i32,
-                show_retired: false,
-            },
-            ADMIN_TOKEN,
-        ))
+        .export_register(ExportRegisterRequest {
+            format: ExportFormat::Csv as i32,
+            show_retired: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -356,12 +299,4 @@ async fn register(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn register_sqlite() {
-    register(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn register_postgres() {
-    register(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(register);

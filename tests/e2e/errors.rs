@@ -12,7 +12,7 @@ use custodia_proto::{
     },
     dsar::v1::{GetRequestRequest, dsar_service_client::DsarServiceClient},
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use custodia_tests::{ADMIN, Backend, TestApp};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -25,49 +25,40 @@ const MAX_DETAILS: usize = 3 * 1024;
 
 /// Calls that quote a name field the caller sent, each with `value` in it.
 async fn name_errors(channel: Channel, value: &str) -> Vec<(&'static str, Status)> {
-    let mut breach = BreachServiceClient::new(channel.clone());
-    let mut dsar = DsarServiceClient::new(channel.clone());
-    let mut consent = ConsentServiceClient::new(channel);
+    let mut breach = BreachServiceClient::with_interceptor(channel.clone(), ADMIN);
+    let mut dsar = DsarServiceClient::with_interceptor(channel.clone(), ADMIN);
+    let mut consent = ConsentServiceClient::with_interceptor(channel, ADMIN);
     vec![
         (
             "GetBreach",
             breach
-                .get_breach(authed(
-                    GetBreachRequest {
-                        name: format!("breaches/{value}"),
-                    },
-                    ADMIN_TOKEN,
-                ))
+                .get_breach(GetBreachRequest {
+                    name: format!("breaches/{value}"),
+                })
                 .await
                 .unwrap_err(),
         ),
         (
             "GetRequest",
-            dsar.get_request(authed(
-                GetRequestRequest {
-                    name: format!("requests/{value}"),
-                },
-                ADMIN_TOKEN,
-            ))
+            dsar.get_request(GetRequestRequest {
+                name: format!("requests/{value}"),
+            })
             .await
             .unwrap_err(),
         ),
         (
             "UpdatePurpose",
             consent
-                .update_purpose(authed(
-                    UpdatePurposeRequest {
-                        purpose: Some(Purpose {
-                            name: "purposes/newsletter".into(),
-                            ..Default::default()
-                        }),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec![value.to_string()],
-                        }),
-                        request_id: String::new(),
-                    },
-                    ADMIN_TOKEN,
-                ))
+                .update_purpose(UpdatePurposeRequest {
+                    purpose: Some(Purpose {
+                        name: "purposes/newsletter".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![value.to_string()],
+                    }),
+                    request_id: String::new(),
+                })
                 .await
                 .unwrap_err(),
         ),
@@ -122,18 +113,15 @@ async fn an_email_in_a_field_that_is_no_identifier_is_not_sent_back() {
         assert!(!details_contain(&err, "lovelace"), "{rpc}");
     }
     // An identifier field names itself, never its value.
-    let mut consent = ConsentServiceClient::new(app.channel().await);
+    let mut consent = app.consent().await;
     let err = consent
-        .record_consent(authed(
-            RecordConsentRequest {
-                subject: Some(SubjectRef {
-                    r#type: "email".into(),
-                    value: "ada.lovelace@example".into(),
-                }),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .record_consent(RecordConsentRequest {
+            subject: Some(SubjectRef {
+                r#type: "email".into(),
+                value: "ada.lovelace@example".into(),
+            }),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -154,22 +142,13 @@ struct RawRecordConsent {
 #[tokio::test]
 async fn a_decode_error_names_the_proto_field_path() {
     let app = TestApp::spawn(Backend::Sqlite, &all_services()).await;
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.unwrap();
     // subject.type (field 1 of SubjectRef, length-delimited) = 0xFF 0xFE
-    let request = authed(
-        RawRecordConsent {
-            subject: vec![0x0a, 0x02, 0xff, 0xfe],
-        },
-        ADMIN_TOKEN,
-    );
-    let err = grpc
-        .unary::<_, custodia_proto::consent::v1::RecordConsentResponse, _>(
-            request,
-            "/custodia.consent.v1.ConsentService/RecordConsent"
-                .parse()
-                .unwrap(),
-            tonic_prost::ProstCodec::default(),
+    let err = app
+        .call_raw::<_, custodia_proto::consent::v1::RecordConsentResponse>(
+            "/custodia.consent.v1.ConsentService/RecordConsent",
+            RawRecordConsent {
+                subject: vec![0x0a, 0x02, 0xff, 0xfe],
+            },
         )
         .await
         .unwrap_err();

@@ -7,24 +7,15 @@
 
 use custodia_core::config::PrincipalConfig;
 use custodia_proto::{
-    audit::v1::{
-        ListEventsRequest, ShredSubjectRequest, audit_log_service_client::AuditLogServiceClient,
-    },
+    audit::v1::{ListEventsRequest, ShredSubjectRequest},
     breach::v1::{Breach, ReportBreachRequest, breach_service_client::BreachServiceClient},
-    common::v1::SubjectRef,
-    consent::v1::{
-        CheckConsentRequest, ConsentChannel, Decision, EraseSubjectRequest, Evidence, Notice,
-        PublishNoticeRequest, PurposeDecision, RecordConsentRequest,
-        consent_service_client::ConsentServiceClient, notice::Content,
-    },
+    consent::v1::{CheckConsentRequest, EraseSubjectRequest, RecordConsentRequest},
     dsar::v1::{
         Request as DsarRequest, RequestType, Requester, RequesterRole, SubmitRequestRequest,
         dsar_service_client::DsarServiceClient,
     },
 };
-use custodia_tests::{
-    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, newsletter_purpose,
-};
+use custodia_tests::{Backend, TestApp, audit_events_until, authed, email, grant};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -32,21 +23,6 @@ use crate::all_services;
 
 const CRM: &str = "crm-token-0123456789abcdef";
 const MOODLE: &str = "moodle-token-0123456789abcdef";
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
-}
-
-fn ts(app: &TestApp) -> prost_types::Timestamp {
-    let t = custodia_core::legal_time::Clock::now(&*app.clock);
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    }
-}
 
 /// Two calling systems with the same write scopes; `moodle` may not read requests.
 async fn spawn(backend: Backend) -> TestApp {
@@ -94,53 +70,21 @@ fn assert_reused(err: Status) {
     assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
 }
 
-fn grant(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordConsentRequest {
+/// The newsletter grant of `who` under `notice`, sent with `request_id`.
+fn keyed(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordConsentRequest {
     RecordConsentRequest {
-        subject: Some(email(who)),
-        decisions: vec![PurposeDecision {
-            purpose: "purposes/newsletter".into(),
-            decision: Decision::Granted as i32,
-        }],
-        evidence: Some(Evidence {
-            collect_time: Some(ts(app)),
-            channel: ConsentChannel::WebForm as i32,
-            notice: notice.into(),
-            ..Default::default()
-        }),
         request_id: request_id.into(),
-        ..Default::default()
+        ..grant(app, who, notice)
     }
 }
 
 async fn record_consent(backend: Backend) {
     let app = spawn(backend).await;
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    c.create_purpose(authed(newsletter_purpose(), ADMIN_TOKEN))
-        .await
-        .unwrap();
-    let notice = c
-        .publish_notice(authed(
-            PublishNoticeRequest {
-                notice_id: "privacy".into(),
-                notice: Some(Notice {
-                    title: "Privacy".into(),
-                    content: Some(Content::Text("Monthly newsletter.".into())),
-                    purposes: vec!["purposes/newsletter".into()],
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .notice
-        .unwrap()
-        .name;
+    let notice = app.newsletter_notice().await;
+    let mut c = app.consent().await;
 
     let first = c
-        .record_consent(authed(grant(&app, "ada@example.edu", &notice, "k1"), CRM))
+        .record_consent(authed(keyed(&app, "ada@example.edu", &notice, "k1"), CRM))
         .await
         .unwrap()
         .into_inner();
@@ -149,7 +93,7 @@ async fn record_consent(backend: Backend) {
     // the first call (its receipt names ada in clear) comes back.
     let other = c
         .record_consent(authed(
-            grant(&app, "bob@example.edu", &notice, "k1"),
+            keyed(&app, "bob@example.edu", &notice, "k1"),
             MOODLE,
         ))
         .await
@@ -184,7 +128,7 @@ async fn record_consent(backend: Backend) {
 
     // The same principal retrying the same body gets the first answer.
     let again = c
-        .record_consent(authed(grant(&app, "ada@example.edu", &notice, "k1"), CRM))
+        .record_consent(authed(keyed(&app, "ada@example.edu", &notice, "k1"), CRM))
         .await
         .unwrap()
         .into_inner();
@@ -193,7 +137,7 @@ async fn record_consent(backend: Backend) {
 
     // ...and reusing the key with another body is refused; nothing is recorded.
     let err = c
-        .record_consent(authed(grant(&app, "cy@example.edu", &notice, "k1"), CRM))
+        .record_consent(authed(keyed(&app, "cy@example.edu", &notice, "k1"), CRM))
         .await
         .unwrap_err();
     assert_reused(err);
@@ -205,15 +149,10 @@ async fn record_consent(backend: Backend) {
     // Erasure: a retry answers what the first call erased (a second erasure
     // would find nothing), another body with the key is refused, and the
     // audit log's shredding keeps its first answer the same way.
-    let erase = |who: &str| {
-        authed(
-            EraseSubjectRequest {
-                subject_identifiers: vec![email(who)],
-                dsar_request: String::new(),
-                request_id: "e1".into(),
-            },
-            ADMIN_TOKEN,
-        )
+    let erase = |who: &str| EraseSubjectRequest {
+        subject_identifiers: vec![email(who)],
+        dsar_request: String::new(),
+        request_id: "e1".into(),
     };
     let erased = c
         .erase_subject(erase("bob@example.edu"))
@@ -229,16 +168,11 @@ async fn record_consent(backend: Backend) {
     assert_eq!(retried, erased);
     assert_reused(c.erase_subject(erase("ada@example.edu")).await.unwrap_err());
     assert!(allowed("ada@example.edu").await, "ada was not erased");
-    let mut audit = AuditLogServiceClient::new(app.channel().await);
-    let shred = |who: &str| {
-        authed(
-            ShredSubjectRequest {
-                subject_identifiers: vec![email(who)],
-                dsar_request: String::new(),
-                request_id: "s1".into(),
-            },
-            ADMIN_TOKEN,
-        )
+    let mut audit = app.audit().await;
+    let shred = |who: &str| ShredSubjectRequest {
+        subject_identifiers: vec![email(who)],
+        dsar_request: String::new(),
+        request_id: "s1".into(),
     };
     let shredded = audit
         .shred_subject(shred("bob@example.edu"))
@@ -296,91 +230,51 @@ fn dsar_request(who: &str) -> DsarRequest {
 async fn submit_request(backend: Backend) {
     let app = spawn(backend).await;
     let mut d = DsarServiceClient::new(app.channel().await);
-    let submit = |who: &str, token: &str| {
-        authed(
-            SubmitRequestRequest {
-                request: Some(dsar_request(who)),
-                request_id: "k2".into(),
-            },
-            token,
-        )
+    let mut submit = async |who: &str, token: &str| {
+        let request = SubmitRequestRequest {
+            request: Some(dsar_request(who)),
+            request_id: "k2".into(),
+        };
+        d.submit_request(authed(request, token))
+            .await
+            .map(|r| r.into_inner().request.expect("request"))
     };
-    let first = d
-        .submit_request(submit("ada@example.edu", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let first = submit("ada@example.edu", CRM).await.unwrap();
     // moodle (without dsar.read) gets a request of its own, not crm's.
-    let other = d
-        .submit_request(submit("bob@example.edu", MOODLE))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let other = submit("bob@example.edu", MOODLE).await.unwrap();
     assert_ne!(other.name, first.name);
     assert_eq!(other.subject_identifiers[0].value, "bob@example.edu");
-    let again = d
-        .submit_request(submit("ada@example.edu", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let again = submit("ada@example.edu", CRM).await.unwrap();
     assert_eq!(again.name, first.name);
-    assert_reused(
-        d.submit_request(submit("cy@example.edu", CRM))
-            .await
-            .unwrap_err(),
-    );
+    assert_reused(submit("cy@example.edu", CRM).await.unwrap_err());
     app.stop().await;
 }
 
 async fn report_breach(backend: Backend) {
     let app = spawn(backend).await;
     let mut b = BreachServiceClient::new(app.channel().await);
-    let report = |title: &str, token: &str| {
-        authed(
-            ReportBreachRequest {
-                breach: Some(Breach {
-                    title: title.into(),
-                    description: "A laptop was stolen".into(),
-                    detect_time: Some(ts(&app)),
-                    ..Default::default()
-                }),
-                request_id: "k3".into(),
-            },
-            token,
-        )
+    let mut report = async |title: &str, token: &str| {
+        let request = ReportBreachRequest {
+            breach: Some(Breach {
+                title: title.into(),
+                description: "A laptop was stolen".into(),
+                detect_time: Some(app.timestamp()),
+                ..Default::default()
+            }),
+            request_id: "k3".into(),
+        };
+        b.report_breach(authed(request, token))
+            .await
+            .map(|r| r.into_inner().breach.expect("breach"))
     };
-    let first = b
-        .report_breach(report("Stolen laptop", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
-    let other = b
-        .report_breach(report("Lost USB key", MOODLE))
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
+    let first = report("Stolen laptop", CRM).await.unwrap();
+    let other = report("Lost USB key", MOODLE).await.unwrap();
     assert_ne!(other.name, first.name);
     assert_eq!(other.title, "Lost USB key");
-    let again = b
-        .report_breach(report("Stolen laptop", CRM))
-        .await
-        .unwrap()
-        .into_inner()
-        .breach
-        .unwrap();
+    let again = report("Stolen laptop", CRM).await.unwrap();
     assert_eq!(again.name, first.name);
-    assert_reused(b.report_breach(report("Phishing", CRM)).await.unwrap_err());
+    assert_reused(report("Phishing", CRM).await.unwrap_err());
     app.stop().await;
 }
 
-crate::dsar::both_backends!(record_consent, submit_request, report_breach);
+custodia_tests::both_backends!(record_consent, submit_request, report_breach);

@@ -84,15 +84,7 @@ async fn platform_contract(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn platform_contract_sqlite() {
-    platform_contract(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn platform_contract_postgres() {
-    platform_contract(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(platform_contract);
 
 async fn auth_contract(backend: Backend) {
     let app = TestApp::spawn_with(backend, &all_services(), |c| {
@@ -186,15 +178,7 @@ async fn auth_contract(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn auth_contract_sqlite() {
-    auth_contract(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn auth_contract_postgres() {
-    auth_contract(Backend::Postgres).await;
-}
+custodia_tests::both_backends!(auth_contract);
 
 #[tokio::test]
 async fn embedded_default_generates_the_admin_token_once() {
@@ -269,22 +253,13 @@ struct RawAppend {
 #[tokio::test]
 async fn invalid_utf8_is_invalid_argument_naming_the_field() {
     let app = TestApp::spawn(Backend::Sqlite, &all_services()).await;
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.unwrap();
     // event_id (field 1, length-delimited) = 0xFF 0xFE
-    let request = authed(
-        RawAppend {
-            events: vec![vec![0x0a, 0x02, 0xff, 0xfe]],
-        },
-        ADMIN_TOKEN,
-    );
-    let err = grpc
-        .unary::<_, custodia_proto::audit::v1::AppendEventsResponse, _>(
-            request,
-            "/custodia.audit.v1.AuditLogService/AppendEvents"
-                .parse()
-                .unwrap(),
-            tonic_prost::ProstCodec::default(),
+    let err = app
+        .call_raw::<_, custodia_proto::audit::v1::AppendEventsResponse>(
+            "/custodia.audit.v1.AuditLogService/AppendEvents",
+            RawAppend {
+                events: vec![vec![0x0a, 0x02, 0xff, 0xfe]],
+            },
         )
         .await
         .unwrap_err();

@@ -10,33 +10,24 @@ use custodia_core::config::PrincipalConfig;
 use custodia_proto::{
     audit::v1::audit_log_service_client::AuditLogServiceClient,
     audit::v1::{ListEventsRequest, ListSubjectAccessesRequest},
-    common::v1::SubjectRef,
     consent::v1::{
         BatchCheckConsentRequest, CheckConsentRequest, ListConsentEventsRequest,
         consent_service_client::ConsentServiceClient,
     },
 };
 use custodia_tests::{
-    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, newsletter_purpose,
+    ADMIN_TOKEN, Backend, TestApp, audit_events_until, authed, newsletter_purpose, subject,
+    subjects,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::dsar::both_backends;
-
 const CRM_TOKEN: &str = "crm-token-0123456789abcdef";
 const CONSENT: &str = "custodia.consent.v1.ConsentService";
 
-fn email(i: usize) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: format!("subject-{i}@example.org"),
-    }
-}
-
 fn check(i: usize) -> CheckConsentRequest {
     CheckConsentRequest {
-        subject: Some(email(i)),
+        subject: Some(subject(i)),
         purpose: "purposes/newsletter".into(),
     }
 }
@@ -44,7 +35,7 @@ fn check(i: usize) -> CheckConsentRequest {
 fn batch(n: usize) -> BatchCheckConsentRequest {
     BatchCheckConsentRequest {
         purpose: "purposes/newsletter".into(),
-        subjects: (0..n).map(email).collect(),
+        subjects: subjects(n),
     }
 }
 
@@ -57,7 +48,7 @@ fn retry_delay(status: &Status) -> Option<Duration> {
         .and_then(|r| r.retry_delay)
 }
 
-both_backends!(quota_refuses_with_retry_info_then_recovers);
+custodia_tests::both_backends!(quota_refuses_with_retry_info_then_recovers);
 
 /// A quota of 100 a minute (one back every 600 ms), shared by the process's
 /// services: a batch of 100 spends it; the next check is refused with a
@@ -104,7 +95,7 @@ async fn quota_refuses_with_retry_info_then_recovers(backend: Backend) {
     let refused = consent
         .list_consent_events(authed(
             ListConsentEventsRequest {
-                subject_identifiers: vec![email(1001)],
+                subject_identifiers: vec![subject(1001)],
                 ..Default::default()
             },
             CRM_TOKEN,
@@ -116,7 +107,7 @@ async fn quota_refuses_with_retry_info_then_recovers(backend: Backend) {
     let refused = audit
         .list_subject_accesses(authed(
             ListSubjectAccessesRequest {
-                subject_identifiers: vec![email(1002)],
+                subject_identifiers: vec![subject(1002)],
                 ..Default::default()
             },
             CRM_TOKEN,

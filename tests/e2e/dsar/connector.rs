@@ -22,6 +22,20 @@ use futures::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+/// Every capability of the connector protocol, as a data source declares them.
+pub fn every_capability() -> Vec<i32> {
+    [
+        Capability::Export,
+        Capability::Erase,
+        Capability::Restrict,
+        Capability::Rectify,
+        Capability::Retention,
+    ]
+    .iter()
+    .map(|c| *c as i32)
+    .collect()
+}
+
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -199,16 +213,7 @@ impl DataSource for Svc {
         Ok(Response::new(GetCapabilitiesResponse {
             display_name: "Stand-in system".into(),
             version: "fake/1".into(),
-            capabilities: [
-                Capability::Export,
-                Capability::Erase,
-                Capability::Restrict,
-                Capability::Rectify,
-                Capability::Retention,
-            ]
-            .iter()
-            .map(|c| *c as i32)
-            .collect(),
+            capabilities: every_capability(),
             identifier_types: vec!["email".into()],
             categories: self
                 .0

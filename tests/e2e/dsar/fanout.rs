@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use custodia_proto::{
-    connector::v1::{Capability, Correction},
+    connector::v1::Correction,
     dsar::v1::{
         CompleteRequestRequest, DataSource, ExportState, GetExportRequest,
         MarkSourceHandledManuallyRequest, RecipientNotification, RecipientNotificationOutcome,
@@ -14,46 +14,34 @@ use custodia_proto::{
         RetrySourceRequest, SourceTaskState,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed, eventually};
+use custodia_tests::{Backend, TestApp, eventually};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
 use super::{
-    connector::{FakeSource, Mode, invoices_kept},
+    connector::{FakeSource, Mode, every_capability, invoices_kept},
     *,
 };
 
-both_backends!(access_end_to_end, failing_connectors, erasure_and_friends);
+custodia_tests::both_backends!(access_end_to_end, failing_connectors, erasure_and_friends);
 
 pub(super) async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_ms: Option<i64>) {
-    c.register_data_source(authed(
-        RegisterDataSourceRequest {
-            data_source_id: id.into(),
-            data_source: Some(DataSource {
-                display_name: format!("{id} system"),
-                endpoint: endpoint.into(),
-                capabilities: [
-                    Capability::Export,
-                    Capability::Erase,
-                    Capability::Restrict,
-                    Capability::Rectify,
-                    Capability::Retention,
-                ]
-                .iter()
-                .map(|c| *c as i32)
-                .collect(),
-                purposes: vec!["purposes/prospects".into()],
-                recipients: vec!["MailChimp".into()],
-                call_timeout: timeout_ms.map(|ms| prost_types::Duration {
-                    seconds: ms / 1000,
-                    nanos: ((ms % 1000) * 1_000_000) as i32,
-                }),
-                ..Default::default()
+    c.register_data_source(RegisterDataSourceRequest {
+        data_source_id: id.into(),
+        data_source: Some(DataSource {
+            display_name: format!("{id} system"),
+            endpoint: endpoint.into(),
+            capabilities: every_capability(),
+            purposes: vec!["purposes/prospects".into()],
+            recipients: vec!["MailChimp".into()],
+            call_timeout: timeout_ms.map(|ms| prost_types::Duration {
+                seconds: ms / 1000,
+                nanos: ((ms % 1000) * 1_000_000) as i32,
             }),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
     .await
     .expect("register");
 }
@@ -84,12 +72,9 @@ async fn download(
     name: &str,
 ) -> Result<(custodia_proto::dsar::v1::ExportPackage, Vec<u8>), tonic::Status> {
     let mut stream = c
-        .get_export(authed(
-            GetExportRequest {
-                name: format!("{name}/export"),
-            },
-            ADMIN_TOKEN,
-        ))
+        .get_export(GetExportRequest {
+            name: format!("{name}/export"),
+        })
         .await?
         .into_inner();
     let mut package = None;
@@ -105,14 +90,11 @@ async fn download(
 }
 
 async fn complete(c: &mut Client, name: &str) -> Result<Request, tonic::Status> {
-    c.complete_request(authed(
-        CompleteRequestRequest {
-            name: name.into(),
-            response_summary: "Answered".into(),
-            ..Default::default()
-        },
-        ADMIN_TOKEN,
-    ))
+    c.complete_request(CompleteRequestRequest {
+        name: name.into(),
+        response_summary: "Answered".into(),
+        ..Default::default()
+    })
     .await
     .map(|r| r.into_inner().request.unwrap())
 }
@@ -130,24 +112,11 @@ async fn access_end_to_end(backend: Backend) {
     register(&mut c, "crm", &crm.endpoint, None).await;
     register(&mut c, "moodle", &moodle.endpoint, None).await;
 
-    let r = submit(
-        &mut c,
-        new_request(RequestType::Access, "ada@example.edu"),
-        "",
-    )
-    .await
-    .unwrap();
+    let r = received(&mut c, RequestType::Access, "ada@example.edu").await;
     // No data is released before the identity check.
     let err = download(&mut c, &r.name).await.unwrap_err();
     assert_code(&err, Code::FailedPrecondition, &["RECEIVED"]);
-    verify(
-        &mut c,
-        &r.name,
-        custodia_proto::dsar::v1::IdentityVerificationOutcome::Verified,
-    )
-    .await
-    .unwrap();
-    let started = start(&mut c, &r.name).await.unwrap();
+    let started = verify_and_start(&mut c, &r.name).await;
     assert_eq!(started.source_tasks.len(), 4, "{:?}", started.source_tasks);
     assert_eq!(
         started.export.as_ref().unwrap().state(),
@@ -358,14 +327,11 @@ async fn failing_connectors(backend: Backend) {
 
     // Garbage fixed: retried at once on request.
     garbage.set(Mode::Normal);
-    c.retry_source(authed(
-        RetrySourceRequest {
-            name: r.name.clone(),
-            data_source: "dataSources/garbage".into(),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
+    c.retry_source(RetrySourceRequest {
+        name: r.name.clone(),
+        data_source: "dataSources/garbage".into(),
+        request_id: String::new(),
+    })
     .await
     .unwrap();
     wait_for(&c, &r.name, |r| {
@@ -374,30 +340,24 @@ async fn failing_connectors(backend: Backend) {
     .await;
     // A retry of a task that is not failed is refused.
     let err = c
-        .retry_source(authed(
-            RetrySourceRequest {
-                name: r.name.clone(),
-                data_source: "dataSources/garbage".into(),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .retry_source(RetrySourceRequest {
+            name: r.name.clone(),
+            data_source: "dataSources/garbage".into(),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_code(&err, Code::FailedPrecondition, &["SUCCEEDED"]);
 
     // The hanging system is handled by hand; then the export is built.
     let manual = c
-        .mark_source_handled_manually(authed(
-            MarkSourceHandledManuallyRequest {
-                name: r.name.clone(),
-                data_source: "dataSources/hang".into(),
-                reason: "Connector down for maintenance".into(),
-                description: "Extract sent by the CRM team on paper".into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .mark_source_handled_manually(MarkSourceHandledManuallyRequest {
+            name: r.name.clone(),
+            data_source: "dataSources/hang".into(),
+            reason: "Connector down for maintenance".into(),
+            description: "Extract sent by the CRM team on paper".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -470,19 +430,16 @@ async fn erasure_and_friends(backend: Backend) {
 
     // Recipients told (Art. 19).
     let notified = c
-        .record_recipient_notification(authed(
-            RecordRecipientNotificationRequest {
-                name: r.name.clone(),
-                notification: Some(RecipientNotification {
-                    recipient: "MailChimp".into(),
-                    outcome: RecipientNotificationOutcome::Notified as i32,
-                    method: "API call".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .record_recipient_notification(RecordRecipientNotificationRequest {
+            name: r.name.clone(),
+            notification: Some(RecipientNotification {
+                recipient: "MailChimp".into(),
+                outcome: RecipientNotificationOutcome::Notified as i32,
+                method: "API call".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -505,18 +462,15 @@ async fn erasure_and_friends(backend: Backend) {
     // An access request cannot record recipient notifications.
     let access = started(&mut c, RequestType::Objection, "ada@example.edu").await;
     let err = c
-        .record_recipient_notification(authed(
-            RecordRecipientNotificationRequest {
-                name: access.name.clone(),
-                notification: Some(RecipientNotification {
-                    recipient: "MailChimp".into(),
-                    outcome: RecipientNotificationOutcome::Notified as i32,
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .record_recipient_notification(RecordRecipientNotificationRequest {
+            name: access.name.clone(),
+            notification: Some(RecipientNotification {
+                recipient: "MailChimp".into(),
+                outcome: RecipientNotificationOutcome::Notified as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_code(&err, Code::FailedPrecondition, &["IN_PROGRESS"]);
@@ -542,14 +496,7 @@ async fn erasure_and_friends(backend: Backend) {
         }),
     }];
     let r = submit(&mut c, rect, "").await.unwrap();
-    verify(
-        &mut c,
-        &r.name,
-        custodia_proto::dsar::v1::IdentityVerificationOutcome::Verified,
-    )
-    .await
-    .unwrap();
-    start(&mut c, &r.name).await.unwrap();
+    verify_and_start(&mut c, &r.name).await;
     let done = wait_for(&c, &r.name, |r| {
         task(r, "crm").state() == SourceTaskState::Succeeded
     })

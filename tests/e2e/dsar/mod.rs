@@ -2,103 +2,52 @@
 //! PostgreSQL: deadlines, the state machine, bad input, data sources, the
 //! fan-out to real connector servers, export packages, erasure and retention.
 
+mod bad_input;
 mod connector;
+mod data_sources;
+mod deadlines;
 mod fanout;
-mod requests;
+mod lifecycle;
 mod restart;
 mod retention;
 mod sql_sources;
 mod tls;
 
 use chrono::{DateTime, Utc};
+use custodia_core::server::ServiceDef;
 use custodia_proto::{
     common::v1::SubjectRef,
     dsar::v1::{
         GetRequestRequest, IdentityVerification, IdentityVerificationMethod,
         IdentityVerificationOutcome, Request, RequestType, Requester, RequesterRole,
         StartProcessingRequest, SubmitRequestRequest, VerifyIdentityRequest,
-        dsar_service_client::DsarServiceClient,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
-use tonic::{Code, Status, transport::Channel};
+use custodia_tests::{Backend, TestApp, assert_code, at, email, time_of, ts};
+use tonic::Status;
 
-type Client = DsarServiceClient<Channel>;
+type Client = custodia_tests::DsarClient;
 
-/// Runs a test body on both backends as `<name>::sqlite` and `<name>::postgres`.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$name(custodia_tests::Backend::Sqlite).await;
-                }
-                #[tokio::test]
-                async fn postgres() {
-                    super::$name(custodia_tests::Backend::Postgres).await;
-                }
-            }
-        )*
-    };
-}
-pub(crate) use both_backends;
+/// audit-log, consent and dsar (the built-in sources need the first two).
+const SERVICES: &[ServiceDef] = &[
+    custodia_audit_log::SERVICE,
+    custodia_consent::SERVICE,
+    custodia_dsar::SERVICE,
+];
 
-fn at(s: &str) -> DateTime<Utc> {
-    s.parse().expect("timestamp")
-}
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn time_of(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
-    let t = t.as_ref().expect("timestamp set");
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("valid")
-}
-
-fn assert_code(err: &Status, code: Code, needles: &[&str]) {
-    assert_eq!(err.code(), code, "{}", err.message());
-    for n in needles {
-        assert!(
-            err.message().contains(n),
-            "`{}` does not mention `{n}`",
-            err.message()
-        );
-    }
-}
-
-/// Starts audit-log, consent and dsar (the built-in sources need the first two).
+/// Starts [`SERVICES`], polling every 50 ms.
 async fn spawn(backend: Backend) -> TestApp {
-    TestApp::spawn_with(
-        backend,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        |c| {
-            c.dsar.poll_interval_ms = 50;
-            c.dsar.retry_initial_secs = 60;
-            c.dsar.retry_max_secs = 3600;
-            c.dsar.export_ttl_secs = 7 * 24 * 3600;
-        },
-    )
+    TestApp::spawn_with(backend, SERVICES, |c| {
+        c.dsar.poll_interval_ms = 50;
+        c.dsar.retry_initial_secs = 60;
+        c.dsar.retry_max_secs = 3600;
+        c.dsar.export_ttl_secs = 7 * 24 * 3600;
+    })
     .await
 }
 
 async fn client(app: &TestApp) -> Client {
-    DsarServiceClient::new(app.channel().await)
-}
-
-fn email(v: &str) -> SubjectRef {
-    SubjectRef {
-        r#type: "email".into(),
-        value: v.into(),
-    }
+    app.dsar().await
 }
 
 fn new_request(kind: RequestType, subject: &str) -> Request {
@@ -126,20 +75,17 @@ async fn submit(
     request_id: &str,
 ) -> Result<Request, Status> {
     client
-        .submit_request(authed(
-            SubmitRequestRequest {
-                request: Some(request),
-                request_id: request_id.into(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .submit_request(SubmitRequestRequest {
+            request: Some(request),
+            request_id: request_id.into(),
+        })
         .await
         .map(|r| r.into_inner().request.expect("request"))
 }
 
 async fn get(client: &mut Client, name: &str) -> Request {
     client
-        .get_request(authed(GetRequestRequest { name: name.into() }, ADMIN_TOKEN))
+        .get_request(GetRequestRequest { name: name.into() })
         .await
         .expect("get")
         .into_inner()
@@ -153,43 +99,47 @@ async fn verify(
     outcome: IdentityVerificationOutcome,
 ) -> Result<Request, Status> {
     client
-        .verify_identity(authed(
-            VerifyIdentityRequest {
-                name: name.into(),
-                verification: Some(IdentityVerification {
-                    method: IdentityVerificationMethod::AuthenticatedAccount as i32,
-                    outcome: outcome as i32,
-                    description: "Logged in through the student portal".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .verify_identity(VerifyIdentityRequest {
+            name: name.into(),
+            verification: Some(IdentityVerification {
+                method: IdentityVerificationMethod::AuthenticatedAccount as i32,
+                outcome: outcome as i32,
+                description: "Logged in through the student portal".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
         .await
         .map(|r| r.into_inner().request.expect("request"))
 }
 
 async fn start(client: &mut Client, name: &str) -> Result<Request, Status> {
     client
-        .start_processing(authed(
-            StartProcessingRequest {
-                name: name.into(),
-                request_id: String::new(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .start_processing(StartProcessingRequest {
+            name: name.into(),
+            request_id: String::new(),
+        })
         .await
         .map(|r| r.into_inner().request.expect("request"))
 }
 
+/// Submits a new request of `kind` for `subject`, without a request id.
+async fn received(client: &mut Client, kind: RequestType, subject: &str) -> Request {
+    submit(client, new_request(kind, subject), "")
+        .await
+        .unwrap()
+}
+
+/// Verifies the identity behind request `name` and starts processing it.
+async fn verify_and_start(client: &mut Client, name: &str) -> Request {
+    verify(client, name, IdentityVerificationOutcome::Verified)
+        .await
+        .unwrap();
+    start(client, name).await.unwrap()
+}
+
 /// Submits, verifies and starts a request.
 async fn started(client: &mut Client, kind: RequestType, subject: &str) -> Request {
-    let r = submit(client, new_request(kind, subject), "")
-        .await
-        .unwrap();
-    verify(client, &r.name, IdentityVerificationOutcome::Verified)
-        .await
-        .unwrap();
-    start(client, &r.name).await.unwrap()
+    let r = received(client, kind, subject).await;
+    verify_and_start(client, &r.name).await
 }

@@ -3,15 +3,8 @@
 //! process resumes the request, asks the interrupted source again with the
 //! same idempotency key, and no erasure is counted twice or skipped.
 
-use std::sync::Arc;
-
-use custodia_core::{
-    Config,
-    legal_time::{Clock, ManualClock},
-    server::Application,
-};
 use custodia_proto::dsar::v1::{ActionResult, RequestType, SourceTaskState};
-use custodia_tests::{Backend, test_config};
+use custodia_tests::Backend;
 
 use super::{
     connector::{FakeSource, Mode},
@@ -19,54 +12,18 @@ use super::{
     *,
 };
 
-both_backends!(restart_resumes_fan_out);
-
-struct Running {
-    endpoint: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn run(config: Config) -> Running {
-    let clock = Arc::new(ManualClock::new(at("2026-11-02T09:00:00Z")));
-    let app = Application::build_with_clock(
-        config,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        clock as Arc<dyn Clock>,
-    )
-    .await
-    .expect("application builds");
-    let endpoint = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        endpoint,
-        stop,
-        task,
-    }
-}
-
-async fn connect(endpoint: &str) -> Client {
-    DsarServiceClient::connect(endpoint.to_string())
-        .await
-        .expect("connects")
-}
+custodia_tests::both_backends!(restart_resumes_fan_out);
 
 async fn restart_resumes_fan_out(backend: Backend) {
-    let (mut config, dir, database) = test_config(backend).await;
-    config.dsar.poll_interval_ms = 50;
-    config.server.shutdown_grace_secs = 1;
+    let first = TestApp::spawn_with(backend, SERVICES, |config| {
+        config.dsar.poll_interval_ms = 50;
+        config.server.shutdown_grace_secs = 1;
+    })
+    .await;
     let crm = FakeSource::start("ada@example.edu", &[("contacts", 2)], vec![]).await;
     crm.set(Mode::EraseThenHang);
 
-    let first = run(config.clone()).await;
-    let mut c = connect(&first.endpoint).await;
+    let mut c = first.dsar().await;
     register(&mut c, "crm", &crm.endpoint, Some(120_000)).await;
     let r = started(&mut c, RequestType::Erasure, "ada@example.edu").await;
     // The CRM erased, but the answer never came back before the process died.
@@ -81,13 +38,11 @@ async fn restart_resumes_fan_out(backend: Backend) {
     custodia_tests::eventually(|| async { (crm.calls("EraseSubject").len() == 1).then_some(()) })
         .await;
     drop(c);
-    let _ = first.stop.send(());
-    first.task.await.unwrap().unwrap();
 
     // The next process picks the request up where it stopped.
     crm.set(Mode::Normal);
-    let second = run(config.clone()).await;
-    let c = connect(&second.endpoint).await;
+    let second = first.restart(SERVICES).await;
+    let c = second.dsar().await;
     let done = wait_for(&c, &r.name, |r| {
         task(r, "crm").state() == SourceTaskState::Succeeded
     })
@@ -107,10 +62,5 @@ async fn restart_resumes_fan_out(backend: Backend) {
         assert_eq!(task(&done, other).attempt_count, 1, "{other}");
     }
     drop(c);
-    let _ = second.stop.send(());
-    second.task.await.unwrap().unwrap();
-    drop(dir);
-    if let Some(db) = database {
-        db.drop_now().await;
-    }
+    second.stop().await;
 }

@@ -3,16 +3,13 @@
 
 use custodia_proto::{
     common::v1::{RetentionAction, RetentionPolicy},
-    consent::v1::{
-        CreatePurposeRequest, LawfulBasis, Purpose, PurposeCategory,
-        consent_service_client::ConsentServiceClient,
-    },
+    consent::v1::{CreatePurposeRequest, LawfulBasis, Purpose, PurposeCategory},
     dsar::v1::{
         ApplyRetentionRequest, GetRetentionRunRequest, ListRetentionRunsRequest, RetentionRun,
         RetentionRunState,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, authed, eventually};
+use custodia_tests::{Backend, eventually};
 use tonic::Code;
 
 use super::{
@@ -21,43 +18,37 @@ use super::{
     *,
 };
 
-both_backends!(retention_runs, scheduled_retention);
+custodia_tests::both_backends!(retention_runs, scheduled_retention);
 
 async fn purpose(app: &custodia_tests::TestApp, id: &str, period: &str) {
-    let mut c = ConsentServiceClient::new(app.channel().await);
-    c.create_purpose(authed(
-        CreatePurposeRequest {
-            purpose_id: id.into(),
-            purpose: Some(Purpose {
-                display_name: id.into(),
-                lawful_basis: LawfulBasis::LegitimateInterests as i32,
-                category: PurposeCategory::Communication as i32,
-                retention: Some(RetentionPolicy {
-                    period: period.into(),
-                    anchor: "last_activity".into(),
-                    criteria: "after the last contact".into(),
-                    action: RetentionAction::Delete as i32,
-                }),
-                ..Default::default()
+    let mut c = app.consent().await;
+    c.create_purpose(CreatePurposeRequest {
+        purpose_id: id.into(),
+        purpose: Some(Purpose {
+            display_name: id.into(),
+            lawful_basis: LawfulBasis::LegitimateInterests as i32,
+            category: PurposeCategory::Communication as i32,
+            retention: Some(RetentionPolicy {
+                period: period.into(),
+                anchor: "last_activity".into(),
+                criteria: "after the last contact".into(),
+                action: RetentionAction::Delete as i32,
             }),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
     .await
     .expect("create purpose");
 }
 
 async fn run(c: &mut Client, dry_run: bool, request_id: &str) -> RetentionRun {
     let started = c
-        .apply_retention(authed(
-            ApplyRetentionRequest {
-                dry_run,
-                request_id: request_id.into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .apply_retention(ApplyRetentionRequest {
+            dry_run,
+            request_id: request_id.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -69,7 +60,7 @@ async fn run(c: &mut Client, dry_run: bool, request_id: &str) -> RetentionRun {
         let name = started.name.clone();
         async move {
             let r = c
-                .get_retention_run(authed(GetRetentionRunRequest { name }, ADMIN_TOKEN))
+                .get_retention_run(GetRetentionRunRequest { name })
                 .await
                 .unwrap()
                 .into_inner()
@@ -108,14 +99,11 @@ async fn retention_runs(backend: Backend) {
     assert!(r.deleted.is_empty());
     // The same request_id returns the same run.
     let again = c
-        .apply_retention(authed(
-            ApplyRetentionRequest {
-                dry_run: true,
-                request_id: "ret-1".into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .apply_retention(ApplyRetentionRequest {
+            dry_run: true,
+            request_id: "ret-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -142,26 +130,20 @@ async fn retention_runs(backend: Backend) {
 
     // Newest first, paged.
     let page = c
-        .list_retention_runs(authed(
-            ListRetentionRunsRequest {
-                page_size: 2,
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_retention_runs(ListRetentionRunsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let names: Vec<_> = page.runs.iter().map(|r| r.name.clone()).collect();
     assert_eq!(names, [failed.name.clone(), real.name.clone()]);
     let rest = c
-        .list_retention_runs(authed(
-            ListRetentionRunsRequest {
-                page_size: 2,
-                page_token: page.next_page_token,
-            },
-            ADMIN_TOKEN,
-        ))
+        .list_retention_runs(ListRetentionRunsRequest {
+            page_size: 2,
+            page_token: page.next_page_token,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -173,7 +155,7 @@ async fn retention_runs(backend: Backend) {
 
 async fn scheduled_runs(c: &Client) -> Vec<RetentionRun> {
     let mut c = c.clone();
-    c.list_retention_runs(authed(ListRetentionRunsRequest::default(), ADMIN_TOKEN))
+    c.list_retention_runs(ListRetentionRunsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -184,18 +166,10 @@ async fn scheduled_runs(c: &Client) -> Vec<RetentionRun> {
 }
 
 async fn scheduled_retention(backend: Backend) {
-    let app = custodia_tests::TestApp::spawn_with(
-        backend,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        |c| {
-            c.dsar.poll_interval_ms = 50;
-            c.dsar.retention_interval_secs = 24 * 3600;
-        },
-    )
+    let app = custodia_tests::TestApp::spawn_with(backend, SERVICES, |c| {
+        c.dsar.poll_interval_ms = 50;
+        c.dsar.retention_interval_secs = 24 * 3600;
+    })
     .await;
     purpose(&app, "prospects", "P3Y").await;
     let mut c = client(&app).await;

@@ -16,14 +16,14 @@ use custodia_proto::{
         SourceTaskState,
     },
 };
-use custodia_tests::{ADMIN_TOKEN, Backend, TestApp, authed};
+use custodia_tests::{Backend, TestApp};
 
 use super::{
     fanout::{task, wait_for},
     *,
 };
 
-both_backends!(sql_connectors_as_crm_and_moodle);
+custodia_tests::both_backends!(sql_connectors_as_crm_and_moodle);
 
 const CRM_SEED: &str = r#"
 INSERT INTO contacts (id, email, first_name, last_name, phone, created_at, updated_at, last_activity_at)
@@ -45,23 +45,20 @@ VALUES (7, 'Analytical engines', 19.5, 1700000000, 1700000000), (7, 'Poetry', 17
 "#;
 
 async fn register(c: &mut Client, id: &str, endpoint: &str) {
-    c.register_data_source(authed(
-        RegisterDataSourceRequest {
-            data_source_id: id.into(),
-            data_source: Some(DataSource {
-                display_name: id.into(),
-                endpoint: endpoint.into(),
-                credentials_ref: format!("config:{id}"),
-                capabilities: [Capability::Export, Capability::Erase]
-                    .iter()
-                    .map(|c| *c as i32)
-                    .collect(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        },
-        ADMIN_TOKEN,
-    ))
+    c.register_data_source(RegisterDataSourceRequest {
+        data_source_id: id.into(),
+        data_source: Some(DataSource {
+            display_name: id.into(),
+            endpoint: endpoint.into(),
+            credentials_ref: format!("config:{id}"),
+            capabilities: [Capability::Export, Capability::Erase]
+                .iter()
+                .map(|c| *c as i32)
+                .collect(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
     .await
     .expect("register");
 }
@@ -75,22 +72,14 @@ async fn sql_connectors_as_crm_and_moodle(backend: Backend) {
         .await
         .expect("moodle");
     moodle.execute(MOODLE_SEED).await.expect("seed moodle");
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            custodia_audit_log::SERVICE,
-            custodia_consent::SERVICE,
-            custodia_dsar::SERVICE,
-        ],
-        |c| {
-            c.dsar.poll_interval_ms = 50;
-            for id in ["crm", "moodle"] {
-                c.dsar
-                    .credentials
-                    .insert(id.to_string(), DSAR_TOKEN.to_string().into());
-            }
-        },
-    )
+    let app = TestApp::spawn_with(backend, SERVICES, |c| {
+        c.dsar.poll_interval_ms = 50;
+        for id in ["crm", "moodle"] {
+            c.dsar
+                .credentials
+                .insert(id.to_string(), DSAR_TOKEN.to_string().into());
+        }
+    })
     .await;
     let mut c = client(&app).await;
     register(&mut c, "crm", &crm.endpoint).await;
@@ -122,12 +111,9 @@ async fn sql_connectors_as_crm_and_moodle(backend: Backend) {
         "account and 2 grades"
     );
     let mut stream = c
-        .get_export(authed(
-            GetExportRequest {
-                name: format!("{}/export", r.name),
-            },
-            ADMIN_TOKEN,
-        ))
+        .get_export(GetExportRequest {
+            name: format!("{}/export", r.name),
+        })
         .await
         .unwrap()
         .into_inner();

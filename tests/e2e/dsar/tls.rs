@@ -3,7 +3,7 @@
 //! it does not (its certificate is then unknown). The certificates are made in
 //! the test.
 
-use custodia_proto::dsar::v1::{IdentityVerificationOutcome, RequestType, SourceTaskState};
+use custodia_proto::dsar::v1::{RequestType, SourceTaskState};
 use custodia_tests::{Backend, TestApp};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
@@ -50,17 +50,7 @@ async fn app_trusting(ca_file: Option<std::path::PathBuf>) -> TestApp {
 async fn started_access_request(app: &TestApp, endpoint: &str) -> (Client, String) {
     let mut c = client(app).await;
     register(&mut c, "crm", endpoint, Some(5_000)).await;
-    let r = submit(
-        &mut c,
-        new_request(RequestType::Access, "ada@example.edu"),
-        "",
-    )
-    .await
-    .unwrap();
-    verify(&mut c, &r.name, IdentityVerificationOutcome::Verified)
-        .await
-        .unwrap();
-    start(&mut c, &r.name).await.unwrap();
+    let r = started(&mut c, RequestType::Access, "ada@example.edu").await;
     (c, r.name)
 }
 
