@@ -32,8 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Methods not built yet answer UNIMPLEMENTED instead of failing to compile.
-        .generate_default_stubs(true)
+        // Every method must be implemented: a forgotten handler fails to compile
+        // instead of answering UNIMPLEMENTED.
+        .generate_default_stubs(false)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -439,6 +439,8 @@ impl Watch {
 
 #[tonic::async_trait]
 impl AuditLogService for Api {
+    type WatchEventsStream = EventStream;
+
     async fn append_events(
         &self,
         request: Request<pb::AppendEventsRequest>,

@@ -105,6 +105,8 @@ impl Inner {
 
 #[tonic::async_trait]
 impl DataSource for SqlDataSource {
+    type ExportSubjectStream = ExportStream;
+
     async fn get_capabilities(
         &self,
         _request: Request<pb::GetCapabilitiesRequest>,

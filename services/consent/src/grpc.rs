@@ -34,6 +34,8 @@ fn reply<T>(result: Result<T, ApiError>) -> Reply<T> {
 
 #[tonic::async_trait]
 impl ConsentService for Api {
+    type WatchConsentChangesStream = watch::ChangeStream;
+
     async fn create_purpose(
         &self,
         request: Request<pb::CreatePurposeRequest>,

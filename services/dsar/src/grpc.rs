@@ -32,6 +32,8 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl DsarService for Api {
+    type GetExportStream = ExportStream;
+
     async fn submit_request(
         &self,
         request: Request<pb::SubmitRequestRequest>,

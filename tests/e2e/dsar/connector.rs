@@ -206,6 +206,8 @@ fn field(s: &str) -> prost_types::Value {
 
 #[tonic::async_trait]
 impl DataSource for Svc {
+    type ExportSubjectStream = BoxStream<ExportSubjectResponse>;
+
     async fn get_capabilities(
         &self,
         _r: Request<GetCapabilitiesRequest>,

@@ -98,9 +98,41 @@ fn upstream<T>(msg: T) -> Request<T> {
     r
 }
 
-// The other RPCs keep their default (UNIMPLEMENTED): an erasure asks none of them.
+// The other RPCs answer UNIMPLEMENTED: an erasure asks none of them.
 #[tonic::async_trait]
 impl DataSourceApi for Proxy {
+    type ExportSubjectStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<cpb::ExportSubjectResponse, Status>> + Send>,
+    >;
+
+    async fn export_subject(
+        &self,
+        _: Request<cpb::ExportSubjectRequest>,
+    ) -> Result<Response<Self::ExportSubjectStream>, Status> {
+        Err(Status::unimplemented("the proxy forwards erasures only"))
+    }
+
+    async fn restrict_subject(
+        &self,
+        _: Request<cpb::RestrictSubjectRequest>,
+    ) -> Result<Response<cpb::RestrictSubjectResponse>, Status> {
+        Err(Status::unimplemented("the proxy forwards erasures only"))
+    }
+
+    async fn rectify_subject(
+        &self,
+        _: Request<cpb::RectifySubjectRequest>,
+    ) -> Result<Response<cpb::RectifySubjectResponse>, Status> {
+        Err(Status::unimplemented("the proxy forwards erasures only"))
+    }
+
+    async fn apply_retention(
+        &self,
+        _: Request<cpb::ApplyRetentionRequest>,
+    ) -> Result<Response<cpb::ApplyRetentionResponse>, Status> {
+        Err(Status::unimplemented("the proxy forwards erasures only"))
+    }
+
     async fn get_capabilities(
         &self,
         request: Request<cpb::GetCapabilitiesRequest>,
