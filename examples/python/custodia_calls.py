@@ -160,10 +160,12 @@ def main():
     options = {
         "codec": proto_json_codec() if args.codec == "json" else proto_binary_codec(),
         "protocol": ProtocolType.CONNECT if args.protocol == "connect" else ProtocolType.GRPC_WEB,
-        # custodia does not accept compressed requests; connectrpc gzips them by default.
-        "send_compression": None,
         "timeout_ms": 10_000,
     }
+    if args.protocol == "grpc-web":
+        # connectrpc gzips requests by default: custodia's Connect side inflates
+        # them; its gRPC-Web side takes uncompressed messages only.
+        options["send_compression"] = None
     print(f"custodia at {args.url}, {args.protocol} protocol, {args.codec} messages")
     email = f"ada.{uuid.uuid4().hex[:8]}@example.edu"  # a new subject each run
 

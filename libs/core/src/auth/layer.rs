@@ -7,6 +7,8 @@ use futures::future::BoxFuture;
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 
+use crate::error::ApiError;
+
 use super::{
     AuthError, Authenticator, CallContext,
     scopes::{Requirement, ScopeTable},
@@ -171,7 +173,12 @@ where
                         })
                         .await;
                 }
-                return Ok(Status::new(code, reason).into_http());
+                // Through the one error table, so the refusal carries ErrorInfo.
+                let error = match code {
+                    Code::Unauthenticated => ApiError::Unauthenticated(reason),
+                    _ => ApiError::PermissionDenied(reason),
+                };
+                return Ok(Status::from(error).into_http());
             }
             let principal = principal.expect("refusal handled above");
             request.extensions_mut().insert(CallContext {

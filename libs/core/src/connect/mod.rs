@@ -453,15 +453,12 @@ async fn request_message(
     limit: usize,
 ) -> Result<Bytes, (StatusCode, Status)> {
     if parts.method != HttpMethod::GET {
-        if let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING)
-            && encoding != "identity"
-        {
-            return Err((
-                StatusCode::NOT_IMPLEMENTED,
-                Status::unimplemented("compressed requests are not accepted (send identity)"),
-            ));
-        }
-        return read_body(body, limit).await;
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+        let body = read_body(body, limit).await?;
+        return decompress(encoding.as_deref(), body, limit);
     }
     let query = parts.uri.query().unwrap_or_default();
     if query.len() > limit {
@@ -472,21 +469,17 @@ async fn request_message(
     }
     let mut message = None;
     let mut base64 = false;
+    let mut compression = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
             "message" => message = Some(v.into_owned()),
             "base64" => base64 = v == "1",
-            "compression" if v != "identity" => {
-                return Err((
-                    StatusCode::NOT_IMPLEMENTED,
-                    Status::unimplemented("compressed requests are not accepted"),
-                ));
-            }
+            "compression" => compression = Some(v.to_ascii_lowercase()),
             _ => {}
         }
     }
     let message = message.unwrap_or_default();
-    if base64 {
+    let message = if base64 {
         use base64::Engine;
         let trimmed = message.trim_end_matches('=');
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -497,9 +490,49 @@ async fn request_message(
                     StatusCode::BAD_REQUEST,
                     Status::invalid_argument("message is not base64url"),
                 )
-            })
+            })?
     } else {
-        Ok(Bytes::from(message))
+        Bytes::from(message)
+    };
+    decompress(compression.as_deref(), message, limit)
+}
+
+/// `body` decoded from `encoding`: identity or gzip (what Connect clients send by
+/// default), at most `limit` bytes once inflated, so a small compressed body
+/// cannot unfold into a large one.
+pub(crate) fn decompress(
+    encoding: Option<&str>,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, Status)> {
+    match encoding {
+        None | Some("identity") => Ok(body),
+        Some("gzip") => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body.as_ref())
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        Status::invalid_argument("the request body is not valid gzip"),
+                    )
+                })?;
+            if out.len() > limit {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Status::resource_exhausted(format!(
+                        "the request inflates to over {limit} bytes (server.max_request_bytes)"
+                    )),
+                ));
+            }
+            Ok(Bytes::from(out))
+        }
+        Some(_) => Err((
+            StatusCode::NOT_IMPLEMENTED,
+            Status::unimplemented("request compression must be identity or gzip"),
+        )),
     }
 }
 

@@ -17,8 +17,8 @@ use tonic::{Code, Status, body::Body};
 use tower::Service;
 
 use super::{
-    Codec, Method, Shared, error, from_protobuf, grpc_request, is_grpc_header, read_body,
-    to_protobuf,
+    Codec, Method, Shared, decompress, error, from_protobuf, grpc_request, is_grpc_header,
+    read_body, to_protobuf,
 };
 
 /// Envelope flag of compressed data.
@@ -94,14 +94,10 @@ where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = E>,
 {
     let (parts, body) = request.into_parts();
-    if let Some(encoding) = parts.headers.get("connect-content-encoding")
-        && encoding != "identity"
-    {
-        return Ok(failed(
-            codec,
-            &Status::unimplemented("compressed requests are not accepted (send identity)"),
-        ));
-    }
+    let encoding = parts
+        .headers
+        .get("connect-content-encoding")
+        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
     let mut body = match read_body(body, shared.max_request_bytes).await {
         Ok(b) => b,
         Err((_, status)) => return Ok(failed(codec, &status)),
@@ -114,18 +110,20 @@ where
     }
     let flags = body.get_u8();
     let len = body.get_u32() as usize;
-    if flags & COMPRESSED != 0 {
-        return Ok(failed(
-            codec,
-            &Status::unimplemented("compressed messages are not accepted"),
-        ));
-    }
     if body.len() != len {
         return Ok(failed(
             codec,
             &Status::invalid_argument("the request must be exactly one enveloped message"),
         ));
     }
+    let body = if flags & COMPRESSED != 0 {
+        match decompress(encoding.as_deref(), body, shared.max_request_bytes) {
+            Ok(b) => b,
+            Err((_, status)) => return Ok(failed(codec, &status)),
+        }
+    } else {
+        body
+    };
     let message = match to_protobuf(&method.input, codec, &body) {
         Ok(m) => m,
         Err(status) => return Ok(failed(codec, &status)),
