@@ -20,6 +20,7 @@ mod limits;
 mod outbox;
 mod platform;
 mod quota;
+mod schema;
 mod storage;
 
 /// All four services, as `custodia serve` runs them by default.
