@@ -300,3 +300,45 @@ async fn register(backend: Backend) {
 }
 
 custodia_tests::both_backends!(register);
+
+/// A purpose names the latest notice version in force that covers it (the
+/// field is output-only and was never set).
+async fn purposes_name_their_notice(backend: Backend) {
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = app.consent().await;
+    c.create_purpose(custodia_tests::newsletter_purpose())
+        .await
+        .unwrap();
+    let none = c
+        .get_purpose(custodia_proto::consent::v1::GetPurposeRequest {
+            name: "purposes/newsletter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .purpose
+        .unwrap();
+    assert_eq!(none.notice, "", "no notice covers it yet");
+    custodia_tests::publish_privacy_notice(&mut c, "v1", false).await;
+    let v2 = custodia_tests::publish_privacy_notice(&mut c, "v2", true).await;
+    let got = c
+        .get_purpose(custodia_proto::consent::v1::GetPurposeRequest {
+            name: "purposes/newsletter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .purpose
+        .unwrap();
+    assert_eq!(got.notice, v2);
+    let listed = c
+        .list_purposes(ListPurposesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .purposes;
+    assert_eq!(listed[0].notice, v2);
+    app.stop().await;
+}
+
+custodia_tests::both_backends!(purposes_name_their_notice);

@@ -179,7 +179,7 @@ pub(crate) async fn list(
     let next = (rows.len() > size).then(|| pagination::encode(&rows[size - 1].id, &fingerprint));
     rows.truncate(size);
     Ok(pb::ListPurposesResponse {
-        purposes: rows.into_iter().map(|s| output(api, s)).collect(),
+        purposes: with_notices(api, rows.into_iter().map(|s| output(api, s)).collect()).await?,
         next_page_token: next.unwrap_or_default(),
     })
 }
@@ -274,7 +274,8 @@ pub(crate) async fn export_register(
         let page = api.store.purposes(&filter, after.as_deref(), 500).await?;
         let done = page.len() < 500;
         after = page.last().map(|s| s.id.clone());
-        purposes.extend(page.into_iter().map(|s| output(api, s)));
+        purposes
+            .extend(with_notices(api, page.into_iter().map(|s| output(api, s)).collect()).await?);
         if done {
             break;
         }
@@ -316,7 +317,27 @@ async fn purpose_by_id(api: &Api, id: &str) -> Result<Purpose, ApiError> {
         .purpose(id)
         .await?
         .ok_or_else(|| ApiError::not_found("purpose", purpose_name(id)))?;
-    Ok(output(api, stored))
+    Ok(one_with_notice(api, output(api, stored)).await?)
+}
+
+/// `purposes` with `notice` set: the latest notice version in force that covers
+/// each (an output field the register does not store).
+async fn with_notices(api: &Api, mut purposes: Vec<Purpose>) -> Result<Vec<Purpose>, ApiError> {
+    let ids: Vec<String> = purposes
+        .iter()
+        .map(|p| crate::register::purpose_id(&p.name, "name").map(str::to_string))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let now = custodia_core::storage::to_micros(api.ctx.clock.now());
+    let latest = api.store.latest_notices(&refs, now).await?;
+    for (p, id) in purposes.iter_mut().zip(&ids) {
+        p.notice = latest.get(id).cloned().unwrap_or_default();
+    }
+    Ok(purposes)
+}
+
+async fn one_with_notice(api: &Api, p: Purpose) -> Result<Purpose, ApiError> {
+    Ok(with_notices(api, vec![p]).await?.remove(0))
 }
 
 /// What a create or update answers once the register changed (the check
@@ -325,7 +346,7 @@ async fn purpose_by_id(api: &Api, id: &str) -> Result<Purpose, ApiError> {
 async fn registered(api: &Api, w: Written) -> Result<Purpose, ApiError> {
     api.cache.forget_register();
     match w {
-        Written::Done(s) => Ok(output(api, *s)),
+        Written::Done(s) => one_with_notice(api, output(api, *s)).await,
         Written::Replayed(id) => purpose_by_id(api, &id).await,
     }
 }

@@ -175,4 +175,43 @@ impl ConsentStore {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
     }
+
+    /// For each of `purpose_ids`, the name of the latest notice version in force
+    /// at `now_us` that covers it (`notices/{id}/versions/{v}`), when one does.
+    pub async fn latest_notices(
+        &self,
+        purpose_ids: &[&str],
+        now_us: i64,
+    ) -> Result<std::collections::HashMap<String, String>, ApiError> {
+        let mut latest: std::collections::HashMap<String, (i64, i64, String)> =
+            std::collections::HashMap::new();
+        for chunk in purpose_ids.chunks(500) {
+            let mut p = Params::new();
+            let now = p.int(now_us);
+            let ids: Vec<String> = chunk.iter().map(|id| p.text(*id)).collect();
+            let sql = format!(
+                "SELECT np.purpose_id, n.notice_id, n.version, n.effective_us FROM notices n \
+                 JOIN notice_purposes np ON np.notice_id = n.notice_id AND np.version = n.version \
+                 WHERE n.effective_us <= {now} AND np.purpose_id IN ({})",
+                ids.join(", ")
+            );
+            for r in p
+                .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+                .fetch_all(self.db().pool())
+                .await?
+            {
+                let (purpose, notice, version, effective): (String, String, i64, i64) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+                let name = format!("notices/{notice}/versions/{version}");
+                let candidate = (effective, version, name);
+                match latest.get(&purpose) {
+                    Some(best) if (best.0, best.1) >= (candidate.0, candidate.1) => {}
+                    _ => {
+                        latest.insert(purpose, candidate);
+                    }
+                }
+            }
+        }
+        Ok(latest.into_iter().map(|(k, (_, _, n))| (k, n)).collect())
+    }
 }
