@@ -317,7 +317,7 @@ async fn purpose_by_id(api: &Api, id: &str) -> Result<Purpose, ApiError> {
         .purpose(id)
         .await?
         .ok_or_else(|| ApiError::not_found("purpose", purpose_name(id)))?;
-    Ok(one_with_notice(api, output(api, stored)).await?)
+    one_with_notice(api, output(api, stored)).await
 }
 
 /// `purposes` with `notice` set: the latest notice version in force that covers
