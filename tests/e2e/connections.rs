@@ -229,3 +229,39 @@ async fn max_concurrent_streams_is_advertised_and_silent_peers_are_pinged_out() 
     closed_within(&mut mute, Duration::from_secs(15)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_a_connection_busy() {
+    let app = spawn(|c| {
+        c.server.max_connections = 1;
+        c.server.idle_timeout_ms = 300;
+    })
+    .await;
+    // A window of 0: the server cannot send the answer's body, so the call
+    // stays in flight as long as the client likes.
+    let tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("GET")
+        .uri(format!("{}/openapi.json", app.endpoint))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let _held = response.await.unwrap();
+    // Once it has not moved for an idle period, a newcomer may take its place.
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(true) = tokio::time::timeout(Duration::from_secs(2), serving(&app)).await {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "health never got in past the stalled connection");
+    app.stop().await;
+}

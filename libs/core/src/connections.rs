@@ -104,6 +104,14 @@ struct ConnState {
 }
 
 impl ConnState {
+    /// Whether the connection may make room for a newcomer: nothing in flight,
+    /// or calls that have not moved for an idle period (a client that stopped
+    /// reading its answers, e.g. an HTTP/2 window of 0, holds them forever).
+    fn evictable(&self, now_us: u64, idle_us: u64) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+            || now_us.saturating_sub(self.last_us.load(Ordering::Relaxed)) >= idle_us
+    }
+
     fn touch(&self) {
         self.last_us
             .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -146,13 +154,17 @@ impl Connections {
         {
             let mut open = registry.open();
             if open.len() >= registry.limits.max_connections {
+                let now_us = registry.micros();
+                let idle_us = registry.limits.idle_timeout.as_micros() as u64;
                 let victim = open
                     .iter()
-                    .filter(|(_, c)| c.active.load(Ordering::Relaxed) == 0)
+                    .filter(|(_, c)| c.evictable(now_us, idle_us))
                     .min_by_key(|(_, c)| {
-                        // Never-used connections go first, then the longest idle.
+                        // Never-used connections go first, then idle ones, then
+                        // stalled ones, each the longest quiet first.
                         (
                             c.requested.load(Ordering::Relaxed),
+                            c.active.load(Ordering::Relaxed) > 0,
                             c.last_us.load(Ordering::Relaxed),
                         )
                     })
@@ -254,7 +266,14 @@ impl<IO> Guarded<IO> {
     /// next moment it might (and registers `cx` with it).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.state.evict.load(Ordering::Acquire) {
-            return true;
+            // A call may have started since `admit` chose this connection:
+            // it keeps the connection (which is no longer counted).
+            let now_us = self.registry.micros();
+            let idle_us = self.registry.limits.idle_timeout.as_micros() as u64;
+            if self.state.evictable(now_us, idle_us) {
+                return true;
+            }
+            self.state.evict.store(false, Ordering::Release);
         }
         while self.timer.as_mut().poll(cx).is_ready() {
             let limits = &self.registry.limits;
@@ -397,18 +416,25 @@ where
         Box::pin(async move {
             let response = future.await?;
             Ok(match guard {
-                Some(guard) => response.map(|body| Body::new(Tracked { body, guard })),
+                Some(guard) => response.map(|body| {
+                    Body::new(Tracked {
+                        body,
+                        guard: Some(guard),
+                    })
+                }),
                 None => response,
             })
         })
     }
 }
 
-/// A response body that keeps its call in flight until it ends or is dropped.
+/// A response body that keeps its call in flight until it ends (or is
+/// dropped), and counts every frame it yields as progress.
 struct Tracked {
     body: Body,
-    #[allow(dead_code)] // held for its Drop
-    guard: InFlight,
+    /// Released when the body ends, not when hyper drops it (it may hold a
+    /// finished body while it waits for the client's flow-control window).
+    guard: Option<InFlight>,
 }
 
 impl http_body::Body for Tracked {
@@ -419,7 +445,20 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(g) = &self.guard {
+                    g.state.touch();
+                }
+                if frame.is_trailers() || self.body.is_end_stream() {
+                    self.guard = None;
+                }
+            }
+            Poll::Ready(_) => self.guard = None,
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
