@@ -321,12 +321,18 @@ impl Application {
         );
         let openapi =
             crate::connect::openapi::document(&methods, &scopes, env!("CARGO_PKG_VERSION"));
-        let connect = ConnectLayer::new(methods, config.server.max_request_bytes).with_document(
+        let auth = AuthLayer::new(Arc::new(tokens), scopes, Some(Arc::new(denials)));
+        let connect = ConnectLayer::new(
+            methods,
+            config.server.max_request_bytes,
+            Duration::from_secs(config.server.request_timeout_secs),
+            Some(auth.clone()),
+        )
+        .with_document(
             "/openapi.json",
             "application/json",
             serde_json::to_vec_pretty(&openapi)?.into(),
         );
-        let auth = AuthLayer::new(Arc::new(tokens), scopes, Some(Arc::new(denials)));
         let server = &config.server;
         let router = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(server.request_timeout_secs))

@@ -245,3 +245,26 @@ async fn gzip_requests_are_accepted_and_bounded() {
     );
     app.stop().await;
 }
+
+/// The caller's token is checked before its body is read: an anonymous caller
+/// with a malformed or oversized body is refused as unauthenticated (and the
+/// body never parsed). (Deadlines in Connect form: a unit test of the layer,
+/// with the clock paused.)
+#[tokio::test]
+async fn auth_is_checked_before_the_body_is_read() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &all_services(), |c| {
+        c.server.max_request_bytes = 4096;
+    })
+    .await;
+    let (_, a) = connect_json(&app, RECORD, None, "{not json").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let big = format!(r#"{{"purpose":"{}"}}"#, "x".repeat(8192));
+    let (_, a) = connect_json(&app, CHECK, None, &big).await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "refused before reading the body"
+    );
+
+    app.stop().await;
+}

@@ -54,6 +54,27 @@ impl std::fmt::Debug for AuthLayer {
 }
 
 impl AuthLayer {
+    /// Whether a call to `path` with `headers` would pass this layer: a
+    /// translation in front of it (Connect) asks before it reads a body, so an
+    /// anonymous caller gets refused without the body being read, parsed or
+    /// inflated. The refusal itself is still this layer's (and recorded).
+    pub async fn admits(&self, path: &str, headers: &http::HeaderMap) -> bool {
+        let scope = match self.inner.scopes.requirement(path) {
+            Requirement::Public => return true,
+            Requirement::Scope(scope) => scope,
+            Requirement::Deny => return false,
+        };
+        match bearer(headers) {
+            Ok(token) => self
+                .inner
+                .authenticator
+                .authenticate(token)
+                .await
+                .is_ok_and(|p| p.has_scope(scope)),
+            Err(_) => false,
+        }
+    }
+
     /// A layer using `authenticator` and the scopes in `scopes`.
     pub fn new(
         authenticator: Arc<dyn Authenticator>,

@@ -62,6 +62,11 @@ pub struct ConnectLayer {
 struct Shared {
     methods: MethodTable,
     max_request_bytes: usize,
+    /// Longest a call may take (the server's request timeout, a little less so
+    /// this layer answers before tonic's own timeout, which answers in gRPC).
+    timeout: std::time::Duration,
+    /// The auth layer inside, asked before a body is read.
+    auth: Option<crate::auth::layer::AuthLayer>,
     /// Documents served at fixed paths (`/openapi.json`).
     documents: Vec<(&'static str, &'static str, Bytes)>,
 }
@@ -74,11 +79,19 @@ impl std::fmt::Debug for ConnectLayer {
 
 impl ConnectLayer {
     /// A layer for `methods`, refusing request bodies over `max_request_bytes`.
-    pub fn new(methods: MethodTable, max_request_bytes: usize) -> Self {
+    pub fn new(
+        methods: MethodTable,
+        max_request_bytes: usize,
+        request_timeout: std::time::Duration,
+        auth: Option<crate::auth::layer::AuthLayer>,
+    ) -> Self {
+        let margin = std::time::Duration::from_millis(100);
         Self {
             shared: Arc::new(Shared {
                 methods,
                 max_request_bytes,
+                timeout: request_timeout.saturating_sub(margin).max(margin),
+                auth,
                 documents: Vec::new(),
             }),
         }
@@ -411,11 +424,6 @@ const CONNECT_ONLY: &[&str] = &[
 /// trace context, ...) and extensions (the connection), `message` framed.
 fn grpc_request(parts: http::request::Parts, message: Bytes) -> http::Request<Body> {
     let mut parts = parts;
-    let timeout = parts
-        .headers
-        .get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     for name in CONNECT_ONLY {
         parts.headers.remove(*name);
     }
@@ -426,11 +434,6 @@ fn grpc_request(parts: http::request::Parts, message: Bytes) -> http::Request<Bo
     parts
         .headers
         .insert(header::TE, HeaderValue::from_static("trailers"));
-    if let Some(ms) = timeout
-        && let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999)))
-    {
-        parts.headers.insert("grpc-timeout", v);
-    }
     parts.method = HttpMethod::POST;
     // What gRPC runs on; the gRPC-Web layer inside passes HTTP/2 through.
     parts.version = http::Version::HTTP_2;
@@ -545,6 +548,45 @@ fn status_of(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Status {
         .unwrap_or_else(|| Status::internal("the answer carried no status"))
 }
 
+/// How long a call may take: the caller's `connect-timeout-ms`, at most the
+/// server's limit.
+fn deadline(shared: &Shared, headers: &HeaderMap) -> std::time::Duration {
+    headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(shared.timeout, |ms| {
+            shared.timeout.min(std::time::Duration::from_millis(ms))
+        })
+}
+
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call did not finish in time")
+}
+
+/// The request message in protobuf, or (for a caller the auth layer would
+/// refuse) nothing: the body is then not read, and the call goes on to be
+/// refused by the stack itself.
+async fn admitted_message(
+    shared: &Shared,
+    method: &Method,
+    codec: Codec,
+    parts: &http::request::Parts,
+    read: impl Future<Output = Result<Bytes, (StatusCode, Status)>>,
+) -> Result<Bytes, (StatusCode, Status)> {
+    if let Some(auth) = &shared.auth
+        && !auth.admits(parts.uri.path(), &parts.headers).await
+    {
+        return Ok(Bytes::new());
+    }
+    let message = read.await?;
+    to_protobuf(&method.input, codec, &message).map_err(|s| (http_of(&s), s))
+}
+
+fn http_of(status: &Status) -> StatusCode {
+    error::http_status(status.code())
+}
+
 /// Headers of a gRPC answer that are gRPC's own, not the application's.
 fn is_grpc_header(name: &HeaderName) -> bool {
     let n = name.as_str();
@@ -563,17 +605,23 @@ where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = E>,
 {
     let (parts, body) = request.into_parts();
-    let message = match request_message(&parts, body, shared.max_request_bytes).await {
+    let read = request_message(&parts, body, shared.max_request_bytes);
+    let message = match admitted_message(shared, &method, codec, &parts, read).await {
         Ok(m) => m,
         Err((http, status)) => return Ok(error::error_response(http, &status)),
     };
-    let message = match to_protobuf(&method.input, codec, &message) {
-        Ok(m) => m,
-        Err(status) => return Ok(error::unary_error(&status)),
+    let within = deadline(shared, &parts.headers);
+    let answered = tokio::time::timeout(within, async {
+        let response = inner.call(grpc_request(parts, message)).await?;
+        let (parts, body) = response.into_parts();
+        Ok::<_, E>((parts, body.collect().await))
+    })
+    .await;
+    let (parts, collected) = match answered {
+        Ok(r) => r?,
+        Err(_) => return Ok(error::unary_error(&deadline_exceeded())),
     };
-    let response = inner.call(grpc_request(parts, message)).await?;
-    let (parts, body) = response.into_parts();
-    let collected = match body.collect().await {
+    let collected = match collected {
         Ok(c) => c,
         Err(status) => return Ok(error::unary_error(&status)),
     };
@@ -617,4 +665,112 @@ where
         }),
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, time::Duration};
+
+    use super::*;
+
+    /// A stand-in for the gRPC stack that never answers.
+    fn never() -> impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<http::Response<Body>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_: http::Request<Body>| futures::future::pending())
+    }
+
+    fn layer() -> Connect<
+        impl Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static,
+    > {
+        let methods = MethodTable::new(methods::pool(), &["custodia.consent.v1.ConsentService"]);
+        ConnectLayer::new(methods, 1 << 20, Duration::from_secs(30), None).layer(never())
+    }
+
+    fn call(path: &str, content_type: &str, timeout_ms: Option<&str>) -> http::Request<Body> {
+        let mut b = http::Request::post(path).header(header::CONTENT_TYPE, content_type);
+        if let Some(ms) = timeout_ms {
+            b = b.header("connect-timeout-ms", ms);
+        }
+        b.body(Body::new(http_body_util::Full::new(Bytes::from_static(
+            b"{}",
+        ))))
+        .unwrap()
+    }
+
+    async fn body_json(response: http::Response<Body>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A unary call past the caller's `connect-timeout-ms` answers
+    /// deadline_exceeded in Connect form (HTTP 504), not an empty 200 and not
+    /// a gRPC status.
+    #[tokio::test(start_paused = true)]
+    async fn unary_call_past_its_deadline_answers_deadline_exceeded() {
+        let mut svc = layer();
+        let started = tokio::time::Instant::now();
+        let answer = svc
+            .call(call(
+                "/custodia.consent.v1.ConsentService/CheckConsent",
+                "application/json",
+                Some("250"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        assert_eq!(body_json(answer).await["code"], "deadline_exceeded");
+    }
+
+    /// Without a caller deadline, the server's request timeout (less a margin,
+    /// so this layer answers before tonic's own timeout does in gRPC form).
+    #[tokio::test(start_paused = true)]
+    async fn without_a_caller_deadline_the_server_timeout_applies() {
+        let mut svc = layer();
+        let started = tokio::time::Instant::now();
+        let answer = svc
+            .call(call(
+                "/custodia.consent.v1.ConsentService/CheckConsent",
+                "application/json",
+                None,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(started.elapsed(), Duration::from_millis(29_900));
+    }
+
+    /// A streaming call whose answer does not start in time ends with an
+    /// end-of-stream message carrying deadline_exceeded.
+    #[tokio::test(start_paused = true)]
+    async fn streaming_call_past_its_deadline_ends_with_deadline_exceeded() {
+        let mut svc = layer();
+        let mut request = call(
+            "/custodia.consent.v1.ConsentService/WatchConsentChanges",
+            "application/connect+json",
+            Some("100"),
+        );
+        let mut framed = vec![0u8, 0, 0, 0, 2];
+        framed.extend_from_slice(b"{}");
+        *request.body_mut() = Body::new(http_body_util::Full::new(Bytes::from(framed)));
+        let answer = svc.call(request).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes[0], 0b10, "an end-of-stream message");
+        let end: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
+        assert_eq!(end["error"]["code"], "deadline_exceeded");
+    }
 }

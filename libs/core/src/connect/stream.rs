@@ -17,8 +17,8 @@ use tonic::{Code, Status, body::Body};
 use tower::Service;
 
 use super::{
-    Codec, Method, Shared, decompress, error, from_protobuf, grpc_request, is_grpc_header,
-    read_body, to_protobuf,
+    Codec, Method, Shared, admitted_message, deadline, deadline_exceeded, decompress, error,
+    from_protobuf, grpc_request, is_grpc_header, read_body,
 };
 
 /// Envelope flag of compressed data.
@@ -98,37 +98,38 @@ where
         .headers
         .get("connect-content-encoding")
         .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
-    let mut body = match read_body(body, shared.max_request_bytes).await {
-        Ok(b) => b,
+    let read = async {
+        let mut body = read_body(body, shared.max_request_bytes).await?;
+        if body.len() < 5 {
+            return Err((
+                http::StatusCode::BAD_REQUEST,
+                Status::invalid_argument("the request is not one enveloped message"),
+            ));
+        }
+        let flags = body.get_u8();
+        let len = body.get_u32() as usize;
+        if body.len() != len {
+            return Err((
+                http::StatusCode::BAD_REQUEST,
+                Status::invalid_argument("the request must be exactly one enveloped message"),
+            ));
+        }
+        if flags & COMPRESSED != 0 {
+            decompress(encoding.as_deref(), body, shared.max_request_bytes)
+        } else {
+            Ok(body)
+        }
+    };
+    let message = match admitted_message(shared, &method, codec, &parts, read).await {
+        Ok(m) => m,
         Err((_, status)) => return Ok(failed(codec, &status)),
     };
-    if body.len() < 5 {
-        return Ok(failed(
-            codec,
-            &Status::invalid_argument("the request is not one enveloped message"),
-        ));
-    }
-    let flags = body.get_u8();
-    let len = body.get_u32() as usize;
-    if body.len() != len {
-        return Ok(failed(
-            codec,
-            &Status::invalid_argument("the request must be exactly one enveloped message"),
-        ));
-    }
-    let body = if flags & COMPRESSED != 0 {
-        match decompress(encoding.as_deref(), body, shared.max_request_bytes) {
-            Ok(b) => b,
-            Err((_, status)) => return Ok(failed(codec, &status)),
-        }
-    } else {
-        body
+    let within = deadline(shared, &parts.headers);
+    let answer = match tokio::time::timeout(within, inner.call(grpc_request(parts, message))).await
+    {
+        Ok(answer) => answer?,
+        Err(_) => return Ok(failed(codec, &deadline_exceeded())),
     };
-    let message = match to_protobuf(&method.input, codec, &body) {
-        Ok(m) => m,
-        Err(status) => return Ok(failed(codec, &status)),
-    };
-    let answer = inner.call(grpc_request(parts, message)).await?;
     let (parts, body) = answer.into_parts();
     // A trailers-only answer (refused before any message): the status is in the headers.
     if let Some(status) = Status::from_header_map(&parts.headers) {
