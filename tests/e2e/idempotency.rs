@@ -9,7 +9,10 @@ use custodia_core::config::PrincipalConfig;
 use custodia_proto::{
     audit::v1::{ListEventsRequest, ShredSubjectRequest},
     breach::v1::{Breach, ReportBreachRequest, breach_service_client::BreachServiceClient},
-    consent::v1::{CheckConsentRequest, EraseSubjectRequest, RecordConsentRequest},
+    consent::v1::{
+        CheckConsentRequest, EraseSubjectRequest, Purpose, PurposeState, RecordConsentRequest,
+        UpdatePurposeRequest,
+    },
     dsar::v1::{
         Request as DsarRequest, RequestType, Requester, RequesterRole, SubmitRequestRequest,
         dsar_service_client::DsarServiceClient,
@@ -277,4 +280,92 @@ async fn report_breach(backend: Backend) {
     app.stop().await;
 }
 
-custodia_tests::both_backends!(record_consent, submit_request, report_breach);
+/// Erasures with the same key at once: one works, the others are told to
+/// retry or answer what it did (never "nothing erased"), and a retry answered from the key
+/// after the register changed (its purpose retired) is an access event too.
+async fn concurrent_erasures_and_late_replays(backend: Backend) {
+    let app = spawn(backend).await;
+    let notice = app.newsletter_notice().await;
+    let mut c = app.consent().await;
+    c.record_consent(authed(keyed(&app, "eve@example.edu", &notice, "g1"), CRM))
+        .await
+        .unwrap();
+    let erase = EraseSubjectRequest {
+        subject_identifiers: vec![email("eve@example.edu")],
+        dsar_request: String::new(),
+        request_id: "same".into(),
+    };
+    let calls = (0..4).map(|_| {
+        let mut c = c.clone();
+        let r = erase.clone();
+        async move { c.erase_subject(r).await.map(|a| a.into_inner()) }
+    });
+    let answers = futures::future::join_all(calls).await;
+    // One call erases; the others either saw it working (UNAVAILABLE: retry)
+    // or answer what it did. None answers "nothing erased".
+    let mut answered: Vec<_> = Vec::new();
+    for a in answers {
+        match a {
+            Ok(a) => answered.push(a),
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{}", e.message()),
+        }
+    }
+    answered.push(c.erase_subject(erase.clone()).await.unwrap().into_inner());
+    assert!(
+        answered.iter().all(|a| a.erased_event_count == 1),
+        "{answered:?}"
+    );
+
+    let first = c
+        .record_consent(authed(keyed(&app, "fay@example.edu", &notice, "late"), CRM))
+        .await
+        .unwrap()
+        .into_inner();
+    c.update_purpose(UpdatePurposeRequest {
+        purpose: Some(Purpose {
+            name: "purposes/newsletter".into(),
+            state: PurposeState::Retired as i32,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["state".into()],
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let again = c
+        .record_consent(authed(keyed(&app, "fay@example.edu", &notice, "late"), CRM))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.events, first.events);
+    audit_events_until(
+        app.channel().await,
+        ListEventsRequest {
+            actor: "crm".into(),
+            ..Default::default()
+        },
+        |events| {
+            events
+                .iter()
+                .filter(|e| e.method == "RecordConsent")
+                .filter(|e| {
+                    e.details
+                        .as_ref()
+                        .is_some_and(|d| d.fields.contains_key("replay"))
+                })
+                .count()
+                == 1
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+custodia_tests::both_backends!(
+    record_consent,
+    submit_request,
+    report_breach,
+    concurrent_erasures_and_late_replays
+);

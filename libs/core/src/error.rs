@@ -145,6 +145,20 @@ impl ApiError {
         ApiError::Internal(e.into())
     }
 
+    /// An internal failure caused by a unique constraint (a key written by a
+    /// concurrent or earlier call).
+    pub fn is_unique_violation(&self) -> bool {
+        let ApiError::Internal(e) = self else {
+            return false;
+        };
+        e.chain().any(|cause| {
+            cause
+                .downcast_ref::<sqlx::Error>()
+                .and_then(|e| e.as_database_error())
+                .is_some_and(|d| d.is_unique_violation())
+        })
+    }
+
     fn code_and_reason(&self) -> (Code, &'static str) {
         match self {
             ApiError::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),

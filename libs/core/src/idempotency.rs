@@ -168,8 +168,12 @@ pub async fn claim(
     }
     match find(conn, key).await? {
         Some(earlier) => Ok(Claim::Replay(earlier)),
-        // Cannot happen inside one transaction; a new key is the safe reading.
-        None => Ok(Claim::Fresh),
+        // The conflicting row is gone again (its transaction rolled back after
+        // ours saw it): writing now could do the work twice, so the caller
+        // retries and finds the key free or taken.
+        None => Err(ApiError::Unavailable(
+            "a call with the same request_id was in progress; retry the call".into(),
+        )),
     }
 }
 
@@ -248,39 +252,89 @@ pub fn kept_response<M: Message + Default>(earlier: &Earlier) -> Result<M, ApiEr
     M::decode(bytes).map_err(ApiError::internal)
 }
 
+/// How long a claim without an answer ([`begin`]) holds off other calls with
+/// its key: past this, the first call is taken for dead (its process stopped
+/// mid-way) and a retry does the (repeatable) work again.
+pub const IN_PROGRESS_FOR_US: i64 = 120_000_000;
+
 /// For a method whose work is naturally repeatable and spans several
-/// transactions (shredding, erasure): the first answer of an earlier call with
-/// `key`, if there was one ([`keep`] stored it).
-pub async fn kept<M: Message + Default>(
+/// transactions (shredding, erasure): claims `key` before the work starts.
+/// `None`: go ahead, then [`finish`] (or [`abandon`] on failure). `Some`: the
+/// answer of an earlier call with the key, to give again. A call while another
+/// with the same key is still working is refused UNAVAILABLE (retry), so two
+/// concurrent calls never both work and give different answers.
+pub async fn begin<M: Message + Default>(
     db: &Db,
     key: Option<&RequestKey>,
+    now_us: i64,
 ) -> Result<Option<M>, ApiError> {
     let Some(key) = key else { return Ok(None) };
-    let mut conn = db.pool().acquire().await?;
-    match find(&mut conn, key).await? {
-        Some(earlier) if earlier.response.is_some() => Ok(Some(kept_response(&earlier)?)),
-        _ => Ok(None),
-    }
+    let mut tx = db.begin_write().await?;
+    let answer = match claim(&mut tx, Some(key), "", now_us).await? {
+        Claim::Fresh => None,
+        Claim::Replay(earlier) if earlier.response.is_some() => Some(kept_response(&earlier)?),
+        Claim::Replay(_) => {
+            let taken = sqlx::query(
+                "UPDATE request_keys SET create_us = $4 \
+                 WHERE principal = $1 AND method = $2 AND request_id = $3 \
+                 AND response IS NULL AND create_us < $5",
+            )
+            .bind(key.principal.clone())
+            .bind(key.method.clone())
+            .bind(key.request_id.clone())
+            .bind(now_us)
+            .bind(now_us - IN_PROGRESS_FOR_US)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                return Err(ApiError::Unavailable(format!(
+                    "a {} call with the same request_id is in progress; retry the call \
+                     to get its answer",
+                    key.method
+                )));
+            }
+            None
+        }
+    };
+    tx.commit().await?;
+    Ok(answer)
 }
 
-/// Stores `response` as the answer of `key`, after the work of a method that
-/// [`kept`] guards is done. A concurrent call with the same key that kept its
-/// answer first wins (both did the same, repeatable work).
-pub async fn keep(
+/// Keeps `response` as the answer of the key [`begin`] claimed, and returns it.
+pub async fn finish<M: Message>(
     db: &Db,
     key: Option<&RequestKey>,
-    response: &impl Message,
-    now_us: i64,
-) -> Result<(), ApiError> {
-    if key.is_none() {
-        return Ok(());
+    response: M,
+) -> Result<M, ApiError> {
+    if key.is_some() {
+        let mut tx = db.begin_write().await?;
+        set_response(&mut tx, key, &response).await?;
+        tx.commit().await?;
     }
-    let mut tx = db.begin_write().await?;
-    if claim(&mut tx, key, "", now_us).await? == Claim::Fresh {
-        set_response(&mut tx, key, response).await?;
+    Ok(response)
+}
+
+/// Frees the key [`begin`] claimed after the work failed, so a retry works
+/// at once instead of waiting for the claim to go stale.
+pub async fn abandon(db: &Db, key: Option<&RequestKey>) {
+    let Some(key) = key else { return };
+    let freed = async {
+        let mut tx = db.begin_write().await?;
+        sqlx::query(
+            "DELETE FROM request_keys WHERE principal = $1 AND method = $2 \
+             AND request_id = $3 AND response IS NULL",
+        )
+        .bind(key.principal.clone())
+        .bind(key.method.clone())
+        .bind(key.request_id.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    };
+    if let Err(e) = freed.await {
+        tracing::warn!(error = %e, "could not free an idempotency key after a failed call");
     }
-    tx.commit().await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -859,25 +859,33 @@ impl AuditLogService for Api {
             .await
             .map_err(ApiError::internal)?;
         // A retry answers what the first call did (a second shred finds nothing).
-        if let Some(first) = idempotency::kept(&self.ctx.db, key.as_ref()).await? {
+        if let Some(first) = idempotency::begin(&self.ctx.db, key.as_ref(), to_micros(now)).await? {
             return Ok(Response::new(first));
         }
-        for subject in &subjects {
-            let n = self
-                .log
-                .store()
-                .shred(&subject.1, to_micros(now))
-                .await
-                .map_err(ApiError::internal)?;
-            affected += n as i64;
-            keys += 1;
+        let shredded = async {
+            for subject in &subjects {
+                let n = self
+                    .log
+                    .store()
+                    .shred(&subject.1, to_micros(now))
+                    .await
+                    .map_err(ApiError::internal)?;
+                affected += n as i64;
+                keys += 1;
+            }
+            Ok::<_, ApiError>(())
+        }
+        .await;
+        if let Err(e) = shredded {
+            idempotency::abandon(&self.ctx.db, key.as_ref()).await;
+            return Err(e.into());
         }
         let response = pb::ShredSubjectResponse {
             shredded_key_count: keys,
             affected_event_count: affected,
             shred_time: Some(timestamp(to_micros(now))),
         };
-        idempotency::keep(&self.ctx.db, key.as_ref(), &response, to_micros(now)).await?;
+        let response = idempotency::finish(&self.ctx.db, key.as_ref(), response).await?;
         Ok(Response::new(response))
     }
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     echo::echo,
+    idempotency::MAX_REQUEST_ID,
     subject::SubjectId,
     validate::{MAX_ID, MAX_TEXT, Validator},
 };
@@ -17,7 +18,6 @@ use custodia_proto::{
 
 use crate::Table;
 
-const MAX_REQUEST_ID: usize = 128;
 const MAX_IDENTIFIERS: usize = 32;
 const MAX_CORRECTIONS: usize = 256;
 

@@ -30,34 +30,40 @@ pub(crate) async fn erase_subject(
     validate(&r)?;
     let ids = api.subjects(&r.subject_identifiers)?;
     let hashes: Vec<String> = ids.iter().map(|(_, h)| h.clone()).collect();
+    let now_us = to_micros(api.ctx.clock.now());
+    // The record names the request, not the person erased.
+    let mut access = api.access(call, "EraseSubject", None, "");
+    access.resource = r.dsar_request.clone();
     // A retry answers what the first call erased (a second erasure finds nothing).
-    if let Some(first) = idempotency::kept(&api.ctx.db, key.as_ref()).await? {
-        let mut access = api.access(call, "EraseSubject", None, "");
-        access.resource = r.dsar_request.clone();
+    if let Some(first) = idempotency::begin(&api.ctx.db, key.as_ref(), now_us).await? {
         access.detail = serde_json::json!({ "replay": true }).to_string();
         api.record_access(&access).await?;
         return Ok(first);
     }
-    let (erased, receipts) = api.store.erase(&hashes).await?;
-    for hash in &hashes {
-        api.cache.forget(hash);
+    let erased = async {
+        let (erased, receipts) = api.store.erase(&hashes).await?;
+        for hash in &hashes {
+            api.cache.forget(hash);
+        }
+        api.ctx
+            .outbox
+            .enqueue_durable(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok::<_, ApiError>(pb::EraseSubjectResponse {
+            erased_event_count: erased,
+            erased_receipt_count: receipts,
+            retained: Vec::new(),
+        })
     }
-    // The record names the request, not the person just erased.
-    let mut access = api.access(call, "EraseSubject", None, "");
-    access.resource = r.dsar_request.clone();
-    api.ctx
-        .outbox
-        .enqueue_durable(&access)
-        .await
-        .map_err(ApiError::internal)?;
-    let response = pb::EraseSubjectResponse {
-        erased_event_count: erased,
-        erased_receipt_count: receipts,
-        retained: Vec::new(),
-    };
-    let now_us = to_micros(api.ctx.clock.now());
-    idempotency::keep(&api.ctx.db, key.as_ref(), &response, now_us).await?;
-    Ok(response)
+    .await;
+    match erased {
+        Ok(response) => idempotency::finish(&api.ctx.db, key.as_ref(), response).await,
+        Err(e) => {
+            idempotency::abandon(&api.ctx.db, key.as_ref()).await;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

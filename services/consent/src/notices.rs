@@ -4,7 +4,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
-    idempotency::RequestKey,
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     pagination,
     storage::to_micros,
     validate::{MAX_ID, MAX_TEXT, Validator},
@@ -38,7 +38,7 @@ fn validate_publish(
 ) -> Result<(String, Notice, Vec<String>), ApiError> {
     let mut v = Validator::new();
     check_id(&mut v, "notice_id", &r.notice_id);
-    v.max_len("request_id", &r.request_id, 128);
+    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
     let mut notice = r
         .notice
         .ok_or_else(|| ApiError::invalid("notice", "is required"))?;

@@ -7,7 +7,7 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     echo::echo,
-    idempotency::RequestKey,
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     pagination,
     storage::to_micros,
     validate::{MAX_MASK_PATHS, Validator},
@@ -80,7 +80,7 @@ fn validate_create(
 ) -> Result<(String, Purpose), ApiError> {
     let mut v = Validator::new();
     register::check_id(&mut v, "purpose_id", &r.purpose_id);
-    v.max_len("request_id", &r.request_id, 128);
+    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
     let Some(purpose) = r.purpose else {
         v.add("purpose", "is required");
         v.finish()?;
@@ -210,7 +210,7 @@ fn validate_update(
             );
         }
     }
-    v.max_len("request_id", &r.request_id, 128);
+    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
     v.finish()?;
     Ok((id, update, paths))
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use custodia_core::{
     ApiError,
     auth::CallContext,
-    idempotency::RequestKey,
+    idempotency::{MAX_REQUEST_ID, RequestKey},
     outbox::AccessEvent,
     storage::{from_micros, to_micros},
     subject::SubjectId,
@@ -126,7 +126,7 @@ fn validate_targets(
     reason: &str,
     v: &mut Validator,
 ) -> Vec<String> {
-    v.max_len("request_id", request_id, 128);
+    v.max_len("request_id", request_id, MAX_REQUEST_ID);
     v.max_len("reason", reason, MAX_TEXT);
     if purposes.is_empty() && !all_purposes && !direct_marketing {
         v.add(
@@ -222,10 +222,13 @@ async fn persist(
 /// `refusal`, unless the call retries one that was recorded (an earlier call
 /// with its `request_id` stored events): then that call's answer, as the
 /// idempotency of RecordConsent promises, even if the register changed since
-/// (a purpose retired, a notice superseded).
+/// (a purpose retired, a notice superseded). The replayed answer holds the
+/// subject's data, so it is recorded as an access, like any replay.
 async fn refused_unless_replayed(
     api: &Api,
+    call: &CallContext,
     key: Option<&RequestKey>,
+    subject: (&SubjectId, &str),
     refusal: ApiError,
 ) -> Result<pb::RecordConsentResponse, ApiError> {
     let Some(key) = key else {
@@ -233,6 +236,10 @@ async fn refused_unless_replayed(
     };
     match api.store.replay_of(key).await? {
         Some(events) if !events.is_empty() => {
+            let purpose = events[0].purpose.clone();
+            let mut access = api.access(call, "RecordConsent", Some(subject), &purpose);
+            access.detail = serde_json::json!({ "replay": true }).to_string();
+            api.record_access(&access).await?;
             let receipt = receipts::answered(api, &events, None).await?;
             Ok(pb::RecordConsentResponse { events, receipt })
         }
@@ -249,7 +256,7 @@ pub(crate) async fn record(
     let key = RequestKey::of(call, "RecordConsent", &r.request_id, &r);
     let mut v = Validator::new();
     let (subject, hash) = api.subject(r.subject.as_ref(), "subject")?;
-    v.max_len("request_id", &r.request_id, 128);
+    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
     if r.decisions.is_empty() {
         v.add("decisions", "at least one decision is required");
     }
@@ -274,7 +281,8 @@ pub(crate) async fn record(
             i, granted, &pid, &cached, &evidence, collect_us, &r, now, &ages,
         );
         if let Err(refusal) = allowed {
-            return refused_unless_replayed(api, key.as_ref(), refusal).await;
+            return refused_unless_replayed(api, call, key.as_ref(), (&subject, &hash), refusal)
+                .await;
         }
         let expire_us = if granted {
             expiry(&purpose, collect_us)

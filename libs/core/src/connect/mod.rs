@@ -631,13 +631,14 @@ where
         return Ok(error::unary_error(&status));
     }
     let data = collected.to_bytes();
-    if data.len() < 5 || data[0] != 0 {
+    let framed_len = (data.len() >= 5)
+        .then(|| u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize);
+    if data.first() != Some(&0) || framed_len.map(|n| n + 5) != Some(data.len()) {
         return Ok(error::unary_error(&Status::internal(
             "the answer was not one uncompressed message",
         )));
     }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    let message = data.slice(5..(5 + len).min(data.len()));
+    let message = data.slice(5..);
     let body = match from_protobuf(&method.output, codec, message) {
         Ok(b) => b,
         Err(status) => return Ok(error::unary_error(&status)),

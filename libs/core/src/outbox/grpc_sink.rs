@@ -92,12 +92,18 @@ pub fn to_proto(e: AccessEvent) -> pb::AccessEvent {
 pub fn to_wire(events: &[AccessEvent]) -> Vec<pb::AccessEvent> {
     let mut out = Vec::new();
     for batch in EventBatch::runs(events) {
-        let subjects: Option<Vec<pb::AccessedSubject>> = batch.subjects().map(|list| {
+        // Merged only when every member names its subject by a well-formed
+        // hash: a member that does not goes alone, so nothing is lost or
+        // attributed to an empty subject.
+        let subjects: Option<Vec<pb::AccessedSubject>> = batch.subjects().and_then(|list| {
             list.into_iter()
-                .map(|(kind, hash)| pb::AccessedSubject {
-                    r#type: kind.to_string(),
-                    subject_hash: hex::decode(hash).unwrap_or_default(),
-                    shredded: false,
+                .map(|(kind, hash)| {
+                    let subject_hash = hex::decode(hash).ok().filter(|h| h.len() == 32)?;
+                    Some(pb::AccessedSubject {
+                        r#type: kind.to_string(),
+                        subject_hash,
+                        shredded: false,
+                    })
                 })
                 .collect()
         });
@@ -140,5 +146,50 @@ impl EventSink for GrpcSink {
             response.results.len()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(hashes: &[&str]) -> Vec<AccessEvent> {
+        let shared = AccessEvent::new(
+            chrono::Utc::now(),
+            "crm",
+            "custodia.consent.v1.ConsentService",
+            "BatchCheckConsent",
+            Outcome::Ok,
+        );
+        hashes
+            .iter()
+            .map(|h| AccessEvent {
+                event_id: uuid::Uuid::now_v7(),
+                subject_type: Some("email".into()),
+                subject_hash: Some(h.to_string()),
+                ..shared.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_of_well_formed_subjects_goes_as_one_event() {
+        let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+        let events = checks(&[&a, &b]);
+        let wire = to_wire(&events);
+        assert_eq!(wire.len(), 1);
+        assert_eq!(wire[0].event_id, events[0].event_id.to_string());
+        assert_eq!(wire[0].subjects.len(), 2);
+        assert_eq!(wire[0].subjects[1].subject_hash, vec![0xbb; 32]);
+    }
+
+    #[test]
+    fn a_member_without_a_well_formed_hash_keeps_the_batch_apart() {
+        let a = "aa".repeat(32);
+        for odd in ["not hex", "abcd", ""] {
+            let wire = to_wire(&checks(&[&a, odd]));
+            assert_eq!(wire.len(), 2, "{odd:?}");
+            assert!(wire.iter().all(|e| e.subjects.is_empty()));
+        }
     }
 }

@@ -188,9 +188,10 @@ pub(super) fn writes(db: Db) -> Writes {
         async move {
             // Optimistic first: no request id of the group looked up, the insert of
             // the ids fails if one was claimed before (a client's retry). Then again
-            // with the lookup, which turns such a job into a replay.
+            // with the lookup, which turns such a job into a replay. Any other
+            // failure is not retried here.
             let written = match write_jobs(&db, &jobs, false).await {
-                Err(_) => write_jobs(&db, &jobs, true).await,
+                Err(e) if e.is_unique_violation() => write_jobs(&db, &jobs, true).await,
                 written => written,
             };
             match written {
