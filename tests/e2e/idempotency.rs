@@ -9,10 +9,7 @@ use custodia_core::config::PrincipalConfig;
 use custodia_proto::{
     audit::v1::{ListEventsRequest, ShredSubjectRequest},
     breach::v1::{Breach, ReportBreachRequest, breach_service_client::BreachServiceClient},
-    consent::v1::{
-        CheckConsentRequest, EraseSubjectRequest, Purpose, PurposeState, RecordConsentRequest,
-        UpdatePurposeRequest,
-    },
+    consent::v1::{CheckConsentRequest, EraseSubjectRequest, RecordConsentRequest},
     dsar::v1::{
         Request as DsarRequest, RequestType, Requester, RequesterRole, SubmitRequestRequest,
         dsar_service_client::DsarServiceClient,
@@ -321,19 +318,7 @@ async fn concurrent_erasures_and_late_replays(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    c.update_purpose(UpdatePurposeRequest {
-        purpose: Some(Purpose {
-            name: "purposes/newsletter".into(),
-            state: PurposeState::Retired as i32,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["state".into()],
-        }),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap();
+    crate::consent_records::retire(&mut c, "newsletter").await;
     let again = c
         .record_consent(authed(keyed(&app, "fay@example.edu", &notice, "late"), CRM))
         .await

@@ -62,7 +62,7 @@ async fn newsletter(app: &TestApp) -> (Client, String) {
 }
 
 /// Retires purpose `id` (new grants are refused from then on).
-async fn retire(c: &mut Client, id: &str) {
+pub(crate) async fn retire(c: &mut Client, id: &str) {
     c.update_purpose(UpdatePurposeRequest {
         purpose: Some(Purpose {
             name: format!("purposes/{id}"),
