@@ -70,6 +70,29 @@ fn assert_reused(err: Status) {
     assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
 }
 
+/// Waits until crm's RecordConsent access events in audit-log satisfy `done`.
+async fn crm_record_consents_until(
+    app: &TestApp,
+    done: impl Fn(&[custodia_proto::audit::v1::AccessEvent]) -> bool,
+) {
+    audit_events_until(
+        app.channel().await,
+        ListEventsRequest {
+            actor: "crm".into(),
+            ..Default::default()
+        },
+        |events| {
+            let consents: Vec<_> = events
+                .iter()
+                .filter(|e| e.method == "RecordConsent")
+                .cloned()
+                .collect();
+            done(&consents)
+        },
+    )
+    .await;
+}
+
 /// The newsletter grant of `who` under `notice`, sent with `request_id`.
 fn keyed(app: &TestApp, who: &str, notice: &str, request_id: &str) -> RecordConsentRequest {
     RecordConsentRequest {
@@ -196,21 +219,7 @@ async fn record_consent(backend: Backend) {
     );
 
     // The replay is an access event of crm's, beside the first call's.
-    audit_events_until(
-        app.channel().await,
-        ListEventsRequest {
-            actor: "crm".into(),
-            ..Default::default()
-        },
-        |events| {
-            events
-                .iter()
-                .filter(|e| e.method == "RecordConsent")
-                .count()
-                >= 2
-        },
-    )
-    .await;
+    crm_record_consents_until(&app, |events| events.len() >= 2).await;
     app.stop().await;
 }
 
@@ -325,25 +334,17 @@ async fn concurrent_erasures_and_late_replays(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(again.events, first.events);
-    audit_events_until(
-        app.channel().await,
-        ListEventsRequest {
-            actor: "crm".into(),
-            ..Default::default()
-        },
-        |events| {
-            events
-                .iter()
-                .filter(|e| e.method == "RecordConsent")
-                .filter(|e| {
-                    e.details
-                        .as_ref()
-                        .is_some_and(|d| d.fields.contains_key("replay"))
-                })
-                .count()
-                == 1
-        },
-    )
+    crm_record_consents_until(&app, |events| {
+        events
+            .iter()
+            .filter(|e| {
+                e.details
+                    .as_ref()
+                    .is_some_and(|d| d.fields.contains_key("replay"))
+            })
+            .count()
+            == 1
+    })
     .await;
     app.stop().await;
 }

@@ -716,23 +716,31 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
+    /// A Connect JSON CheckConsent (with `connect-timeout-ms`, if given) to a
+    /// stack that never answers: the answer, and how long it took.
+    async fn check_that_never_answers(
+        timeout_ms: Option<&str>,
+    ) -> (http::Response<Body>, Duration) {
+        let started = tokio::time::Instant::now();
+        let answer = layer()
+            .call(call(
+                "/custodia.consent.v1.ConsentService/CheckConsent",
+                "application/json",
+                timeout_ms,
+            ))
+            .await
+            .unwrap();
+        (answer, started.elapsed())
+    }
+
     /// A unary call past the caller's `connect-timeout-ms` answers
     /// deadline_exceeded in Connect form (HTTP 504), not an empty 200 and not
     /// a gRPC status.
     #[tokio::test(start_paused = true)]
     async fn unary_call_past_its_deadline_answers_deadline_exceeded() {
-        let mut svc = layer();
-        let started = tokio::time::Instant::now();
-        let answer = svc
-            .call(call(
-                "/custodia.consent.v1.ConsentService/CheckConsent",
-                "application/json",
-                Some("250"),
-            ))
-            .await
-            .unwrap();
+        let (answer, waited) = check_that_never_answers(Some("250")).await;
         assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        assert_eq!(waited, Duration::from_millis(250));
         assert_eq!(body_json(answer).await["code"], "deadline_exceeded");
     }
 
@@ -740,18 +748,9 @@ mod tests {
     /// so this layer answers before tonic's own timeout does in gRPC form).
     #[tokio::test(start_paused = true)]
     async fn without_a_caller_deadline_the_server_timeout_applies() {
-        let mut svc = layer();
-        let started = tokio::time::Instant::now();
-        let answer = svc
-            .call(call(
-                "/custodia.consent.v1.ConsentService/CheckConsent",
-                "application/json",
-                None,
-            ))
-            .await
-            .unwrap();
+        let (answer, waited) = check_that_never_answers(None).await;
         assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(started.elapsed(), Duration::from_millis(29_900));
+        assert_eq!(waited, Duration::from_millis(29_900));
     }
 
     /// A streaming call whose answer does not start in time ends with an
