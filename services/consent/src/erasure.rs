@@ -5,12 +5,19 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     idempotency::{self, MAX_REQUEST_ID, RequestKey},
-    storage::to_micros,
+    storage::{from_micros, to_micros},
     validate::Validator,
 };
-use custodia_proto::consent::v1 as pb;
+use custodia_proto::{
+    common::v1::RetainedData,
+    consent::v1::{self as pb, ConsentState},
+};
 
-use crate::api::Api;
+use crate::{
+    api::Api,
+    register::timestamp,
+    store::{DIRECT_MARKETING, Suppression, ground_of},
+};
 
 /// An EraseSubjectRequest's own checks (the identifiers are checked as they are
 /// hashed).
@@ -41,7 +48,7 @@ pub(crate) async fn erase_subject(
         return Ok(first);
     }
     let erased = async {
-        let (erased, receipts) = api.store.erase(&hashes).await?;
+        let erasure = api.store.erase(&hashes, now_us).await?;
         for hash in &hashes {
             api.cache.forget(hash);
         }
@@ -51,9 +58,9 @@ pub(crate) async fn erase_subject(
             .await
             .map_err(ApiError::internal)?;
         Ok::<_, ApiError>(pb::EraseSubjectResponse {
-            erased_event_count: erased,
-            erased_receipt_count: receipts,
-            retained: Vec::new(),
+            erased_event_count: erasure.events,
+            erased_receipt_count: erasure.receipts,
+            retained: retained(&erasure.kept),
         })
     }
     .await;
@@ -66,6 +73,79 @@ pub(crate) async fn erase_subject(
     }
 }
 
+/// Years a withdrawal is kept after an erasure: the limitation period of a claim
+/// that data was processed without consent (France: Code civil, art. 2224).
+pub const WITHDRAWAL_PROOF_YEARS: i64 = 5;
+
+/// What an erasure kept, as the response's `retained` (D-7): one entry for the
+/// objections, one for the withdrawals, each naming the purposes.
+pub(crate) fn retained(kept: &[Suppression]) -> Vec<RetainedData> {
+    let mut out = Vec::new();
+    for state in [ConsentState::Objected, ConsentState::Withdrawn] {
+        let of: Vec<&Suppression> = kept.iter().filter(|s| s.state == state).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let mut purposes: Vec<&str> = of.iter().map(|s| s.purpose_id.as_str()).collect();
+        purposes.sort_unstable();
+        purposes.dedup();
+        let purposes = purposes
+            .iter()
+            .map(|p| {
+                if *p == DIRECT_MARKETING {
+                    "direct marketing"
+                } else {
+                    p
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ground = ground_of(state);
+        let entry = match state {
+            ConsentState::Objected => RetainedData {
+                category: "consent_objections".into(),
+                description: format!(
+                    "{} objection(s) ({purposes}): purpose, date and channel only, under a keyed \
+                     hash of your identifiers",
+                    of.len()
+                ),
+                legal_reference: "GDPR Art. 21(3), Art. 17(3)(b)".into(),
+                reason: "Your objection must keep being honoured after your data is erased: \
+                         without this entry you could be contacted again."
+                    .into(),
+                retain_until_time: None,
+                ..Default::default()
+            },
+            _ => {
+                let last_us = of.iter().map(|s| s.decision_us).max().unwrap_or_default();
+                let until = from_micros(last_us)
+                    .checked_add_months(chrono::Months::new(12 * WITHDRAWAL_PROOF_YEARS as u32));
+                RetainedData {
+                    category: "consent_withdrawals".into(),
+                    description: format!(
+                        "{} withdrawal(s) of consent ({purposes}): purpose, date and channel \
+                         only, under a keyed hash of your identifiers",
+                        of.len()
+                    ),
+                    legal_reference: "GDPR Art. 7(3), Art. 17(3)(e)".into(),
+                    reason: "Proof that your consent was withdrawn, and when, is kept for the \
+                             limitation period of a claim, and so that your choice keeps \
+                             being honoured."
+                        .into(),
+                    retain_until_time: until.map(timestamp),
+                    ..Default::default()
+                }
+            }
+        };
+        out.push(RetainedData {
+            record_count: of.len() as i64,
+            ground: ground as i32,
+            ..entry
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +156,38 @@ mod tests {
         assert!(validate(&r).is_ok());
         r.request_id = "x".repeat(MAX_REQUEST_ID + 1);
         assert!(validate(&r).is_err());
+    }
+
+    #[test]
+    fn retained_names_what_was_kept_and_why() {
+        let kept = |pid: &str, state| Suppression {
+            subject_hash: "h".into(),
+            purpose_id: pid.into(),
+            state,
+            decision_us: 1_700_000_000_000_000,
+            ground: ground_of(state),
+        };
+        assert!(retained(&[]).is_empty());
+        let out = retained(&[
+            kept(DIRECT_MARKETING, ConsentState::Objected),
+            kept("newsletter", ConsentState::Withdrawn),
+            kept("alumni", ConsentState::Withdrawn),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].category, "consent_objections");
+        assert_eq!(out[0].record_count, 1);
+        assert!(out[0].description.contains("direct marketing"));
+        assert_eq!(
+            out[0].ground,
+            custodia_proto::common::v1::RetentionGround::LegalObligation as i32
+        );
+        assert!(out[0].retain_until_time.is_none());
+        assert_eq!(out[1].category, "consent_withdrawals");
+        assert_eq!(out[1].record_count, 2);
+        assert!(out[1].description.contains("alumni, newsletter"));
+        assert_eq!(
+            out[1].retain_until_time.map(|t| t.seconds),
+            Some(1_700_000_000 + 1827 * 86_400)
+        );
     }
 }

@@ -247,6 +247,60 @@ async fn refused_unless_replayed(
     }
 }
 
+/// Whether the subject gave this consent themselves, through a channel they
+/// operate: a web banner or form, a link in an email, or a paper form they
+/// signed with its scan attached. A CRM import, staff or any other channel
+/// relays a choice the subject may never have made again.
+fn collected_from_subject(e: &Evidence) -> bool {
+    use pb::ConsentChannel as C;
+    match C::try_from(e.channel).unwrap_or_default() {
+        C::WebBanner | C::WebForm | C::EmailLink => true,
+        C::Paper => e.proof.is_some(),
+        _ => false,
+    }
+}
+
+/// Refuses grants for a subject erased while they had objected to or withdrawn
+/// from the purposes (or objected to direct marketing, for a direct-marketing
+/// purpose), unless the subject gives this consent themselves (see
+/// `store/erasure.rs`): an erased objector must not be re-imported.
+async fn not_suppressed(
+    api: &Api,
+    hash: &str,
+    evidence: &Evidence,
+    granted: &[String],
+    direct_marketing: bool,
+) -> Result<(), ApiError> {
+    if granted.is_empty() || collected_from_subject(evidence) {
+        return Ok(());
+    }
+    let mut asked: Vec<&str> = granted.iter().map(String::as_str).collect();
+    if direct_marketing {
+        asked.push(DIRECT_MARKETING);
+    }
+    let suppressed = api.store.suppressed(hash, &asked).await?;
+    if suppressed.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::precondition(
+        "SUBJECT_SUPPRESSED",
+        format!(
+            "the subject was erased while objecting to or having withdrawn from {}: only a \
+             fresh consent the subject gives through a web banner, web form, email link or a \
+             signed paper form (evidence.proof) can grant it again",
+            suppressed
+                .iter()
+                .map(|p| if p == DIRECT_MARKETING {
+                    "direct marketing".to_string()
+                } else {
+                    purpose_name(p)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// RecordConsent.
 pub(crate) async fn record(
     api: &Api,
@@ -273,6 +327,9 @@ pub(crate) async fn record(
         configured: &api.ctx.config.consent.digital_consent_ages,
     };
     let mut records = Vec::new();
+    // Purposes granted (and whether a direct-marketing one is among them).
+    let mut granted_ids: Vec<String> = Vec::new();
+    let mut grants_direct_marketing = false;
     for (i, name, decision) in decisions {
         let (pid, cached) = cached_purpose(api, &name, &format!("decisions[{i}].purpose")).await?;
         let purpose = cached.purpose.clone();
@@ -283,6 +340,10 @@ pub(crate) async fn record(
         if let Err(refusal) = allowed {
             return refused_unless_replayed(api, call, key.as_ref(), (&subject, &hash), refusal)
                 .await;
+        }
+        if granted {
+            granted_ids.push(pid.clone());
+            grants_direct_marketing |= purpose.direct_marketing;
         }
         let expire_us = if granted {
             expiry(&purpose, collect_us)
@@ -305,6 +366,11 @@ pub(crate) async fn record(
             decision_us: collect_us,
             expire_us,
         });
+    }
+    if let Err(refusal) =
+        not_suppressed(api, &hash, &evidence, &granted_ids, grants_direct_marketing).await
+    {
+        return refused_unless_replayed(api, call, key.as_ref(), (&subject, &hash), refusal).await;
     }
     let receipt =
         receipts::issue(api, &subject, r.guardian.as_ref(), &evidence, &mut records).await?;

@@ -5,7 +5,7 @@
 //! where the backends differ, the method picks the backend's module:
 //!
 //! - `purposes`, `notices`, `receipts`, `erasure`: the register, notices,
-//!   receipts and the erasure of a subject;
+//!   receipts and the erasure of a subject (with the suppressions it keeps);
 //! - `changes`: the change log (change streams, trails, cache followers);
 //! - `states`: subjects' current states (checks, the state index);
 //! - `group_commit`: consent writes committed in groups, and state reads of
@@ -36,6 +36,7 @@ use custodia_proto::consent::v1::Purpose;
 use prost::Message;
 use sqlx::{AssertSqlSafe, ColumnIndex, Row, any::AnyRow};
 
+pub use erasure::{Erasure, Suppression, ground_of, minimised};
 pub use group_commit::{NewRecord, Receipt, StateReads, WriteJob, WriteResult, Writes};
 pub use states::{StateRowOf, States};
 

@@ -90,7 +90,8 @@ async fn watch_and_erase(backend: Backend) {
         .unwrap_err();
     assert!(bad.message().contains("cursor"), "{}", bad.message());
 
-    // Erasure removes the subject's records everywhere in consent.
+    // Erasure removes the subject's records everywhere in consent, but for the
+    // withdrawal, kept minimised (suppression, Art. 17(3)(e)).
     let erased = c
         .erase_subject(EraseSubjectRequest {
             subject_identifiers: vec![email("ada@example.edu")],
@@ -100,11 +101,13 @@ async fn watch_and_erase(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(erased.erased_event_count, 2);
+    assert_eq!(erased.erased_event_count, 1, "the grant");
     assert_eq!(
         erased.erased_receipt_count, 2,
         "the grant's and the withdrawal's receipts"
     );
+    assert_eq!(erased.retained.len(), 1, "{:?}", erased.retained);
+    assert_eq!(erased.retained[0].category, "consent_withdrawals");
     let receipt = |name: &String| {
         let mut c = c.clone();
         let request = GetReceiptRequest { name: name.clone() };
@@ -119,10 +122,11 @@ async fn watch_and_erase(backend: Backend) {
     }
     assert_eq!(
         check(&mut c, "ada@example.edu", "newsletter").await,
-        (false, CheckReason::NoRecord)
+        (false, CheckReason::Withdrawn)
     );
     let trail = events_of(&mut c, "ada@example.edu").await;
-    assert!(trail.is_empty());
+    assert_eq!(trail.len(), 1, "only the withdrawal stays");
+    assert_eq!(trail[0].state, ConsentState::Withdrawn as i32);
 
     app.stop().await;
 }

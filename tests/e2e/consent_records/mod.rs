@@ -8,6 +8,7 @@ mod bad_input;
 mod batch;
 mod changes;
 mod decisions;
+mod erasure;
 mod notices;
 mod races;
 mod receipts;

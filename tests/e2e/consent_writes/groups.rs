@@ -299,16 +299,24 @@ async fn group_of_jobs(backend: Backend) {
     assert_eq!(changes.last().unwrap().3.name, last_big);
     assert_eq!(store.last_change().await.unwrap(), 2_514);
 
-    // Erasing a subject moves the erasure epoch that other replicas' caches watch
-    // (a trigger on subject_consents, whatever code deletes the states).
+    // Erasing a subject's grant moves the erasure epoch that other replicas'
+    // caches watch (a trigger on subject_consents, whatever code deletes the
+    // states); a withdrawal kept through the erasure leaves it (no state changes).
     let before = store.erasure_epoch().await.unwrap();
-    let (erased, _) = store.erase(&["ada".to_string()]).await.unwrap();
-    assert!(erased > 0);
+    let erased = store.erase(&["s0-0".to_string()], 0).await.unwrap();
+    assert_eq!((erased.events, erased.kept.len()), (1, 0));
     let after = store.erasure_epoch().await.unwrap();
     assert!(after > before);
+    let ada = store.erase(&["ada".to_string()], 0).await.unwrap();
+    assert_eq!(ada.kept.len(), 1, "{ada:?}");
+    assert_eq!(store.erasure_epoch().await.unwrap(), after);
     // Erasing someone without a consent record (dsar asks for every erasure)
     // leaves it: each move makes every replica reload its state index.
-    let (erased, _) = store.erase(&["nobody".to_string()]).await.unwrap();
+    let erased = store
+        .erase(&["nobody".to_string()], 0)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(erased, 0);
     assert_eq!(store.erasure_epoch().await.unwrap(), after);
 

@@ -82,7 +82,7 @@ async fn state_index_follows_the_table(backend: Backend) {
     for r in store.record_all(changed).await.unwrap() {
         r.unwrap();
     }
-    store.erase(&[hash(4)]).await.unwrap();
+    store.erase(&[hash(4)], 0).await.unwrap();
     for i in [0, 1_240, 4] {
         index.mark_stale(&hash(i));
         assert_eq!(index.lookup(&hash(i), "newsletter", None), None);

@@ -146,7 +146,7 @@ async fn states_survive_the_state_table_migration(backend: Backend) {
         .unwrap();
     assert_eq!(ada.state, ConsentState::Withdrawn);
     let before = store.erasure_epoch().await.unwrap();
-    store.erase(&["bob".to_string()]).await.unwrap();
+    store.erase(&["bob".to_string()], 0).await.unwrap();
     assert!(
         store.erasure_epoch().await.unwrap() > before,
         "trigger kept"

@@ -1,14 +1,90 @@
-//! Erasure of a subject's consent records.
+//! Erasure of a subject's consent records, and the suppressions it keeps.
+
+use std::collections::{BTreeSet, HashMap};
 
 use custodia_core::ApiError;
-use custodia_proto::consent::v1::ConsentEvent;
+use custodia_proto::{
+    common::v1::RetentionGround,
+    consent::v1::{ConsentEvent, ConsentState, Evidence},
+};
+use prost::Message;
+use sqlx::Row;
 
 use super::ConsentStore;
 use super::body;
 
+/// What an erasure did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Erasure {
+    /// Consent events deleted (kept, minimised events are not counted).
+    pub events: i64,
+    /// Receipts deleted.
+    pub receipts: i64,
+    /// The standing objections and withdrawals kept, one per subject and purpose.
+    pub kept: Vec<Suppression>,
+}
+
+/// A standing objection or withdrawal kept through an erasure (Art. 17(3),
+/// Art. 21(3)): the keyed hash of the subject, never an identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    /// Keyed hash of the subject.
+    pub subject_hash: String,
+    /// The purpose id, or [`super::DIRECT_MARKETING`].
+    pub purpose_id: String,
+    /// OBJECTED or WITHDRAWN.
+    pub state: ConsentState,
+    /// When the subject decided (µs).
+    pub decision_us: i64,
+    /// Why it may be kept.
+    pub ground: RetentionGround,
+}
+
+/// Why a kept state may be kept: an objection must be honoured for ever after
+/// (Art. 21(3), a legal obligation, 17(3)(b)); the proof that consent was
+/// withdrawn, and when, defends the controller against a claim that it
+/// processed without consent (17(3)(e)).
+pub fn ground_of(state: ConsentState) -> RetentionGround {
+    match state {
+        ConsentState::Objected => RetentionGround::LegalObligation,
+        _ => RetentionGround::LegalClaims,
+    }
+}
+
+/// The event as kept after an erasure: what was decided, about which purpose,
+/// when and through which channel and notice; nothing that could single the
+/// person out (address, browser, form, attached proof, guardian, age, free-text
+/// reason) and no receipt (receipts are erased).
+pub fn minimised(event: &ConsentEvent) -> ConsentEvent {
+    ConsentEvent {
+        name: event.name.clone(),
+        subject: event.subject.clone(),
+        purpose: event.purpose.clone(),
+        state: event.state,
+        evidence: event.evidence.as_ref().map(|e| Evidence {
+            collect_time: e.collect_time,
+            channel: e.channel,
+            notice: e.notice.clone(),
+            collector: e.collector.clone(),
+            language: e.language.clone(),
+            ..Default::default()
+        }),
+        record_time: event.record_time,
+        request_id: event.request_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// States an erasure keeps.
+const KEPT: [ConsentState; 2] = [ConsentState::Withdrawn, ConsentState::Objected];
+
 impl ConsentStore {
-    /// Erases every consent record of the subjects (D-7, D-9): events, current
-    /// states and receipts are deleted. Returns the numbers of events and receipts.
+    /// Erases the consent records of the subjects (D-7, D-9) in one
+    /// transaction: events, current states and receipts are deleted, except the
+    /// current state of each purpose the subject withdrew from or objected to,
+    /// which stays (its event minimised) and is entered in
+    /// `erasure_suppressions`, so that checks keep answering WITHDRAWN /
+    /// OBJECTED and a re-import cannot grant again (see [`Self::suppressed`]).
     ///
     /// Receipts are found through the subject's events: a receipt is only ever
     /// issued for a call that records at least one event, every event of that call
@@ -18,38 +94,150 @@ impl ConsentStore {
     /// The ids come from the very events deleted (`RETURNING`), so a consent
     /// committed by another replica meanwhile either goes with its receipt or
     /// stays with it.
-    pub async fn erase(&self, subject_hashes: &[String]) -> Result<(i64, i64), ApiError> {
+    pub async fn erase(&self, subject_hashes: &[String], now_us: i64) -> Result<Erasure, ApiError> {
         let mut tx = self.db().begin_write().await?;
-        let mut erased = 0;
-        let mut receipts = 0;
+        let mut out = Erasure::default();
+        let postgres = self.db().native_postgres().is_some();
+        let kept_states = format!("({}, {})", KEPT[0] as i32, KEPT[1] as i32);
         for hash in subject_hashes {
-            let events =
-                sqlx::query("DELETE FROM consent_events WHERE subject_hash = $1 RETURNING body")
-                    .bind(hash.clone())
-                    .fetch_all(&mut *tx)
-                    .await?;
-            erased += events.len() as i64;
-            let mut ids = std::collections::BTreeSet::new();
-            for row in events {
-                let event: ConsentEvent = body(&row, 0)?;
+            let standing = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT event_id, purpose_id, state, decision_us FROM subject_consents \
+                 WHERE subject_hash = $1 AND state IN {kept_states}"
+            )))
+            .bind(hash.clone())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut keep: HashMap<String, Suppression> = HashMap::new();
+            for r in standing {
+                let state = ConsentState::try_from(r.try_get::<i64, _>(2)? as i32)
+                    .map_err(ApiError::internal)?;
+                keep.insert(
+                    r.try_get(0)?,
+                    Suppression {
+                        subject_hash: hash.clone(),
+                        purpose_id: r.try_get(1)?,
+                        state,
+                        decision_us: r.try_get(3)?,
+                        ground: ground_of(state),
+                    },
+                );
+            }
+            let events = sqlx::query(
+                "DELETE FROM consent_events WHERE subject_hash = $1 \
+                 RETURNING seq, event_id, purpose_id, state, body, decision_us, record_us",
+            )
+            .bind(hash.clone())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut receipts = BTreeSet::new();
+            let mut kept_bodies = Vec::new();
+            for row in &events {
+                let event: ConsentEvent = body(row, 4)?;
                 if let Some(id) = crate::receipt::id_of(&event.receipt) {
-                    ids.insert(id.to_string());
+                    receipts.insert(id.to_string());
                 }
-            }
-            for id in ids {
-                receipts += sqlx::query("DELETE FROM receipts WHERE id = $1 AND subject_hash = $2")
-                    .bind(id)
-                    .bind(hash.clone())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected() as i64;
-            }
-            sqlx::query("DELETE FROM subject_consents WHERE subject_hash = $1")
+                let event_id: String = row.try_get(1)?;
+                if !keep.contains_key(&event_id) {
+                    out.events += 1;
+                    continue;
+                }
+                let minimal = minimised(&event).encode_to_vec();
+                sqlx::query(
+                    "INSERT INTO consent_events (seq, event_id, subject_hash, purpose_id, state, \
+                     body, decision_us, record_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(row.try_get::<i64, _>(0)?)
+                .bind(event_id.clone())
                 .bind(hash.clone())
+                .bind(row.try_get::<String, _>(2)?)
+                .bind(row.try_get::<i64, _>(3)?)
+                .bind(minimal.clone())
+                .bind(row.try_get::<i64, _>(5)?)
+                .bind(row.try_get::<i64, _>(6)?)
                 .execute(&mut *tx)
                 .await?;
+                kept_bodies.push((event_id, minimal));
+            }
+            for id in receipts {
+                out.receipts +=
+                    sqlx::query("DELETE FROM receipts WHERE id = $1 AND subject_hash = $2")
+                        .bind(id)
+                        .bind(hash.clone())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected() as i64;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM subject_consents WHERE subject_hash = $1 \
+                 AND state NOT IN {kept_states}"
+            )))
+            .bind(hash.clone())
+            .execute(&mut *tx)
+            .await?;
+            // PostgreSQL still keeps a copy of the body beside the state (see
+            // `postgres::PG_WRITE`): it is minimised too.
+            if postgres {
+                for (event_id, minimal) in kept_bodies {
+                    sqlx::query(
+                        "UPDATE subject_consents SET body = $1 \
+                         WHERE subject_hash = $2 AND event_id = $3",
+                    )
+                    .bind(minimal)
+                    .bind(hash.clone())
+                    .bind(event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            let mut kept: Vec<Suppression> = keep.into_values().collect();
+            kept.sort_by(|a, b| a.purpose_id.cmp(&b.purpose_id));
+            for s in &kept {
+                sqlx::query(
+                    "INSERT INTO erasure_suppressions (subject_hash, purpose_id, state, \
+                     decision_us, erase_us, ground) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (subject_hash, purpose_id) DO UPDATE SET state = excluded.state, \
+                     decision_us = excluded.decision_us, erase_us = excluded.erase_us, \
+                     ground = excluded.ground",
+                )
+                .bind(hash.clone())
+                .bind(s.purpose_id.clone())
+                .bind(s.state as i64)
+                .bind(s.decision_us)
+                .bind(now_us)
+                .bind(s.ground as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            out.kept.extend(kept);
         }
         tx.commit().await?;
-        Ok((erased, receipts))
+        Ok(out)
+    }
+
+    /// Which of `purpose_ids` the subject is suppressed for: erased while it
+    /// had withdrawn from or objected to them, and that decision still the
+    /// current one (a fresh consent the subject gave since supersedes it).
+    pub async fn suppressed(
+        &self,
+        subject_hash: &str,
+        purpose_ids: &[&str],
+    ) -> Result<Vec<String>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT s.purpose_id FROM erasure_suppressions s JOIN subject_consents c \
+             ON c.subject_hash = s.subject_hash AND c.purpose_id = s.purpose_id \
+             AND c.state = s.state AND c.decision_us = s.decision_us \
+             WHERE s.subject_hash = $1",
+        )
+        .bind(subject_hash.to_string())
+        .fetch_all(self.db().pool())
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let pid: String = r.try_get(0)?;
+            if purpose_ids.contains(&pid.as_str()) {
+                out.push(pid);
+            }
+        }
+        Ok(out)
     }
 }
