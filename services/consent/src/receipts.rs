@@ -72,7 +72,7 @@ pub(crate) async fn issue(
         .collect();
     let facts = receipt::Facts {
         id: id.clone(),
-        jurisdiction: api.ctx.calendar.jurisdiction().code(),
+        jurisdiction: api.ctx.calendar.jurisdiction().country(),
         consent_time: evidence.collect_time.unwrap_or_default(),
         channel: evidence.channel,
         subject: SubjectRef {

@@ -323,7 +323,7 @@ pub(crate) async fn record(
     v.finish()?;
     let now = api.ctx.clock.now();
     let ages = AgeRules {
-        jurisdiction: api.ctx.calendar.jurisdiction().code(),
+        jurisdiction: api.ctx.calendar.jurisdiction().country(),
         configured: &api.ctx.config.consent.digital_consent_ages,
     };
     let mut records = Vec::new();

@@ -14,7 +14,8 @@ use super::{Jurisdiction, LegalTimeError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LegalTimeConfig {
-    /// Jurisdiction whose public holidays apply: "FR" (default) or "LU".
+    /// Jurisdiction whose public holidays apply: "FR" (default), "FR-57"
+    /// (Alsace-Moselle: also Good Friday and 26 December) or "LU".
     pub jurisdiction: String,
     /// IANA timezone of the institution; defaults to the jurisdiction's capital.
     pub timezone: Option<String>,
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(err, LegalTimeError::UnknownJurisdiction("DE".into()));
         assert_eq!(
             err.to_string(),
-            r#"jurisdiction "DE" is not supported (supported: FR, LU)"#
+            r#"jurisdiction "DE" is not supported (supported: FR, FR-57 for Alsace-Moselle, LU)"#
         );
     }
 

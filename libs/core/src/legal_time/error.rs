@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LegalTimeError {
     /// The jurisdiction code has no built-in holiday calendar.
-    #[error("jurisdiction {0:?} is not supported (supported: FR, LU)")]
+    #[error("jurisdiction {0:?} is not supported (supported: FR, FR-57 for Alsace-Moselle, LU)")]
     UnknownJurisdiction(String),
     /// The timezone is not an IANA timezone name.
     #[error("timezone {0:?} is not an IANA timezone name (e.g. Europe/Paris)")]

@@ -13,8 +13,12 @@ use super::LegalTimeError;
 /// A jurisdiction with a built-in public-holiday calendar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Jurisdiction {
-    /// France métropolitaine (Code du travail L3133-1; Alsace-Moselle's extra days are not included).
+    /// France métropolitaine (Code du travail L3133-1).
     Fr,
+    /// Alsace-Moselle (Bas-Rhin, Haut-Rhin, Moselle; `FR-57`, also `FR-67` or
+    /// `FR-68` in config): France's holidays plus Good Friday and St Stephen's Day
+    /// (Code du travail L3134-13).
+    FrAlsaceMoselle,
     /// Luxembourg (Code du travail L-232-2).
     Lu,
 }
@@ -49,12 +53,27 @@ const EASTER_OFFSETS: &[u64] = &[1, 39, 50];
 
 impl Jurisdiction {
     /// All supported jurisdictions.
-    pub const ALL: [Jurisdiction; 2] = [Jurisdiction::Fr, Jurisdiction::Lu];
+    pub const ALL: [Jurisdiction; 3] = [
+        Jurisdiction::Fr,
+        Jurisdiction::FrAlsaceMoselle,
+        Jurisdiction::Lu,
+    ];
 
-    /// The ISO 3166-1 alpha-2 code used in config ("FR", "LU").
+    /// The code used in config: ISO 3166-1 alpha-2 ("FR", "LU"), or ISO 3166-2
+    /// for a region with holidays of its own ("FR-57").
     pub fn code(self) -> &'static str {
         match self {
             Jurisdiction::Fr => "FR",
+            Jurisdiction::FrAlsaceMoselle => "FR-57",
+            Jurisdiction::Lu => "LU",
+        }
+    }
+
+    /// The country (ISO 3166-1 alpha-2): whose laws apply beyond the calendar
+    /// (the digital age of consent, the phone numbering plan).
+    pub fn country(self) -> &'static str {
+        match self {
+            Jurisdiction::Fr | Jurisdiction::FrAlsaceMoselle => "FR",
             Jurisdiction::Lu => "LU",
         }
     }
@@ -62,7 +81,7 @@ impl Jurisdiction {
     /// The timezone used when config names none.
     pub fn default_timezone(self) -> Tz {
         match self {
-            Jurisdiction::Fr => chrono_tz::Europe::Paris,
+            Jurisdiction::Fr | Jurisdiction::FrAlsaceMoselle => chrono_tz::Europe::Paris,
             Jurisdiction::Lu => chrono_tz::Europe::Luxembourg,
         }
     }
@@ -71,18 +90,23 @@ impl Jurisdiction {
     ///
     /// Moveable feasts are only known for years 1583..=9999 (the Gregorian computus).
     pub fn is_public_holiday(self, date: NaiveDate) -> bool {
-        let fixed = match self {
-            Jurisdiction::Fr => FR_FIXED,
-            Jurisdiction::Lu => LU_FIXED,
+        let (fixed, local): (&[Fixed], &[Fixed]) = match self {
+            Jurisdiction::Fr => (FR_FIXED, &[]),
+            // St Stephen's Day.
+            Jurisdiction::FrAlsaceMoselle => (FR_FIXED, &[(12, 26, i32::MIN)]),
+            Jurisdiction::Lu => (LU_FIXED, &[]),
         };
         let on_fixed = fixed
             .iter()
+            .chain(local)
             .any(|&(m, d, since)| date.month() == m && date.day() == d && date.year() >= since);
+        let good_friday = self == Jurisdiction::FrAlsaceMoselle;
         on_fixed
             || easter_sunday(date.year()).is_some_and(|easter| {
                 EASTER_OFFSETS
                     .iter()
                     .any(|&n| easter.checked_add_days(Days::new(n)) == Some(date))
+                    || (good_friday && easter.checked_sub_days(Days::new(2)) == Some(date))
             })
     }
 
@@ -102,8 +126,12 @@ impl Jurisdiction {
 impl FromStr for Jurisdiction {
     type Err = LegalTimeError;
 
-    /// Parses a code case-insensitively ("FR", "lu").
+    /// Parses a code case-insensitively ("FR", "lu", "FR-57"; "FR-67" and
+    /// "FR-68" are Alsace-Moselle too).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if ["FR-67", "FR-68"].iter().any(|c| c.eq_ignore_ascii_case(s)) {
+            return Ok(Jurisdiction::FrAlsaceMoselle);
+        }
         Self::ALL
             .into_iter()
             .find(|j| j.code().eq_ignore_ascii_case(s))
@@ -183,6 +211,24 @@ mod tests {
                 d(2026, 12, 26),
             ]
         );
+    }
+
+    #[test]
+    fn alsace_moselle_adds_good_friday_and_st_stephen() {
+        let mut expected = Jurisdiction::Fr.public_holidays(2026);
+        expected.push(d(2026, 4, 3)); // Good Friday (Easter 5 April)
+        expected.push(d(2026, 12, 26));
+        expected.sort();
+        assert_eq!(
+            Jurisdiction::FrAlsaceMoselle.public_holidays(2026),
+            expected
+        );
+        for code in ["FR-57", "fr-67", "FR-68"] {
+            assert_eq!(code.parse(), Ok(Jurisdiction::FrAlsaceMoselle), "{code}");
+        }
+        assert_eq!(Jurisdiction::FrAlsaceMoselle.country(), "FR");
+        assert!(!Jurisdiction::Fr.is_public_holiday(d(2026, 4, 3)));
+        assert!("FR-75".parse::<Jurisdiction>().is_err());
     }
 
     #[test]
