@@ -164,6 +164,20 @@ impl TestApp {
         Self::start(self.config, services, self._dir, self.database).await
     }
 
+    /// Stops the server gracefully, runs `offline` (a backup, a restore, a
+    /// command-line tool over the databases) while nothing holds them, and starts
+    /// `services` again as [`Self::restart`] does.
+    pub async fn while_stopped<F: std::future::Future<Output = ()>>(
+        mut self,
+        services: &[ServiceDef],
+        offline: impl FnOnce(Config, Option<String>) -> F,
+    ) -> Self {
+        self.shut_down().await;
+        let database = self.database.as_ref().map(|d| d.name.clone());
+        offline(self.config.clone(), database).await;
+        Self::start(self.config, services, self._dir, self.database).await
+    }
+
     /// Starts `services` on `backend` with the default test configuration.
     pub async fn spawn(backend: Backend, services: &[ServiceDef]) -> Self {
         Self::spawn_with(backend, services, |_| {}).await

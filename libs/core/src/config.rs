@@ -48,6 +48,30 @@ pub struct Config {
     pub dsar: DsarConfig,
     /// Calls custodia makes to other servers (connectors, audit-log apart).
     pub outbound: OutboundConfig,
+    /// What keeps an erasure effective after a backup is restored.
+    pub erasure: ErasureConfig,
+}
+
+/// Erasures that stay done (`[erasure]`, D-9).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErasureConfig {
+    /// The erasure ledger: every erasure of consent records and every shredding
+    /// of the access log is appended to it (keyed hashes of the subjects only),
+    /// and `custodia erasures replay` applies it again after a backup is
+    /// restored. Keep it out of the database backups (its own volume), or a
+    /// restore rolls it back too. Default: `<data_dir>/erasure-ledger.jsonl`.
+    pub ledger_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Where the erasure ledger is kept (see [`ErasureConfig::ledger_file`]).
+    pub fn erasure_ledger_path(&self) -> PathBuf {
+        self.erasure
+            .ledger_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("erasure-ledger.jsonl"))
+    }
 }
 
 /// Calls custodia makes to other servers (`[outbound]`).
@@ -445,6 +469,7 @@ impl Default for Config {
             consent: ConsentConfig::default(),
             dsar: DsarConfig::default(),
             outbound: OutboundConfig::default(),
+            erasure: ErasureConfig::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod connections;
 pub mod decode_errors;
 pub mod echo;
+pub mod erasure_ledger;
 pub mod error;
 pub mod fields;
 pub mod group_commit;

@@ -62,6 +62,8 @@ pub struct ServiceContext {
     /// Each principal's allowance of access events naming subjects, shared by
     /// the process's services.
     pub quota: crate::quota::SubjectQuota,
+    /// Where erasures are recorded for replay after a backup restore (D-9).
+    pub erasures: crate::erasure_ledger::ErasureLedger,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -250,6 +252,7 @@ impl Application {
             config.audit.max_subject_events_per_minute,
             clock.clone(),
         );
+        let erasures = crate::erasure_ledger::ErasureLedger::new(config.erasure_ledger_path());
         for def in services {
             health_reporter
                 .set_service_status(def.name.grpc_name(), ServingStatus::NotServing)
@@ -280,6 +283,7 @@ impl Application {
                 outbound: outbound.clone(),
                 shutdown: shutdown_rx.clone(),
                 quota: quota.clone(),
+                erasures: erasures.clone(),
             };
             let mounted = (def.mount)(ctx)
                 .await

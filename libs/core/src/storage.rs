@@ -154,6 +154,40 @@ impl Db {
         self.backend
     }
 
+    /// After an erasure (D-9): on SQLite, copies the write-ahead log into the
+    /// database and truncates it to nothing, so the erased rows' old page images
+    /// do not linger in the `-wal` file (the database's own pages were zeroed as
+    /// the rows went: every connection runs with `secure_delete`). A reader still
+    /// on an older snapshot holds the log back: tried a few times, then left to
+    /// the next erasure with a warning. Returns whether the log was emptied.
+    /// PostgreSQL keeps dead row versions until VACUUM reclaims them: see
+    /// deploy/README.md ("Erasure and VACUUM"); nothing is done here.
+    pub async fn scrub_log(&self) -> bool {
+        let Some(checkpointer) = &self.checkpointer else {
+            return true;
+        };
+        for attempt in 0..SCRUB_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(SCRUB_RETRY).await;
+            }
+            let _turn = self.write_gate.lock().await;
+            let done: Result<(i32, i32, i32), _> =
+                sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&checkpointer.pool)
+                    .await;
+            match done {
+                Ok((0, _, _)) => return true,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "truncating the WAL after an erasure"),
+            }
+        }
+        tracing::warn!(
+            "the SQLite write-ahead log could not be truncated after an erasure (a long \
+             reader held it): the next erasure tries again"
+        );
+        false
+    }
+
     /// Applies the shared outbox migrations, then `service`'s own. Safe to run from
     /// several replicas at once (Postgres takes an advisory lock).
     pub async fn migrate(&self, service: &Migrations) -> anyhow::Result<()> {
@@ -382,7 +416,9 @@ pub async fn connect(url: &SecretString, schema: &str, max_connections: u32) -> 
 /// Pool options for an SQLite file: WAL for concurrent readers, `synchronous` as
 /// given, foreign keys on, wait rather than fail when another writer holds the
 /// lock, no checkpoint inside commits (the [`Checkpointer`] does them), statement
-/// journals in memory, and the file read through a shared memory map of up to
+/// journals in memory, deleted content overwritten with zeros (`secure_delete`,
+/// D-9: an erased row must not stay readable in a free page), and the file read
+/// through a shared memory map of up to
 /// [`SQLITE_MMAP`] (no `pread` and copy into each connection's page cache per page:
 /// a cold 10,000-subject BatchCheckConsent reads thousands of pages).
 ///
@@ -406,13 +442,17 @@ fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPool
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
                      PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; \
-                     PRAGMA mmap_size = {SQLITE_MMAP};"
+                     PRAGMA mmap_size = {SQLITE_MMAP}; PRAGMA secure_delete = ON;"
                 )))
                 .await?;
                 Ok(())
             })
         })
 }
+
+/// Attempts of [`Db::scrub_log`], and the wait between two.
+const SCRUB_ATTEMPTS: usize = 5;
+const SCRUB_RETRY: Duration = Duration::from_millis(100);
 
 /// Bytes of an SQLite file read through a memory map (SQLite's default is none).
 const SQLITE_MMAP: u64 = 256 * 1024 * 1024;

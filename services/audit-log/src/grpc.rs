@@ -11,6 +11,7 @@ use std::{
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    erasure_ledger::{ErasedIn, LedgerEntry},
     idempotency::{self, MAX_REQUEST_ID, RequestKey},
     json_struct::{struct_from_json_text, struct_to_json_text},
     outbox::{AccessEvent, OutboxStore, Outcome},
@@ -873,6 +874,17 @@ impl AuditLogService for Api {
                 affected += n as i64;
                 keys += 1;
             }
+            self.ctx
+                .erasures
+                .append(&LedgerEntry {
+                    time: now,
+                    service: ErasedIn::AuditLog,
+                    subject_hashes: subjects.iter().map(|s| s.1.clone()).collect(),
+                    dsar_request: r.dsar_request.clone(),
+                })
+                .await
+                .map_err(ApiError::internal)?;
+            self.ctx.db.scrub_log().await;
             Ok::<_, ApiError>(())
         }
         .await;

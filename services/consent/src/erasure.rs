@@ -4,6 +4,7 @@
 use custodia_core::{
     ApiError,
     auth::CallContext,
+    erasure_ledger::{ErasedIn, LedgerEntry},
     idempotency::{self, MAX_REQUEST_ID, RequestKey},
     storage::{from_micros, to_micros},
     validate::Validator,
@@ -52,6 +53,19 @@ pub(crate) async fn erase_subject(
         for hash in &hashes {
             api.cache.forget(hash);
         }
+        // In the ledger before the answer: a backup restored later gets it
+        // applied again (`custodia erasures replay`).
+        api.ctx
+            .erasures
+            .append(&LedgerEntry {
+                time: api.ctx.clock.now(),
+                service: ErasedIn::Consent,
+                subject_hashes: hashes.clone(),
+                dsar_request: r.dsar_request.clone(),
+            })
+            .await
+            .map_err(ApiError::internal)?;
+        api.ctx.db.scrub_log().await;
         api.ctx
             .outbox
             .enqueue_durable(&access)

@@ -1,5 +1,5 @@
 //! Command-line interface: `serve`, `migrate`, `config check`, `auth scopes`,
-//! `connector sql`.
+//! `connector sql`, `erasures replay`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -68,6 +68,9 @@ enum Command {
     /// Register-of-processing tools.
     #[command(subcommand)]
     Purposes(PurposesCommand),
+    /// Erasure tools.
+    #[command(subcommand)]
+    Erasures(ErasuresCommand),
     /// Reference connectors (custodia.connector.v1.DataSource) for external systems.
     #[command(subcommand)]
     Connector(ConnectorCommand),
@@ -122,6 +125,14 @@ enum AuditCommand {
         #[arg(long, env = "CUSTODIA_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ErasuresCommand {
+    /// After restoring databases from a backup: erase again every subject the
+    /// erasure ledger (`[erasure] ledger_file`) names, in consent and audit-log.
+    /// Run it before serving the restored databases; running it twice is harmless.
+    Replay,
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +232,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in custodia_consent::presets::seed(&endpoint, &token, &preset).await? {
                 println!("{line}");
             }
+        }
+        Command::Erasures(ErasuresCommand::Replay) => {
+            let config = load_config(&cli.global, None)?;
+            let _telemetry = telemetry::init(&config.telemetry)?;
+            let replayed = crate::erasures::replay(&config).await?;
+            println!("{replayed}");
         }
         Command::Openapi => {
             let scopes = ScopeTable::from_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)?;

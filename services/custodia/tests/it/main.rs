@@ -5,4 +5,5 @@ mod config_check;
 mod consent_crash;
 mod crash;
 mod dsar_crash;
+mod erasure_replay;
 mod start_up;
