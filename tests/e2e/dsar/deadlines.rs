@@ -105,3 +105,30 @@ async fn deadlines(backend: Backend) {
     assert!(!get(&mut c, &r.name).await.overdue);
     app.stop().await;
 }
+
+custodia_tests::both_backends!(alsace_moselle_deadlines);
+
+/// An institution in Alsace-Moselle (`jurisdiction = "FR-57"`) also stops on
+/// Good Friday and St Stephen's Day; the rest of France does not.
+async fn alsace_moselle_deadlines(backend: Backend) {
+    let app = TestApp::spawn_with(backend, SERVICES, |c| {
+        c.legal.jurisdiction = "FR-57".into();
+    })
+    .await;
+    let mut c = client(&app).await;
+    // Due on Good Friday, 18 April 2025: then Saturday, Sunday and Easter Monday,
+    // so Tuesday 22 April (CEST).
+    let (due, r) = due_of(&mut c, "2025-03-18T10:00:00Z").await;
+    assert_eq!(due, at("2025-04-22T21:59:59.999999Z"));
+    assert!(r.actions[0].description.contains("not a working day"));
+    // Due on Friday 26 December 2025, St Stephen's Day: Monday 29.
+    let (due, _) = due_of(&mut c, "2025-11-26T10:00:00Z").await;
+    assert_eq!(due, at("2025-12-29T22:59:59.999999Z"));
+    app.stop().await;
+    // In Paris, Good Friday is a working day.
+    let app = spawn(backend).await;
+    let mut c = client(&app).await;
+    let (due, _) = due_of(&mut c, "2025-03-18T10:00:00Z").await;
+    assert_eq!(due, at("2025-04-18T21:59:59.999999Z"));
+    app.stop().await;
+}
