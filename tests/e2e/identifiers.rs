@@ -2,6 +2,7 @@
 //! are refused naming the field, and equivalent spellings of one identifier are
 //! one subject (issue 24, "ghost subjects").
 
+use custodia_proto::{common::v1::SubjectRef, consent::v1::CheckConsentRequest};
 use custodia_tests::{Backend, ConsentClient, TestApp, check, grant};
 use tonic::Code;
 
@@ -33,6 +34,31 @@ async fn one_subject_however_spelled(backend: Backend) {
         .unwrap();
     assert!(allowed(&mut c, "\u{E9}lodie@\u{E9}cole.fr").await);
     assert!(allowed(&mut c, "\u{E9}lodie@xn--cole-9oa.fr").await);
+
+    // A phone number written nationally and internationally is one person
+    // (E.164, read in the jurisdiction's plan); a number that is none is refused.
+    let by_phone = |number: &str| SubjectRef {
+        r#type: "phone".into(),
+        value: number.into(),
+    };
+    let mut r = grant(&app, "unused@example.edu", &notice);
+    r.subject = Some(by_phone("06 12 34 56 78"));
+    c.record_consent(r.clone()).await.unwrap();
+    let checked = c
+        .check_consent(CheckConsentRequest {
+            subject: Some(by_phone("+33 6 12 34 56 78")),
+            purpose: "purposes/newsletter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(checked.allowed, "{checked:?}");
+    r.subject = Some(by_phone("+33 1"));
+    let err = c.record_consent(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("subject.value"), "{}", err.message());
     app.stop().await;
 }
 

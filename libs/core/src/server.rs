@@ -218,6 +218,8 @@ impl Application {
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let secrets = resolve_secrets(&config)?;
         let calendar = Arc::new(LegalCalendar::from_config(&config.legal)?);
+        crate::subject::set_phone_region(calendar.jurisdiction().country())
+            .map_err(|e| anyhow::anyhow!(e))?;
         let outbound = Outbound::from_config(&config.outbound.tls)?;
         let subjects = SubjectHasher::new(secrets.subject_key.clone());
         let scopes = ScopeTable::from_descriptor_set(custodia_proto::FILE_DESCRIPTOR_SET)?;

@@ -27,8 +27,12 @@
 //!   only by case) and the domain in IDNA ASCII form (UTS #46 with the STD3 rules
 //!   and DNS lengths: `École.FR` is `xn--cole-9oa.fr`); address literals
 //!   (`user@[192.0.2.1]`) and invalid domains are refused. `student_number` and
-//!   `staff_number` are uppercased. `phone` keeps only ASCII digits and `+`, so
-//!   it needs no normal form.
+//!   `staff_number` are uppercased. A `phone` is parsed with libphonenumber's
+//!   metadata (the `phonenumber` crate) and kept in E.164 (`+33612345678`): a
+//!   national number (`06 12 34 56 78`) is read in the numbering plan of the
+//!   institution's country ([`set_phone_region`], from `[legal] jurisdiction`),
+//!   an international one (`+33 6 12 34 56 78`) in its own; a number that is
+//!   not valid in its plan is refused.
 //!
 //! Parsing a normalised value gives it back unchanged.
 
@@ -153,12 +157,35 @@ fn normalise(kind: &str, value: &str) -> Result<String, &'static str> {
         // equivalent spelling came in.
         "email" => email(nfkc(value).trim())?,
         "student_number" | "staff_number" => nfkc(&nfkc(value).trim().to_uppercase()),
-        "phone" => value
-            .chars()
-            .filter(|c| c.is_ascii_digit() || *c == '+')
-            .collect(),
+        "phone" => phone(value)?,
         _ => nfc(value),
     })
+}
+
+/// Where national phone numbers are read (`FR` unless the process sets it).
+static PHONE_REGION: std::sync::RwLock<phonenumber::country::Id> =
+    std::sync::RwLock::new(phonenumber::country::Id::FR);
+
+/// Sets the country whose numbering plan national phone numbers are read in
+/// (ISO 3166-1 alpha-2, e.g. `LU`); the server sets it from `[legal]
+/// jurisdiction` at start. An unknown code is refused.
+pub fn set_phone_region(country: &str) -> Result<(), String> {
+    let id: phonenumber::country::Id = country
+        .parse()
+        .map_err(|_| format!("{country:?} is not a country with a phone numbering plan"))?;
+    *PHONE_REGION.write().unwrap_or_else(|p| p.into_inner()) = id;
+    Ok(())
+}
+
+/// `value` in E.164, or why it is not a phone number.
+fn phone(value: &str) -> Result<String, &'static str> {
+    let region = *PHONE_REGION.read().unwrap_or_else(|p| p.into_inner());
+    let number = phonenumber::parse(Some(region), value)
+        .map_err(|_| "is not a phone number (e.g. +33612345678, or 06 12 34 56 78 in France)")?;
+    if !phonenumber::is_valid(&number) {
+        return Err("is not a valid phone number in its country's numbering plan");
+    }
+    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 fn nfc(s: &str) -> String {
@@ -216,6 +243,29 @@ fn email(value: &str) -> Result<String, &'static str> {
     address.push('@');
     address.push_str(&domain);
     Ok(address)
+}
+
+/// For a normalised phone number (E.164), the other ways other systems usually
+/// store it, once spaces and punctuation are removed: in the national format
+/// (`0612345678`) and with the `00` international prefix (`0033612345678`).
+/// A connector matching stored values looks for these too.
+pub fn phone_other_spellings(normalised: &str) -> Vec<String> {
+    let Ok(number) = phonenumber::parse(None, normalised) else {
+        return Vec::new();
+    };
+    let national: String = number
+        .format()
+        .mode(phonenumber::Mode::National)
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let mut out = vec![national];
+    if let Some(rest) = normalised.strip_prefix('+') {
+        out.push(format!("00{rest}"));
+    }
+    out.retain(|s| !s.is_empty() && s != normalised);
+    out
 }
 
 /// For a normalised email whose domain is internationalised (has an `xn--`
@@ -293,6 +343,30 @@ mod tests {
         assert_ne!(hasher().hash(&a), hasher().hash(&b));
         let other = SubjectHasher::new("other".to_string().into());
         assert_ne!(hasher().hash(&a), other.hash(&a));
+    }
+
+    #[test]
+    fn phone_numbers_are_one_person_however_written() {
+        let e164 = |v: &str| SubjectId::parse("phone", v, "subject").map(|s| s.value().to_string());
+        for spelling in [
+            "06 12 34 56 78",
+            "+33 6 12 34 56 78",
+            "0612345678",
+            "+33 (0)6-12-34-56-78",
+        ] {
+            assert_eq!(e164(spelling).unwrap(), "+33612345678", "{spelling}");
+        }
+        assert_eq!(
+            phone_other_spellings("+33612345678"),
+            ["0612345678", "0033612345678"]
+        );
+        // A normalised value parses to itself; another country keeps its own plan.
+        assert_eq!(e164("+33612345678").unwrap(), "+33612345678");
+        assert_eq!(e164("+352 621 123 456").unwrap(), "+352621123456");
+        for bad in ["12", "not a number", "+33 1"] {
+            let e = SubjectId::parse("phone", bad, "subjects[0]").unwrap_err();
+            assert!(e.to_string().contains("subjects[0].value"), "{bad}: {e}");
+        }
     }
 
     #[test]

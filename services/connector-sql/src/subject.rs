@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use custodia_core::subject::{SubjectId, email_with_unicode_domain};
+use custodia_core::subject::{SubjectId, email_with_unicode_domain, phone_other_spellings};
 use futures::TryStreamExt;
 use sqlx::{AnyConnection, Row};
 
@@ -88,7 +88,17 @@ impl Subject {
                 let unicode = (kind == "email")
                     .then(|| email_with_unicode_domain(value))
                     .flatten();
-                for spelling in std::iter::once(value.clone()).chain(unicode) {
+                // A phone is normalised to E.164; stored numbers are usually
+                // national (`06 12 34 56 78`).
+                let national = if kind == "phone" {
+                    phone_other_spellings(value)
+                } else {
+                    Vec::new()
+                };
+                for spelling in std::iter::once(value.clone())
+                    .chain(unicode)
+                    .chain(national)
+                {
                     let p = sql.param(Bind::Text(spelling));
                     terms.push(format!("{expr} = {p}"));
                 }

@@ -5,7 +5,8 @@ use super::*;
 
 custodia_tests::both_backends!(
     export_by_two_identifiers,
-    export_finds_an_internationalised_domain_however_spelled
+    export_finds_an_internationalised_domain_however_spelled,
+    export_finds_a_phone_number_however_written
 );
 
 async fn export_by_two_identifiers(backend: Backend) {
@@ -131,6 +132,46 @@ async fn export_finds_an_internationalised_domain_however_spelled(backend: Backe
             .map(|r| r.record_id.as_str())
             .collect();
         assert_eq!(contacts, ["3"], "{spelling:?}");
+    }
+    crm.stop().await;
+}
+
+/// A phone number is found however it is stored (national or international
+/// format) and however the request spells it: custodia's E.164 normal form
+/// matches both.
+async fn export_finds_a_phone_number_however_written(backend: Backend) {
+    let config = CRM_CONFIG.replacen(
+        r#"identifiers = { email = "email", crm_contact = "id" }"#,
+        r#"identifiers = { email = "email", crm_contact = "id", phone = "phone" }"#,
+        1,
+    );
+    assert_ne!(config, CRM_CONFIG);
+    let mut crm = Crm::start_with(backend, &config).await;
+    crm.connector
+        .execute(
+            "INSERT INTO contacts (id, email, first_name, last_name, phone) \
+             VALUES (4, 'pat@example.edu', 'Pat', 'Doe', '06 98 76 54 32')",
+        )
+        .await
+        .expect("seed");
+    // Pat's number is stored nationally, Ada's (the seed) internationally.
+    for (spelling, who) in [
+        ("+33 6 98 76 54 32", "4"),
+        ("0698765432", "4"),
+        ("+33698765432", "4"),
+        ("06 12 34 56 78", "1"),
+    ] {
+        let records: Vec<ExportedRecord> = export(&mut crm.client, vec![id("phone", spelling)])
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let contacts: Vec<&str> = records
+            .iter()
+            .filter(|r| r.category == "contacts")
+            .map(|r| r.record_id.as_str())
+            .collect();
+        assert_eq!(contacts, [who], "{spelling:?}");
     }
     crm.stop().await;
 }
