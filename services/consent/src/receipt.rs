@@ -15,6 +15,9 @@ use serde_json::json;
 
 /// Kantara version string.
 pub const RECEIPT_VERSION: &str = "KI-CR-v1.1.0";
+/// Prefix of a subject's value in a receipt: what follows is the keyed hash
+/// (HMAC-SHA256, hex) of the identifier, not the identifier.
+pub const HASHED: &str = "hmac-sha256:";
 /// File holding the generated seed in the embedded default.
 pub const SEED_FILE: &str = "consent-receipt.key";
 
@@ -87,7 +90,7 @@ pub struct Facts<'a> {
     pub consent_time: prost_types::Timestamp,
     /// Collection channel.
     pub channel: i32,
-    /// Subject as given by the caller (normalised).
+    /// The subject: its identifier's type and keyed hash ([`HASHED`]).
     pub subject: SubjectRef,
     /// Language shown, BCP 47.
     pub language: String,
@@ -95,7 +98,7 @@ pub struct Facts<'a> {
     pub notice: String,
     /// The consent events this receipt covers.
     pub events: Vec<String>,
-    /// The guardian, for a child.
+    /// The guardian, for a child, named like the subject.
     pub guardian: Option<SubjectRef>,
     /// One line per purpose.
     pub lines: Vec<Line<'a>>,

@@ -35,6 +35,17 @@ async fn store_receipt_key(api: &Api, now_us: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How a receipt names a person: the identifier's type and its keyed hash (the
+/// one events and the access log hold), never the identifier itself, so the
+/// stored receipts are no less pseudonymous than the events. Whoever holds an
+/// identifier can ask custodia (the key's holder) whether a receipt names it.
+fn pseudonym(api: &Api, id: &SubjectId) -> SubjectRef {
+    SubjectRef {
+        r#type: id.kind().to_string(),
+        value: format!("{}{}", receipt::HASHED, api.ctx.subjects.hash(id)),
+    }
+}
+
 /// Issues the receipt for `records` and links each event to it.
 pub(crate) async fn issue(
     api: &Api,
@@ -75,14 +86,15 @@ pub(crate) async fn issue(
         jurisdiction: api.ctx.calendar.jurisdiction().country(),
         consent_time: evidence.collect_time.unwrap_or_default(),
         channel: evidence.channel,
-        subject: SubjectRef {
-            r#type: subject.kind().to_string(),
-            value: subject.value().to_string(),
-        },
+        subject: pseudonym(api, subject),
         language: evidence.language.clone(),
         notice: evidence.notice.clone(),
         events: records.iter().map(|r| r.event.name.clone()).collect(),
-        guardian: guardian.and_then(|g| g.guardian.clone()),
+        // Validated by the caller (records::validate_guardian).
+        guardian: guardian
+            .and_then(|g| g.guardian.as_ref())
+            .and_then(|g| SubjectId::parse(&g.r#type, &g.value, "guardian.guardian").ok())
+            .map(|g| pseudonym(api, &g)),
         lines,
     };
     let issued = receipt::issue(&api.ctx.config, &api.receipts, facts);

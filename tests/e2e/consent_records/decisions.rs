@@ -325,6 +325,14 @@ async fn a_child_needs_a_guardian(backend: Backend) {
         ok.events[0].guardian.as_ref().unwrap().relationship,
         "mother"
     );
+    // The receipt names the guardian as it names the child: by keyed hash.
+    let receipt = ok.receipt.unwrap();
+    let guardian = receipt.guardian.unwrap();
+    assert_eq!(guardian.r#type, "email");
+    assert!(guardian.value.starts_with("hmac-sha256:"), "{guardian:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&receipt.payload).unwrap();
+    assert_eq!(doc["guardian"], format!("email:{}", guardian.value));
+    assert!(!String::from_utf8_lossy(&receipt.payload).contains("parent@"));
     assert!(check(&mut c, "dan@example.edu", "newsletter").await.0);
 
     app.stop().await;

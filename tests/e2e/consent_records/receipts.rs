@@ -64,7 +64,15 @@ async fn a_grant_is_receipted_and_a_retry_changes_nothing(backend: Backend) {
     .expect("receipt signature verifies");
     let doc: serde_json::Value = serde_json::from_slice(&receipt.payload).unwrap();
     assert_eq!(doc["version"], "KI-CR-v1.1.0");
-    assert_eq!(doc["piiPrincipalId"], "email:ada@example.edu");
+    // The subject is named by the keyed hash events hold, not the address (#27).
+    let principal = doc["piiPrincipalId"].as_str().unwrap();
+    let hash = principal
+        .strip_prefix("email:hmac-sha256:")
+        .expect(principal);
+    assert_eq!(hash.len(), 64, "{principal}");
+    assert!(!receipt.payload.windows(4).any(|w| w == b"ada@"));
+    let subject = receipt.subject.as_ref().unwrap();
+    assert_eq!(subject.value, format!("hmac-sha256:{hash}"));
     assert_eq!(doc["notice"], v1.as_str());
     assert_eq!(doc["services"][0]["purposes"][0]["decision"], "granted");
     let fetched = c
