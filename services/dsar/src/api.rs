@@ -1,7 +1,7 @@
 //! The state every use case of the dsar service shares, and the steps they
 //! all take: load a request, run a change of it in the store's transaction,
 //! build and record access events. The use cases are in [`crate::requests`],
-//! [`crate::lifecycle`], [`crate::source_tasks`], [`crate::recipients`],
+//! [`crate::lifecycle`], [`crate::source_tasks`], [`crate::recipients`], [`crate::review`],
 //! [`crate::download`], [`crate::register`], [`crate::sources`] and
 //! [`crate::retention`]; [`crate::grpc`] maps the RPCs onto them.
 

@@ -22,8 +22,9 @@ use custodia_proto::{
         data_source_client::DataSourceClient,
     },
     consent::v1::{
-        EraseSubjectRequest as ConsentErase, ListConsentEventsRequest, ListSubjectConsentsRequest,
-        consent_service_client::ConsentServiceClient,
+        ConsentChannel, EraseSubjectRequest as ConsentErase, Evidence, GetPurposeRequest,
+        ListConsentEventsRequest, ListSubjectConsentsRequest,
+        RecordObjectionRequest as ConsentObjection, consent_service_client::ConsentServiceClient,
     },
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -113,6 +114,11 @@ pub struct Ask<'a> {
     pub corrections: &'a [cpb::Correction],
     /// Reason, for restriction.
     pub reason: &'a str,
+    /// For an objection: the purposes objected to (`purposes/{purpose}`); none
+    /// is an objection to direct marketing as a whole.
+    pub purposes: &'a [String],
+    /// When the request was received: the time of an objection it records.
+    pub receive_time: Option<prost_types::Timestamp>,
     /// Idempotency key, the same for every attempt.
     pub request_id: String,
     /// Where an export writes its records (JSON lines) and source description.
@@ -606,11 +612,81 @@ async fn consent(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {
                 ..Default::default()
             })
         }
+        Capability::Object => {
+            // Consent states are kept per identifier (keyed hash): the objection
+            // is recorded under each, so a check by any of them answers OBJECTED.
+            let mut recorded = 0;
+            for (i, subject) in ask.subject.iter().enumerate() {
+                let r = within(
+                    t,
+                    client.record_objection(authed(
+                        ConsentObjection {
+                            subject: Some(subject.clone()),
+                            purposes: ask.purposes.to_vec(),
+                            direct_marketing: ask.purposes.is_empty(),
+                            grounds: ask.reason.to_string(),
+                            evidence: Some(Evidence {
+                                collect_time: ask.receive_time,
+                                channel: ConsentChannel::Staff as i32,
+                                form_id: ask.dsar_request.to_string(),
+                                ..Default::default()
+                            }),
+                            request_id: format!("{}-{i}", ask.request_id),
+                        },
+                        &t.token,
+                        t.timeout,
+                    )),
+                )
+                .await?
+                .into_inner();
+                recorded += r.events.len() as i64;
+            }
+            Ok(Outcome {
+                affected: vec![CategoryCount {
+                    category: "consent_objections".into(),
+                    count: recorded,
+                }],
+                ..Default::default()
+            })
+        }
         _ => Err(Failure::new(
             Code::Unimplemented,
-            "the consent records only take part in access and erasure",
+            "the consent records only take part in access, erasure and objection",
         )),
     }
+}
+
+/// The recipients of each of `purposes` (`purposes/{purpose}`) in the register
+/// of processing that `t` (custodia's consent service) keeps, by purpose name.
+/// A purpose the register does not know has none.
+pub async fn purpose_recipients(
+    t: &Target,
+    purposes: &[String],
+) -> Result<std::collections::HashMap<String, Vec<String>>, Failure> {
+    let mut client = ConsentServiceClient::new(channel(t).await?);
+    let mut out = std::collections::HashMap::new();
+    for name in purposes {
+        let found = within(
+            t,
+            client.get_purpose(authed(
+                GetPurposeRequest { name: name.clone() },
+                &t.token,
+                t.timeout,
+            )),
+        )
+        .await;
+        let recipients = match found {
+            Ok(r) => r
+                .into_inner()
+                .purpose
+                .map(|p| p.recipients.into_iter().map(|r| r.name).collect())
+                .unwrap_or_default(),
+            Err(f) if f.code == Code::NotFound => Vec::new(),
+            Err(f) => return Err(f),
+        };
+        out.insert(name.clone(), recipients);
+    }
+    Ok(out)
 }
 
 async fn audit(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {

@@ -7,6 +7,7 @@
 //! | VerifyIdentity, StartProcessing, ExtendDeadline, RejectRequest, CancelRequest, CompleteRequest | [`crate::lifecycle`] (rules in [`crate::state`]) |
 //! | MarkSourceHandledManually, RetrySource | [`crate::source_tasks`] |
 //! | RecordRecipientNotification | [`crate::recipients`] |
+//! | RecordHumanReview | [`crate::review`] |
 //! | GetExport | [`crate::download`] |
 //! | ExportRegister | [`crate::register`] |
 //! | RegisterDataSource, GetDataSource, ListDataSources, UpdateDataSource | [`crate::sources`] |
@@ -177,6 +178,20 @@ impl DsarService for Api {
             request,
             notify_recipient,
             pb::RecordRecipientNotificationResponse,
+            request
+        )
+    }
+
+    async fn record_human_review(
+        &self,
+        request: Request<pb::RecordHumanReviewRequest>,
+    ) -> Reply<pb::RecordHumanReviewResponse> {
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            record_review,
+            pb::RecordHumanReviewResponse,
             request
         )
     }

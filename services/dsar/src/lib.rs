@@ -12,6 +12,7 @@ mod recipients;
 pub mod register;
 mod requests;
 pub mod retention;
+mod review;
 mod source_tasks;
 pub mod sources;
 pub mod state;

@@ -35,6 +35,7 @@ pub fn operation_for(kind: RequestType) -> Option<Capability> {
         RequestType::Erasure => Some(Capability::Erase),
         RequestType::Restriction => Some(Capability::Restrict),
         RequestType::Rectification => Some(Capability::Rectify),
+        RequestType::Objection => Some(Capability::Object),
         _ => None,
     }
 }
@@ -185,21 +186,44 @@ fn short(name: &str, prefix: &str) -> String {
 /// The fan-out of a request whose processing starts: a task per enabled
 /// source that takes part (UNSUPPORTED where it lacks the operation), and an
 /// export package for access and portability. Returns the names asked.
-fn fan_out(l: &Loaded, sources: &[pb::DataSource], now: DateTime<Utc>) -> (Changes, Vec<String>) {
+fn fan_out(
+    l: &Loaded,
+    sources: &[pb::DataSource],
+    register: &Register,
+    now: DateTime<Utc>,
+) -> (Changes, Vec<String>, Vec<String>) {
     let kind = l.record.r#type();
     let mut changes = Changes::default();
     let mut names = Vec::new();
+    let mut recipients = std::collections::BTreeSet::new();
     if let Some(op) = operation_for(kind) {
         for s in sources {
             if s.state() == pb::DataSourceState::Disabled {
                 continue;
             }
-            let supported = s.capabilities.contains(&(op as i32));
+            let mut op = op;
+            let mut supported = s.capabilities.contains(&(op as i32));
+            if op == Capability::Object && !s.builtin {
+                // Only custodia's consent records take an objection; a source
+                // holding data of an objected purpose restricts it pending the
+                // objection's verification (Art. 18(1)(d)); the others are not
+                // concerned.
+                let concerned = s.purposes.iter().any(|p| l.record.purposes.contains(p));
+                if !concerned {
+                    continue;
+                }
+                op = Capability::Restrict;
+                supported = s.capabilities.contains(&(op as i32));
+            }
             if s.builtin && !supported {
                 // custodia's own records only take part where they can.
                 continue;
             }
             names.push(s.name.clone());
+            recipients.extend(s.recipients.iter().cloned());
+            for p in &s.purposes {
+                recipients.extend(register.get(p).into_iter().flatten().cloned());
+            }
             changes.tasks.push(pb::SourceTask {
                 data_source: s.name.clone(),
                 operation: op as i32,
@@ -223,7 +247,25 @@ fn fan_out(l: &Loaded, sources: &[pb::DataSource], now: DateTime<Utc>) -> (Chang
             path: String::new(),
         });
     }
-    (changes, names)
+    let recipients = if tells_recipients(kind) {
+        recipients.into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    (changes, names, recipients)
+}
+
+/// The register of processing as dsar needs it: each purpose's recipients, by
+/// purpose name (`purposes/{purpose}`).
+pub(crate) type Register = std::collections::HashMap<String, Vec<String>>;
+
+/// Whether the recipients of the subject's data must be told of a request of
+/// this type (Art. 19).
+pub fn tells_recipients(kind: RequestType) -> bool {
+    matches!(
+        kind,
+        RequestType::Rectification | RequestType::Erasure | RequestType::Restriction
+    )
 }
 
 /// Why request `l` cannot be completed yet, if it cannot: sources still open,
@@ -250,6 +292,33 @@ fn completion_blocked(l: &Loaded) -> Result<(), ApiError> {
                  hand: {}",
                 open.join(", ")
             ),
+        ));
+    }
+    let unnotified: Vec<&str> = l
+        .record
+        .recipients_to_notify
+        .iter()
+        .filter(|r| !l.notifications.iter().any(|n| &n.recipient == *r))
+        .map(String::as_str)
+        .collect();
+    if !unnotified.is_empty() {
+        return Err(refuse(
+            l,
+            "RECIPIENTS_NOT_NOTIFIED",
+            format!(
+                "these recipients of the subject's data have not been told (Art. 19): {}; \
+                 record a recipient notification for each (NOTIFIED, or IMPOSSIBLE / \
+                 DISPROPORTIONATE_EFFORT with the reason)",
+                unnotified.join(", ")
+            ),
+        ));
+    }
+    if l.record.r#type() == RequestType::AutomatedDecision && l.record.human_review.is_none() {
+        return Err(refuse(
+            l,
+            "HUMAN_REVIEW_MISSING",
+            "an automated decision must be reviewed by a person before the request is \
+             answered (Art. 22(3)): record the review (RecordHumanReview) first",
         ));
     }
     if exports(l.record.r#type()) {
@@ -346,6 +415,7 @@ impl Api {
         let now = self.clock.now();
         let id = validate_start(&r)?;
         let sources = self.all_sources().await?;
+        let register = self.register_recipients(&sources).await?;
         let principal = call.principal.name().to_string();
         let out = self
             .change(call, "StartProcessing", &id, key.as_ref(), move |l| {
@@ -363,7 +433,7 @@ impl Api {
                     ));
                 }
                 l.record.state = RequestState::InProgress as i32;
-                let (mut changes, names) = fan_out(l, &sources, now);
+                let (mut changes, names, recipients) = fan_out(l, &sources, &register, now);
                 changes.actions.push(action(
                     now,
                     &principal,
@@ -377,6 +447,33 @@ impl Api {
                     },
                     "",
                 ));
+                if !recipients.is_empty() {
+                    changes.actions.push(action(
+                        now,
+                        &principal,
+                        "recipients_derived",
+                        ActionResult::Succeeded,
+                        format!(
+                            "Recipients to tell (Art. 19), from the sources and the register: {}",
+                            recipients.join(", ")
+                        ),
+                        "",
+                    ));
+                }
+                l.record.recipients_to_notify = recipients;
+                if l.record.r#type() == RequestType::AutomatedDecision {
+                    changes.actions.push(action(
+                        now,
+                        &principal,
+                        "human_review_opened",
+                        ActionResult::Succeeded,
+                        "A person with authority to change the decision must review it, \
+                         hearing the subject's point of view (Art. 22(3)); record the \
+                         review before answering"
+                            .to_string(),
+                        "",
+                    ));
+                }
                 Ok(changes)
             })
             .await?;
@@ -660,7 +757,13 @@ mod tests {
     fn only_access_and_portability_export() {
         assert!(exports(RequestType::Access) && exports(RequestType::Portability));
         assert!(!exports(RequestType::Erasure));
-        assert_eq!(operation_for(RequestType::Objection), None);
+        assert_eq!(
+            operation_for(RequestType::Objection),
+            Some(Capability::Object)
+        );
+        assert_eq!(operation_for(RequestType::AutomatedDecision), None);
         assert_eq!(operation_for(RequestType::Erasure), Some(Capability::Erase));
+        assert!(tells_recipients(RequestType::Restriction));
+        assert!(!tells_recipients(RequestType::Access));
     }
 }

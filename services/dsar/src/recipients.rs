@@ -17,6 +17,7 @@ use custodia_proto::dsar::v1::{
 
 use crate::{
     api::Api,
+    lifecycle::Register,
     model::{self, action, named_change},
     state::{refuse, require},
     store::Changes,
@@ -74,6 +75,40 @@ pub(crate) fn validate_notify_recipient(
 }
 
 impl Api {
+    /// Each purpose's recipients in the register, for the purposes the enabled
+    /// `sources` declare: what StartProcessing derives the recipients to tell
+    /// from (Art. 19). UNAVAILABLE when the register cannot be read.
+    pub(crate) async fn register_recipients(
+        &self,
+        sources: &[pb::DataSource],
+    ) -> Result<Register, ApiError> {
+        let mut purposes: Vec<String> = sources
+            .iter()
+            .filter(|s| s.state() != pb::DataSourceState::Disabled)
+            .flat_map(|s| s.purposes.iter().cloned())
+            .collect();
+        purposes.sort();
+        purposes.dedup();
+        if purposes.is_empty() {
+            return Ok(Register::new());
+        }
+        let unavailable = |why: String| {
+            tracing::warn!(reason = %why, "reading the register for Art. 19 recipients");
+            ApiError::Unavailable(
+                "the register of processing (consent) could not be read to derive the \
+                 recipients to tell (Art. 19); retry"
+                    .into(),
+            )
+        };
+        let (target, _) = self
+            .target(model::BUILTIN_CONSENT)
+            .await
+            .map_err(|f| unavailable(f.message))?;
+        crate::connector::purpose_recipients(&target, &purposes)
+            .await
+            .map_err(|f| unavailable(f.message))
+    }
+
     /// RecordRecipientNotification.
     pub(crate) async fn notify_recipient(
         &self,

@@ -70,7 +70,11 @@ pub fn builtins(audit_endpoint: &str, consent_endpoint: &str) -> Vec<pb::DataSou
             display_name: "custodia consent records".into(),
             endpoint: consent_endpoint.to_string(),
             state: DataSourceState::Enabled as i32,
-            capabilities: vec![Capability::Export as i32, Capability::Erase as i32],
+            capabilities: vec![
+                Capability::Export as i32,
+                Capability::Erase as i32,
+                Capability::Object as i32,
+            ],
             identifier_types: types,
             data_categories: vec!["consents".into(), "consent_events".into()],
             builtin: true,

@@ -285,13 +285,16 @@ impl WorkerRef {
         let result = match self.api.target(&c.source_id).await {
             Err(f) => Err(f),
             Ok((target, _)) => {
+                let objection = objection_reason(&c.request);
                 let ask = Ask {
                     operation: c.operation,
                     subject: &c.request.subject_identifiers,
                     dsar_request: &c.request.name,
                     categories: &c.request.categories,
                     corrections: &c.request.corrections,
-                    reason: &c.request.details,
+                    reason: objection.as_deref().unwrap_or(&c.request.details),
+                    purposes: &c.request.purposes,
+                    receive_time: c.request.receive_time,
                     request_id: connector_request_id(&c.request_id, &c.source_id),
                     staging: &staging,
                 };
@@ -601,6 +604,35 @@ impl WorkerRef {
 }
 
 /// A task claimed for one attempt.
+/// For an objection request, what its tasks tell the sources: the objection
+/// (Art. 21) and, for a source asked to restrict, why (Art. 18(1)(d)).
+fn objection_reason(r: &pb::Request) -> Option<String> {
+    if r.r#type() != pb::RequestType::Objection {
+        return None;
+    }
+    let what = if r.purposes.is_empty() {
+        "direct marketing".to_string()
+    } else {
+        r.purposes.join(", ")
+    };
+    let mut text = format!(
+        "objection (Art. 21) to {what}, data-subject request {}: processing restricted \
+         pending the verification of the objection (Art. 18(1)(d))",
+        r.name
+    );
+    if !r.details.is_empty() {
+        text.push_str(": ");
+        text.push_str(&r.details);
+    }
+    // Within what a source (and consent's `grounds`) accepts.
+    let mut end = text.len().min(custodia_core::validate::MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    Some(text)
+}
+
 #[derive(Debug, Clone)]
 struct Claimed {
     request_id: String,

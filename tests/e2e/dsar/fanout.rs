@@ -89,7 +89,7 @@ async fn download(
     Ok((package.expect("package"), bytes))
 }
 
-async fn complete(c: &mut Client, name: &str) -> Result<Request, tonic::Status> {
+pub(super) async fn complete(c: &mut Client, name: &str) -> Result<Request, tonic::Status> {
     c.complete_request(CompleteRequestRequest {
         name: name.into(),
         response_summary: "Answered".into(),

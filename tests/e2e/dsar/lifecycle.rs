@@ -8,7 +8,7 @@ use custodia_proto::{
     dsar::v1::{
         ActionResult, CancelRequestRequest, CompleteRequestRequest, ExportRegisterRequest,
         IdentityVerificationOutcome, ListRequestsRequest, RejectRequestRequest, RejectionReason,
-        RequestState, RequestType,
+        RequestState, RequestType, SourceTaskState,
     },
 };
 use custodia_tests::Backend;
@@ -68,7 +68,18 @@ async fn lifecycle(backend: Backend) {
         .unwrap();
     let r = start(&mut c, &first.name).await.unwrap();
     assert_eq!(r.state(), RequestState::InProgress);
-    assert!(r.source_tasks.is_empty(), "an objection asks no source");
+    // An objection naming no purpose objects to direct marketing: custodia's
+    // consent records take it (and no connector holds an objected purpose).
+    let sources: Vec<&str> = r
+        .source_tasks
+        .iter()
+        .map(|t| t.data_source.as_str())
+        .collect();
+    assert_eq!(sources, ["dataSources/custodia-consent"]);
+    super::fanout::wait_for(&c, &first.name, |r| {
+        r.source_tasks[0].state() == SourceTaskState::Succeeded
+    })
+    .await;
     let done = c
         .complete_request(CompleteRequestRequest {
             name: first.name.clone(),
@@ -84,17 +95,23 @@ async fn lifecycle(backend: Backend) {
     assert!(done.completion.unwrap().response_time.is_some());
     let actions: Vec<&str> = done.actions.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(
-        actions,
+        actions[..4],
         [
             "submitted",
             "identity_checked",
             "identity_checked",
             "processing_started",
-            "completed"
         ]
     );
+    assert_eq!(actions.last(), Some(&"completed"), "{actions:?}");
     for a in &done.actions {
-        assert_eq!(a.actor.as_ref().unwrap().principal, "admin");
+        // People act as themselves; the fan-out worker as custodia.
+        let by = if a.data_source.is_empty() {
+            "admin"
+        } else {
+            "custodia"
+        };
+        assert_eq!(a.actor.as_ref().unwrap().principal, by, "{a:?}");
         assert!(a.time.is_some());
         assert_ne!(a.result(), ActionResult::Unspecified);
     }

@@ -10,6 +10,7 @@ mod fanout;
 mod lifecycle;
 mod restart;
 mod retention;
+mod rights;
 mod sql_sources;
 mod tls;
 

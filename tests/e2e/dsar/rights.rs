@@ -1,0 +1,250 @@
+//! Every right acts (D-1, D-8): an objection request records the objection in
+//! consent and has the sources holding the purpose restrict it; an
+//! automated-decision request cannot be answered before a human review; the
+//! recipients to tell of an erasure are derived from the sources and the
+//! register, and completion waits for each.
+
+use custodia_proto::{
+    consent::v1::{
+        CheckReason, CreatePurposeRequest, LawfulBasis, Purpose, PurposeCategory, Recipient,
+    },
+    dsar::v1::{
+        DataSource, HumanReview, HumanReviewOutcome, RecipientNotification,
+        RecipientNotificationOutcome, RecordHumanReviewRequest, RecordRecipientNotificationRequest,
+        RegisterDataSourceRequest, RequestState, RequestType, SourceTaskState,
+    },
+};
+use custodia_tests::{Backend, check, grant};
+use tonic::Code;
+
+use super::{
+    connector::{FakeSource, every_capability},
+    fanout::{complete, task, wait_for},
+    *,
+};
+
+custodia_tests::both_backends!(
+    an_objection_request_objects,
+    an_automated_decision_is_reviewed_by_a_person,
+    recipients_are_derived_and_told
+);
+
+/// Registers source `id` at `endpoint` holding data of `purposes`, disclosing
+/// it to `recipients`.
+async fn register_holding(
+    c: &mut Client,
+    id: &str,
+    endpoint: &str,
+    purposes: &[&str],
+    recipients: &[&str],
+) {
+    c.register_data_source(RegisterDataSourceRequest {
+        data_source_id: id.into(),
+        data_source: Some(DataSource {
+            display_name: format!("{id} system"),
+            endpoint: endpoint.into(),
+            capabilities: every_capability(),
+            purposes: purposes.iter().map(|p| format!("purposes/{p}")).collect(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Whether every source task of `r` is settled.
+fn settled(r: &Request) -> bool {
+    r.source_tasks.iter().all(|t| {
+        matches!(
+            t.state(),
+            SourceTaskState::Succeeded | SourceTaskState::HandledManually
+        )
+    })
+}
+
+/// Ada, on the newsletter, objects to it through a request: consent records
+/// the objection, the CRM (which holds newsletter data) is asked to restrict,
+/// Moodle (which does not) is not asked; once complete, checks answer OBJECTED.
+async fn an_objection_request_objects(backend: Backend) {
+    let app = spawn(backend).await;
+    let notice = app.newsletter_notice().await;
+    let mut consent = app.consent().await;
+    consent
+        .record_consent(grant(&app, "ada@example.edu", &notice))
+        .await
+        .unwrap();
+    let mut c = client(&app).await;
+    let crm = FakeSource::start("ada@example.edu", &[("contacts", 1)], vec![]).await;
+    let moodle = FakeSource::start("ada@example.edu", &[("enrolments", 3)], vec![]).await;
+    register_holding(&mut c, "crm", &crm.endpoint, &["newsletter"], &[]).await;
+    register_holding(&mut c, "moodle", &moodle.endpoint, &["enrolment"], &[]).await;
+
+    let mut objection = new_request(RequestType::Objection, "ada@example.edu");
+    objection.purposes = vec!["purposes/newsletter".into()];
+    objection.details = "I no longer want the newsletter".into();
+    let r = submit(&mut c, objection, "").await.unwrap();
+    let started = verify_and_start(&mut c, &r.name).await;
+    let mut asked: Vec<&str> = started
+        .source_tasks
+        .iter()
+        .map(|t| t.data_source.as_str())
+        .collect();
+    asked.sort_unstable();
+    assert_eq!(asked, ["dataSources/crm", "dataSources/custodia-consent"]);
+    assert_eq!(
+        task(&started, "crm").operation,
+        custodia_proto::connector::v1::Capability::Restrict as i32,
+        "restricted pending the objection's verification (Art. 18(1)(d))"
+    );
+    let done = wait_for(&c, &r.name, settled).await;
+    assert_eq!(
+        task(&done, "custodia-consent").affected[0].count,
+        2,
+        "one per identifier"
+    );
+    assert_eq!(crm.calls("RestrictSubject").len(), 1);
+    assert!(moodle.calls("RestrictSubject").is_empty());
+    let completed = complete(&mut c, &r.name).await.unwrap();
+    assert_eq!(completed.state(), RequestState::Completed);
+    assert_eq!(
+        check(&mut consent, "ada@example.edu", "newsletter").await,
+        (false, CheckReason::Objected)
+    );
+    app.stop().await;
+}
+
+/// An automated-decision request cannot be answered until a person reviewed
+/// the decision (Art. 22(3)); the review is kept on the request.
+async fn an_automated_decision_is_reviewed_by_a_person(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut c = client(&app).await;
+    let r = started(&mut c, RequestType::AutomatedDecision, "ada@example.edu").await;
+    assert!(r.actions.iter().any(|a| a.action == "human_review_opened"));
+    let err = complete(&mut c, &r.name).await.unwrap_err();
+    assert_code(
+        &err,
+        Code::FailedPrecondition,
+        &["Art. 22(3)", "RecordHumanReview"],
+    );
+
+    let review = |explanation: &str| RecordHumanReviewRequest {
+        name: r.name.clone(),
+        review: Some(HumanReview {
+            decision: "scholarship refused by the scoring engine on 2026-10-01".into(),
+            subject_view: "my income dropped this year".into(),
+            outcome: HumanReviewOutcome::Changed as i32,
+            explanation: explanation.into(),
+            reviewer: "Head of student services".into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let bad = c.record_human_review(review("")).await.unwrap_err();
+    assert_code(&bad, Code::InvalidArgument, &["review.explanation"]);
+    let reviewed = c
+        .record_human_review(review("2026 income documents re-read: scholarship granted"))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let kept = reviewed.human_review.as_ref().unwrap();
+    assert_eq!(kept.outcome(), HumanReviewOutcome::Changed);
+    assert_eq!(kept.actor.as_ref().unwrap().principal, "admin");
+    assert!(kept.review_time.is_some());
+    let done = complete(&mut c, &r.name).await.unwrap();
+    assert_eq!(done.state(), RequestState::Completed);
+
+    // Only an automated-decision request is reviewed.
+    let erasure = started(&mut c, RequestType::Erasure, "bob@example.edu").await;
+    let mut other = review("n/a");
+    other.name = erasure.name;
+    let err = c.record_human_review(other).await.unwrap_err();
+    assert_code(&err, Code::FailedPrecondition, &["AUTOMATED_DECISION"]);
+    app.stop().await;
+}
+
+/// An erasure's recipients come from the sources asked and from the register
+/// (the purposes they hold); the request is complete only once each is told
+/// or recorded as impossible to tell, with the reason (Art. 19).
+async fn recipients_are_derived_and_told(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut consent = app.consent().await;
+    consent
+        .create_purpose(CreatePurposeRequest {
+            purpose_id: "newsletter".into(),
+            purpose: Some(Purpose {
+                display_name: "Newsletter".into(),
+                lawful_basis: LawfulBasis::Consent as i32,
+                category: PurposeCategory::Communication as i32,
+                recipients: vec![Recipient {
+                    name: "MailChimp (Intuit Inc.)".into(),
+                    country_code: "US".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut c = client(&app).await;
+    let crm = FakeSource::start("ada@example.edu", &[("contacts", 1)], vec![]).await;
+    register_holding(
+        &mut c,
+        "crm",
+        &crm.endpoint,
+        &["newsletter"],
+        &["Payroll bureau"],
+    )
+    .await;
+
+    let r = started(&mut c, RequestType::Erasure, "ada@example.edu").await;
+    assert_eq!(
+        r.recipients_to_notify,
+        ["MailChimp (Intuit Inc.)", "Payroll bureau"]
+    );
+    wait_for(&c, &r.name, settled).await;
+    let err = complete(&mut c, &r.name).await.unwrap_err();
+    assert_code(
+        &err,
+        Code::FailedPrecondition,
+        &["MailChimp (Intuit Inc.)", "Payroll bureau", "Art. 19"],
+    );
+    let tell = |recipient: &str, outcome: RecipientNotificationOutcome, details: &str| {
+        RecordRecipientNotificationRequest {
+            name: r.name.clone(),
+            notification: Some(RecipientNotification {
+                recipient: recipient.into(),
+                outcome: outcome as i32,
+                method: "API call".into(),
+                details: details.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }
+    };
+    c.record_recipient_notification(tell(
+        "MailChimp (Intuit Inc.)",
+        RecipientNotificationOutcome::Notified,
+        "",
+    ))
+    .await
+    .unwrap();
+    let err = complete(&mut c, &r.name).await.unwrap_err();
+    assert_code(&err, Code::FailedPrecondition, &["Payroll bureau"]);
+    assert!(!err.message().contains("MailChimp"), "{}", err.message());
+    c.record_recipient_notification(tell(
+        "Payroll bureau",
+        RecipientNotificationOutcome::Impossible,
+        "the bureau closed in 2025; its successor never received the data",
+    ))
+    .await
+    .unwrap();
+    let done = complete(&mut c, &r.name).await.unwrap();
+    assert_eq!(done.state(), RequestState::Completed);
+    assert_eq!(done.recipient_notifications.len(), 2);
+    app.stop().await;
+}
