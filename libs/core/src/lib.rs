@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod connections;
+pub mod csv_out;
 pub mod decode_errors;
 pub mod echo;
 pub mod erasure_ledger;

@@ -123,15 +123,6 @@ pub fn json_document(purposes: &[Purpose], generated: &str) -> Document {
     }
 }
 
-/// One RFC 4180 field.
-fn cell(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// The register as CSV, one row per purpose; lists are joined with `; `.
 pub fn csv_document(purposes: &[Purpose], generated: &str) -> Document {
     let header = [
@@ -157,8 +148,7 @@ pub fn csv_document(purposes: &[Purpose], generated: &str) -> Document {
         "next_review_time",
         "review_overdue",
     ];
-    let mut out = header.join(",");
-    out.push_str("\r\n");
+    let mut rows = Vec::with_capacity(purposes.len());
     for p in purposes {
         let r = p.retention.clone().unwrap_or_default();
         let row = [
@@ -203,13 +193,12 @@ pub fn csv_document(purposes: &[Purpose], generated: &str) -> Document {
             time(&p.next_review_time),
             p.review_overdue.to_string(),
         ];
-        out.push_str(&row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(","));
-        out.push_str("\r\n");
+        rows.push(row);
     }
     Document {
         content_type: "text/csv; charset=utf-8".into(),
         filename: format!("register-{}.csv", &generated[..10.min(generated.len())]),
-        content: out.into_bytes(),
+        content: custodia_core::csv_out::document(&header, rows).into_bytes(),
     }
 }
 
@@ -218,9 +207,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_quotes_what_needs_quoting() {
-        assert_eq!(cell("plain"), "plain");
-        assert_eq!(cell("a, b"), "\"a, b\"");
-        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn csv_quotes_and_defuses_formulas() {
+        let p = Purpose {
+            name: "purposes/newsletter".into(),
+            display_name: "=HYPERLINK(\"http://x\")".into(),
+            description: "say \"hi\", monthly".into(),
+            ..Default::default()
+        };
+        let doc = csv_document(&[p], "2026-12-05T00:00:00Z");
+        let text = String::from_utf8(doc.content).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with(
+                "purposes/newsletter,\"'=HYPERLINK(\"\"http://x\"\")\",\"say \"\"hi\"\", monthly\","
+            ),
+            "{row}"
+        );
+        assert_eq!(doc.filename, "register-2026-12-05.csv");
     }
 }

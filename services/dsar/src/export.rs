@@ -21,8 +21,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
 
-use crate::register::csv_field;
-
 /// One source's contribution.
 #[derive(Debug, Clone)]
 pub struct SourcePart {
@@ -148,7 +146,14 @@ fn copy_records<W: Write + std::io::Seek>(
     })?;
     entry(zip, &format!("data/{source_id}.csv"), files, |w| {
         let reader = BufReader::new(File::open(&path)?);
-        w.write_all(b"category,record_id,create_time,update_time,fields\r\n")?;
+        let mut csv = custodia_core::csv_out::CsvWriter::new(w);
+        csv.row([
+            "category",
+            "record_id",
+            "create_time",
+            "update_time",
+            "fields",
+        ])?;
         for line in reader.lines() {
             let line = line?;
             if line.is_empty() {
@@ -162,10 +167,9 @@ fn copy_records<W: Write + std::io::Seek>(
                 text(&v["update_time"]),
                 v["fields"].to_string(),
             ];
-            let row: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-            w.write_all(row.join(",").as_bytes())?;
-            w.write_all(b"\r\n")?;
+            csv.row(cells)?;
         }
+        csv.finish()?;
         Ok(())
     })?;
     Ok(counts)

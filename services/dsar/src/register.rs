@@ -201,31 +201,16 @@ pub fn json(requests: &[pb::Request]) -> Value {
     })
 }
 
-/// One CSV field (RFC 4180).
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// The register as CSV with a header row.
+/// The register as CSV with a header row (formulas defused, see
+/// [`custodia_core::csv_out`]).
 pub fn csv(requests: &[pb::Request]) -> String {
-    let mut out = COLUMNS.join(",");
-    out.push_str("\r\n");
-    for r in requests {
-        let cells: Vec<String> = row(r)
-            .into_iter()
-            .map(|(_, v)| match v {
-                Value::String(s) => csv_field(&s),
-                other => other.to_string(),
-            })
-            .collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
-    }
-    out
+    let rows = requests.iter().map(|r| {
+        row(r).into_iter().map(|(_, v)| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+    });
+    custodia_core::csv_out::document(COLUMNS, rows)
 }
 
 #[cfg(test)]
