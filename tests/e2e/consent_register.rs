@@ -4,10 +4,11 @@
 //! export a DPO hands to the authority.
 
 use custodia_proto::{
-    common::v1::{ExportFormat, RetentionAction, RetentionPolicy},
+    common::v1::{ExportFormat, RetentionAction, RetentionPolicy, SpecialCategory},
     consent::v1::{
-        CreatePurposeRequest, ExportRegisterRequest, GetPurposeRequest, InternationalTransfer,
-        LawfulBasis, ListPurposesRequest, Purpose, PurposeCategory, UpdatePurposeRequest,
+        Article9Condition, CreatePurposeRequest, ExportRegisterRequest, GetPurposeRequest,
+        InternationalTransfer, LawfulBasis, ListPurposesRequest, Purpose, PurposeCategory,
+        UpdatePurposeRequest,
     },
 };
 use custodia_tests::{Backend, TestApp};
@@ -359,3 +360,97 @@ async fn purposes_name_their_notice(backend: Backend) {
 }
 
 custodia_tests::both_backends!(purposes_name_their_notice);
+
+/// Special categories (Art. 9, R-4): a purpose that processes one without an
+/// Art. 9(2) condition is refused, naming the field; explicit consent needs the
+/// consent basis; an allowed one is kept and a consent to it is receipted as
+/// sensitive, naming the category.
+async fn special_categories_need_an_article_9_condition(backend: Backend) {
+    let app = TestApp::spawn(backend, &[custodia_consent::SERVICE]).await;
+    let mut c = app.consent().await;
+    let health = |basis: LawfulBasis, condition: Article9Condition| Purpose {
+        display_name: "Disability accommodations for examinations".into(),
+        lawful_basis: basis as i32,
+        category: PurposeCategory::Other as i32,
+        special_categories: vec![SpecialCategory::Health as i32],
+        article9_condition: condition as i32,
+        ..Default::default()
+    };
+    let refused = create(
+        &mut c,
+        "accommodations",
+        health(LawfulBasis::PublicTask, Article9Condition::Unspecified),
+        "",
+    )
+    .await
+    .unwrap_err();
+    custodia_tests::assert_code(
+        &refused,
+        Code::InvalidArgument,
+        &["purpose.article9_condition", "Art. 9(2)"],
+    );
+    let refused = create(
+        &mut c,
+        "accommodations",
+        health(LawfulBasis::PublicTask, Article9Condition::ExplicitConsent),
+        "",
+    )
+    .await
+    .unwrap_err();
+    custodia_tests::assert_code(&refused, Code::InvalidArgument, &["CONSENT lawful basis"]);
+    let mut no_category = newsletter();
+    no_category.article9_condition = Article9Condition::LegalClaims as i32;
+    let refused = create(&mut c, "x", no_category, "").await.unwrap_err();
+    custodia_tests::assert_code(&refused, Code::InvalidArgument, &["special_categories"]);
+    assert_eq!(
+        get(&mut c, "purposes/accommodations")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "nothing was written"
+    );
+    let kept = create(
+        &mut c,
+        "accommodations",
+        health(
+            LawfulBasis::PublicTask,
+            Article9Condition::SubstantialPublicInterest,
+        ),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept.special_categories, [SpecialCategory::Health as i32]);
+
+    // Explicit consent to health data: its receipt is sensitive.
+    create(
+        &mut c,
+        "health-survey",
+        health(LawfulBasis::Consent, Article9Condition::ExplicitConsent),
+        "",
+    )
+    .await
+    .unwrap();
+    create(&mut c, "newsletter", newsletter(), "")
+        .await
+        .unwrap();
+    let notice = custodia_tests::publish_privacy_notice(&mut c, "A health survey.", false).await;
+    let mut r = custodia_tests::grant(&app, "ada@example.edu", &notice);
+    r.decisions[0].purpose = "purposes/health-survey".into();
+    let receipt = c
+        .record_consent(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert!(receipt.sensitive);
+    assert_eq!(receipt.special_categories, ["health"]);
+    let doc: serde_json::Value = serde_json::from_slice(&receipt.payload).unwrap();
+    assert_eq!(doc["sensitive"], true);
+    assert_eq!(doc["spiCat"][0], "health");
+    app.stop().await;
+}
+
+custodia_tests::both_backends!(special_categories_need_an_article_9_condition);

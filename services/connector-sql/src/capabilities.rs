@@ -61,6 +61,11 @@ pub(crate) fn capabilities(inner: &Inner) -> pb::GetCapabilitiesResponse {
                 recipients: t.cfg.recipients.clone(),
                 retention,
                 origin: t.cfg.origin.clone(),
+                special_category: t
+                    .cfg
+                    .special_category
+                    .map(|c| c.proto() as i32)
+                    .unwrap_or_default(),
             }
         })
         .collect();

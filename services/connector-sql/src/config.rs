@@ -55,6 +55,45 @@ fn default_max_connections() -> u32 {
     4
 }
 
+/// A special category of data (Art. 9(1)) as the configuration names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialCategoryConfig {
+    /// Racial or ethnic origin.
+    RacialOrEthnicOrigin,
+    /// Political opinions.
+    PoliticalOpinions,
+    /// Religious or philosophical beliefs.
+    ReligiousOrPhilosophicalBeliefs,
+    /// Trade union membership.
+    TradeUnionMembership,
+    /// Genetic data.
+    Genetic,
+    /// Biometric data.
+    Biometric,
+    /// Data concerning health.
+    Health,
+    /// Sex life or sexual orientation.
+    SexLifeOrOrientation,
+}
+
+impl SpecialCategoryConfig {
+    /// The protobuf value.
+    pub fn proto(self) -> custodia_proto::common::v1::SpecialCategory {
+        use custodia_proto::common::v1::SpecialCategory as S;
+        match self {
+            Self::RacialOrEthnicOrigin => S::RacialOrEthnicOrigin,
+            Self::PoliticalOpinions => S::PoliticalOpinions,
+            Self::ReligiousOrPhilosophicalBeliefs => S::ReligiousOrPhilosophicalBeliefs,
+            Self::TradeUnionMembership => S::TradeUnionMembership,
+            Self::Genetic => S::Genetic,
+            Self::Biometric => S::Biometric,
+            Self::Health => S::Health,
+            Self::SexLifeOrOrientation => S::SexLifeOrOrientation,
+        }
+    }
+}
+
 /// One table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +116,11 @@ pub struct TableConfig {
     /// Where the data comes from when not from the subject.
     #[serde(default)]
     pub origin: String,
+    /// The special category of data (Art. 9) the table holds, if any (`health`,
+    /// `biometric`, ...): dsar flags its records for destruction where the
+    /// register allows no such category for the source.
+    #[serde(default)]
+    pub special_category: Option<SpecialCategoryConfig>,
     /// Primary-key column (the record id).
     pub primary_key: String,
     /// SubjectRef type (`email`, `student_number`, `crm_contact`, ...) -> column.

@@ -103,10 +103,44 @@ fn to_json(p: &Purpose) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "digital_consent_age": p.digital_consent_age,
         "systems": p.systems,
+        "special_categories": special_categories(p),
+        "article9_condition": article9_condition(p.article9_condition),
         "last_review_time": time(&p.last_review_time),
         "next_review_time": time(&p.next_review_time),
         "review_overdue": p.review_overdue,
     })
+}
+
+/// The special categories (Art. 9) of `p`, in words.
+fn special_categories(p: &Purpose) -> Vec<String> {
+    p.special_categories
+        .iter()
+        .filter_map(|c| custodia_proto::common::v1::SpecialCategory::try_from(*c).ok())
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("SPECIAL_CATEGORY_")
+                .to_ascii_lowercase()
+                .replace('_', " ")
+        })
+        .collect()
+}
+
+/// The Art. 9(2) condition, in words with its point.
+fn article9_condition(c: i32) -> &'static str {
+    use custodia_proto::consent::v1::Article9Condition as C;
+    match C::try_from(c).unwrap_or_default() {
+        C::Unspecified => "",
+        C::ExplicitConsent => "explicit consent (Art. 9(2)(a))",
+        C::EmploymentSocialProtection => "employment and social protection law (Art. 9(2)(b))",
+        C::VitalInterests => "vital interests (Art. 9(2)(c))",
+        C::NotForProfitBody => "not-for-profit body, its members (Art. 9(2)(d))",
+        C::MadePublicBySubject => "made public by the subject (Art. 9(2)(e))",
+        C::LegalClaims => "legal claims (Art. 9(2)(f))",
+        C::SubstantialPublicInterest => "substantial public interest (Art. 9(2)(g))",
+        C::HealthOrSocialCare => "health or social care (Art. 9(2)(h))",
+        C::PublicHealth => "public health (Art. 9(2)(i))",
+        C::ArchivingResearchStatistics => "archiving, research or statistics (Art. 9(2)(j))",
+    }
 }
 
 /// The register as JSON.
@@ -144,6 +178,8 @@ pub fn csv_document(purposes: &[Purpose], generated: &str) -> Document {
         "cookie_lifetime",
         "cookies",
         "systems",
+        "special_categories",
+        "article9_condition",
         "last_review_time",
         "next_review_time",
         "review_overdue",
@@ -189,6 +225,8 @@ pub fn csv_document(purposes: &[Purpose], generated: &str) -> Document {
                 .collect::<Vec<_>>()
                 .join("; "),
             p.systems.join("; "),
+            special_categories(p).join("; "),
+            article9_condition(p.article9_condition).to_string(),
             time(&p.last_review_time),
             time(&p.next_review_time),
             p.review_overdue.to_string(),

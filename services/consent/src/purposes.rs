@@ -44,6 +44,8 @@ const UPDATABLE: &[&str] = &[
     "systems",
     "state",
     "last_review_time",
+    "special_categories",
+    "article9_condition",
 ];
 
 fn apply_mask(current: &mut Purpose, update: &Purpose, path: &str) {
@@ -67,6 +69,8 @@ fn apply_mask(current: &mut Purpose, update: &Purpose, path: &str) {
         "systems" => current.systems = u.systems,
         "state" => current.state = u.state,
         "last_review_time" => current.last_review_time = u.last_review_time,
+        "special_categories" => current.special_categories = u.special_categories,
+        "article9_condition" => current.article9_condition = u.article9_condition,
         _ => {}
     }
 }

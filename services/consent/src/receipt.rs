@@ -5,7 +5,7 @@
 
 use custodia_core::{Config, signing::Ed25519Key};
 use custodia_proto::{
-    common::v1::{Contact, SubjectRef},
+    common::v1::{Contact, SpecialCategory, SubjectRef},
     consent::v1::{
         ConsentChannel, ConsentReceipt, ConsentState, LawfulBasis, Purpose, PurposeCategory,
         ReceiptController, ReceiptPurpose,
@@ -151,6 +151,23 @@ pub fn issue(config: &Config, key: &Ed25519Key, f: Facts<'_>) -> ConsentReceipt 
             expire_time: None,
         })
         .collect();
+    // Kantara `sensitive` / `spiCat`: the special categories (Art. 9) the
+    // purposes process.
+    let mut special: Vec<String> = f
+        .lines
+        .iter()
+        .flat_map(|l| l.purpose.special_categories.iter())
+        .filter_map(|c| SpecialCategory::try_from(*c).ok())
+        .filter(|c| *c != SpecialCategory::Unspecified)
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("SPECIAL_CATEGORY_")
+                .to_ascii_lowercase()
+        })
+        .collect();
+    special.sort();
+    special.dedup();
+    let sensitive = !special.is_empty();
     // The signed document: Kantara CR v1.1 field names, plus the ISO/IEC TS 27560
     // notice reference and per-purpose decision.
     let document = json!({
@@ -186,8 +203,8 @@ pub fn issue(config: &Config, key: &Ed25519Key, f: Facts<'_>) -> ConsentReceipt 
                 "decision": state_text(l.state),
             })).collect::<Vec<_>>(),
         }],
-        "sensitive": false,
-        "spiCat": [],
+        "sensitive": sensitive,
+        "spiCat": special,
         "guardian": f.guardian.as_ref().map(|g| format!("{}:{}", g.r#type, g.value)),
         "consentEvents": f.events,
     });
@@ -214,8 +231,8 @@ pub fn issue(config: &Config, key: &Ed25519Key, f: Facts<'_>) -> ConsentReceipt 
         policy_url: c.policy_url.clone(),
         notice: f.notice,
         purposes,
-        sensitive: false,
-        special_categories: Vec::new(),
+        sensitive,
+        special_categories: special,
         guardian: f.guardian,
         consent_events: f.events,
         payload,

@@ -8,8 +8,10 @@ use custodia_core::{
     validate::{MAX_ID, MAX_TEXT, Validator},
 };
 use custodia_proto::{
-    common::v1::RetentionAction,
-    consent::v1::{LawfulBasis, Purpose, PurposeCategory, PurposeState, TransferSafeguard},
+    common::v1::{RetentionAction, SpecialCategory},
+    consent::v1::{
+        Article9Condition, LawfulBasis, Purpose, PurposeCategory, PurposeState, TransferSafeguard,
+    },
 };
 
 /// How often the register must be reviewed (R-5: at least annually).
@@ -97,6 +99,48 @@ const MAX_TRANSFERS: usize = 100;
 /// Most cookies of one purpose: its K-4 table, a few dozen on most sites.
 const MAX_COOKIES: usize = 500;
 
+/// Special categories (Art. 9, R-4): each a known one, named once, and only
+/// with the Art. 9(2) condition that allows processing them; explicit consent
+/// (Art. 9(2)(a)) only on the consent basis.
+fn special_categories(p: &Purpose, f: &impl Fn(&str) -> String, v: &mut Validator) {
+    let mut seen = std::collections::HashSet::new();
+    v.max_items(&f("special_categories"), p.special_categories.len(), 8);
+    for (i, c) in p.special_categories.iter().enumerate().take(8) {
+        match SpecialCategory::try_from(*c) {
+            Ok(SpecialCategory::Unspecified) | Err(_) => v.add(
+                f(&format!("special_categories[{i}]")),
+                "is not a special category of Art. 9(1)",
+            ),
+            Ok(_) if !seen.insert(*c) => {
+                v.add(f(&format!("special_categories[{i}]")), "is named twice")
+            }
+            Ok(_) => {}
+        }
+    }
+    let condition = Article9Condition::try_from(p.article9_condition);
+    match (p.special_categories.is_empty(), condition) {
+        (_, Err(_)) => v.add(f("article9_condition"), "is not a condition of Art. 9(2)"),
+        (false, Ok(Article9Condition::Unspecified)) => v.add(
+            f("article9_condition"),
+            "is required when special categories are processed: their processing is \
+             prohibited unless a condition of Art. 9(2) applies (R-4)",
+        ),
+        (true, Ok(c)) if c != Article9Condition::Unspecified => v.add(
+            f("article9_condition"),
+            "applies to special categories only; name them in special_categories",
+        ),
+        (false, Ok(Article9Condition::ExplicitConsent))
+            if p.lawful_basis != LawfulBasis::Consent as i32 =>
+        {
+            v.add(
+                f("article9_condition"),
+                "EXPLICIT_CONSENT (Art. 9(2)(a)) needs the CONSENT lawful basis",
+            )
+        }
+        _ => {}
+    }
+}
+
 /// Validates the caller-settable fields of `p`, naming fields under `prefix`
 /// (e.g. `purpose.`); `now` bounds the review time.
 pub fn validate(p: &Purpose, prefix: &str, now: DateTime<Utc>, v: &mut Validator) {
@@ -121,6 +165,7 @@ pub fn validate(p: &Purpose, prefix: &str, now: DateTime<Utc>, v: &mut Validator
     if PurposeState::try_from(p.state).is_err() {
         v.add(f("state"), "is not a known state");
     }
+    special_categories(p, &f, v);
     for (list, name) in [
         (&p.data_categories, "data_categories"),
         (&p.subject_categories, "subject_categories"),

@@ -16,14 +16,14 @@ use custodia_proto::{
         ListSubjectAccessesRequest, ShredSubjectRequest,
         audit_log_service_client::AuditLogServiceClient,
     },
-    common::v1::{RetainedData, SubjectRef},
+    common::v1::{RetainedData, SpecialCategory, SubjectRef},
     connector::v1::{
         self as cpb, Capability, CategoryCount, CorrectionResult,
         data_source_client::DataSourceClient,
     },
     consent::v1::{
         ConsentChannel, EraseSubjectRequest as ConsentErase, Evidence, GetPurposeRequest,
-        ListConsentEventsRequest, ListSubjectConsentsRequest,
+        ListConsentEventsRequest, ListSubjectConsentsRequest, Purpose,
         RecordObjectionRequest as ConsentObjection, consent_service_client::ConsentServiceClient,
     },
 };
@@ -82,6 +82,9 @@ pub struct Outcome {
     pub retained: Vec<RetainedData>,
     /// Rectification results.
     pub corrections: Vec<CorrectionResult>,
+    /// Exported records of a category the source says holds a special category
+    /// (Art. 9): (category, special category, records).
+    pub special: Vec<(String, SpecialCategory, i64)>,
 }
 
 /// How to reach one source.
@@ -309,6 +312,13 @@ async fn external(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {
                 "categories": caps.categories.iter().map(category_meta).collect::<Vec<_>>(),
             });
             let mut staging = Staging::create(ask.staging, &t.source_id, &meta).await?;
+            // Records per category the source says holds a special category.
+            let mut special_counts: std::collections::BTreeMap<&str, (SpecialCategory, i64)> = caps
+                .categories
+                .iter()
+                .filter(|c| c.special_category() != SpecialCategory::Unspecified)
+                .map(|c| (c.category.as_str(), (c.special_category(), 0)))
+                .collect();
             let mut stream = within(
                 t,
                 client.export_subject(authed(
@@ -334,6 +344,9 @@ async fn external(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {
                     if !valid_name(&r.category, 128) {
                         return Err(Failure::garbage("a record without a valid category"));
                     }
+                    if let Some(n) = special_counts.get_mut(r.category.as_str()) {
+                        n.1 += 1;
+                    }
                     if !valid_name(&r.record_id, 256) {
                         return Err(Failure::garbage("a record without a valid record_id"));
                     }
@@ -357,6 +370,11 @@ async fn external(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {
             }
             Ok(Outcome {
                 exported: staging.finish().await?,
+                special: special_counts
+                    .into_iter()
+                    .filter(|(_, (_, n))| *n > 0)
+                    .map(|(category, (special, n))| (category.to_string(), special, n))
+                    .collect(),
                 ..Default::default()
             })
         }
@@ -656,13 +674,13 @@ async fn consent(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {
     }
 }
 
-/// The recipients of each of `purposes` (`purposes/{purpose}`) in the register
-/// of processing that `t` (custodia's consent service) keeps, by purpose name.
-/// A purpose the register does not know has none.
-pub async fn purpose_recipients(
+/// Each of `purposes` (`purposes/{purpose}`) as the register of processing
+/// that `t` (custodia's consent service) keeps it, by name; `None` for one the
+/// register does not know.
+pub async fn register_purposes(
     t: &Target,
     purposes: &[String],
-) -> Result<std::collections::HashMap<String, Vec<String>>, Failure> {
+) -> Result<std::collections::HashMap<String, Option<Purpose>>, Failure> {
     let mut client = ConsentServiceClient::new(channel(t).await?);
     let mut out = std::collections::HashMap::new();
     for name in purposes {
@@ -675,16 +693,12 @@ pub async fn purpose_recipients(
             )),
         )
         .await;
-        let recipients = match found {
-            Ok(r) => r
-                .into_inner()
-                .purpose
-                .map(|p| p.recipients.into_iter().map(|r| r.name).collect())
-                .unwrap_or_default(),
-            Err(f) if f.code == Code::NotFound => Vec::new(),
+        let purpose = match found {
+            Ok(r) => r.into_inner().purpose,
+            Err(f) if f.code == Code::NotFound => None,
             Err(f) => return Err(f),
         };
-        out.insert(name.clone(), recipients);
+        out.insert(name.clone(), purpose);
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! | MarkSourceHandledManually, RetrySource | [`crate::source_tasks`] |
 //! | RecordRecipientNotification | [`crate::recipients`] |
 //! | RecordHumanReview | [`crate::review`] |
+//! | RecordDestruction | [`crate::special`] |
 //! | GetExport | [`crate::download`] |
 //! | ExportRegister | [`crate::register`] |
 //! | RegisterDataSource, GetDataSource, ListDataSources, UpdateDataSource | [`crate::sources`] |
@@ -192,6 +193,20 @@ impl DsarService for Api {
             request,
             record_review,
             pb::RecordHumanReviewResponse,
+            request
+        )
+    }
+
+    async fn record_destruction(
+        &self,
+        request: Request<pb::RecordDestructionRequest>,
+    ) -> Reply<pb::RecordDestructionResponse> {
+        unary_rpc!(
+            Api,
+            self,
+            request,
+            record_destruction,
+            pb::RecordDestructionResponse,
             request
         )
     }

@@ -15,6 +15,7 @@ pub mod retention;
 mod review;
 mod source_tasks;
 pub mod sources;
+mod special;
 pub mod state;
 pub mod store;
 pub mod worker;

@@ -313,6 +313,24 @@ fn completion_blocked(l: &Loaded) -> Result<(), ApiError> {
             ),
         ));
     }
+    let undestroyed: Vec<String> = l
+        .record
+        .special_category_findings
+        .iter()
+        .filter(|f| !f.destroyed)
+        .map(|f| format!("{} {}", f.data_source, f.category))
+        .collect();
+    if !undestroyed.is_empty() {
+        return Err(refuse(
+            l,
+            "SPECIAL_CATEGORIES_NOT_DESTROYED",
+            format!(
+                "special-category data the register does not allow was found and its \
+                 destruction is not recorded (R-4): {}; record it with RecordDestruction",
+                undestroyed.join(", ")
+            ),
+        ));
+    }
     if l.record.r#type() == RequestType::AutomatedDecision && l.record.human_review.is_none() {
         return Err(refuse(
             l,

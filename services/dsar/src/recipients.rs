@@ -11,8 +11,9 @@ use custodia_core::{
     proto_time::timestamp,
     validate::{MAX_ID, MAX_TEXT, Validator},
 };
-use custodia_proto::dsar::v1::{
-    self as pb, ActionResult, RecipientNotificationOutcome, RequestState, RequestType,
+use custodia_proto::{
+    consent::v1::Purpose,
+    dsar::v1::{self as pb, ActionResult, RecipientNotificationOutcome, RequestState, RequestType},
 };
 
 use crate::{
@@ -82,31 +83,51 @@ impl Api {
         &self,
         sources: &[pb::DataSource],
     ) -> Result<Register, ApiError> {
-        let mut purposes: Vec<String> = sources
+        let enabled: Vec<&pb::DataSource> = sources
             .iter()
             .filter(|s| s.state() != pb::DataSourceState::Disabled)
-            .flat_map(|s| s.purposes.iter().cloned())
             .collect();
-        purposes.sort();
-        purposes.dedup();
-        if purposes.is_empty() {
-            return Ok(Register::new());
-        }
-        let unavailable = |why: String| {
+        let purposes = self.register_purposes(&enabled).await.map_err(|why| {
             tracing::warn!(reason = %why, "reading the register for Art. 19 recipients");
             ApiError::Unavailable(
                 "the register of processing (consent) could not be read to derive the \
                  recipients to tell (Art. 19); retry"
                     .into(),
             )
-        };
+        })?;
+        Ok(purposes
+            .into_iter()
+            .map(|(name, p)| {
+                let recipients = p
+                    .map(|p| p.recipients.into_iter().map(|r| r.name).collect())
+                    .unwrap_or_default();
+                (name, recipients)
+            })
+            .collect())
+    }
+
+    /// The register's entries of the purposes `sources` declare (read from
+    /// custodia's consent service); why not, when it cannot be read.
+    pub(crate) async fn register_purposes(
+        &self,
+        sources: &[&pb::DataSource],
+    ) -> Result<std::collections::HashMap<String, Option<Purpose>>, String> {
+        let mut purposes: Vec<String> = sources
+            .iter()
+            .flat_map(|s| s.purposes.iter().cloned())
+            .collect();
+        purposes.sort();
+        purposes.dedup();
+        if purposes.is_empty() {
+            return Ok(Default::default());
+        }
         let (target, _) = self
             .target(model::BUILTIN_CONSENT)
             .await
-            .map_err(|f| unavailable(f.message))?;
-        crate::connector::purpose_recipients(&target, &purposes)
+            .map_err(|f| f.message)?;
+        crate::connector::register_purposes(&target, &purposes)
             .await
-            .map_err(|f| unavailable(f.message))
+            .map_err(|f| f.message)
     }
 
     /// RecordRecipientNotification.

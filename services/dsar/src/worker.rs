@@ -31,6 +31,7 @@ use crate::{
     connector::{self, Ask, Failure},
     export,
     model::{self, SYSTEM_PRINCIPAL, action},
+    special,
     state::is_terminal,
     store::{Changes, ExportRow},
 };
@@ -334,6 +335,14 @@ impl WorkerRef {
             &self.api.subjects,
             c.request.subject_identifiers.first(),
         );
+        // Special-category data in the answer is checked against the register
+        // before the change (a call to consent), its findings made inside it.
+        let allowed = match &result {
+            Ok(o) if !o.special.is_empty() => {
+                Some(self.api.allowed_special_categories(&c.source_id).await)
+            }
+            _ => None,
+        };
         self.api
             .store
             .change(&c.request_id, None, None, to_micros(now), |l| {
@@ -418,9 +427,20 @@ impl WorkerRef {
                         );
                     }
                 }
+                let mut actions = vec![entry];
+                if let (Ok(o), Some(allowed)) = (&result, &allowed) {
+                    actions.extend(special::record_findings(
+                        l,
+                        &source_name,
+                        &o.special,
+                        allowed,
+                        now,
+                        SYSTEM_PRINCIPAL,
+                    ));
+                }
                 Ok(Changes {
                     tasks: vec![task],
-                    actions: vec![entry],
+                    actions,
                     events: vec![event],
                     ..Default::default()
                 })

@@ -33,6 +33,11 @@ async fn bad_config_identifiers_are_rejected() {
     assert!(e.contains("retained_by_law.period"), "{e}");
     let e = with("display_name", "display_nam");
     assert!(e.contains("display_nam"), "{e}");
+    let e = with(
+        r#"name = "interactions""#,
+        "name = \"interactions\"\nspecial_category = \"medical\"",
+    );
+    assert!(e.contains("medical") && e.contains("health"), "{e}");
 
     // Plain identifiers that the database lacks fail at start-up.
     let text = CRM_CONFIG.replacen(r#"phone", "email"]"#, r#"phone", "emial"]"#, 1);
@@ -142,4 +147,36 @@ async fn moodle_stand_in_anonymises_accounts() {
         1
     );
     moodle.stop().await;
+}
+
+/// A table declared as holding a special category (Art. 9) says so in the
+/// connector's capabilities, which dsar checks against the register (R-4).
+#[tokio::test]
+async fn a_special_category_is_declared_in_the_capabilities() {
+    let text = CRM_CONFIG.replacen(
+        r#"name = "interactions""#,
+        "name = \"interactions\"\nspecial_category = \"health\"",
+        1,
+    );
+    let mut crm = Crm::start_with(Backend::Sqlite, &text).await;
+    let caps = crm
+        .client
+        .get_capabilities(GetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let special: Vec<(&str, i32)> = caps
+        .categories
+        .iter()
+        .map(|c| (c.category.as_str(), c.special_category))
+        .collect();
+    assert_eq!(
+        special,
+        [
+            ("contacts", 0),
+            ("interactions", SpecialCategory::Health as i32),
+            ("invoices", 0)
+        ]
+    );
+    crm.stop().await;
 }

@@ -18,7 +18,7 @@ use custodia_connector_sql::{
 };
 use custodia_core::legal_time::{Clock, ManualClock};
 use custodia_proto::{
-    common::v1::{RetentionAction, RetentionGround, RetentionPolicy, SubjectRef},
+    common::v1::{RetentionAction, RetentionGround, RetentionPolicy, SpecialCategory, SubjectRef},
     connector::v1::{
         ApplyRetentionRequest, Correction, EraseSubjectRequest, ExportSubjectRequest,
         ExportedRecord, GetCapabilitiesRequest, RectifySubjectRequest, RestrictSubjectRequest,

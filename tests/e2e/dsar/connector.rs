@@ -8,7 +8,7 @@ use std::{
 };
 
 use custodia_proto::{
-    common::v1::{RetainedData, RetentionGround, RetentionPolicy},
+    common::v1::{RetainedData, RetentionGround, RetentionPolicy, SpecialCategory},
     connector::v1::{
         ApplyRetentionRequest, ApplyRetentionResponse, Capability, CategoryCount, CorrectionResult,
         DataCategory, EraseSubjectRequest, EraseSubjectResponse, ExportSubjectRequest,
@@ -232,6 +232,12 @@ impl DataSource for Svc {
                         ..Default::default()
                     }),
                     origin: String::new(),
+                    // The stand-in's convention: `medical_*` holds health data.
+                    special_category: if c.starts_with("medical_") {
+                        SpecialCategory::Health as i32
+                    } else {
+                        0
+                    },
                 })
                 .collect(),
         }))

@@ -2,16 +2,20 @@
 //! consent and has the sources holding the purpose restrict it; an
 //! automated-decision request cannot be answered before a human review; the
 //! recipients to tell of an erasure are derived from the sources and the
-//! register, and completion waits for each.
+//! register, and completion waits for each; special-category data a source
+//! holds against the register is flagged and its destruction recorded.
 
 use custodia_proto::{
+    common::v1::SpecialCategory,
     consent::v1::{
-        CheckReason, CreatePurposeRequest, LawfulBasis, Purpose, PurposeCategory, Recipient,
+        Article9Condition, CheckReason, CreatePurposeRequest, LawfulBasis, Purpose,
+        PurposeCategory, Recipient,
     },
     dsar::v1::{
-        DataSource, HumanReview, HumanReviewOutcome, RecipientNotification,
-        RecipientNotificationOutcome, RecordHumanReviewRequest, RecordRecipientNotificationRequest,
-        RegisterDataSourceRequest, RequestState, RequestType, SourceTaskState,
+        DataSource, ExportState, HumanReview, HumanReviewOutcome, RecipientNotification,
+        RecipientNotificationOutcome, RecordDestructionRequest, RecordHumanReviewRequest,
+        RecordRecipientNotificationRequest, RegisterDataSourceRequest, RequestState, RequestType,
+        SourceTaskState,
     },
 };
 use custodia_tests::{Backend, check, grant};
@@ -246,5 +250,104 @@ async fn recipients_are_derived_and_told(backend: Backend) {
     let done = complete(&mut c, &r.name).await.unwrap();
     assert_eq!(done.state(), RequestState::Completed);
     assert_eq!(done.recipient_notifications.len(), 2);
+    app.stop().await;
+}
+
+custodia_tests::both_backends!(special_categories_found_are_destroyed);
+
+/// the CRM answers an access request with medical notes although no
+/// purpose it holds allows health data: the request is flagged, cannot be
+/// completed until their destruction is recorded; the infirmary, whose purpose
+/// allows health data (Art. 9(2)(h)), is not flagged.
+async fn special_categories_found_are_destroyed(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut consent = app.consent().await;
+    consent
+        .create_purpose(CreatePurposeRequest {
+            purpose_id: "health-care".into(),
+            purpose: Some(Purpose {
+                display_name: "Student health service".into(),
+                lawful_basis: LawfulBasis::PublicTask as i32,
+                category: PurposeCategory::Other as i32,
+                special_categories: vec![SpecialCategory::Health as i32],
+                article9_condition: Article9Condition::HealthOrSocialCare as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut c = client(&app).await;
+    let crm = FakeSource::start(
+        "ada@example.edu",
+        &[("contacts", 1), ("medical_notes", 2)],
+        vec![],
+    )
+    .await;
+    let infirmary = FakeSource::start("ada@example.edu", &[("medical_visits", 4)], vec![]).await;
+    register_holding(&mut c, "crm", &crm.endpoint, &["prospects"], &[]).await;
+    register_holding(
+        &mut c,
+        "infirmary",
+        &infirmary.endpoint,
+        &["health-care"],
+        &[],
+    )
+    .await;
+
+    let r = started(&mut c, RequestType::Access, "ada@example.edu").await;
+    let flagged = wait_for(&c, &r.name, |r| {
+        settled(r)
+            && r.export
+                .as_ref()
+                .is_some_and(|e| e.state() == ExportState::Ready)
+    })
+    .await;
+    let findings = &flagged.special_category_findings;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].data_source, "dataSources/crm");
+    assert_eq!(findings[0].category, "medical_notes");
+    assert_eq!(findings[0].special_category(), SpecialCategory::Health);
+    assert_eq!(findings[0].record_count, 2);
+    assert!(!findings[0].destroyed);
+    assert!(
+        flagged
+            .actions
+            .iter()
+            .any(|a| a.action == "special_category_found")
+    );
+    let err = complete(&mut c, &r.name).await.unwrap_err();
+    assert_code(
+        &err,
+        Code::FailedPrecondition,
+        &["R-4", "dataSources/crm medical_notes"],
+    );
+
+    let destroy = |category: &str| RecordDestructionRequest {
+        name: r.name.clone(),
+        data_source: "dataSources/crm".into(),
+        category: category.into(),
+        destruction: "deleted from the CRM by its administrator, ticket 4411".into(),
+        request_id: String::new(),
+    };
+    let err = c.record_destruction(destroy("contacts")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let done = c
+        .record_destruction(destroy("medical_notes"))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let f = &done.special_category_findings[0];
+    assert!(f.destroyed && f.destroy_time.is_some());
+    assert_eq!(f.actor.as_ref().unwrap().principal, "admin");
+    let err = c
+        .record_destruction(destroy("medical_notes"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let completed = complete(&mut c, &r.name).await.unwrap();
+    assert_eq!(completed.state(), RequestState::Completed);
     app.stop().await;
 }
