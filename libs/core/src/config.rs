@@ -50,6 +50,38 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// What keeps an erasure effective after a backup is restored.
     pub erasure: ErasureConfig,
+    /// How long custodia keeps its own records.
+    pub retention: RetentionConfig,
+}
+
+/// How long custodia keeps its own records (`[retention]`, R-3), as ISO 8601
+/// periods (`P5Y`); empty keeps them. Applied by dsar's scheduled retention
+/// runs (`dsar.retention_interval_secs`) and recorded in each run. Export
+/// packages expire on their own (`dsar.export_ttl_secs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The consent trail (events, receipts, erasure suppressions of a
+    /// withdrawal) of a subject and purpose, after the relation ended (the
+    /// last withdrawal or refusal). Default: the limitation period of a claim
+    /// (5 years, Code civil art. 2224). Objections are kept.
+    pub consent_trails: String,
+    /// Closed data-subject requests (completed, rejected, cancelled), after
+    /// they closed. Default 5 years.
+    pub closed_requests: String,
+    /// The access log's search index by subject, after the entry was
+    /// appended (the entries stay in the tree). Default 5 years.
+    pub audit_index: String,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            consent_trails: "P5Y".into(),
+            closed_requests: "P5Y".into(),
+            audit_index: "P5Y".into(),
+        }
+    }
 }
 
 /// Erasures that stay done (`[erasure]`, D-9).
@@ -470,6 +502,7 @@ impl Default for Config {
             dsar: DsarConfig::default(),
             outbound: OutboundConfig::default(),
             erasure: ErasureConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -512,6 +545,17 @@ impl Config {
     /// files (a generated admin token).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_server_limits()?;
+        for (key, value) in [
+            ("retention.consent_trails", &self.retention.consent_trails),
+            ("retention.closed_requests", &self.retention.closed_requests),
+            ("retention.audit_index", &self.retention.audit_index),
+        ] {
+            if !value.is_empty() && value.parse::<crate::legal_time::CalendarPeriod>().is_err() {
+                return Err(ConfigError(format!(
+                    "{key} must be an ISO 8601 period such as P5Y (or empty to keep)"
+                )));
+            }
+        }
         crate::outbound::Outbound::from_config(&self.outbound.tls)
             .map_err(|e| ConfigError(format!("{e:#}")))?;
         if self.server.max_request_bytes < 1024 {

@@ -12,6 +12,7 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     erasure_ledger::{ErasedIn, LedgerEntry},
+    fields::optional_time,
     idempotency::{self, MAX_REQUEST_ID, RequestKey},
     json_struct::{struct_from_json_text, struct_to_json_text},
     outbox::{AccessEvent, OutboxStore, Outcome},
@@ -833,6 +834,42 @@ impl AuditLogService for Api {
             } else {
                 String::new()
             },
+        }))
+    }
+
+    async fn prune_subject_index(
+        &self,
+        request: Request<pb::PruneSubjectIndexRequest>,
+    ) -> Result<Response<pb::PruneSubjectIndexResponse>, Status> {
+        let call = CallContext::of(&request)?.clone();
+        let r = request.into_inner();
+        let now = self.ctx.clock.now();
+        let mut v = Validator::new();
+        if r.cutoff_time.is_none() {
+            v.add("cutoff_time", "is required");
+        }
+        let cutoff = optional_time(&mut v, "cutoff_time", r.cutoff_time.as_ref(), Some(now));
+        v.finish()?;
+        let cutoff_us = to_micros(cutoff.unwrap_or(now));
+        let pruned = self.log.store().prune_index(cutoff_us, r.dry_run).await?;
+        let mut event = self.event(&call, "PruneSubjectIndex", None, "");
+        event.action = if r.dry_run { "read" } else { "delete" }.into();
+        event.detail = serde_json::json!({
+            "cutoff_time": from_micros(cutoff_us).to_rfc3339(),
+            "matched": pruned.matched,
+            "removed": pruned.removed,
+            "first_indexed_seq": pruned.first_indexed_seq,
+        })
+        .to_string();
+        self.ctx
+            .outbox
+            .enqueue_durable(&event)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Response::new(pb::PruneSubjectIndexResponse {
+            matched_entry_count: pruned.matched,
+            removed_entry_count: pruned.removed,
+            first_indexed_seq: pruned.first_indexed_seq,
         }))
     }
 

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod keys;
 pub mod log;
 pub mod merkle;
+pub mod retention;
 pub mod signer;
 pub mod store;
 pub mod verify;

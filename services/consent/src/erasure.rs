@@ -5,6 +5,7 @@ use custodia_core::{
     ApiError,
     auth::CallContext,
     erasure_ledger::{ErasedIn, LedgerEntry},
+    fields::optional_time,
     idempotency::{self, MAX_REQUEST_ID, RequestKey},
     storage::{from_micros, to_micros},
     validate::Validator,
@@ -79,6 +80,67 @@ pub(crate) async fn erase_subject(
     }
     .await;
     match erased {
+        Ok(response) => idempotency::finish(&api.ctx.db, key.as_ref(), response).await,
+        Err(e) => {
+            idempotency::abandon(&api.ctx.db, key.as_ref()).await;
+            Err(e)
+        }
+    }
+}
+
+/// ApplyRecordsRetention: the retention of consent's own records, see
+/// [`crate::store::ConsentStore::purge_closed_trails`].
+pub(crate) async fn apply_records_retention(
+    api: &Api,
+    call: &CallContext,
+    r: pb::ApplyRecordsRetentionRequest,
+) -> Result<pb::ApplyRecordsRetentionResponse, ApiError> {
+    let key = RequestKey::of(call, "ApplyRecordsRetention", &r.request_id, &r);
+    let now = api.ctx.clock.now();
+    let mut v = Validator::new();
+    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID);
+    let cutoff = optional_time(&mut v, "cutoff_time", r.cutoff_time.as_ref(), Some(now));
+    if r.cutoff_time.is_none() {
+        v.add("cutoff_time", "is required");
+    }
+    v.finish()?;
+    let cutoff_us = to_micros(cutoff.unwrap_or(now));
+    let mut access = api.access(call, "ApplyRecordsRetention", None, "");
+    access.action = if r.dry_run { "read" } else { "delete" }.into();
+    if let Some(first) = idempotency::begin(&api.ctx.db, key.as_ref(), to_micros(now)).await? {
+        access.detail = serde_json::json!({ "replay": true }).to_string();
+        api.record_access(&access).await?;
+        return Ok(first);
+    }
+    let purged = async {
+        let p = api.store.purge_closed_trails(cutoff_us, r.dry_run).await?;
+        if !r.dry_run && p.states > 0 {
+            api.cache.forget_all();
+            api.ctx.db.scrub_log().await;
+        }
+        access.detail = serde_json::json!({
+            "cutoff_time": from_micros(cutoff_us).to_rfc3339(),
+            "states": p.states,
+            "events": p.events,
+            "receipts": p.receipts,
+            "suppressions": p.suppressions,
+        })
+        .to_string();
+        api.ctx
+            .outbox
+            .enqueue_durable(&access)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok::<_, ApiError>(pb::ApplyRecordsRetentionResponse {
+            state_count: p.states,
+            event_count: p.events,
+            receipt_count: p.receipts,
+            suppression_count: p.suppressions,
+            deleted: !r.dry_run,
+        })
+    }
+    .await;
+    match purged {
         Ok(response) => idempotency::finish(&api.ctx.db, key.as_ref(), response).await,
         Err(e) => {
             idempotency::abandon(&api.ctx.db, key.as_ref()).await;

@@ -183,6 +183,14 @@ impl ConsentService for Api {
         reply(erasure::erase_subject(self, &call, r).await)
     }
 
+    async fn apply_records_retention(
+        &self,
+        request: Request<pb::ApplyRecordsRetentionRequest>,
+    ) -> Reply<pb::ApplyRecordsRetentionResponse> {
+        let (call, r) = parts(request)?;
+        reply(erasure::apply_records_retention(self, &call, r).await)
+    }
+
     async fn export_register(
         &self,
         request: Request<pb::ExportRegisterRequest>,

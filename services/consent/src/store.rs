@@ -36,7 +36,7 @@ use custodia_proto::consent::v1::Purpose;
 use prost::Message;
 use sqlx::{AssertSqlSafe, ColumnIndex, Row, any::AnyRow};
 
-pub use erasure::{Erasure, Suppression, ground_of, minimised};
+pub use erasure::{Erasure, Purged, Suppression, ground_of, minimised};
 pub use group_commit::{NewRecord, Receipt, StateReads, WriteJob, WriteResult, Writes};
 pub use states::{StateRowOf, States};
 

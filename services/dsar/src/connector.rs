@@ -13,8 +13,8 @@ use std::{
 use custodia_core::{json_struct::struct_to_json_text, private_files, proto_time::instant};
 use custodia_proto::{
     audit::v1::{
-        ListSubjectAccessesRequest, ShredSubjectRequest,
-        audit_log_service_client::AuditLogServiceClient,
+        ListSubjectAccessesRequest, PruneSubjectIndexRequest, PruneSubjectIndexResponse,
+        ShredSubjectRequest, audit_log_service_client::AuditLogServiceClient,
     },
     common::v1::{RetainedData, SpecialCategory, SubjectRef},
     connector::v1::{
@@ -22,9 +22,10 @@ use custodia_proto::{
         data_source_client::DataSourceClient,
     },
     consent::v1::{
-        ConsentChannel, EraseSubjectRequest as ConsentErase, Evidence, GetPurposeRequest,
-        ListConsentEventsRequest, ListSubjectConsentsRequest, Purpose,
-        RecordObjectionRequest as ConsentObjection, consent_service_client::ConsentServiceClient,
+        ApplyRecordsRetentionRequest, ApplyRecordsRetentionResponse, ConsentChannel,
+        EraseSubjectRequest as ConsentErase, Evidence, GetPurposeRequest, ListConsentEventsRequest,
+        ListSubjectConsentsRequest, Purpose, RecordObjectionRequest as ConsentObjection,
+        consent_service_client::ConsentServiceClient,
     },
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -701,6 +702,52 @@ pub async fn register_purposes(
         out.insert(name.clone(), purpose);
     }
     Ok(out)
+}
+
+/// ApplyRecordsRetention on custodia's consent service (`t`).
+pub async fn consent_retention(
+    t: &Target,
+    cutoff: prost_types::Timestamp,
+    dry_run: bool,
+    request_id: String,
+) -> Result<ApplyRecordsRetentionResponse, Failure> {
+    let mut client = ConsentServiceClient::new(channel(t).await?);
+    Ok(within(
+        t,
+        client.apply_records_retention(authed(
+            ApplyRecordsRetentionRequest {
+                cutoff_time: Some(cutoff),
+                dry_run,
+                request_id,
+            },
+            &t.token,
+            t.timeout,
+        )),
+    )
+    .await?
+    .into_inner())
+}
+
+/// PruneSubjectIndex on custodia's audit-log service (`t`).
+pub async fn audit_index_retention(
+    t: &Target,
+    cutoff: prost_types::Timestamp,
+    dry_run: bool,
+) -> Result<PruneSubjectIndexResponse, Failure> {
+    let mut client = AuditLogServiceClient::new(channel(t).await?);
+    Ok(within(
+        t,
+        client.prune_subject_index(authed(
+            PruneSubjectIndexRequest {
+                cutoff_time: Some(cutoff),
+                dry_run,
+            },
+            &t.token,
+            t.timeout,
+        )),
+    )
+    .await?
+    .into_inner())
 }
 
 async fn audit(t: &Target, ask: &Ask<'_>) -> Result<Outcome, Failure> {

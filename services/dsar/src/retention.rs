@@ -13,13 +13,13 @@ use custodia_core::{
     legal_time::CalendarPeriod,
     outbox::{AccessEvent, Outcome as EventOutcome},
     pagination,
-    proto_time::timestamp,
+    proto_time::{micros_of, timestamp},
     storage::to_micros,
     validate::Validator,
 };
 use custodia_proto::{
     common::v1::RetentionPolicy,
-    connector::v1::{Capability, RetentionRule},
+    connector::v1::{Capability, CategoryCount, RetentionRule},
     consent::v1::{ListPurposesRequest, consent_service_client::ConsentServiceClient},
     dsar::v1::{self as pb, DataSourceState, RetentionRunState},
     google::rpc::Status as RpcStatus,
@@ -318,6 +318,13 @@ impl Api {
                 }
             }
         }
+        if only_purposes.is_empty() {
+            let own = self
+                .own_retention(id, &run, &only_sources, &mut events)
+                .await;
+            failed |= own.iter().any(|r| r.error.is_some());
+            run.results.extend(own);
+        }
         run.state = if failed {
             RetentionRunState::Failed
         } else {
@@ -325,6 +332,155 @@ impl Api {
         } as i32;
         run.end_time = Some(timestamp(self.clock.now()));
         Ok(self.store.finish_run(id, &run, &events).await?)
+    }
+
+    /// The retention of custodia's own records (`[retention]`, R-3) in run
+    /// `id`: consent trails of ended relations, closed requests and the
+    /// access log's search index, each a result of the run (a period left
+    /// empty keeps the records, and has none). `only_sources` limits them like
+    /// the sources (the built-in ones; closed requests go with
+    /// `custodia-consent`, the register's home).
+    async fn own_retention(
+        &self,
+        id: &str,
+        run: &pb::RetentionRun,
+        only_sources: &[String],
+        events: &mut Vec<AccessEvent>,
+    ) -> Vec<pb::RetentionResult> {
+        let now = self.clock.now();
+        let config = &self.config.retention;
+        let wanted =
+            |source: &str| only_sources.is_empty() || only_sources.iter().any(|s| s == source);
+        let cutoff = |period: &str| {
+            (!period.is_empty())
+                .then(|| period.parse::<CalendarPeriod>().ok())
+                .flatten()
+                .map(|p| timestamp(before(now, &p)))
+        };
+        let count = |category: &str, n: i64| CategoryCount {
+            category: category.into(),
+            count: n,
+        };
+        let error = |f: connector::Failure| RpcStatus {
+            code: f.code as i32,
+            message: f.message,
+            details: Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut record = |result: &pb::RetentionResult| {
+            let mut event = AccessEvent::new(
+                self.clock.now(),
+                SYSTEM_PRINCIPAL,
+                SERVICE_NAME,
+                "ApplyRetention",
+                if result.error.is_none() {
+                    EventOutcome::Ok
+                } else {
+                    EventOutcome::Error
+                },
+            );
+            event.action = if run.dry_run { "read" } else { "delete" }.into();
+            event.resource = run.name.clone();
+            event.purpose = Some(result.purpose.clone());
+            event.detail = serde_json::json!({ "data_source": result.data_source }).to_string();
+            events.push(event);
+        };
+        if wanted(model::BUILTIN_CONSENT)
+            && let Some(cutoff) = cutoff(&config.consent_trails)
+        {
+            let mut result = pb::RetentionResult {
+                data_source: model::source_name(model::BUILTIN_CONSENT),
+                purpose: "custodia/consent-trails".into(),
+                cutoff_time: Some(cutoff),
+                ..Default::default()
+            };
+            let answer = match self.target(model::BUILTIN_CONSENT).await {
+                Ok((t, _)) => {
+                    connector::consent_retention(
+                        &t,
+                        cutoff,
+                        run.dry_run,
+                        format!("retention-{id}-consent-trails"),
+                    )
+                    .await
+                }
+                Err(f) => Err(f),
+            };
+            match answer {
+                Ok(a) => {
+                    let counts = vec![
+                        count("consent_states", a.state_count),
+                        count("consent_events", a.event_count),
+                        count("receipts", a.receipt_count),
+                        count("erasure_suppressions", a.suppression_count),
+                    ];
+                    if !run.dry_run {
+                        result.deleted = counts.clone();
+                    }
+                    result.matched = counts;
+                }
+                Err(f) => result.error = Some(error(f)),
+            }
+            record(&result);
+            out.push(result);
+        }
+        if wanted(model::BUILTIN_CONSENT)
+            && let Some(cutoff) = cutoff(&config.closed_requests)
+        {
+            let mut result = pb::RetentionResult {
+                purpose: "custodia/closed-requests".into(),
+                cutoff_time: Some(cutoff),
+                ..Default::default()
+            };
+            match self
+                .store
+                .purge_closed(micros_of(&cutoff), run.dry_run)
+                .await
+            {
+                Ok(n) => {
+                    result.matched = vec![count("requests", n)];
+                    if !run.dry_run {
+                        result.deleted = result.matched.clone();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "closed requests retention");
+                    result.error = Some(RpcStatus {
+                        code: tonic::Code::Internal as i32,
+                        message: "the closed requests could not be deleted".into(),
+                        details: Vec::new(),
+                    });
+                }
+            }
+            record(&result);
+            out.push(result);
+        }
+        if wanted(model::BUILTIN_AUDIT)
+            && let Some(cutoff) = cutoff(&config.audit_index)
+        {
+            let mut result = pb::RetentionResult {
+                data_source: model::source_name(model::BUILTIN_AUDIT),
+                purpose: "custodia/audit-index".into(),
+                cutoff_time: Some(cutoff),
+                ..Default::default()
+            };
+            let answer = match self.target(model::BUILTIN_AUDIT).await {
+                Ok((t, _)) => connector::audit_index_retention(&t, cutoff, run.dry_run).await,
+                Err(f) => Err(f),
+            };
+            match answer {
+                Ok(a) => {
+                    result.matched = vec![count("access_index_entries", a.matched_entry_count)];
+                    if !run.dry_run {
+                        result.deleted = vec![count("access_index_entries", a.removed_entry_count)];
+                    }
+                }
+                Err(f) => result.error = Some(error(f)),
+            }
+            record(&result);
+            out.push(result);
+        }
+        out
     }
 
     pub(crate) async fn get_run(

@@ -241,3 +241,160 @@ impl ConsentStore {
         Ok(out)
     }
 }
+
+/// What [`ConsentStore::purge_closed_trails`] found (and deleted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Subject-purpose relations whose trail was due.
+    pub states: i64,
+    /// Consent events.
+    pub events: i64,
+    /// Receipts no remaining event names.
+    pub receipts: i64,
+    /// Erasure suppressions of withdrawals.
+    pub suppressions: i64,
+}
+
+/// The receipt ids the events in column 1 (or 0) of `rows` name.
+fn receipts_named(rows: Vec<sqlx::any::AnyRow>) -> Result<BTreeSet<String>, ApiError> {
+    let mut ids = BTreeSet::new();
+    for row in rows {
+        let column = if row.len() > 1 { 1 } else { 0 };
+        let event: ConsentEvent = body(&row, column)?;
+        if let Some(id) = crate::receipt::id_of(&event.receipt) {
+            ids.insert(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// Relations handled per transaction of [`ConsentStore::purge_closed_trails`].
+const PURGE_BATCH: i64 = 500;
+
+impl ConsentStore {
+    /// Retention of consent's own records (R-3): the trail of every subject
+    /// and purpose whose current state is WITHDRAWN or DENIED, decided before
+    /// `cutoff_us`, is deleted (its events, its state, and the receipts no
+    /// remaining event of the subject names), with the erasure suppressions of
+    /// withdrawals decided before it. Objections stay: they must keep being
+    /// honoured. With `dry_run`, only counts.
+    pub async fn purge_closed_trails(
+        &self,
+        cutoff_us: i64,
+        dry_run: bool,
+    ) -> Result<Purged, ApiError> {
+        let closed = format!(
+            "({}, {})",
+            ConsentState::Withdrawn as i32,
+            ConsentState::Denied as i32
+        );
+        let mut out = Purged::default();
+        let mut after: (String, String) = Default::default();
+        loop {
+            let mut tx = self.db().begin_write().await?;
+            let due = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT subject_hash, purpose_id FROM subject_consents \
+                 WHERE state IN {closed} AND decision_us < $1 \
+                 AND (subject_hash > $2 OR (subject_hash = $2 AND purpose_id > $3)) \
+                 ORDER BY subject_hash, purpose_id LIMIT $4"
+            )))
+            .bind(cutoff_us)
+            .bind(after.0.clone())
+            .bind(after.1.clone())
+            .bind(PURGE_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = due.last() else {
+                break;
+            };
+            after = (last.try_get(0)?, last.try_get(1)?);
+            let done = due.len() < PURGE_BATCH as usize;
+            // Per subject: the purposes due and the receipts their events name.
+            let mut subjects: HashMap<String, (Vec<String>, BTreeSet<String>)> = HashMap::new();
+            for row in &due {
+                let (hash, pid): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                out.states += 1;
+                let events = sqlx::query(if dry_run {
+                    "SELECT body FROM consent_events WHERE subject_hash = $1 AND purpose_id = $2"
+                } else {
+                    "DELETE FROM consent_events WHERE subject_hash = $1 AND purpose_id = $2 \
+                     RETURNING body"
+                })
+                .bind(hash.clone())
+                .bind(pid.clone())
+                .fetch_all(&mut *tx)
+                .await?;
+                out.events += events.len() as i64;
+                let entry = subjects.entry(hash.clone()).or_default();
+                entry.1.extend(receipts_named(events)?);
+                if !dry_run {
+                    sqlx::query(
+                        "DELETE FROM subject_consents WHERE subject_hash = $1 AND purpose_id = $2",
+                    )
+                    .bind(hash)
+                    .bind(pid.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                entry.0.push(pid);
+            }
+            // A receipt goes when no remaining event of the subject names it (one
+            // receipt may cover several purposes).
+            for (hash, (purposes, candidates)) in subjects {
+                let remaining = sqlx::query(
+                    "SELECT purpose_id, body FROM consent_events WHERE subject_hash = $1",
+                )
+                .bind(hash.clone())
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut kept = Vec::new();
+                for row in remaining {
+                    let pid: String = row.try_get(0)?;
+                    if !purposes.contains(&pid) {
+                        kept.push(row);
+                    }
+                }
+                let kept = receipts_named(kept)?;
+                for id in candidates.difference(&kept) {
+                    out.receipts += 1;
+                    if !dry_run {
+                        sqlx::query("DELETE FROM receipts WHERE id = $1 AND subject_hash = $2")
+                            .bind(id.clone())
+                            .bind(hash.clone())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            if done {
+                break;
+            }
+        }
+        let withdrawn = ConsentState::Withdrawn as i32;
+        let suppressions = if dry_run {
+            sqlx::query(
+                "SELECT COUNT(*) FROM erasure_suppressions WHERE state = $1 AND decision_us < $2",
+            )
+            .bind(i64::from(withdrawn))
+            .bind(cutoff_us)
+            .fetch_one(self.db().pool())
+            .await?
+            .try_get::<i64, _>(0)?
+        } else {
+            let mut tx = self.db().begin_write().await?;
+            let n = sqlx::query(
+                "DELETE FROM erasure_suppressions WHERE state = $1 AND decision_us < $2",
+            )
+            .bind(i64::from(withdrawn))
+            .bind(cutoff_us)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+            tx.commit().await?;
+            n
+        };
+        out.suppressions = suppressions;
+        Ok(out)
+    }
+}

@@ -445,3 +445,58 @@ impl DsarStore {
             .collect::<Result<_, _>>()?)
     }
 }
+
+impl DsarStore {
+    /// Retention of closed requests: every request in a terminal state
+    /// last changed before `cutoff_us` is deleted with its subjects, actions,
+    /// notifications, tasks and export row (the export file is removed too).
+    /// Returns how many were due; with `dry_run`, only counts.
+    pub async fn purge_closed(&self, cutoff_us: i64, dry_run: bool) -> Result<i64, ApiError> {
+        let due = sqlx::query("SELECT id FROM dsar_requests WHERE terminal = 1 AND update_us < $1")
+            .bind(cutoff_us)
+            .fetch_all(self.db.pool())
+            .await?;
+        if dry_run || due.is_empty() {
+            return Ok(due.len() as i64);
+        }
+        let mut files = Vec::new();
+        let mut tx = self.db.begin_write().await?;
+        for row in &due {
+            let id: String = row.try_get(0)?;
+            if let Some(export) = sqlx::query("SELECT path FROM dsar_exports WHERE request_id = $1")
+                .bind(id.clone())
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                let path: String = export.try_get(0)?;
+                if !path.is_empty() {
+                    files.push(path);
+                }
+            }
+            for table in [
+                "dsar_request_subjects",
+                "dsar_actions",
+                "dsar_notifications",
+                "dsar_tasks",
+                "dsar_exports",
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE request_id = $1"
+                )))
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM dsar_requests WHERE id = $1 AND terminal = 1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        for f in files {
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        self.db.scrub_log().await;
+        Ok(due.len() as i64)
+    }
+}
