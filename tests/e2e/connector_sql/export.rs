@@ -121,16 +121,7 @@ async fn export_finds_an_internationalised_domain_however_spelled(backend: Backe
         "\u{C9}l\u{E8}ve@\u{C9}cole.FR",
         "e\u{301}le\u{300}ve@e\u{301}cole.fr",
     ] {
-        let records: Vec<ExportedRecord> = export(&mut crm.client, vec![id("email", spelling)])
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let contacts: Vec<&str> = records
-            .iter()
-            .filter(|r| r.category == "contacts")
-            .map(|r| r.record_id.as_str())
-            .collect();
+        let contacts = contacts_found(&mut crm, "email", spelling).await;
         assert_eq!(contacts, ["3"], "{spelling:?}");
     }
     crm.stop().await;
@@ -161,17 +152,19 @@ async fn export_finds_a_phone_number_however_written(backend: Backend) {
         ("+33698765432", "4"),
         ("06 12 34 56 78", "1"),
     ] {
-        let records: Vec<ExportedRecord> = export(&mut crm.client, vec![id("phone", spelling)])
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let contacts: Vec<&str> = records
-            .iter()
-            .filter(|r| r.category == "contacts")
-            .map(|r| r.record_id.as_str())
-            .collect();
+        let contacts = contacts_found(&mut crm, "phone", spelling).await;
         assert_eq!(contacts, [who], "{spelling:?}");
     }
     crm.stop().await;
+}
+
+/// The ids of the contacts an export by `kind` identifier `value` returns.
+async fn contacts_found(crm: &mut Crm, kind: &str, value: &str) -> Vec<String> {
+    export(&mut crm.client, vec![id(kind, value)])
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|r| r.category == "contacts")
+        .map(|r| r.record_id)
+        .collect()
 }
