@@ -26,14 +26,27 @@ use super::{
 custodia_tests::both_backends!(access_end_to_end, failing_connectors, erasure_and_friends);
 
 pub(super) async fn register(c: &mut Client, id: &str, endpoint: &str, timeout_ms: Option<i64>) {
+    register_holding(c, id, endpoint, &["prospects"], &["MailChimp"], timeout_ms).await;
+}
+
+/// Registers source `id` at `endpoint` with every capability, holding data of
+/// `purposes` (ids) and disclosing it to `recipients`.
+pub(super) async fn register_holding(
+    c: &mut Client,
+    id: &str,
+    endpoint: &str,
+    purposes: &[&str],
+    recipients: &[&str],
+    timeout_ms: Option<i64>,
+) {
     c.register_data_source(RegisterDataSourceRequest {
         data_source_id: id.into(),
         data_source: Some(DataSource {
             display_name: format!("{id} system"),
             endpoint: endpoint.into(),
             capabilities: every_capability(),
-            purposes: vec!["purposes/prospects".into()],
-            recipients: vec!["MailChimp".into()],
+            purposes: purposes.iter().map(|p| format!("purposes/{p}")).collect(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
             call_timeout: timeout_ms.map(|ms| prost_types::Duration {
                 seconds: ms / 1000,
                 nanos: ((ms % 1000) * 1_000_000) as i32,

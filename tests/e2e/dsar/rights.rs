@@ -12,18 +12,17 @@ use custodia_proto::{
         PurposeCategory, Recipient,
     },
     dsar::v1::{
-        DataSource, ExportState, HumanReview, HumanReviewOutcome, RecipientNotification,
+        ExportState, HumanReview, HumanReviewOutcome, RecipientNotification,
         RecipientNotificationOutcome, RecordDestructionRequest, RecordHumanReviewRequest,
-        RecordRecipientNotificationRequest, RegisterDataSourceRequest, RequestState, RequestType,
-        SourceTaskState,
+        RecordRecipientNotificationRequest, RequestState, RequestType, SourceTaskState,
     },
 };
 use custodia_tests::{Backend, check, grant};
 use tonic::Code;
 
 use super::{
-    connector::{FakeSource, every_capability},
-    fanout::{complete, task, wait_for},
+    connector::FakeSource,
+    fanout::{complete, register_holding, task, wait_for},
     *,
 };
 
@@ -32,31 +31,6 @@ custodia_tests::both_backends!(
     an_automated_decision_is_reviewed_by_a_person,
     recipients_are_derived_and_told
 );
-
-/// Registers source `id` at `endpoint` holding data of `purposes`, disclosing
-/// it to `recipients`.
-async fn register_holding(
-    c: &mut Client,
-    id: &str,
-    endpoint: &str,
-    purposes: &[&str],
-    recipients: &[&str],
-) {
-    c.register_data_source(RegisterDataSourceRequest {
-        data_source_id: id.into(),
-        data_source: Some(DataSource {
-            display_name: format!("{id} system"),
-            endpoint: endpoint.into(),
-            capabilities: every_capability(),
-            purposes: purposes.iter().map(|p| format!("purposes/{p}")).collect(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            ..Default::default()
-        }),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap();
-}
 
 /// Whether every source task of `r` is settled.
 fn settled(r: &Request) -> bool {
@@ -82,8 +56,16 @@ async fn an_objection_request_objects(backend: Backend) {
     let mut c = client(&app).await;
     let crm = FakeSource::start("ada@example.edu", &[("contacts", 1)], vec![]).await;
     let moodle = FakeSource::start("ada@example.edu", &[("enrolments", 3)], vec![]).await;
-    register_holding(&mut c, "crm", &crm.endpoint, &["newsletter"], &[]).await;
-    register_holding(&mut c, "moodle", &moodle.endpoint, &["enrolment"], &[]).await;
+    register_holding(&mut c, "crm", &crm.endpoint, &["newsletter"], &[], None).await;
+    register_holding(
+        &mut c,
+        "moodle",
+        &moodle.endpoint,
+        &["enrolment"],
+        &[],
+        None,
+    )
+    .await;
 
     let mut objection = new_request(RequestType::Objection, "ada@example.edu");
     objection.purposes = vec!["purposes/newsletter".into()];
@@ -202,6 +184,7 @@ async fn recipients_are_derived_and_told(backend: Backend) {
         &crm.endpoint,
         &["newsletter"],
         &["Payroll bureau"],
+        None,
     )
     .await;
 
@@ -285,13 +268,14 @@ async fn special_categories_found_are_destroyed(backend: Backend) {
     )
     .await;
     let infirmary = FakeSource::start("ada@example.edu", &[("medical_visits", 4)], vec![]).await;
-    register_holding(&mut c, "crm", &crm.endpoint, &["prospects"], &[]).await;
+    register_holding(&mut c, "crm", &crm.endpoint, &["prospects"], &[], None).await;
     register_holding(
         &mut c,
         "infirmary",
         &infirmary.endpoint,
         &["health-care"],
         &[],
+        None,
     )
     .await;
 
